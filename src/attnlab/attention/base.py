@@ -1,0 +1,98 @@
+"""Base class of every attention kernel (the "kernel" half of the attention contract).
+
+A kernel receives ``q (B, H, T, Dh)``, ``k, v (B, Hkv, S, Dh)`` and an :class:`AttentionContext`
+and returns ``(B, H, T, Dh)``. The shell (:class:`~attnlab.attention.shell.MultiHeadAttention`)
+owns the projections, heads, RoPE and the KV cache, so every kernel shares the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .cache import DenseKVCache
+from .capabilities import Capabilities
+from .context import AttentionContext
+from .masks import check_context_shapes, context_mask
+from .reference import reference_attention
+
+
+class AttentionKernel(nn.Module):
+    """Subclass, set ``capabilities``, implement :meth:`forward`; register with ``@register_attention``.
+
+    Exact kernels that restrict which keys a query sees override :meth:`pattern_mask` so that
+    :meth:`attention_weights` and the tests can compare them against the dense reference.
+    """
+
+    name: str = "?"
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, scale: float | None = None):
+        super().__init__()
+        self.scale = scale
+
+    def softmax_scale(self, head_dim: int) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(head_dim)
+
+    # -- the contract -------------------------------------------------------------------------
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def pattern_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
+        """The kernel's own sparsity pattern as a keep mask ``(1|B, 1, T, S)``; ``None`` = dense."""
+        return None
+
+    def full_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
+        """Context masks (causal, padding, documents) AND the kernel's pattern."""
+        base = context_mask(ctx, T, S, device)
+        pat = self.pattern_mask(T, S, ctx, device)
+        if pat is None:
+            return base
+        return pat if base is None else base & pat
+
+    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """``(B, H, T, S)`` attention map recomputed through the dense reference path."""
+        keep = self.full_mask(q.shape[2], k.shape[2], ctx, q.device)
+        _, w = reference_attention(q, k, v, keep=keep, bias=ctx.attn_bias, scale=self.softmax_scale(q.shape[-1]))
+        return w
+
+    def new_cache(self, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
+                  device=None, dtype=None):
+        """A fresh decoding cache for one layer. Kernels with a bounded cache override this."""
+        return DenseKVCache(batch_size, num_kv_heads, head_dim, max_len, device=device, dtype=dtype)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def check_call(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> None:
+        """Shape and capability checks shared by all kernels; raises ``ValueError`` with the fix."""
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise ValueError(
+                f"{self.name}: expected q (B, H, T, Dh) and k, v (B, Hkv, S, Dh), got "
+                f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        B, H, T, D = q.shape
+        if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+            raise ValueError(f"{self.name}: k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+        if H % k.shape[1]:
+            raise ValueError(f"{self.name}: {H} query heads is not a multiple of {k.shape[1]} kv heads")
+        self.capabilities.check_context(self.name, ctx)
+        check_context_shapes(ctx, B, T, k.shape[2])
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+def as_context(ctx: AttentionContext | None) -> AttentionContext:
+    return AttentionContext() if ctx is None else ctx
+
+
+def fully_masked_rows(keep: Tensor | None) -> Tensor | None:
+    """``(.., T, 1)`` bool, True where a query has no key at all (its output must be 0)."""
+    return None if keep is None else ~keep.any(dim=-1, keepdim=True)
+
+
+def zero_if_empty(out: Tensor, empty: Tensor | None) -> Tensor:
+    return out if empty is None else out.masked_fill(empty, 0.0)
+
+

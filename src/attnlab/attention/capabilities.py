@@ -1,0 +1,75 @@
+"""What a kernel can do, declared up front so unsupported requests fail at build time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .context import AttentionContext
+
+
+class CapabilityError(ValueError):
+    """A kernel was asked for something it does not support (raised at build time or call time)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Declared abilities of an attention kernel.
+
+    Attributes:
+        causal: supports ``causal=True``.
+        bidirectional: supports ``causal=False``.
+        key_padding_mask: honours ``key_padding_mask``.
+        packed: honours ``document_ids`` (packed sequences, block-diagonal attention).
+        kv_cache: supports incremental decoding with a KV cache.
+        attn_bias: accepts an additive bias (ALiBi, relative position bias).
+        grid_2d: understands ``grid=(rows, cols)``.
+        requires_grid: cannot run without ``grid`` (e.g. axial attention).
+        exact: equals softmax attention under its own mask pattern (vs. an approximation).
+        complexity: time complexity in the sequence length, for docs and reports.
+    """
+
+    causal: bool = True
+    bidirectional: bool = True
+    key_padding_mask: bool = True
+    packed: bool = True
+    kv_cache: bool = True
+    attn_bias: bool = True
+    grid_2d: bool = False
+    requires_grid: bool = False
+    exact: bool = True
+    complexity: str = "O(N^2)"
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def require(self, kernel_name: str, **needs: bool) -> None:
+        """Raise :class:`CapabilityError` if any requested ability is missing.
+
+        ``needs`` keys are field names of this class (``causal=True, kv_cache=True`` ...).
+        """
+        valid = {f.name for f in fields(self)}
+        for need, wanted in needs.items():
+            if need not in valid:
+                raise ValueError(f"unknown capability {need!r}; valid: {sorted(valid)}")
+            if wanted and not getattr(self, need):
+                have = [n for n in sorted(valid) if getattr(self, n) is True]
+                raise CapabilityError(
+                    f"attention {kernel_name!r} does not support {need}; it supports {have}. "
+                    f"Pick a kernel that does (see `attnlab list attention`) or turn {need} off."
+                )
+
+    def check_context(self, kernel_name: str, ctx: AttentionContext) -> None:
+        """Raise if a call's context asks for something this kernel does not declare."""
+        self.require(
+            kernel_name,
+            causal=ctx.causal,
+            bidirectional=not ctx.causal,
+            key_padding_mask=ctx.key_padding_mask is not None,
+            packed=ctx.document_ids is not None,
+            attn_bias=ctx.attn_bias is not None,
+        )
+        if self.requires_grid and ctx.grid is None:
+            raise CapabilityError(
+                f"attention {kernel_name!r} needs a 2-D token grid: pass grid=(rows, cols) "
+                "(models built on images do this for you)."
+            )

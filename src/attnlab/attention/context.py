@@ -1,0 +1,47 @@
+"""The context every attention kernel receives next to ``q, k, v``.
+
+Alignment convention (used by every kernel, the masks and the KV cache): queries and keys are
+**bottom-right aligned**. With ``T`` queries and ``S >= T`` keys, query ``t`` sits at key position
+``t + (S - T)``; in a full forward ``S == T`` and the two coincide. During cached decoding the keys
+are everything cached so far plus the new tokens, so the same rule places the new queries at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AttentionContext:
+    """Everything about a call that is not ``q, k, v``.
+
+    Attributes:
+        causal: query ``i`` may only see keys ``j <= i`` (bottom-right aligned).
+        key_padding_mask: ``(B, S)`` bool, True = a real key, False = padding.
+        document_ids: ``(B, S)`` integer ids of packed sequences over key positions; a query sees only
+            keys of its own document (its id is the key id at its own position, see module doc).
+        attn_bias: additive float bias broadcastable to ``(B, H, T, S)`` (ALiBi, relative bias).
+        grid: ``(rows, cols)`` when the ``T`` tokens are a row-major 2-D grid (images, axial models).
+        positions: ``(B, T)`` or ``(T,)`` absolute positions of the queries (kernels that need them).
+        generator: explicit ``torch.Generator`` for stochastic kernels (deterministic when given).
+        cache: the per-layer decoding cache in use, if any (kernels with their own cache read it).
+        extra: mechanism-specific values passed through untouched.
+    """
+
+    causal: bool = False
+    key_padding_mask: Tensor | None = None
+    document_ids: Tensor | None = None
+    attn_bias: Tensor | None = None
+    grid: tuple[int, int] | None = None
+    positions: Tensor | None = None
+    generator: torch.Generator | None = None
+    cache: object | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when anything besides plain causality restricts which keys a query sees."""
+        return self.key_padding_mask is not None or self.document_ids is not None

@@ -1,0 +1,103 @@
+"""The attention registry: ``@register_attention``, ``build_attention``, ``list_attention``.
+
+Options of a kernel are the keyword arguments of its ``__init__``. A few *structural* arguments
+(``num_heads``, ``num_kv_heads``, ``head_dim``, ``max_seq_len``) are filled in by the shell when the
+kernel's ``__init__`` accepts them, so kernels with their own parameters know the head layout.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from .base import AttentionKernel
+
+STRUCTURAL_ARGS = ("num_heads", "num_kv_heads", "head_dim", "max_seq_len")
+
+_REGISTRY: dict[str, type[AttentionKernel]] = {}
+
+
+def register_attention(name: str):
+    """Class decorator: make a kernel buildable by ``name``. A duplicate name is an error."""
+
+    def deco(cls: type[AttentionKernel]) -> type[AttentionKernel]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"attention {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        if not (isinstance(cls, type) and issubclass(cls, AttentionKernel)):
+            raise TypeError(f"@register_attention({name!r}) needs an AttentionKernel subclass, got {cls!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_builtin() -> None:
+    from . import builtin  # noqa: F401  (imports every built-in kernel file)
+
+
+def list_attention() -> list[str]:
+    """Sorted names of every registered attention kernel."""
+    _ensure_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_attention_class(name: str) -> type[AttentionKernel]:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown attention {name!r}.{hint} Valid names: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def attention_options(name: str) -> dict[str, object]:
+    """User-settable options of kernel ``name`` with their defaults (structural args excluded)."""
+    sig = inspect.signature(get_attention_class(name).__init__)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in list(sig.parameters.values())[1:]
+        if p.name not in STRUCTURAL_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def build_attention(name: str, structural: dict | None = None, **options) -> AttentionKernel:
+    """Instantiate kernel ``name`` with ``options``.
+
+    Args:
+        name: a registered name (see :func:`list_attention`).
+        structural: ``num_heads`` / ``num_kv_heads`` / ``head_dim`` / ``max_seq_len``, passed only if the
+            kernel's ``__init__`` takes them.
+        **options: the kernel's own options.
+
+    Raises:
+        ValueError: unknown name, or an option the kernel does not take (the message lists valid ones).
+    """
+    cls = get_attention_class(name)
+    valid = attention_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"attention {name!r} has no option(s) {unknown}; valid options: "
+            f"{ {k: v for k, v in valid.items()} }"
+        )
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in (structural or {}).items():
+        if key in params and value is not None:
+            options[key] = value
+    return cls(**options)
+
+
+def describe_attention() -> list[dict]:
+    """One row per kernel: name, first docstring line, capabilities, options (for docs and the CLI)."""
+    rows = []
+    for name in list_attention():
+        cls = _REGISTRY[name]
+        doc = (inspect.getdoc(cls) or "").splitlines()
+        rows.append({
+            "name": name,
+            "summary": doc[0] if doc else "",
+            "capabilities": cls.capabilities.as_dict(),
+            "options": attention_options(name),
+        })
+    return rows

@@ -1,0 +1,129 @@
+"""The attention shell: projections, heads, GQA grouping, RoPE and the KV cache around any kernel.
+
+Every mechanism shares these parameter names (``q_proj, k_proj, v_proj, out_proj``), so pretrained
+softmax weights load into any variant and a softmax teacher can seed a sparse student.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..layers.positional import RotaryEmbedding
+from .base import AttentionKernel
+from .context import AttentionContext
+from .registry import build_attention
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head / grouped-query / multi-query self-attention (Vaswani et al. 2017; Ainslie et al. 2023).
+
+    Shapes: ``x (B, T, dim) -> (B, T, dim)``. Query heads are grouped contiguously onto
+    ``num_kv_heads`` K/V heads (head ``h`` uses K/V head ``h // (num_heads // num_kv_heads)``).
+
+    Args:
+        dim: model width.
+        num_heads: query heads.
+        num_kv_heads: K/V heads (default ``num_heads``; 1 = MQA).
+        kernel: a registry name or an :class:`AttentionKernel` instance.
+        kernel_options: options for a kernel given by name.
+        head_dim: per-head width (default ``dim // num_heads``).
+        rope: a :class:`RotaryEmbedding` applied to q and k, or ``None``.
+        bias: bias on the projections.
+        dropout: dropout on the output projection (residual dropout).
+        max_seq_len: passed to kernels that need it.
+
+    Raises:
+        ValueError: ``dim % num_heads != 0`` (without explicit head_dim), ``num_heads % num_kv_heads != 0``,
+            unknown kernel name or option.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        kernel: str | AttentionKernel = "softmax",
+        kernel_options: dict | None = None,
+        head_dim: int | None = None,
+        rope: RotaryEmbedding | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        max_seq_len: int | None = None,
+    ):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(
+                    f"dim={dim} is not divisible by num_heads={num_heads}; choose num_heads dividing dim "
+                    f"(e.g. {[h for h in range(1, min(dim, 64) + 1) if dim % h == 0][-4:]}) or set head_dim"
+                )
+            head_dim = dim // num_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}; "
+                f"num_kv_heads must divide num_heads (valid: {[g for g in range(1, num_heads + 1) if num_heads % g == 0]})"
+            )
+        self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+        if isinstance(kernel, str):
+            structural = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, max_seq_len=max_seq_len)
+            kernel = build_attention(kernel, structural=structural, **(kernel_options or {}))
+        elif kernel_options:
+            raise ValueError("kernel_options only apply when kernel is given by name")
+        self.kernel = kernel
+        self.rope = rope
+        self.dropout = nn.Dropout(dropout)
+
+    def split_heads(self, x: Tensor, heads: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, Dh)
+
+    def project(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, T, dim)`` -> q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)``, RoPE applied."""
+        q = self.split_heads(self.q_proj(x), self.num_heads)
+        k = self.split_heads(self.k_proj(x), self.num_kv_heads)
+        v = self.split_heads(self.v_proj(x), self.num_kv_heads)
+        if self.rope is not None:
+            if positions is None:
+                raise ValueError("RoPE needs positions; the model passes them")
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        return q, k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        ctx: AttentionContext | None = None,
+        positions: Tensor | None = None,
+        cache=None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Args:
+            x: ``(B, T, dim)``.
+            ctx: masks and the rest of the attention context (see :class:`AttentionContext`).
+            positions: ``(T,)`` or ``(B, T)`` absolute positions for RoPE.
+            cache: this layer's KV cache (from ``kernel.new_cache``); new k/v are appended to it.
+            return_weights: also return the ``(B, H, T, S)`` attention map, recomputed by the reference path.
+        """
+        ctx = AttentionContext() if ctx is None else ctx
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        q, k, v = self.project(x, positions)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, S, Dh), the new tokens last
+            ctx.cache = cache
+        out = self.kernel(q, k, v, ctx)  # (B, H, T, Dh)
+        y = self.dropout(self.out_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)))
+        if return_weights:
+            return y, self.kernel.attention_weights(q, k, v, ctx)
+        return y
+
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
+        """A decoding cache for this layer, shaped by the kernel (dense, rolling, recurrent ...)."""
+        return self.kernel.new_cache(batch_size, self.num_kv_heads, self.head_dim, max_len,
+                                     device=device if device is not None else self.q_proj.weight.device,
+                                     dtype=dtype if dtype is not None else self.q_proj.weight.dtype)

@@ -1,0 +1,68 @@
+"""Standard scaled dot-product attention ("Attention Is All You Need", Vaswani et al. 2017).
+
+Runs on PyTorch's fused ``scaled_dot_product_attention`` (Flash / memory-efficient / math backends
+chosen by PyTorch) for MHA, GQA and MQA (GQA paper, Ainslie et al. 2023: contiguous head groups,
+``repeat_interleave`` semantics), with causal, padding and packed-sequence masks and an optional
+additive position bias (ALiBi, T5 relative bias).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
+from .capabilities import Capabilities
+from .context import AttentionContext
+from .masks import context_mask
+from .reference import expand_kv_heads
+from .registry import register_attention
+
+
+@register_attention("softmax")
+class SoftmaxAttention(AttentionKernel):
+    """Exact softmax attention on the fused SDPA kernel.
+
+    Shapes: q ``(B, H, T, Dh)``, k/v ``(B, Hkv, S, Dh)`` -> ``(B, H, T, Dh)``.
+
+    Args:
+        dropout: attention-probability dropout, applied in training mode only.
+        scale: score scale, default ``1/sqrt(Dh)``.
+
+    Raises:
+        ValueError: mismatched shapes or masks (message names the expected shape).
+    """
+
+    capabilities = Capabilities(complexity="O(N^2)")
+
+    def __init__(self, dropout: float = 0.0, scale: float | None = None):
+        super().__init__(scale=scale)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
+        ctx = as_context(ctx)
+        self.check_call(q, k, v, ctx)
+        T, S = q.shape[2], k.shape[2]
+        dropout_p = self.dropout if self.training else 0.0
+        plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
+        keep = None if plain_causal else context_mask(ctx, T, S, q.device)
+        empty = fully_masked_rows(keep)
+        if empty is not None:
+            # give fully masked rows one dummy key so softmax stays finite; their output is zeroed below
+            keep = keep | empty
+        mask = keep
+        if ctx.attn_bias is not None:
+            bias = ctx.attn_bias.to(q.dtype)
+            mask = bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+        if q.shape[1] != k.shape[1]:
+            k = expand_kv_heads(k, q.shape[1])  # (B, H, S, Dh)
+            v = expand_kv_heads(v, q.shape[1])
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=plain_causal, scale=self.scale
+        )
+        return zero_if_empty(out, empty)
+
+
