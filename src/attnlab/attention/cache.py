@@ -68,3 +68,12 @@ class RollingKVCache:
     @property
     def num_bytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
+
+
+def keys_after_update(cache, new_tokens: int) -> int:
+    """How many keys the kernel will see once ``new_tokens`` are added to ``cache`` (None = no cache)."""
+    if cache is None:
+        return new_tokens
+    if isinstance(cache, RollingKVCache):
+        return min(cache.seen, cache.window) + new_tokens
+    return cache.seen + new_tokens

@@ -1,0 +1,90 @@
+"""Typed, validated model configuration shared by every model family (house rule 3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..attention.registry import attention_options, list_attention
+
+
+class ModelConfig(BaseModel):
+    """Everything that shapes a Transformer. Unknown keys and wrong types are errors.
+
+    ``attention`` is a registry name, or a list with one name per layer (a per-layer schedule);
+    ``attention_options`` is a dict, or a list of dicts aligned with that schedule.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    vocab_size: int = Field(256, ge=1, description="token vocabulary size")
+    dim: int = Field(256, ge=1, description="model width")
+    num_layers: int = Field(4, ge=1, description="Transformer blocks")
+    num_heads: int = Field(4, ge=1, description="query heads")
+    num_kv_heads: int | None = Field(None, ge=1, description="K/V heads (GQA); None = num_heads, 1 = MQA")
+    head_dim: int | None = Field(None, ge=1, description="per-head width; None = dim // num_heads")
+    mlp_dim: int | None = Field(None, ge=1, description="MLP hidden width; None = 4 * dim")
+    max_seq_len: int = Field(256, ge=1, description="longest input the model accepts")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="residual and embedding dropout")
+    attention: str | list[str] = Field("softmax", description="attention kernel name, or one per layer")
+    attention_options: dict | list[dict] = Field(default_factory=dict, description="kernel options")
+    position: Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"] = "learned"
+    rope_base: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    prenorm: bool = Field(True, description="pre-norm blocks (GPT-2) vs post-norm (BERT)")
+    mlp: Literal["mlp", "swiglu"] = "mlp"
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
+    bias: bool = Field(True, description="biases in projections and MLPs")
+    tie_weights: bool = Field(True, description="share token embedding and output head weights")
+    type_vocab_size: int = Field(0, ge=0, description="segment embeddings (BERT); 0 = none")
+    embed_norm: bool = Field(False, description="LayerNorm after the embeddings (BERT)")
+    num_classes: int = Field(0, ge=0, description="classification head size (encoder); 0 = no head")
+    pooling: Literal["mean", "cls"] = "mean"
+    init_std: float = 0.02
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.head_dim is None and self.dim % self.num_heads:
+            raise ValueError(
+                f"dim={self.dim} is not divisible by num_heads={self.num_heads}; "
+                "choose num_heads dividing dim or set head_dim"
+            )
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads={kv}; valid num_kv_heads: "
+                f"{[g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]}"
+            )
+        valid = set(list_attention())
+        names = self.attention if isinstance(self.attention, list) else [self.attention]
+        for n in names:
+            if n not in valid:
+                raise ValueError(f"unknown attention {n!r}; valid names: {sorted(valid)}")
+        if isinstance(self.attention, list) and len(self.attention) != self.num_layers:
+            raise ValueError(
+                f"attention schedule has {len(self.attention)} entries but num_layers={self.num_layers}"
+            )
+        if isinstance(self.attention_options, list) and len(self.attention_options) != self.num_layers:
+            raise ValueError(
+                f"attention_options list has {len(self.attention_options)} entries but num_layers={self.num_layers}"
+            )
+        for i in range(self.num_layers):
+            name, opts = self.layer_attention(i)
+            unknown = sorted(set(opts) - set(attention_options(name)))
+            if unknown:
+                raise ValueError(
+                    f"attention {name!r} has no option(s) {unknown}; valid: {sorted(attention_options(name))}"
+                )
+        return self
+
+    def layer_attention(self, i: int) -> tuple[str, dict]:
+        """(kernel name, options) of layer ``i`` under the per-layer schedule."""
+        name = self.attention[i] if isinstance(self.attention, list) else self.attention
+        opts = self.attention_options[i] if isinstance(self.attention_options, list) else self.attention_options
+        return name, dict(opts)
+
+    @property
+    def resolved_mlp_dim(self) -> int:
+        return self.mlp_dim if self.mlp_dim is not None else 4 * self.dim

@@ -1,0 +1,194 @@
+"""The Transformer body shared by every family: embeddings, blocks and the block stack.
+
+Blocks are composed from ready-made parts (house rule 2): ``Block(attn, mlp, attn_norm, mlp_norm)``.
+Pre-norm (GPT-2, Radford et al. 2019) is :class:`Block`; post-norm (Vaswani et al. 2017, BERT) is
+:class:`PostNormBlock`. The builders below read a :class:`ModelConfig` and choose the parts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.cache import keys_after_update
+from ..attention.context import AttentionContext
+from ..attention.shell import MultiHeadAttention
+from ..layers.embeddings import TokenEmbedding
+from ..layers.mlp import build_mlp
+from ..layers.norms import build_norm
+from ..layers.positional import (
+    ALiBi,
+    LearnedPositionalEmbedding,
+    RelativePositionBias,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+)
+from .config import ModelConfig
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, attn: MultiHeadAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module):
+        super().__init__()
+        self.attn, self.mlp, self.attn_norm, self.mlp_norm = attn, mlp, attn_norm, mlp_norm
+
+    def forward(self, x: Tensor, ctx: AttentionContext, positions=None, cache=None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx, positions, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class PostNormBlock(Block):
+    """Post-norm residual block (BERT): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``."""
+
+    def forward(self, x: Tensor, ctx: AttentionContext, positions=None, cache=None) -> Tensor:
+        x = self.attn_norm(x + self.attn(x, ctx, positions, cache))
+        return self.mlp_norm(x + self.mlp(x))
+
+
+class Embeddings(nn.Module):
+    """Token (+ absolute position) (+ segment) embeddings, optional LayerNorm, dropout -> ``(B, T, D)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tok_emb = TokenEmbedding(cfg.vocab_size, cfg.dim, cfg.init_std)
+        self.pos_emb = {
+            "learned": lambda: LearnedPositionalEmbedding(cfg.max_seq_len, cfg.dim),
+            "sinusoidal": lambda: SinusoidalPositionalEmbedding(cfg.max_seq_len, cfg.dim),
+        }.get(cfg.position, lambda: None)()
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
+        self.embed_norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) if cfg.embed_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor, positions: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        x = self.tok_emb(ids)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        if self.type_emb is not None:
+            x = x + self.type_emb(torch.zeros_like(ids) if token_type_ids is None else token_type_ids)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.dropout(x)
+
+
+def build_position_bias(cfg: ModelConfig, causal: bool) -> nn.Module | None:
+    """ALiBi or T5 relative bias module producing ``(1, H, T, S)``; ``None`` for other encodings."""
+    if cfg.position == "alibi":
+        return ALiBi(cfg.num_heads)
+    if cfg.position == "relative":
+        return RelativePositionBias(cfg.num_heads, bidirectional=not causal)
+    return None
+
+
+def build_blocks(cfg: ModelConfig) -> nn.ModuleList:
+    """One block per layer; layer ``i`` gets attention ``cfg.layer_attention(i)``."""
+    head_dim = cfg.head_dim or cfg.dim // cfg.num_heads
+    rope = RotaryEmbedding(head_dim, cfg.rope_base) if cfg.position == "rope" else None
+    block_cls = Block if cfg.prenorm else PostNormBlock
+    blocks = []
+    for i in range(cfg.num_layers):
+        name, opts = cfg.layer_attention(i)
+        attn = MultiHeadAttention(
+            cfg.dim, cfg.num_heads, cfg.num_kv_heads, kernel=name, kernel_options=opts, head_dim=cfg.head_dim,
+            rope=rope, bias=cfg.bias, dropout=cfg.dropout, max_seq_len=cfg.max_seq_len,
+        )
+        mlp = build_mlp(cfg.mlp, cfg.dim, cfg.resolved_mlp_dim, cfg.activation, cfg.bias, cfg.dropout)
+        norms = [build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) for _ in range(2)]
+        blocks.append(block_cls(attn, mlp, *norms))
+    return nn.ModuleList(blocks)
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2L)."""
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and ("proj" in name or "fc_" in name or "gate" in name or ".up." in name or "head" in name):
+            std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if name.endswith(("out_proj.weight", "fc_out.weight")) else cfg.init_std
+            nn.init.normal_(p, std=std)
+        elif name.endswith("bias") and "norm" not in name:
+            nn.init.zeros_(p)
+
+
+class TransformerBody(nn.Module):
+    """Embeddings -> blocks -> final norm, with masks, positions and caches handled in one place.
+
+    Subclasses (GPT, Encoder) set ``causal`` and add heads.
+    """
+
+    causal = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.position_bias = build_position_bias(cfg, self.causal)
+        self.blocks = build_blocks(cfg)
+        self.final_norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) if cfg.prenorm else nn.Identity()
+        needs = dict(causal=self.causal, bidirectional=not self.causal, attn_bias=self.position_bias is not None)
+        for block in self.blocks:
+            block.attn.kernel.capabilities.require(block.attn.kernel.name, **needs)
+
+    def default_positions(self, ids: Tensor, offset: int) -> Tensor:
+        T = ids.shape[1]
+        if offset + T > self.cfg.max_seq_len:
+            raise ValueError(
+                f"input of {offset + T} tokens is longer than max_seq_len={self.cfg.max_seq_len}; "
+                f"truncate the input to {self.cfg.max_seq_len} tokens or build the model with a larger max_seq_len"
+            )
+        return torch.arange(offset, offset + T, device=ids.device)  # (T,)
+
+    def encode(self, ids: Tensor, *, key_padding_mask=None, document_ids=None, positions=None,
+               token_type_ids=None, grid=None, cache=None) -> Tensor:
+        """``ids (B, T)`` -> hidden states ``(B, T, D)`` after the final norm."""
+        if ids.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, tokens), got {tuple(ids.shape)}")
+        offset = cache[0].seen if cache is not None else 0
+        if positions is None:
+            positions = self.default_positions(ids, offset)
+        elif int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} >= max_seq_len={self.cfg.max_seq_len}")
+        x = self.embed(ids, positions, token_type_ids)
+        T = ids.shape[1]
+        bias = None
+        if self.position_bias is not None:
+            bias = self.position_bias(T, keys_after_update(cache[0] if cache else None, T))
+        ctx_args = dict(causal=self.causal, key_padding_mask=key_padding_mask, document_ids=document_ids,
+                        attn_bias=bias, grid=grid, positions=positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, AttentionContext(**ctx_args), positions, cache[i] if cache is not None else None)
+        return self.final_norm(x)
+
+    def attention_maps(self, ids: Tensor, **kwargs) -> list[Tensor]:
+        """Per-layer ``(B, H, T, S)`` attention maps, recomputed through the reference path."""
+        maps: list[Tensor] = []
+        hooks = [b.attn.register_forward_hook(_weights_hook(maps), with_kwargs=True) for b in self.blocks]
+        try:
+            with torch.no_grad():
+                self.encode(ids, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return maps
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> list:
+        """One decoding cache per layer (dense, or bounded for kernels such as sliding_window)."""
+        max_len = max_len or self.cfg.max_seq_len
+        for block in self.blocks:
+            block.attn.kernel.capabilities.require(block.attn.kernel.name, kv_cache=True)
+        return [b.attn.new_cache(batch_size, max_len, device, dtype) for b in self.blocks]
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.tok_emb.weight.numel()
+        return n
+
+
+def _weights_hook(store: list):
+    def hook(module: MultiHeadAttention, args, kwargs, output):
+        x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
+        positions = args[2] if len(args) > 2 else kwargs.get("positions")
+        q, k, v = module.project(x, positions)
+        store.append(module.kernel.attention_weights(q, k, v, ctx))
+    return hook
