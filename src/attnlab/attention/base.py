@@ -40,6 +40,13 @@ class AttentionKernel(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
         raise NotImplementedError
 
+    def qk_input(self, x: Tensor, ctx: AttentionContext | None) -> Tensor | None:
+        """The tensor the shell projects queries and keys from; ``None`` = the layer input ``x``.
+
+        Kernels whose Q/K do not come from the current hidden state (e.g. ``static_emb_qk``) override it.
+        """
+        return None
+
     def pattern_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
         """The kernel's own sparsity pattern as a keep mask ``(1|B, 1, T, S)``; ``None`` = dense."""
         return None
@@ -81,6 +88,18 @@ class AttentionKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def link_kernels(kernels: list[AttentionKernel]) -> None:
+    """Let kernels of one model share state across layers (e.g. universal KArAt).
+
+    Called once by the model builder with every layer's kernel; each kernel class that defines a
+    static ``link_layers(kernels_of_that_class)`` gets its own instances, in layer order.
+    """
+    for cls in dict.fromkeys(type(k) for k in kernels):
+        link = getattr(cls, "link_layers", None)
+        if link is not None:
+            link([k for k in kernels if type(k) is cls])
 
 
 def as_context(ctx: AttentionContext | None) -> AttentionContext:

@@ -26,6 +26,8 @@ class Capabilities:
         requires_grid: cannot run without ``grid`` (e.g. axial attention).
         exact: equals softmax attention under its own mask pattern (vs. an approximation).
         complexity: time complexity in the sequence length, for docs and reports.
+        batch_independent: each sequence's output depends only on that sequence (its batch row and
+            document); False for kernels that pool statistics over the batch (KDGQA, DGQA).
     """
 
     causal: bool = True
@@ -38,6 +40,7 @@ class Capabilities:
     requires_grid: bool = False
     exact: bool = True
     complexity: str = "O(N^2)"
+    batch_independent: bool = True
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -6,6 +6,8 @@ softmax weights load into any variant and a softmax teacher can seed a sparse st
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.positional import RotaryEmbedding
@@ -82,11 +84,28 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, Dh)
 
-    def project(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (B, T, dim)`` -> q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)``, RoPE applied."""
-        q = self.split_heads(self.q_proj(x), self.num_heads)
-        k = self.split_heads(self.k_proj(x), self.num_kv_heads)
-        v = self.split_heads(self.v_proj(x), self.num_kv_heads)
+    def project(self, x: Tensor, positions: Tensor | None, ctx: AttentionContext | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, T, dim)`` -> q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)``, RoPE applied.
+
+        q and k come from ``kernel.qk_input(x, ctx)`` instead of ``x`` when the kernel provides one.
+        """
+        qk_x = self.kernel.qk_input(x, ctx)
+        if qk_x is not None:  # Q/K from another tensor (static_emb_qk): no fused GEMM
+            q, k = self.q_proj(qk_x), self.k_proj(qk_x)
+            return self._heads_and_rope(q, k, self.v_proj(x), positions)
+        # one fused GEMM for q, k and v (a third of the launches; autocast casts the weights once)
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = None
+        if self.q_proj.bias is not None:
+            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        qkv = F.linear(x, weight, bias)  # (B, T, (H + 2 Hkv) Dh)
+        q, k, v = qkv.split([self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2, dim=-1)
+        return self._heads_and_rope(q, k, v, positions)
+
+    def _heads_and_rope(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        q = self.split_heads(q, self.num_heads)
+        k = self.split_heads(k, self.num_kv_heads)
+        v = self.split_heads(v, self.num_kv_heads)
         if self.rope is not None:
             if positions is None:
                 raise ValueError("RoPE needs positions; the model passes them")
@@ -112,7 +131,7 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
         B, T, _ = x.shape
-        q, k, v = self.project(x, positions)
+        q, k, v = self.project(x, positions, ctx)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, Dh), the new tokens last
             ctx.cache = cache

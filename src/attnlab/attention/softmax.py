@@ -15,6 +15,7 @@ from torch import Tensor
 from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
 from .capabilities import Capabilities
 from .context import AttentionContext
+from .documents import document_spans, per_document_attention, per_document_pays
 from .masks import context_mask
 from .reference import expand_kv_heads
 from .registry import register_attention
@@ -48,6 +49,11 @@ class SoftmaxAttention(AttentionKernel):
         T, S = q.shape[2], k.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
+        if ctx.document_ids is not None and T == S and ctx.key_padding_mask is None and ctx.attn_bias is None:
+            spans = document_spans(ctx.document_ids)  # packed sequences (spec 14): attend document by document
+            if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
+                k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])  # (B, H, S, Dh)
+                return per_document_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale, dropout_p=dropout_p)
         keep = None if plain_causal else context_mask(ctx, T, S, q.device)
         empty = fully_masked_rows(keep)
         if empty is not None:

@@ -42,6 +42,9 @@ class ModelConfig(BaseModel):
     embed_norm: bool = Field(False, description="LayerNorm after the embeddings (BERT)")
     num_classes: int = Field(0, ge=0, description="classification head size (encoder); 0 = no head")
     pooling: Literal["mean", "cls"] = "mean"
+    image_size: int = Field(224, ge=1, description="square input image side in pixels (ViT)")
+    patch_size: int = Field(16, ge=1, description="square patch side in pixels (ViT)")
+    num_channels: int = Field(3, ge=1, description="image channels (ViT)")
     init_std: float = 0.02
 
     @model_validator(mode="after")

@@ -62,7 +62,9 @@ def build_model(family: str, cfg: ModelConfig) -> nn.Module:
 
 
 def _short(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+    # pydantic prefixes validator messages with "Value error, "; the message itself is what users need
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
+                     for err in e.errors())
 
 
 def _ensure_builtin() -> None:

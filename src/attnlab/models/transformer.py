@@ -12,8 +12,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..attention.base import link_kernels
 from ..attention.cache import keys_after_update
 from ..attention.context import AttentionContext
+from ..attention.qk_streams import QKStreams
 from ..attention.shell import MultiHeadAttention
 from ..layers.embeddings import TokenEmbedding
 from ..layers.mlp import build_mlp
@@ -97,6 +99,7 @@ def build_blocks(cfg: ModelConfig) -> nn.ModuleList:
         mlp = build_mlp(cfg.mlp, cfg.dim, cfg.resolved_mlp_dim, cfg.activation, cfg.bias, cfg.dropout)
         norms = [build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) for _ in range(2)]
         blocks.append(block_cls(attn, mlp, *norms))
+    link_kernels([b.attn.kernel for b in blocks])  # cross-layer sharing (e.g. universal KArAt)
     return nn.ModuleList(blocks)
 
 
@@ -118,16 +121,19 @@ class TransformerBody(nn.Module):
 
     causal = False
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, embed: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.embed = Embeddings(cfg)
+        self.embed = Embeddings(cfg) if embed is None else embed  # ViT passes its patch embedding
         self.position_bias = build_position_bias(cfg, self.causal)
         self.blocks = build_blocks(cfg)
         self.final_norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) if cfg.prenorm else nn.Identity()
         needs = dict(causal=self.causal, bidirectional=not self.causal, attn_bias=self.position_bias is not None)
         for block in self.blocks:
             block.attn.kernel.capabilities.require(block.attn.kernel.name, **needs)
+        # fixed Q/K streams through this stack (random_qk, fixed_seq_qk; Deconstructing Attention)
+        self.qk_streams = QKStreams.from_kernels([b.attn.kernel for b in self.blocks], cfg.dim, cfg.vocab_size,
+                                                 cfg.max_seq_len)
 
     def default_positions(self, ids: Tensor, offset: int) -> Tensor:
         T = ids.shape[1]
@@ -139,25 +145,41 @@ class TransformerBody(nn.Module):
         return torch.arange(offset, offset + T, device=ids.device)  # (T,)
 
     def encode(self, ids: Tensor, *, key_padding_mask=None, document_ids=None, positions=None,
-               token_type_ids=None, grid=None, cache=None) -> Tensor:
-        """``ids (B, T)`` -> hidden states ``(B, T, D)`` after the final norm."""
-        if ids.dim() != 2:
+               token_type_ids=None, grid=None, cache=None, inputs_embeds=None) -> Tensor:
+        """``ids (B, T)`` -> hidden states ``(B, T, D)`` after the final norm.
+
+        ``inputs_embeds (B, T, D)`` replaces ``ids`` when the input is embedded elsewhere (ViT patches).
+        """
+        if inputs_embeds is None and ids.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, tokens), got {tuple(ids.shape)}")
         offset = cache[0].seen if cache is not None else 0
         if positions is None:
-            positions = self.default_positions(ids, offset)
+            positions = self.default_positions(ids if inputs_embeds is None else inputs_embeds, offset)
         elif int(positions.max()) >= self.cfg.max_seq_len:
             raise ValueError(f"position {int(positions.max())} >= max_seq_len={self.cfg.max_seq_len}")
-        x = self.embed(ids, positions, token_type_ids)
-        T = ids.shape[1]
+        x = self.embed(ids, positions, token_type_ids) if inputs_embeds is None else inputs_embeds
+        T = x.shape[1]
         bias = None
         if self.position_bias is not None:
             bias = self.position_bias(T, keys_after_update(cache[0] if cache else None, T))
         ctx_args = dict(causal=self.causal, key_padding_mask=key_padding_mask, document_ids=document_ids,
                         attn_bias=bias, grid=grid, positions=positions)
+        extra: dict = {}
+        B = x.shape[0]
+        if self.qk_streams is not None:  # extra batch rows, stripped below
+            x, positions, ctx_args, extra = self.qk_streams.attach(self.embed, x, positions, ctx_args)
+            ctx_args["positions"] = positions
+        extra["embeddings"] = x  # static_emb_qk projects its queries and keys from these
+        biases: dict[int, Tensor] = {}  # by key count: layers' caches can differ in length (rolling windows)
         for i, block in enumerate(self.blocks):
-            x = block(x, AttentionContext(**ctx_args), positions, cache[i] if cache is not None else None)
-        return self.final_norm(x)
+            if cache is not None and self.position_bias is not None:
+                S = keys_after_update(cache[i], T)
+                if S not in biases:
+                    biases[S] = self.position_bias(T, S)
+                ctx_args["attn_bias"] = biases[S]
+            ctx = AttentionContext(**ctx_args, extra=dict(extra))
+            x = block(x, ctx, positions, cache[i] if cache is not None else None)
+        return self.final_norm(x[:B])
 
     def attention_maps(self, ids: Tensor, **kwargs) -> list[Tensor]:
         """Per-layer ``(B, H, T, S)`` attention maps, recomputed through the reference path."""
@@ -189,6 +211,7 @@ def _weights_hook(store: list):
     def hook(module: MultiHeadAttention, args, kwargs, output):
         x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
         positions = args[2] if len(args) > 2 else kwargs.get("positions")
-        q, k, v = module.project(x, positions)
-        store.append(module.kernel.attention_weights(q, k, v, ctx))
+        q, k, v = module.project(x, positions, ctx)
+        w = module.kernel.attention_weights(q, k, v, ctx)
+        store.append(w[: ctx.extra.get("num_main_rows", w.shape[0])])  # without qk-stream rows
     return hook

@@ -1,0 +1,54 @@
+# Two commands: `make demo` (train a character-level GPT on the KJV Bible, print samples) and `make test`.
+# Both create $(VENV) and install everything on first use: the CPU torch wheel first (an unpinned torch
+# with no torch installed would pull a multi-GB CUDA build), then attnlab with its extras.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+# e.g. TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu where the default index has CUDA builds only
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.attnlab-installed
+RUN_DIR ?= runs/char-gpt
+# benchmark scripts are the files in benchmarks/ with a __main__ block (helpers such as common.py are skipped)
+BENCHMARKS ?= $(sort $(shell grep -l '__main__' benchmarks/*.py 2>/dev/null))
+
+.PHONY: install demo test test-slow bench docs clean-runs help
+
+help:
+	@echo "make demo       train the default char-level GPT on the KJV Bible (~4 min on 2 cores), print samples"
+	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
+	@echo "make test-slow  only the slow checks"
+	@echo "make bench      run every script in benchmarks/"
+	@echo "make docs       regenerate docs/config.md from the config models"
+	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH=$(TORCH)"
+
+install: $(STAMP)
+
+# re-run when the package metadata changes; otherwise repeated `make test` does not reinstall
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[data,hf,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/attnlab train configs/char-gpt.yaml train.run_dir=$(RUN_DIR) --overwrite
+	$(VENV)/bin/attnlab eval $(RUN_DIR)
+	$(VENV)/bin/attnlab generate $(RUN_DIR) --prompt "And God said" --max-new-tokens 300 --temperature 0.8 --num-samples 2
+	@echo "loss curve: $(RUN_DIR)/loss_curve.png   metrics: $(RUN_DIR)/metrics.jsonl"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
+
+docs: $(STAMP)
+	$(PY) -m attnlab.config docs/config.md
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,256 @@
+"""Long-context benchmark: structured sparse kernels vs dense SDPA, forward + backward, on CPU.
+
+Every (kernel, N) runs in a fresh subprocess so that peak memory is its own: the worker allocates
+q, k, v, resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5), runs one forward +
+backward and reports ``VmHWM - VmRSS(before)`` (memory the call added on top of its inputs), then
+times ``--repeats`` more forward + backward passes (median). B=1, H=4, Dh=64, fp32.
+
+Kernels (window / kernel ~256 keys per query):
+    dense_causal      torch SDPA, is_causal=True            (what the causal sparse kernels replace)
+    dense             torch SDPA, no mask                   (what the bidirectional / 2-D ones replace)
+    sliding_window    causal, window=256
+    neighborhood_1d   bidirectional, kernel_size=257 (odd)
+    block_local_1d    bidirectional, block_size=128, halo=64 (256-key window)
+    neighborhood_2d   grid sqrt(N) x sqrt(N), 17x17 kernel (NA needs odd)
+    block_local_2d    grid sqrt(N) x sqrt(N), block 8, halo 4 (16x16 window)
+    axial_2d          grid sqrt(N) x sqrt(N), rows then columns
+
+Usage:
+    python benchmarks/long_context.py                    # N = 1k, 4k, 16k, 64k, 1 thread
+    python benchmarks/long_context.py --quick            # N = 1k, 4k, one repeat, no files
+    python benchmarks/long_context.py --sizes 1024,16384 --repeats 5 --dense-max 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+B, H, DH = 1, 4, 64
+
+KERNELS: dict[str, dict] = {
+    "dense_causal": dict(dense=True, causal=True),
+    "dense": dict(dense=True, causal=False),
+    "sliding_window": dict(name="sliding_window", options=dict(window=256), causal=True),
+    "neighborhood_1d": dict(name="neighborhood", options=dict(kernel_size=257), causal=False),
+    "block_local_1d": dict(name="block_local", options=dict(block_size=128, halo=64), causal=False),
+    "neighborhood_2d": dict(name="neighborhood", options=dict(kernel_size=17), causal=False, grid=True),
+    "block_local_2d": dict(name="block_local", options=dict(block_size=8, halo=4), causal=False, grid=True),
+    "axial_2d": dict(name="axial", options=dict(mode="sequential"), causal=False, grid=True),
+}
+BASELINE = {"sliding_window": "dense_causal"}  # every other sparse kernel compares with bidirectional dense
+
+
+def _status_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _make_call(spec: dict, N: int):
+    """Build inputs and a closure running one forward + backward."""
+    import torch
+    import torch.nn.functional as F
+
+    from attnlab.attention import AttentionContext, build_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, DH, generator=g).requires_grad_() for _ in range(3))
+    if spec.get("dense"):
+        def attn():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=spec["causal"])
+    else:
+        side = math.isqrt(N)
+        grid = (side, side) if spec.get("grid") else None
+        if grid and side * side != N:
+            raise SystemExit(f"2-D kernels need a square N, got {N}")
+        kernel = build_attention(spec["name"], **spec["options"])
+        ctx = AttentionContext(causal=spec["causal"], grid=grid)
+
+        def attn():
+            return kernel(q, k, v, ctx)
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        attn().sum().backward()
+
+    return step
+
+
+def worker(kernel: str, N: int, repeats: int, threads: int) -> dict:
+    """Runs inside the fresh subprocess: warm up small, then memory, then timing at N."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec = KERNELS[kernel]
+    _make_call(spec, 1024)()  # load code paths / thread pools
+    step = _make_call(spec, N)
+    base = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    step()  # first pass: builds cached plans, touches fresh memory
+    peak_mb = (_status_kb("VmHWM") - base) / 1024
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"kernel": kernel, "N": N, "time_s": statistics.median(wall), "cpu_s": statistics.median(cpu),
+            "times_s": wall, "cpu_times_s": cpu, "peak_mb": peak_mb, "threads": torch.get_num_threads()}
+
+
+def measure(kernel: str, N: int, repeats: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kernel, str(N), str(repeats), str(threads)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        return {"kernel": kernel, "N": N, "error": res.stderr.strip().splitlines()[-1:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(sizes: list[int], repeats: int, dense_max: int, kernels: list[str], threads: int) -> list[dict]:
+    rows = []
+    for N in sizes:
+        for name in kernels:
+            if KERNELS[name].get("dense") and N > dense_max:
+                rows.append({"kernel": name, "N": N, "skipped": f"N > --dense-max {dense_max} (time, see notes)"})
+                continue
+            row = measure(name, N, repeats, threads)
+            rows.append(row)
+            shown = f"{row['time_s']:.3f} s  cpu {row['cpu_s']:.3f} s  {row['peak_mb']:.0f} MB" if "time_s" in row else row
+            print(f"  {name:16s} N={N:6d}  {shown}", flush=True)
+    return rows
+
+
+NOTES = """\
+## How to read this
+
+- Time: median of `--repeats` forward + backward passes after one warm-up pass, each (kernel, N) in a
+  fresh process. Wall time and process CPU time are both reported; on a loaded shared machine the CPU
+  time (single thread) is the steadier measure of the work, since it excludes time spent descheduled.
+- Memory: `VmHWM - VmRSS` around the first forward + backward after the inputs exist (peak RSS reset
+  via `/proc/self/clear_refs`), i.e. what the call adds: activations, kept probabilities (default
+  `recompute=False`), gradients, masks, cached plans, allocator slack.
+- Dense baselines are `torch.nn.functional.scaled_dot_product_attention` (causal for `sliding_window`,
+  unmasked for the bidirectional / 2-D kernels). On CPU it runs a fused flash-style kernel whose memory
+  is O(N * Dh), so dense memory is *not* quadratic here: the sparse kernels (also O(N * Dh), plus
+  O(N * span) mask bits and per-chunk scratch) do not beat it on memory. An explicit N x N score or
+  mask tensor, which every non-fused dense path needs, would be 4 * N^2 bytes per head
+  (1 GB at N = 16k, 17 GB at N = 64k) and is never built by these kernels.
+- Dense is not run above `--dense-max` (default 16k) because of time, not memory: its cost grows as
+  N^2, so at 64k it is ~16x its 16k time per pass.
+- Shared 2-core machines: with the default 2 OpenMP threads, other processes' load stalls every
+  parallel op; `--threads 1` (the default) gives reproducible numbers. The load average is in the JSON.
+"""
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: wall and CPU time, peak memory, and ratios vs the matching dense baseline."""
+    by = {(r["kernel"], r["N"]): r for r in rows}
+    lines = ["| kernel | N | wall (s) | CPU (s) | peak extra MB | speedup vs dense (wall / CPU) | memory vs dense |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "time_s" not in r:
+            lines.append(f"| {r['kernel']} | {r['N']} | {r.get('skipped') or r.get('error')} | | | | |")
+            continue
+        base = by.get((BASELINE.get(r["kernel"], "dense"), r["N"]), {})
+        is_dense = KERNELS[r["kernel"]].get("dense")
+        speed = (f"{base['time_s'] / r['time_s']:.1f}x / {base['cpu_s'] / r['cpu_s']:.1f}x"
+                 if "time_s" in base and not is_dense else "")
+        mem = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base.get("peak_mb") and not is_dense else ""
+        lines.append(f"| {r['kernel']} | {r['N']} | {r['time_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_mb']:.0f} "
+                     f"| {speed} | {mem} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name in dict.fromkeys(r["kernel"] for r in rows):
+        pts = [r for r in rows if r["kernel"] == name and "time_s" in r]
+        if not pts:
+            continue
+        style = "--" if KERNELS[name].get("dense") else "-"
+        for ax, key in zip(axes, ("time_s", "cpu_s", "peak_mb")):
+            ax.plot([p["N"] for p in pts], [max(p[key], 1e-3) for p in pts], style, marker="o", label=name)
+    labels = ("fwd + bwd wall time (s)", "fwd + bwd CPU time (s)", "peak extra memory (MB)")
+    for ax, label in zip(axes, labels):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"attnlab structured sparse attention vs dense SDPA (B={B}, H={H}, Dh={DH}, fp32, CPU)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1024,4096,16384,65536", help="comma-separated N values")
+    p.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd passes per (kernel, N); median")
+    p.add_argument("--quick", action="store_true", help="N = 1024,4096, 1 repeat, print only")
+    p.add_argument("--dense-max", type=int, default=16384, help="largest N at which dense SDPA is run")
+    p.add_argument("--kernels", default=",".join(KERNELS), help=f"subset of {list(KERNELS)}")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (default 1: reproducible on shared machines; 0 = torch default)")
+    p.add_argument("--tag", default="", help="suffix for the output files (e.g. '_1thread')")
+    p.add_argument("--from-json", type=Path, help="re-render table and plot from a saved results JSON")
+    p.add_argument("--worker", nargs=4, metavar=("KERNEL", "N", "REPEATS", "THREADS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), int(args.worker[3]))))
+        return
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        write_docs(saved["rows"], saved["meta"], args.tag, saved["meta"].get("command", ""))
+        return
+    sizes = [1024, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
+    repeats = 1 if args.quick else args.repeats
+    kernels = args.kernels.split(",")
+    unknown = sorted(set(kernels) - set(KERNELS))
+    if unknown:
+        p.error(f"unknown kernels {unknown}; valid: {list(KERNELS)}")
+    rows = run(sizes, repeats, args.dense_max, kernels, args.threads)
+    print(table(rows))
+    if args.quick:
+        return
+    meta = {"B": B, "H": H, "Dh": DH, "dtype": "float32", "repeats": repeats, "threads": args.threads or "default",
+            "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+            "command": " ".join(argv if argv is not None else sys.argv[1:])}
+    out = ROOT / "benchmarks" / "results" / f"long_context{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_docs(rows, meta, args.tag, meta["command"])
+    print(f"wrote {out}")
+
+
+def write_docs(rows: list[dict], meta: dict, tag: str, command: str) -> None:
+    """docs/long_context{tag}.md (header, table, notes) and docs/long_context{tag}.png."""
+    head = (f"# Long-context attention benchmark\n\nB={B}, H={H}, Dh={DH}, fp32, CPU, torch threads = "
+            f"{meta['threads']}, load average at end {meta['load_avg_at_end'][0]:.1f} on {meta['cpu_count']} "
+            f"cores. Regenerate: `python benchmarks/long_context.py {command}`.\n\n")
+    (ROOT / "docs" / f"long_context{tag}.md").write_text(head + table(rows) + "\n\n" + NOTES)
+    plot(rows, ROOT / "docs" / f"long_context{tag}.png")
+    print(f"wrote docs/long_context{tag}.md, docs/long_context{tag}.png")
+
+
+if __name__ == "__main__":
+    main()

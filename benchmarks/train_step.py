@@ -1,0 +1,113 @@
+"""Training-step throughput: attnlab GPT vs Hugging Face GPT2LMHeadModel at the same shape.
+
+Full step = forward + backward + AdamW. Shape (issue 2): 6 layers, 6 heads, dim 384, context 256,
+vocab 256, batch 8; fp32 and bf16 autocast; runs alternate between the two models and we report
+medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak measured in
+the same run. FLOPs per token follow the PaLM/nanoGPT estimate ``6 N + 12 L H Dh T``.
+
+    python benchmarks/train_step.py            # full run
+    python benchmarks/train_step.py --quick    # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from common import machine_info, matmul_peak, print_table, write_json
+
+SHAPE = dict(num_layers=6, num_heads=6, dim=384, max_seq_len=256, vocab_size=256)
+
+
+def build_attnlab():
+    from attnlab.models import create_model
+
+    return create_model("gpt", activation="gelu_tanh", dropout=0.0, **SHAPE)
+
+
+def build_hf():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=SHAPE["vocab_size"], n_positions=SHAPE["max_seq_len"], n_embd=SHAPE["dim"],
+                     n_layer=SHAPE["num_layers"], n_head=SHAPE["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(cfg)
+
+
+def make_step(model, kind: str, batch: torch.Tensor, precision: str):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False, foreach=True)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    x, y = batch[:, :-1], batch[:, 1:]
+
+    def step():
+        with ctx():
+            logits = model(x).logits if kind == "hf" else model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def flops_per_token(model) -> float:
+    n = sum(p.numel() for p in model.parameters())
+    L, H, T = SHAPE["num_layers"], SHAPE["num_heads"], SHAPE["max_seq_len"]
+    return 6 * n + 12 * L * H * (SHAPE["dim"] // H) * T
+
+
+def run(precision: str, repeats: int, batch_size: int) -> dict:
+    torch.manual_seed(0)
+    batch = torch.randint(0, SHAPE["vocab_size"], (batch_size, SHAPE["max_seq_len"] + 1))
+    models = {"attnlab": build_attnlab(), "hf": build_hf()}
+    steps = {k: make_step(m, k, batch, precision) for k, m in models.items()}
+    for s in steps.values():  # warm-up
+        s(), s()
+    times = {k: [] for k in steps}
+    for _ in range(repeats):  # alternate so drifts in machine load hit both equally
+        for k, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[k].append(time.perf_counter() - t0)
+    tokens = batch_size * SHAPE["max_seq_len"]
+    out = {}
+    for k, ts in times.items():
+        med = statistics.median(ts)
+        out[k] = {"median_s": med, "tokens_per_s": tokens / med,
+                  "model_tflops": flops_per_token(models[k]) * tokens / med / 1e12,
+                  "params": sum(p.numel() for p in models[k].parameters())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="5 repetitions")
+    args = ap.parse_args()
+    repeats = 5 if args.quick else args.repeats
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    rows, results = [], {}
+    for precision in ("fp32", "bf16"):
+        res = run(precision, repeats, args.batch_size)
+        results[precision] = res
+        for k in ("attnlab", "hf"):
+            r = res[k]
+            rows.append({"precision": precision, "model": k, "tokens/s": r["tokens_per_s"],
+                         "step ms": r["median_s"] * 1e3, "MFU %": 100 * r["model_tflops"] * 1e3 / peaks[precision],
+                         "vs HF": r["tokens_per_s"] / res["hf"]["tokens_per_s"]})
+    print(f"matmul peak this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "vs HF"])
+    path = write_json("train_step", {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
+                                     "matmul_peak_gflops": peaks, "results": results, "table": table,
+                                     "machine": machine_info()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""``attnlab`` command line: parse, then call one library function per subcommand (house rule 7).
+
+Add a subcommand with one decorated function that declares its arguments and returns the handler::
+
+    @command("embed", "embed sentences with a trained encoder", examples=["attnlab embed RUN --text hi"])
+    def _embed(p: argparse.ArgumentParser):
+        p.add_argument("run_dir")
+        return lambda args: print(...)   # the handler returns an exit code (None = 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+Handler = Callable[[argparse.Namespace], "int | None"]
+_COMMANDS: list[tuple[str, str, list[str], Callable[[argparse.ArgumentParser], Handler]]] = []
+
+
+def command(name: str, help: str, examples: list[str]):
+    """Register a subcommand: the decorated function adds arguments to its parser and returns the handler."""
+
+    def deco(fn: Callable[[argparse.ArgumentParser], Handler]):
+        if any(c[0] == name for c in _COMMANDS):
+            raise ValueError(f"subcommand {name!r} is already registered")
+        _COMMANDS.append((name, help, examples, fn))
+        return fn
+
+    return deco
+
+
+@command("train", "train a model from a YAML recipe (or continue a run with --resume)", examples=[
+    "attnlab train configs/char-gpt.yaml",
+    "attnlab train configs/char-gpt.yaml model.attention=softmax train.lr=3e-4 train.steps=500",
+    "attnlab train runs/char-gpt --resume                # continue an interrupted run",
+    "attnlab train runs/char-gpt --resume train.steps=4000  # train an existing run longer",
+    "torchrun --nproc_per_node=2 -m attnlab.cli train configs/char-gpt.yaml   # DDP",
+])
+def _train(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
+                   help="a YAML recipe or a run directory, then dotted overrides (see docs/config.md)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.run_dir")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run in train.run_dir and start again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import load_config
+        from .train.trainer import train
+
+        config, overrides = _split_config_args(args.args)
+        cfg = load_config(config, overrides)
+        if config is not None and _is_run_dir(config) and not any(o.startswith("train.run_dir=") for o in overrides):
+            cfg.train.run_dir = str(config)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        return 130 if result.stopped == "interrupted" else 0
+
+    return run
+
+
+@command("generate", "sample text from a trained run", examples=[
+    "attnlab generate runs/char-gpt --prompt 'And God said'",
+    "attnlab generate runs/char-gpt --prompt 'In the beginning' --max-new-tokens 400 --temperature 0.7 --top-k 20",
+    "attnlab generate runs/char-gpt --prompt 'Jesus' --num-samples 3 --top-p 0.9 --seed 1",
+])
+def _generate(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run_dir", help="run directory written by `attnlab train`")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=300, help="tokens to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+
+    def run(args: argparse.Namespace) -> None:
+        from .train.run import generate_text, load_run
+
+        loaded = load_run(args.run_dir, args.device)
+        texts = generate_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                              args.seed, args.num_samples)
+        for i, text in enumerate(texts):
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1} (step {loaded.checkpoint.step}) ---")
+            print(args.prompt + text)
+
+    return run
+
+
+@command("eval", "evaluate a trained run on its whole validation (or training) split", examples=[
+    "attnlab eval runs/char-gpt",
+    "attnlab eval runs/char-gpt --split train --max-batches 50",
+])
+def _eval(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run_dir", help="run directory written by `attnlab train`")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: data.batch_size)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(args: argparse.Namespace) -> None:
+        from .train.run import evaluate_run
+
+        r = evaluate_run(args.run_dir, args.split, args.batch_size, args.max_batches, args.device,
+                         progress=not args.no_progress)
+        if args.json:
+            print(json.dumps(r))
+            return
+        unit = next(k for k in r if k.startswith("bits_per_")).removeprefix("bits_per_")
+        print(f"{args.split} loss {r['loss']:.4f} nats/{unit} ({r[f'bits_per_{unit}']:.3f} bits/{unit}) "
+              f"over {r['tokens']:,} tokens, checkpoint step {r['step']}")
+
+    return run
+
+
+@command("list", "list registered attention kernels, model presets, embedded datasets or tasks", examples=[
+    "attnlab list attention", "attnlab list models", "attnlab list datasets", "attnlab list tasks",
+])
+def _list(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("what", choices=["attention", "models", "datasets", "tasks"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def run(args: argparse.Namespace) -> None:
+        rows = _list_rows(args.what)
+        if args.json:
+            print(json.dumps(rows, default=str, indent=1))
+            return
+        width = max(len(r["name"]) for r in rows) + 2
+        for r in rows:
+            print(r["name"].ljust(width) + r["info"])
+
+    return run
+
+
+@command("embed", "sentence embeddings with a pretrained encoder (default all-MiniLM-L6-v2)", examples=[
+    "attnlab embed --input sentences.txt --output emb.npy",
+    "attnlab embed --model path/to/hf-bert --input s.txt --output e.npy --dtype bfloat16 --batch-size 64",
+])
+def _embed(p: argparse.ArgumentParser) -> Handler:
+    from .interop.cli_embed import add_embed_arguments, cmd_embed  # argparse only; torch loads in cmd_embed
+
+    add_embed_arguments(p)
+    return cmd_embed
+
+
+@command("compare", "train a grid of attention variants x tasks x seeds and tabulate quality, speed, memory",
+         examples=[
+             "attnlab compare configs/compare/quick.yaml",
+             "attnlab compare configs/compare/quick.yaml compare.out_dir=runs/cmp base.train.steps=100",
+             "attnlab compare --report runs/compare-quick      # rebuild tables and plots from results.jsonl",
+         ])
+def _compare(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
+                   help="a compare YAML file, then dotted overrides (compare.out_dir=..., base.train.steps=...)")
+    p.add_argument("--report", metavar="RUN_DIR", help="only rebuild the report of RUN_DIR (no training)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from .compare.report import write_report
+
+        if args.report:
+            if args.args:
+                raise ValueError(f"--report takes no CONFIG or overrides, got {args.args}")
+            print(write_report(args.report))
+            return 0
+        from .compare.config import load_compare_config
+        from .compare.grid import run_grid
+
+        config, overrides = _split_config_args(args.args)
+        if config is None:
+            raise ValueError("give a compare config (e.g. configs/compare/quick.yaml) or --report RUN_DIR")
+        cfg = load_compare_config(config, overrides)
+        run_grid(cfg, progress=not args.no_progress, report=False)
+        print(write_report(cfg.compare.out_dir))
+        return 0
+
+    return run
+
+
+def _list_rows(what: str) -> list[dict]:
+    if what == "attention":
+        from .attention import describe_attention
+
+        return [{"name": r["name"], "info": f"{r['summary']}  [{r['capabilities'].get('complexity', '')}]",
+                 "options": r["options"]} for r in describe_attention()]
+    if what == "models":
+        from .models import describe_models
+
+        return [{"name": r["name"], "info": f"{r['family']}: {r['description']}"} for r in describe_models()]
+    if what == "datasets":
+        from .data.sources import describe_sources
+
+        return [{"name": r["name"], "info": f"{r['kind']:<14} {'installed' if r['installed'] else 'missing':<9} "
+                 f"{r['description']}" + ("" if r["installed"] else f"  ({r['install']})")} for r in describe_sources()]
+    from .tasks import get_task, list_tasks
+
+    return [{"name": n, "info": ((get_task(n).__doc__ or "").strip().splitlines() or [""])[0]} for n in list_tasks()]
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first item without ``=`` is the config path; the rest must be ``key=value`` overrides."""
+    config, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None and not overrides:
+            config = item
+        else:
+            raise ValueError(f"unexpected argument {item!r}: give one CONFIG first, then key=value overrides")
+    return config, overrides
+
+
+def _is_run_dir(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnlab", description="attnlab: every attention mechanism behind one interface.",
+        epilog="Run `attnlab COMMAND --help` for examples.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, examples, fn in _COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog="examples:\n  " + "\n  ".join(examples),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(handler=fn(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``attnlab`` script; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # overrides after an option (`train CONFIG --resume a.b=1`) arrive here; only `args` lists take them
+        if not isinstance(getattr(args, "args", None), list) or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args += extra
+    try:
+        code = args.handler(args)
+    except KeyboardInterrupt as e:
+        print(f"attnlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+        print(f"attnlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

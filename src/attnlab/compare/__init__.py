@@ -1,0 +1,1 @@
+"""Compare attention variants on a task suite: ``attnlab compare`` (issue 6)."""

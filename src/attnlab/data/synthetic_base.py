@@ -1,0 +1,165 @@
+"""Containers shared by every task generator and loader of the comparison suite (issue 6).
+
+A task is a :class:`TaskDataset` holding a ``train`` and a ``test`` :class:`TaskSplit` plus what a model
+builder needs to know (``kind``, ``vocab_size`` or ``input_dim``, ``num_classes``, ``seq_len``) and how
+it is scored (``metric``). Three kinds exist:
+
+- ``"lm"``: ``inputs (N, T)`` long token ids, ``targets (N, T)`` long, ``loss_mask (N, T)`` bool. A
+  causal model reading ``inputs[:, :t + 1]`` predicts ``targets[:, t]``; only positions with
+  ``loss_mask`` True are trained and scored (other targets hold ``IGNORE_INDEX``).
+- ``"classify"``: ``inputs (N, T)`` long, ``targets (N,)`` long labels, ``key_padding_mask (N, T)``
+  bool with True = real token (the attention convention of :class:`AttentionContext`).
+- ``"regression"``: ``inputs (N, T, D)`` float, ``targets (N, T)`` float, ``loss_mask (N, T)`` bool.
+
+Every generator takes an explicit ``seed``; train and test come from independent child streams of
+``numpy.random.SeedSequence(seed)``, so the same seed always gives the same tensors on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index: unscored target positions hold it
+TaskKind = Literal["lm", "classify", "regression"]
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """One split of a task. Shapes are listed in the module docstring; ``extras`` holds per-example
+    tensors a baseline or an analysis needs (regression ``xs``/``ys``/``w``, ListOps depths, ...)."""
+
+    inputs: Tensor
+    targets: Tensor
+    loss_mask: Tensor | None = None
+    key_padding_mask: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = self.inputs.shape[0]
+        for name in ("targets", "loss_mask", "key_padding_mask"):
+            t = getattr(self, name)
+            if t is not None and t.shape[0] != n:
+                raise ValueError(f"{name} has {t.shape[0]} rows but inputs has {n}")
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def subset(self, index: Tensor | slice | list[int]) -> "TaskSplit":
+        """Rows ``index`` of every tensor (extras included)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return replace(self, inputs=self.inputs[index], targets=self.targets[index],
+                       loss_mask=pick(self.loss_mask), key_padding_mask=pick(self.key_padding_mask),
+                       extras={k: v[index] for k, v in self.extras.items()})
+
+    def to(self, device: torch.device | str) -> "TaskSplit":
+        """A copy with every tensor on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, inputs=self.inputs.to(device), targets=self.targets.to(device),
+                       loss_mask=move(self.loss_mask), key_padding_mask=move(self.key_padding_mask),
+                       extras={k: v.to(device) for k, v in self.extras.items()})
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Rows ``index`` as a training batch: ``{"idx" | "inputs", "targets", ["loss_mask"], ["key_padding_mask"]}``.
+
+        Token inputs are under ``"idx"`` (the key of :func:`attnlab.tasks.lm.lm_step`, whose
+        cross-entropy already skips ``IGNORE_INDEX`` targets), real-valued inputs under ``"inputs"``.
+        """
+        x = self.inputs[index]
+        out = {"inputs" if x.is_floating_point() else "idx": x, "targets": self.targets[index]}
+        if self.loss_mask is not None:
+            out["loss_mask"] = self.loss_mask[index]
+        if self.key_padding_mask is not None:
+            out["key_padding_mask"] = self.key_padding_mask[index]
+        return out
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    """A task of the suite: splits, model-facing sizes, metric and vocabulary layout.
+
+    Attributes:
+        name: registry name (``get_task_dataset(name)``).
+        kind: ``"lm"``, ``"classify"`` or ``"regression"`` (see module docstring).
+        train, test: the splits (``test`` is the validation split of the grokking task).
+        seq_len: ``T`` of ``inputs``.
+        metric: name in :data:`attnlab.tasks.metrics.METRICS`.
+        vocab_size: token vocabulary (``None`` for regression).
+        num_classes: labels of a classification task, else ``None``.
+        input_dim: feature width ``D`` of regression inputs, else ``None``.
+        label_names: class names of a classification task, indexed by label.
+        grid: ``(rows, cols)`` when the ``T`` tokens are a row-major 2-D grid (pixel sequences).
+        vocab: token name -> id (special tokens and layout), for docs and decoding.
+        options: the resolved generator options (reproduce with ``get_task_dataset(name, **options)``).
+    """
+
+    name: str
+    kind: TaskKind
+    train: TaskSplit
+    test: TaskSplit
+    seq_len: int
+    metric: str
+    vocab_size: int | None = None
+    num_classes: int | None = None
+    input_dim: int | None = None
+    grid: tuple[int, int] | None = None
+    label_names: tuple[str, ...] = ()
+    vocab: dict[str, int] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+
+def split_rngs(seed: int, n: int = 2) -> list[np.random.Generator]:
+    """``n`` independent numpy Generators derived from ``seed`` (train, test, ...)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
+
+
+def sample_without_replacement(rng: np.random.Generator, n: int, population: int, k: int,
+                               chunk_elements: int = 1 << 22) -> np.ndarray:
+    """``(n, k)`` rows of distinct ints in ``[0, population)``, each row a uniform random k-subset in
+    uniformly random order.
+
+    Small ``k`` (``k * k <= population``): draw with replacement and redraw rows holding a repeat
+    (rejection keeps every ordered distinct tuple equally likely; a row is kept with probability
+    > 0.6). Otherwise the ``k`` smallest of ``population`` iid uniforms index a uniform k-subset
+    (``argpartition``), shuffled by a second draw, in chunks of about ``chunk_elements`` values.
+    """
+    if k > population:
+        raise ValueError(f"cannot draw {k} distinct values from {population}")
+    if k * k <= population:
+        return _rejection_sample(rng, n, population, k)
+    out = np.empty((n, k), dtype=np.int64)
+    rows = max(1, chunk_elements // max(population, 1))
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        noise = rng.random((m, population))
+        pick = np.argpartition(noise, k - 1, axis=1)[:, :k] if k < population else np.argsort(noise, axis=1)
+        order = np.argsort(rng.random((m, k)), axis=1)  # (m, k) random order within the subset
+        out[start:start + m] = np.take_along_axis(pick, order, axis=1)
+    return out
+
+
+def _rejection_sample(rng: np.random.Generator, n: int, population: int, k: int) -> np.ndarray:
+    out = rng.integers(0, population, size=(n, k))
+    todo = np.arange(n)
+    while todo.size:
+        s = np.sort(out[todo], axis=1)
+        todo = todo[(s[:, 1:] == s[:, :-1]).any(axis=1)]  # rows with a repeated value
+        out[todo] = rng.integers(0, population, size=(todo.size, k))
+    return out
+
+
+def check_positive(**values: int) -> None:
+    """Raise ``ValueError`` naming every option that is not a positive int."""
+    for name, v in values.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def long_tensor(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))

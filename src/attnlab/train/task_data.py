@@ -1,0 +1,112 @@
+"""Train the Trainer on a task of the comparison suite instead of a text corpus (issue 6).
+
+:class:`TaskLMData` adapts a ``kind="lm"`` :class:`~attnlab.data.synthetic_base.TaskDataset` (MQAR,
+selective copying, modular addition) to what :class:`~attnlab.train.trainer.Trainer` needs from its
+data: ``vocab_size``, a ``tokenizer`` with a ``unit``, a resumable train sampler and fixed evaluation
+batches. Batches are ``{"idx" (B, T), "targets" (B, T), "loss_mask" (B, T)}``; the ``lm`` task step
+works unchanged because unscored targets hold ``IGNORE_INDEX`` (-100), which cross-entropy skips.
+
+Pass it as ``train(cfg, task_data=TaskLMData(task))``; ``data.seq_len`` must equal ``task.seq_len``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.synthetic_base import TaskDataset, TaskSplit
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The "tokenizer" of a synthetic task: inputs already are ids in ``[0, vocab_size)``."""
+
+    vocab_size: int
+    unit: str = "token"
+
+
+class TaskSampler:
+    """Random training rows of a :class:`TaskSplit`, a pure function of ``(seed, step)`` like
+    :class:`~attnlab.data.text.WindowSampler`, so resuming at ``position`` replays the same stream.
+
+    ``next()`` returns ``split.batch(rows)`` with ``B = batch_size`` rows for this rank; rows are drawn
+    with replacement from all ``N`` rows (every rank draws the same ``B * world_size * grad_accum``
+    rows per step and takes its own slice). ``state_dict()`` is JSON.
+    """
+
+    def __init__(self, split: TaskSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 grad_accum: int = 1):
+        if len(split) < 1:
+            raise ValueError("the task's train split is empty; raise num_train")
+        self.split, self.batch_size = split, batch_size
+        self.seed, self.rank, self.world_size, self.grad_accum = seed, rank, world_size, grad_accum
+        self.position = 0  # micro-batches consumed
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, Tensor]:
+        per_micro = self.batch_size * self.world_size
+        rng = np.random.default_rng([self.seed, step])
+        rows = rng.integers(0, len(self.split), size=per_micro * self.grad_accum)
+        rows = rows[micro * per_micro:(micro + 1) * per_micro][self.rank::self.world_size]  # (B,)
+        return self.split.batch(torch.from_numpy(rows))
+
+    def next(self) -> dict[str, Tensor]:
+        b = self.batch(*divmod(self.position, self.grad_accum))
+        self.position += 1
+        return b
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "position": self.position, "rows": len(self.split),
+                "batch_size": self.batch_size, "world_size": self.world_size, "grad_accum": self.grad_accum}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position; raises ``ValueError`` if the stream itself would differ."""
+        for key in ("seed", "batch_size", "world_size", "grad_accum"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"checkpoint sampler has {key}={state.get(key)} but this run has {getattr(self, key)}; "
+                                 "resume with the same data settings and number of processes")
+        if state.get("rows") != len(self.split):
+            raise ValueError(f"checkpoint sampler drew from {state.get('rows')} rows but this task has "
+                             f"{len(self.split)}; resume with the same task options")
+        self.position = int(state["position"])
+
+
+class TaskLMData:
+    """A ``kind="lm"`` task as the Trainer's data source (see module docstring).
+
+    Raises:
+        ValueError: the task is not of kind ``"lm"`` (classification/regression need other heads).
+    """
+
+    def __init__(self, task: TaskDataset):
+        if task.kind != "lm":
+            raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only kind 'lm' tasks train through the "
+                             "lm step (choose mqar, selective_copy or modular_addition)")
+        self.task = task
+        self.tokenizer = TokenIds(task.vocab_size)
+        self.seq_len = task.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                grad_accum: int = 1) -> TaskSampler:
+        return TaskSampler(self.task.train, batch_size, seed, rank, world_size, grad_accum)
+
+    def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
+                     world_size: int = 1) -> list[dict[str, Tensor]]:
+        """The first ``num_batches * batch_size * world_size`` test rows (fewer if the split is smaller),
+        in order, this rank's share of each batch."""
+        out = []
+        n = len(self.task.test)
+        per = batch_size * world_size
+        for b in range(num_batches):
+            if b * per >= n:
+                break
+            rows = torch.arange(b * per, min((b + 1) * per, n))[rank::world_size]  # (<= B,)
+            if len(rows):
+                out.append(self.task.test.batch(rows))
+        return out

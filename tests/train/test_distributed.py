@@ -1,0 +1,48 @@
+"""DDP under torchrun (gloo, 2 CPU processes) matches one process with the doubled batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from attnlab.train import train
+
+from trainkit import text_file, tiny_config  # noqa: F401  (text_file is a fixture)
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_with_double_batch(text_file, tmp_path):
+    steps = 6
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    cfg = tiny_config(text_file, ddp_dir, steps=steps, eval_every=3, checkpoint_every=100)
+    cfg.data.batch_size = 4
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(cfg.to_yaml())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "attnlab.cli", "train", str(cfg_path), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    single = tiny_config(text_file, single_dir, steps=steps, eval_every=3, checkpoint_every=100)
+    single.data.batch_size = 8
+    train(single, progress=False)
+
+    ddp_rows, single_rows = rows(ddp_dir), rows(single_dir)
+    assert [r["step"] for r in ddp_rows] == list(range(1, steps + 1))  # rank 0 alone writes the log
+    assert [r["loss"] for r in ddp_rows] == pytest.approx([r["loss"] for r in single_rows], abs=1e-5)
+    ddp_val = [r["val_loss"] for r in ddp_rows if "val_loss" in r]
+    assert len(ddp_val) == 2
+    assert ddp_val == pytest.approx([r["val_loss"] for r in single_rows if "val_loss" in r], abs=1e-5)
+    summary = json.loads((ddp_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["tokens"] == steps * 8 * 32
+    saved = yaml.safe_load((ddp_dir / "config.yaml").read_text())
+    assert saved["data"]["batch_size"] == 4
