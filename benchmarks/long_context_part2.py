@@ -118,7 +118,8 @@ def targets(rows: list[dict]) -> list[dict]:
     speed = None
     if ("dense_causal", 16384) in by and ("linear", 16384) in by:
         speed = by[("dense_causal", 16384)]["time_s"] / by[("linear", 16384)]["time_s"]
-    out.append({"target": "linear speedup vs dense at 16k >= 20x", "value": speed, "met": speed is not None and speed >= 20})
+    out.append({"target": "linear speedup vs dense at 16k >= 20x", "value": speed,
+                "met": speed is not None and speed >= 20})
     mem = ratio("linear", 16384, 4096, "peak_mb")
     out.append({"target": "linear memory(16k)/memory(4k) ~ 4 (linear growth)", "value": mem,
                 "met": mem is not None and mem <= 5})

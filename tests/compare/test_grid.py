@@ -156,3 +156,19 @@ def test_eval_batches_stop_at_the_end_of_the_test_split():
     batches = data.eval_batches(batch_size=24, num_batches=20)
     assert [len(b["idx"]) for b in batches] == [24, 24, 16]
     assert (batches[0]["idx"] == data.task.test.inputs[:24]).all()
+
+
+def test_char_lm_cell_trains_exactly_like_attnlab_train(tmp_path, text_file):
+    """The grid's shared-corpus path gives the same losses as `train(cfg)` on the cell's own recipe."""
+    from attnlab.train.trainer import train
+
+    raw = grid_config(tmp_path / "g", text_file)
+    raw["compare"]["tasks"], raw["compare"]["seeds"] = [{"name": "char_lm"}], [1]
+    raw["compare"]["variants"] = [{"name": "sliding_window", "options": {"window": 4}}]
+    cfg = compare_config_from_dict(raw)
+    [rec] = run_grid(cfg, progress=False, report=False)
+    plain = cfg.cells()[0].run_config()
+    plain.train.run_dir = str(tmp_path / "plain")
+    result = train(plain, progress=False)
+    assert rec["losses"] == [round(x, 5) for x in result.losses]
+    assert rec["final_val_loss"] == result.final_val_loss

@@ -142,7 +142,9 @@ class CombinerAttention(AttentionKernel):
         s = self.segment
         n = math.ceil(S / s)
         pad = n * s - S  # right-pad to whole segments with masked tokens
-        valid = torch.ones(B, S, dtype=torch.bool, device=k.device) if ctx.key_padding_mask is None else ctx.key_padding_mask
+        valid = ctx.key_padding_mask
+        if valid is None:
+            valid = torch.ones(B, S, dtype=torch.bool, device=k.device)
         vseg = F.pad(valid, (0, pad), value=False).view(B, 1, n, s)
         qs = F.pad(q_all * self.softmax_scale(D), (0, 0, 0, pad)).view(B, H, n, s, D)
         ks = F.pad(k, (0, 0, 0, pad)).view(B, H, n, s, D)

@@ -115,7 +115,8 @@ class PathwaysAttention(AttentionKernel):
         if valid is not None:
             u = u.masked_fill(~valid, float("inf"))  # padded tokens rank last
         order = u.argsort(dim=-1)  # (B, N): rank -> token
-        nv = (valid.sum(-1, keepdim=True) if valid is not None else torch.full((batch, 1), N, device=device)).clamp(min=1)
+        nv = valid.sum(-1, keepdim=True) if valid is not None else torch.full((batch, 1), N, device=device)
+        nv = nv.clamp(min=1)  # (B, 1) valid tokens per row
         rank = torch.arange(N, device=device).expand(batch, N)
         grp = rank * g // nv  # contiguous, balanced chunks of the valid ranks
         start = (grp * nv + g - 1) // g
@@ -132,7 +133,8 @@ class PathwaysAttention(AttentionKernel):
         perm = key.argsort(dim=-1)
         slot_token, slot_real = slot_token.gather(1, perm), slot_real.gather(1, perm)
         token_slot = torch.zeros(batch, N + 1, dtype=torch.long, device=device)
-        token_slot.scatter_(1, torch.where(slot_real, slot_token, N), torch.arange(g * n, device=device).expand(batch, -1))
+        slots = torch.arange(g * n, device=device).expand(batch, -1)
+        token_slot.scatter_(1, torch.where(slot_real, slot_token, N), slots)  # dummies write to column N
         return slot_token, slot_real, token_slot[:, :N]
 
     def keep_mask(self, token_slot: Tensor, length: int) -> Tensor:

@@ -254,7 +254,8 @@ class RoutingAttention(AttentionKernel):
             g_sorted = group[:, None, None, :].expand(B, h, nc, N).gather(-1, order)
             g_sorted, perm = g_sorted.sort(dim=-1, stable=True)
             order = order.gather(-1, perm)
-            sizes = torch.zeros(B, G, dtype=torch.long, device=sim.device).scatter_add_(1, group, torch.ones_like(group))
+            sizes = torch.zeros(B, G, dtype=torch.long, device=sim.device)
+            sizes.scatter_add_(1, group, torch.ones_like(group))  # (B, G) tokens per document
             starts = (sizes.cumsum(1) - sizes)[:, None, None, :].expand(B, h, nc, G)
             rank = rank - starts.gather(-1, g_sorted)
         ok = rank < w

@@ -20,6 +20,7 @@ after a reset. Where neither is available it is ``None``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,11 +35,12 @@ from tqdm.auto import tqdm
 
 from ..config import atomic_write_text
 from ..data.synthetic import get_task_dataset
+from ..data.text import build_lm_data
 from ..tasks.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
 from ..train.precision import autocast
-from ..train.task_data import TaskLMData
+from ..train.task_data import CorpusData, TaskLMData
 from ..train.trainer import Trainer
 from .config import CHAR_LM, Cell, CompareConfig
 
@@ -130,6 +132,11 @@ class PeakMemory:
 
 # ---------------------------------------------------------------- one cell
 
+@functools.lru_cache(maxsize=2)
+def _corpus(dataset: str, tokenizer: str, seq_len: int, val_fraction: float, split: str):
+    return build_lm_data(dataset, tokenizer, seq_len, val_fraction, split)
+
+
 @torch.no_grad()
 def inference_tokens_per_s(model: torch.nn.Module, batches: list[dict], device: torch.device, precision: str,
                            num_batches: int) -> float:
@@ -174,6 +181,9 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
         task = get_task_dataset(cell.task.name, **cell.task.options)
         task_data = TaskLMData(task)
     cfg = cell.run_config(*((task.seq_len, task.vocab_size) if task else (None, None)))
+    if task is None:  # the text corpus, tokenized once per grid (identical batches to the plain text path)
+        d = cfg.data
+        task_data = CorpusData(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split))
     if device is not None:
         cfg.train.device = device
     info = D.init_distributed(cfg.train.device)

@@ -110,3 +110,29 @@ class TaskLMData:
             if len(rows):
                 out.append(self.task.test.batch(rows))
         return out
+
+
+class CorpusData:
+    """A text corpus (:class:`~attnlab.data.text.LMData`) behind the same interface as :class:`TaskLMData`,
+    so a comparison grid can tokenize the corpus once and share it between cells. Batches and evaluation
+    windows are exactly those of the default text path (:class:`~attnlab.data.text.WindowSampler`,
+    :func:`~attnlab.data.text.eval_batches`)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.tokenizer, self.seq_len = data.tokenizer, data.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.data.vocab_size
+
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+        from ..data.text import WindowSampler
+
+        return WindowSampler(self.data.train, self.seq_len, batch_size, seed, rank, world_size, grad_accum)
+
+    def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
+                     world_size: int = 1) -> list[dict[str, Tensor]]:
+        from ..data.text import eval_batches
+
+        return eval_batches(self.data.val, self.seq_len, batch_size, num_batches, rank, world_size)

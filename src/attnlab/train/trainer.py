@@ -38,7 +38,7 @@ from .signals import Abort, install_stop_handlers, restore_handlers
 
 # keys that may change when a run is resumed (everything else must match the saved config.yaml)
 RESUMABLE_CHANGES = {"steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                     "early_stopping_patience", "device"}
+                     "early_stopping_patience", "device", "run_dir"}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -375,8 +375,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
 def _print_summary(result: TrainResult, trainer: Trainer) -> None:
     unit = trainer.data.tokenizer.unit
     rate = trainer.tokens / max(trainer.elapsed, 1e-9)
-    msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} training "
-           f"({rate:,.0f} tokens/s), {format_seconds(result.wall_seconds)} wall time with evaluation")
+    msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} in training steps "
+           f"({rate:,.0f} tokens/s); this invocation took {format_seconds(result.wall_seconds)} with evaluation")
     if result.final_val_loss is not None:
         v = result.final_val_loss
         msg += f"; final val loss {v:.4f} nats/{unit} ({v / math.log(2):.3f} bits/{unit})"
