@@ -20,7 +20,7 @@ help:
 	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
 	@echo "make test-slow  only the slow checks"
 	@echo "make bench      run every script in benchmarks/"
-	@echo "make docs       regenerate docs/config.md from the config models"
+	@echo "make docs       regenerate docs/config.md and docs/attention.md from the code"
 	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH=$(TORCH)"
 
 install: $(STAMP)
@@ -49,6 +49,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m attnlab.config docs/config.md
+	$(PY) -m attnlab.catalogue docs/attention.md
 
 clean-runs:
 	rm -rf runs/
