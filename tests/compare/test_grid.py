@@ -134,13 +134,14 @@ def test_task_sampler_resumes_the_same_stream():
 
 @pytest.mark.slow
 def test_softmax_transformer_learns_mqar(tmp_path):
-    """Zoology MQAR, vocab 32, 32 tokens, 4 pairs: gpt-tiny reaches >= 95% query accuracy (measured 100% by
-    step ~750 at batch 64, lr 1e-3)."""
+    """Zoology MQAR, vocab 32, 32 tokens, 4 pairs: gpt-tiny with the trainer's default recipe (lr 1e-3, warmup
+    100, weight decay 0.1, cosine over 2000 steps, batch 64) reaches >= 95% query accuracy. Measured: 100% test
+    accuracy; validation loss sits at ln 4 (the value set, not the binding) until step ~800 and drops at ~900-1300.
+    With weight_decay=0 (lr 1e-3 for 1000 steps, or a constant 3e-3 for 1500) it stayed at ~25%. ~10 min loaded CPU."""
     raw = {"compare": {"out_dir": str(tmp_path), "seeds": [0], "variants": [{"name": "softmax"}],
-                       "tasks": [{"name": "mqar", "options": {**MQAR, "num_train": 20000, "num_test": 500}}]},
+                       "tasks": [{"name": "mqar", "options": {"vocab_size": 32, "seq_len": 32, "num_kv_pairs": 4}}]},
            "base": {"model": {"name": "gpt-tiny"}, "data": {"batch_size": 64},
-                    "train": {"steps": 1000, "lr": 1e-3, "warmup_steps": 50, "weight_decay": 0.0, "eval_every": 250,
-                              "precision": "fp32", "device": "cpu"}}}
+                    "train": {"steps": 2000, "eval_every": 500, "precision": "fp32", "device": "cpu"}}}
     [rec] = run_grid(compare_config_from_dict(raw), progress=False, report=False)
     assert rec["metric"] == "accuracy" and rec["quality"] >= 0.95, json.dumps({k: rec[k] for k in ("quality", "losses")})
 
