@@ -1,5 +1,9 @@
 """Ctrl-C handling for the training loop: the first SIGINT/SIGTERM asks the loop to stop after the
-current step (so the checkpoint it saves is consistent); a second one aborts at once."""
+current step (so the checkpoint it saves is consistent); a second SIGINT aborts at once.
+
+A SIGTERM after the request is ignored: under ``torchrun`` the terminal's Ctrl-C reaches the workers
+and the launcher, which then sends SIGTERM to the workers; they keep stopping gracefully and save.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ def install_stop_handlers(request_stop: Callable[[], None]) -> dict:
     requested = []
 
     def handler(signum, frame):
-        if requested:
+        if requested and signum == signal.SIGINT:
             raise Abort
+        if requested:
+            return
         requested.append(signum)
         request_stop()
 
