@@ -5,6 +5,10 @@ vocab 256, batch 8; fp32 and bf16 autocast; runs alternate between the two model
 medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak measured in
 the same run. FLOPs per token follow the PaLM/nanoGPT estimate ``6 N + 12 L H Dh T``.
 
+Both models get the same math: the same activation (``--activation``, default exact erf GELU; GPT-2's
+``gelu_tanh`` costs ~5x more on CPU for both) and the same optimizer, fused AdamW, which is what
+``attnlab train`` uses (``--optimizer foreach`` for the multi-tensor one).
+
     python benchmarks/train_step.py            # full run
     python benchmarks/train_step.py --quick    # fewer repetitions
 """
@@ -23,24 +27,28 @@ from common import machine_info, matmul_peak, print_table, write_json
 SHAPE = dict(num_layers=6, num_heads=6, dim=384, max_seq_len=256, vocab_size=256)
 
 
-def build_attnlab():
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+
+
+def build_attnlab(activation: str = "gelu"):
     from attnlab.models import create_model
 
-    return create_model("gpt", activation="gelu_tanh", dropout=0.0, **SHAPE)
+    return create_model("gpt", activation=activation, dropout=0.0, **SHAPE)
 
 
-def build_hf():
+def build_hf(activation: str = "gelu"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=SHAPE["vocab_size"], n_positions=SHAPE["max_seq_len"], n_embd=SHAPE["dim"],
                      n_layer=SHAPE["num_layers"], n_head=SHAPE["num_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+                     attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                     activation_function=HF_ACTIVATION[activation])
     cfg._attn_implementation = "sdpa"
     return GPT2LMHeadModel(cfg)
 
 
-def make_step(model, kind: str, batch: torch.Tensor, precision: str):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False, foreach=True)
+def make_step(model, kind: str, batch: torch.Tensor, precision: str, optimizer: str = "fused"):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **{optimizer: True})
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     x, y = batch[:, :-1], batch[:, 1:]
 
@@ -61,11 +69,11 @@ def flops_per_token(model) -> float:
     return 6 * n + 12 * L * H * (SHAPE["dim"] // H) * T
 
 
-def run(precision: str, repeats: int, batch_size: int) -> dict:
+def run(precision: str, repeats: int, batch_size: int, activation: str, optimizer: str) -> dict:
     torch.manual_seed(0)
     batch = torch.randint(0, SHAPE["vocab_size"], (batch_size, SHAPE["max_seq_len"] + 1))
-    models = {"attnlab": build_attnlab(), "hf": build_hf()}
-    steps = {k: make_step(m, k, batch, precision) for k, m in models.items()}
+    models = {"attnlab": build_attnlab(activation), "hf": build_hf(activation)}
+    steps = {k: make_step(m, k, batch, precision, optimizer) for k, m in models.items()}
     for s in steps.values():  # warm-up
         s(), s()
     times = {k: [] for k in steps}
@@ -89,12 +97,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="5 repetitions")
+    ap.add_argument("--activation", choices=sorted(HF_ACTIVATION), default="gelu",
+                    help="MLP activation for both models (gelu_tanh = GPT-2's gelu_new)")
+    ap.add_argument("--optimizer", choices=["fused", "foreach"], default="fused",
+                    help="AdamW implementation for both models (attnlab train uses fused)")
     args = ap.parse_args()
     repeats = 5 if args.quick else args.repeats
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     rows, results = [], {}
     for precision in ("fp32", "bf16"):
-        res = run(precision, repeats, args.batch_size)
+        res = run(precision, repeats, args.batch_size, args.activation, args.optimizer)
         results[precision] = res
         for k in ("attnlab", "hf"):
             r = res[k]
@@ -103,7 +115,9 @@ def main() -> None:
                          "vs HF": r["tokens_per_s"] / res["hf"]["tokens_per_s"]})
     print(f"matmul peak this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "vs HF"])
-    path = write_json("train_step", {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
+    name = "train_step" if args.activation == "gelu" else f"train_step_{args.activation}"
+    path = write_json(name, {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
+                                     "activation": args.activation, "optimizer": args.optimizer,
                                      "matmul_peak_gflops": peaks, "results": results, "table": table,
                                      "machine": machine_info()})
     print(f"wrote {path}")
