@@ -86,6 +86,16 @@ class AttentionKernel(nn.Module):
         self.capabilities.check_context(self.name, ctx)
         check_context_shapes(ctx, B, T, k.shape[2])
 
+    def seeded_generator(self, ctx: AttentionContext, device) -> torch.Generator:
+        """``ctx.generator`` if the caller passed one, else this kernel's own generator on ``device``, seeded
+        once from ``self.seed`` (stochastic kernels: the same seed gives the same draws on a fresh model)."""
+        if ctx.generator is not None:
+            return ctx.generator
+        gen = getattr(self, "_generator", None)
+        if gen is None or gen.device != torch.device(device):
+            gen = self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return gen
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
 

@@ -83,13 +83,6 @@ class DGQAttention(AttentionKernel):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._generator: torch.Generator | None = None
 
-    def generator(self, ctx: AttentionContext, device) -> torch.Generator:
-        if ctx.generator is not None:
-            return ctx.generator
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
-
     def scores(self, n: Tensor) -> Tensor:
         """``s (G,)`` from current norms ``n (G,)`` and the cache."""
         c = self.norm_cache.float()
@@ -99,7 +92,7 @@ class DGQAttention(AttentionKernel):
     def _update(self, k: Tensor, ctx: AttentionContext) -> None:
         keep = padding_mask(ctx.key_padding_mask, 1) if ctx.key_padding_mask is not None else None
         n = key_norms(k, keep).sum(dim=(0, 2))  # (G,) summed over batch
-        gen = self.generator(ctx, k.device)
+        gen = self.seeded_generator(ctx, k.device)
         self.allocation.copy_(proportional_allocation(self.scores(n), self.num_heads, gen))
         if self.training:
             self.norm_cache.copy_((self.norm_cache + n) / self.window_size)

@@ -94,13 +94,6 @@ class PGQAttention(AttentionKernel):
                                                     causal=stats == "token")
         self._generator: torch.Generator | None = None
 
-    def generator(self, ctx: AttentionContext, device) -> torch.Generator:
-        if ctx.generator is not None:
-            return ctx.generator
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
-
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
         ctx = as_context(ctx)
         self.check_call(q, k, v, ctx)
@@ -122,7 +115,7 @@ class PGQAttention(AttentionKernel):
         if ctx.key_padding_mask is not None:
             valid_q = ctx.key_padding_mask[:, -T:]  # (B, T): the queries are the last T keys
             out = out * valid_q[:, None, :, None].to(out.dtype)
-        gen = self.generator(ctx, out.device)
+        gen = self.seeded_generator(ctx, out.device)
         groups = out.view(B, num_groups, r, T, D)  # (B, G, r, T, Dh), contiguous GQA groups
         res = []
         for g in range(num_groups):
