@@ -152,12 +152,16 @@ def _embed(p: argparse.ArgumentParser) -> Handler:
              "attnlab compare configs/compare/quick.yaml",
              "attnlab compare configs/compare/quick.yaml compare.out_dir=runs/cmp base.train.steps=100",
              "attnlab compare --report runs/compare-quick      # rebuild tables and plots from results.jsonl",
+             "attnlab compare configs/compare/quick.yaml --samples 2   # then sample from the best char LM",
          ])
 def _compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                    help="a compare YAML file, then dotted overrides (compare.out_dir=..., base.train.steps=...)")
     p.add_argument("--report", metavar="RUN_DIR", help="only rebuild the report of RUN_DIR (no training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="after the grid, print N samples from the best char_lm cell (needs compare.keep_checkpoints)")
+    p.add_argument("--prompt", default="And God said", help="prompt for --samples (default: 'And God said')")
 
     def run(args: argparse.Namespace) -> int:
         from .compare.report import write_report
@@ -176,9 +180,36 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
         cfg = load_compare_config(config, overrides)
         run_grid(cfg, progress=not args.no_progress, report=False)
         print(write_report(cfg.compare.out_dir))
+        if args.samples > 0:
+            _print_best_lm_samples(cfg, args.samples, args.prompt)
         return 0
 
     return run
+
+
+def _print_best_lm_samples(cfg, num_samples: int, prompt: str) -> None:
+    """Samples from the char_lm cell with the lowest bits/char (its checkpoint must have been kept)."""
+    from pathlib import Path
+
+    from .compare.config import CHAR_LM
+    from .compare.grid import RESULTS, read_results
+    from .train.run import generate_text, load_run
+
+    records = [r for r in read_results(Path(cfg.compare.out_dir) / RESULTS) if r.get("task_name") == CHAR_LM
+               and r.get("quality") is not None]
+    if not records:
+        print("no finished char_lm cell to sample from (add task char_lm to the grid)")
+        return
+    best = min(records, key=lambda r: r["quality"])
+    cell = next(c for c in cfg.cells() if c.key == best["key"])
+    run_dir = cell.run_config().train.run_dir
+    if not cfg.compare.keep_checkpoints:
+        raise ValueError(f"--samples needs the cells' checkpoints; set compare.keep_checkpoints=true "
+                         f"(best char LM: {best['key']}, {best['quality']:.3f} bits/char)")
+    loaded = load_run(run_dir)
+    print(f"\nsamples from the best char LM, {best['key']} ({best['quality']:.3f} bits/char):")
+    for i, text in enumerate(generate_text(loaded, prompt, 300, 0.8, None, None, 0, num_samples)):
+        print(f"--- sample {i + 1} ---\n{prompt}{text}")
 
 
 def _list_rows(what: str) -> list[dict]:

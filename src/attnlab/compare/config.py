@@ -11,6 +11,7 @@ A compare file (``configs/compare/quick.yaml``) has two sections::
       tasks:                         # char_lm = the text corpus of base.data; others: get_task_dataset
         - {name: char_lm}
         - {name: mqar, options: {vocab_size: 32, seq_len: 32, num_kv_pairs: 4}, overrides: {train: {steps: 800}}}
+        - {name: listops, options: {max_length: 64}}   # kind classify: the base model under a SequenceClassifier
     base:                            # a RunConfig recipe (model / data / task / train) shared by every cell
       model: {name: gpt-tiny}
       train: {steps: 300, lr: 1e-3}
@@ -140,8 +141,10 @@ class Cell:
         """Stable identity in ``results.jsonl``: ``task/variant/seed`` labels."""
         return f"{self.task.label}/{self.variant.label}/seed{self.seed}"
 
-    def run_config(self, seq_len: int | None = None, vocab_size: int | None = None) -> RunConfig:
-        """The recipe of this cell (``seq_len``/``vocab_size`` from a synthetic task's data).
+    def run_config(self, seq_len: int | None = None, vocab_size: int | None = None,
+                   max_seq_len: int | None = None) -> RunConfig:
+        """The recipe of this cell (``seq_len``/``vocab_size`` from a suite task's data; ``max_seq_len``, when
+        given, sizes the model to the task: classify/regression tasks set it to their own sequence length).
 
         Raises:
             ValueError: the merged recipe is invalid (the message names the key).
@@ -150,6 +153,8 @@ class Cell:
         model = {"attention": self.variant.name, "attention_options": self.variant.options}
         if vocab_size is not None:
             model["vocab_size"] = vocab_size
+        if max_seq_len is not None:
+            model["max_seq_len"] = max_seq_len
         train = {"seed": self.seed, "run_dir": str(Path(self.cfg.compare.out_dir) / "cells" / self.key.replace("/", "__"))}
         data = {} if seq_len is None else {"seq_len": seq_len, "dataset": self.task.name}
         raw = deep_merge(raw, {"model": model, "train": train, "data": data})

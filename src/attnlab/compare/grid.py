@@ -11,21 +11,29 @@ most the cell in progress (it restarts from scratch). Appends are one ``write`` 
 followed by ``flush`` + ``os.fsync``; a torn last line (no trailing newline, e.g. power loss mid-write)
 is cut off before the next append and ignored when reading.
 
-Peak memory (``peak_rss_mb``): on Linux the process's peak resident set size is reset at the start of
-each cell (``/proc/self/clear_refs`` = 5 resets ``VmHWM``) and read at its end, so it is the peak of this
-cell alone; it includes the interpreter, torch and the data set (the baseline RSS at the cell start is
-``rss_start_mb``; ``peak_rss_delta_mb`` is the difference). On CUDA it is ``torch.cuda.max_memory_allocated``
-after a reset. Where neither is available it is ``None``.
+Task kinds: ``lm`` tasks train the base model itself; ``classify`` and ``regression`` tasks train it
+under the task's head (:func:`attnlab.models.task_heads.wrap_for_task`) with the ``classify`` /
+``regression`` step, and the model's ``max_seq_len``/``vocab_size`` are the task's. Extra curves in the
+record: ``train_accuracy_curve`` / ``val_accuracy_curve`` (``[step, accuracy]`` at every evaluation) for
+the grokking task (``modular_addition``), and ``icl_curve`` (squared error after ``k`` in-context examples,
+with the least-squares / ridge / zero baselines) for regression tasks.
+
+Skipped cells: a kernel that cannot run a task (a ``CapabilityError`` or ``ValueError`` while building the
+model, or in a probe forward of one evaluation batch before training; e.g. ``gpsa`` in a causal model, or
+``axial`` on a task without a 2-D grid), or a task whose data is not installed, is not an error: the cell
+is listed in ``out_dir/skipped.json`` with the reason (and in the report), nothing is trained, and the next
+invocation tries it again (so installing the data, or changing the recipe, needs no cleanup).
+Measurements (memory, speed, curves) are described in :mod:`attnlab.compare.measure`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,18 +41,23 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..attention.base import AttentionKernel
+from ..attention.capabilities import CapabilityError
 from ..config import atomic_write_text
 from ..data.synthetic import get_task_dataset
 from ..data.text import build_lm_data
+from ..tasks import model_outputs
 from ..tasks.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
-from ..train.precision import autocast
-from ..train.task_data import CorpusData, TaskLMData
+from ..train.task_data import CorpusData, TaskData, TaskLMData
 from ..train.trainer import Trainer
 from .config import CHAR_LM, Cell, CompareConfig
+from .measure import (GROKKING_TASKS, AccuracyCurves, PeakMemory, icl_curve, inference_tokens_per_s,  # noqa: F401
+                      predict, task_quality)
 
 RESULTS = "results.jsonl"
+SKIPPED = "skipped.json"  # cells that cannot run (kernel x task, or data missing), with the reason
 
 
 # ---------------------------------------------------------------- results.jsonl
@@ -73,6 +86,12 @@ def read_results(path: str | Path) -> list[dict]:
     return out
 
 
+def read_skipped(run_dir: str | Path) -> list[dict]:
+    """Entries of ``skipped.json`` (``key``, ``task``, ``variant``, ``attention``, ``seed``, ``reason``); [] if none."""
+    p = Path(run_dir) / SKIPPED
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else []
+
+
 def append_result(path: str | Path, record: dict) -> None:
     """Append ``record`` as one complete JSON line, durably (``flush`` + ``os.fsync``), after cutting off a
     torn last line left by an earlier crash."""
@@ -90,120 +109,109 @@ def append_result(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-# ---------------------------------------------------------------- memory
-
-class PeakMemory:
-    """Peak memory of one cell (see module docstring for what is measured)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.source, self.start_mb = device, None, None
-
-    @staticmethod
-    def _status_mb(field: str) -> float | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB -> MiB
-        except OSError:
-            return None
-        return None
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.source = "cuda_max_memory_allocated"
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.source, self.start_mb = "linux_vmhwm", self._status_mb("VmRSS")
-        except OSError:
-            self.source = None
-
-    def peak(self) -> dict:
-        if self.source == "cuda_max_memory_allocated":
-            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
-                    "peak_memory_source": self.source}
-        if self.source == "linux_vmhwm":
-            peak = self._status_mb("VmHWM")
-            return {"peak_memory_mb": peak, "rss_start_mb": self.start_mb, "peak_memory_source": self.source,
-                    "peak_rss_delta_mb": None if peak is None or self.start_mb is None else peak - self.start_mb}
-        return {"peak_memory_mb": None, "peak_memory_source": None}
-
-
 # ---------------------------------------------------------------- one cell
+
+class CellSkipped(Exception):
+    """A cell that cannot run: its kernel cannot run the task (``CapabilityError`` / ``ValueError`` while
+    building the model or in a probe forward), or the task's data is not installed. ``reason`` says why."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
 
 @functools.lru_cache(maxsize=2)
 def _corpus(dataset: str, tokenizer: str, seq_len: int, val_fraction: float, split: str):
     return build_lm_data(dataset, tokenizer, seq_len, val_fraction, split)
 
 
-@torch.no_grad()
-def inference_tokens_per_s(model: torch.nn.Module, batches: list[dict], device: torch.device, precision: str,
-                           num_batches: int) -> float:
-    """Tokens per second of a timed forward pass over ``num_batches`` eval batches (cycled), after one warm-up."""
-    model.eval()
-    batches = [b["idx"].to(device) for b in batches]  # (B, T) each
-    with autocast(precision, device):
-        model(batches[0])
-        tokens, t0 = 0, time.perf_counter()
-        for i in range(num_batches):
-            idx = batches[i % len(batches)]
-            model(idx)
-            tokens += idx.numel()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    model.train()
-    return tokens / max(time.perf_counter() - t0, 1e-9)
+@functools.lru_cache(maxsize=2)
+def _task(name: str, options_json: str):
+    """A suite task, built once per grid (every variant and seed of a task trains on the same data)."""
+    return get_task_dataset(name, **json.loads(options_json))
 
 
-@torch.no_grad()
-def task_quality(model: torch.nn.Module, task, device: torch.device, batch_size: int) -> float:
-    """``task.metric`` of the model on the task's whole test split (logits computed in batches)."""
-    model.eval()
-    split = task.test
-    logits = []
-    for start in range(0, len(split), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(split)))
-        logits.append(model(split.batch(rows)["idx"].to(device)).float().cpu())  # (b, T, V)
-    model.train()
-    return score(task, torch.cat(logits))
+def _build_trainer(cell: Cell, cfg, info, task_data, on_step) -> Trainer:
+    """The cell's Trainer, after a probe forward (eval mode, on a copy) of one evaluation batch: a kernel that
+    cannot run the task fails here, before training, and the cell is skipped instead of crashing the grid."""
+    try:
+        trainer = Trainer(cfg, info, progress=False, on_step=on_step, task_data=task_data)
+        probe = copy.deepcopy(trainer.raw_model)  # stateful kernels (DGQA) must not see the probe
+        grid = getattr(probe, "grid", None)
+        for m in probe.modules():
+            if isinstance(m, AttentionKernel) and m.capabilities.requires_grid and grid is None:
+                raise CapabilityError(f"attention {m.name!r} needs a 2-D token grid and task "
+                                      f"{cell.task.name!r} has none")
+        batch = {k: v[:2].to(info.device) for k, v in trainer.val[0].items()}
+        with torch.no_grad(), torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+            probe.eval()
+            model_outputs(getattr(task_data, "kind", "lm"), probe, batch)
+    except (CapabilityError, ValueError) as e:
+        raise CellSkipped(cell.key, str(e).splitlines()[0]) from None
+    return trainer
+
+
+def _task_records(task, trainer: Trainer, info, batch_size: int) -> dict:
+    """Quality on the whole test split and, for regression, the error-vs-examples curve."""
+    model = trainer.raw_model
+    pred = predict(model, task.test, task.kind, info.device, batch_size)
+    out = {"metric": task.metric, "quality": score(task, pred)}
+    if task.kind == "regression" and task.test.loss_mask is not None:
+        out["icl_curve"] = icl_curve(task, pred)
+    return out
 
 
 def run_cell(cell: Cell, device: str | None = None) -> dict:
     """Train and measure one cell; returns its record (see module docstring and docs/results.md).
 
     Raises:
+        CellSkipped: the kernel cannot run this task, or the task's data is not installed (nothing trained).
         KeyboardInterrupt: training was interrupted (nothing is recorded for this cell).
-        ValueError: an invalid recipe or a kernel that cannot run this task (message names it).
+        ValueError: an invalid recipe (message names it).
     """
     task, task_data = None, None
     if cell.task.name != CHAR_LM:
-        task = get_task_dataset(cell.task.name, **cell.task.options)
-        task_data = TaskLMData(task)
-    cfg = cell.run_config(*((task.seq_len, task.vocab_size) if task else (None, None)))
+        try:
+            task = _task(cell.task.name, json.dumps(cell.task.options, sort_keys=True))
+        except FileNotFoundError as e:
+            raise CellSkipped(cell.key, f"data missing: {e}") from None
+        task_data = TaskLMData(task) if task.kind == "lm" else TaskData(task)
+    if task is None:
+        cfg = cell.run_config()
+    else:  # classify/regression models are sized to the task; lm tasks keep the base model's max_seq_len
+        cfg = cell.run_config(task.seq_len, task.vocab_size, None if task.kind == "lm" else task.seq_len)
     if task is None:  # the text corpus, tokenized once per grid (identical batches to the plain text path)
         d = cfg.data
         task_data = CorpusData(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split))
     if device is not None:
         cfg.train.device = device
     info = D.init_distributed(cfg.train.device)
+    kind = "lm" if task is None else task.kind
     val_curve: list[list[float]] = []
-    on_step = lambda step, row: val_curve.append([step, row["val_loss"]]) if "val_loss" in row else None  # noqa: E731
+    curves = AccuracyCurves(task, info.device, cfg.data.batch_size) if cell.task.name in GROKKING_TASKS else None
+
+    def on_step(step: int, row: dict) -> None:
+        if "val_loss" in row:
+            val_curve.append([step, row["val_loss"]])
+        if curves is not None:
+            curves(step, row)
+
     mem = PeakMemory(info.device)
     mem.reset()
     try:
-        trainer = Trainer(cfg, info, progress=False, on_step=on_step, task_data=task_data)
+        trainer = _build_trainer(cell, cfg, info, task_data, on_step)
+        if curves is not None:
+            curves.model = trainer.raw_model
         trainer.prepare(resume=False, overwrite=True)
         result = trainer.fit()
         if result.stopped == "interrupted":
             raise KeyboardInterrupt(f"cell {cell.key} was interrupted; rerun the grid to redo it")
-        model = trainer.raw_model
         if task is None:
-            metric, quality = "bits_per_char", result.final_val_loss / math.log(2)
+            quality = {"metric": "bits_per_char", "quality": result.final_val_loss / math.log(2)}
         else:
-            metric, quality = task.metric, task_quality(model, task, info.device, cfg.data.batch_size)
-        infer = inference_tokens_per_s(model, trainer.val, info.device, trainer.precision,
-                                       cell.cfg.compare.inference_batches)
+            quality = _task_records(task, trainer, info, cfg.data.batch_size)
+        infer = inference_tokens_per_s(trainer.raw_model, trainer.val, info.device, trainer.precision,
+                                       cell.cfg.compare.inference_batches, kind)
         memory = mem.peak()
     finally:
         D.cleanup(info)
@@ -211,8 +219,9 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
         shutil.rmtree(checkpoint_root(trainer.run_dir), ignore_errors=True)
     return {
         "key": cell.key, "fingerprint": cell.fingerprint(), "task": cell.task.label, "task_name": cell.task.name,
-        "variant": cell.variant.label, "attention": cell.variant.name, "attention_options": cell.variant.options,
-        "seed": cell.seed, "metric": metric, "higher_is_better": HIGHER_IS_BETTER[metric], "quality": quality,
+        "task_kind": kind, "variant": cell.variant.label, "attention": cell.variant.name,
+        "attention_options": cell.variant.options, "seed": cell.seed, **quality,
+        "higher_is_better": HIGHER_IS_BETTER[quality["metric"]],
         "final_val_loss": result.final_val_loss, "best_val_loss": result.best_val_loss,
         "final_train_loss": result.losses[-1] if result.losses else None, "steps": result.step,
         "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "train_tokens": trainer.tokens,
@@ -220,6 +229,7 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
         "infer_tokens_per_s": infer, "parameters": result.num_parameters, "precision": trainer.precision,
         "device": str(info.device), "threads": torch.get_num_threads(), **memory,
         "losses": [round(x, 5) for x in result.losses], "val_curve": val_curve,
+        **(curves.record() if curves is not None else {}),
     }
 
 
@@ -227,8 +237,9 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
 
 def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = None, device: str | None = None,
              report: bool = True, on_cell: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every unfinished cell of ``cfg`` (in order), appending each record to ``out_dir/results.jsonl``,
-    then write the report. ``max_cells`` trains at most that many new cells (then returns).
+    """Run every unfinished cell of ``cfg`` (in order), appending each record to ``out_dir/results.jsonl``
+    (cells that cannot run go to ``out_dir/skipped.json``), then write the report. ``max_cells`` trains at
+    most that many new cells (then returns).
 
     Returns the records of the grid's cells that are finished, in grid order.
 
@@ -248,6 +259,9 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
             raise ValueError(f"cell {cell.key} in {results} was run with different settings; set a new "
                              f"compare.out_dir=... or delete its line from {results} to rerun it")
     todo = [c for c in cells if c.key not in done]
+    pending = {c.key for c in todo}
+    skipped = {r["key"]: r for r in read_skipped(out) if r["key"] in pending}
+    atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, desc="compare", unit="cell",
                dynamic_ncols=True)
     trained, threads = 0, torch.get_num_threads()
@@ -258,9 +272,20 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
             if max_cells is not None and trained >= max_cells:
                 break
             bar.set_postfix_str(cell.key)
-            record = run_cell(cell, device)
+            try:
+                record = run_cell(cell, device)
+            except CellSkipped as e:
+                skipped[cell.key] = {"key": cell.key, "task": cell.task.label, "variant": cell.variant.label,
+                                     "attention": cell.variant.name, "seed": cell.seed, "reason": e.reason}
+                atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
+                bar.update(1)
+                if progress:
+                    bar.write(f"skipped {e}")
+                continue
             append_result(results, record)
             done[cell.key] = record
+            if skipped.pop(cell.key, None) is not None:
+                atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
             trained += 1
             bar.update(1)
             if progress:

@@ -1,9 +1,9 @@
 """Tables and plots of a comparison grid, rebuilt from ``results.jsonl`` alone (``attnlab compare --report``).
 
-Writes into the run directory: ``results.md`` (one Markdown table per task), ``results.csv`` (one row per
-task and variant), ``quality_vs_throughput.png`` (mean quality ± std over seeds against training
-tokens/s, one panel per task) and ``loss_curves.png`` (mean training loss per step of each variant, one
-panel per task).
+Writes into the run directory: ``results.md`` (one Markdown table per task, then the cells that were
+skipped and why), ``results.csv`` (one row per task and variant) and the plots of
+:mod:`attnlab.compare.plots` (``quality_vs_throughput.png``, ``loss_curves.png``, and ``grokking.png`` /
+``icl_regression.png`` when the grid has those tasks).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import statistics
 from pathlib import Path
 
 from ..config import atomic_write_text
-from .grid import RESULTS, read_results
+from .grid import RESULTS, read_results, read_skipped
+from .plots import plot_grokking, plot_icl_regression, plot_loss_curves, plot_quality_vs_throughput
 
 COLUMNS = ["task", "variant", "attention", "metric", "quality_mean", "quality_std", "seeds", "final_val_loss",
            "train_tokens_per_s", "infer_tokens_per_s", "peak_memory_mb", "parameters", "steps", "train_tokens"]
@@ -42,8 +43,17 @@ def summarize(records: list[dict]) -> list[dict]:
             "peak_memory_mb": _mean([r.get("peak_memory_mb") for r in rs]),
             "parameters": rs[0]["parameters"], "steps": rs[0]["steps"], "train_tokens": rs[0]["train_tokens"],
             "higher_is_better": rs[0]["higher_is_better"],
+            "baselines": _baselines(rs[0]),
         })
     return rows
+
+
+def _baselines(record: dict) -> dict[str, float]:
+    """Baseline errors on the same test split (regression: mean over positions = the cell's mse)."""
+    curve = record.get("icl_curve")
+    if not curve:
+        return {}
+    return {name: statistics.fmean(curve[name]) for name in ("least_squares", "ridge", "zero")}
 
 
 def _fmt(x, digits: int = 0) -> str:
@@ -68,8 +78,25 @@ def markdown_table(rows: list[dict]) -> str:
             out.append(f"| {r['variant']} | {r['quality_mean']:.4f} ± {r['quality_std']:.4f} | {r['seeds']} | "
                        f"{_fmt(r['train_tokens_per_s'])} | {_fmt(r['infer_tokens_per_s'])} | "
                        f"{_fmt(r['peak_memory_mb'])} | {r['parameters']:,} |")
+        if rs[0]["baselines"]:
+            out += ["", "Baselines on the same test split: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in rs[0]["baselines"].items()) + "."]
         out.append("")
     return "\n".join(out)
+
+
+def skipped_table(skipped: list[dict]) -> str:
+    """Markdown list of the cells that could not run, one row per (task, variant) with its seeds and reason."""
+    if not skipped:
+        return ""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for s in skipped:
+        groups.setdefault((s["task"], s["variant"], s["reason"]), []).append(s["seed"])
+    out = ["### Skipped cells", "", "These cells did not run (nothing was trained); the grid retries them on its "
+           "next invocation.", "", "| task | variant | seeds | reason |", "|---|---|---|---|"]
+    for (task, variant, reason), seeds in groups.items():
+        out.append(f"| {task} | {variant} | {', '.join(map(str, seeds))} | {reason.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
 
 
 def csv_table(rows: list[dict]) -> str:
@@ -80,70 +107,27 @@ def csv_table(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _panels(n: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
-    return plt, fig, axes[0]
-
-
-def _save(plt, fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def plot_quality_vs_throughput(rows: list[dict], path: Path) -> None:
-    """One panel per task: quality (mean ± std over seeds) against training tokens/s, a point per variant."""
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    plt, fig, axes = _panels(len(tasks))
-    for ax, task in zip(axes, tasks):
-        for r in (r for r in rows if r["task"] == task):
-            ax.errorbar(r["train_tokens_per_s"], r["quality_mean"], yerr=r["quality_std"], fmt="o", capsize=4,
-                        label=r["variant"])
-        ax.set(title=task, xlabel="training tokens/s", ylabel=next(r["metric"] for r in rows if r["task"] == task))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save(plt, fig, path)
-
-
-def plot_loss_curves(records: list[dict], path: Path) -> None:
-    """One panel per task: training loss per step of each variant, averaged over seeds."""
-    tasks = list(dict.fromkeys(r["task"] for r in records))
-    plt, fig, axes = _panels(len(tasks))
-    for ax, task in zip(axes, tasks):
-        variants = list(dict.fromkeys(r["variant"] for r in records if r["task"] == task))
-        for v in variants:
-            curves = [r["losses"] for r in records if r["task"] == task and r["variant"] == v and r["losses"]]
-            n = min(len(c) for c in curves)
-            mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]  # (steps,)
-            ax.plot(range(1, n + 1), mean, label=v, lw=1)
-        ax.set(title=task, xlabel="step", ylabel="training loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save(plt, fig, path)
-
-
 def write_report(run_dir: str | Path) -> str:
-    """Rebuild ``results.md``, ``results.csv`` and the two PNGs of ``run_dir`` from its ``results.jsonl``;
-    returns the Markdown.
+    """Rebuild ``results.md``, ``results.csv`` and the PNGs of ``run_dir`` from its ``results.jsonl`` (and
+    ``skipped.json``); returns the Markdown.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has no ``results.jsonl`` or it holds no finished cell.
+        FileNotFoundError: ``run_dir`` holds neither a finished nor a skipped cell.
     """
     run_dir = Path(run_dir)
     records = read_results(run_dir / RESULTS)
+    skipped = skipped_table(read_skipped(run_dir))
     if not records:
-        raise FileNotFoundError(f"{run_dir / RESULTS} is missing or empty; run `attnlab compare CONFIG` first")
+        if not skipped:
+            raise FileNotFoundError(f"{run_dir / RESULTS} is missing or empty; run `attnlab compare CONFIG` first")
+        atomic_write_text(run_dir / "results.md", skipped)  # every cell so far was skipped
+        return skipped
     rows = summarize(records)
-    md = markdown_table(rows)
+    md = markdown_table(rows) + ("\n" + skipped if skipped else "")
     atomic_write_text(run_dir / "results.md", md)
     atomic_write_text(run_dir / "results.csv", csv_table(rows))
     plot_quality_vs_throughput(rows, run_dir / "quality_vs_throughput.png")
     plot_loss_curves(records, run_dir / "loss_curves.png")
+    plot_grokking(records, run_dir / "grokking.png")
+    plot_icl_regression(records, run_dir / "icl_regression.png")
     return md

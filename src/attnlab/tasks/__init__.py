@@ -9,7 +9,11 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
+from torch import Tensor, nn
+
+from .classify import classify_outputs, classify_step
 from .lm import lm_step
+from .regression import regression_outputs, regression_step
 
 StepFn = Callable[..., tuple]
 
@@ -42,5 +46,27 @@ def list_tasks() -> list[str]:
 
 
 register_task("lm")(lm_step)
+register_task("classify")(classify_step)
+register_task("regression")(regression_step)
 
-__all__ = ["get_task", "list_tasks", "lm_step", "register_task"]
+# what a model returns for a batch of each task kind of the suite (attnlab.data.synthetic_base)
+OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
+    "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
+    "classify": classify_outputs,  # (B, C) logits
+    "regression": regression_outputs,  # (B, T) predictions
+}
+
+
+def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """The outputs :func:`attnlab.tasks.metrics.score` takes, for a batch of a task of ``kind``.
+
+    Raises:
+        ValueError: unknown ``kind`` (names the valid ones).
+    """
+    if kind not in OUTPUTS:
+        raise ValueError(f"unknown task kind {kind!r}; valid: {sorted(OUTPUTS)}")
+    return OUTPUTS[kind](model, batch)
+
+
+__all__ = ["OUTPUTS", "classify_step", "get_task", "list_tasks", "lm_step", "model_outputs", "register_task",
+           "regression_step"]

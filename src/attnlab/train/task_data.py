@@ -6,7 +6,14 @@ data: ``vocab_size``, a ``tokenizer`` with a ``unit``, a resumable train sampler
 batches. Batches are ``{"idx" (B, T), "targets" (B, T), "loss_mask" (B, T)}``; the ``lm`` task step
 works unchanged because unscored targets hold ``IGNORE_INDEX`` (-100), which cross-entropy skips.
 
-Pass it as ``train(cfg, task_data=TaskLMData(task))``; ``data.seq_len`` must equal ``task.seq_len``.
+:class:`TaskData` does the same for every kind: classification (``idx``, ``targets (B,)``,
+``key_padding_mask``) and regression (``inputs (B, T, D)`` float, ``targets``, ``loss_mask``); the
+Trainer then wraps the model in the task's head (:mod:`attnlab.models.task_heads`) and trains with the
+``classify`` or ``regression`` step. The Trainer's ``tokens`` (and tokens/s) count ``batch_size x seq_len``
+sequence positions per step for every kind: padding included (the model computes over it), one position
+per ``[x, 0]`` / ``[0, y]`` vector for regression.
+
+Pass it as ``train(cfg, task_data=TaskData(task))``; ``data.seq_len`` must equal ``task.seq_len``.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ from ..data.synthetic_base import TaskDataset, TaskSplit
 
 @dataclass(frozen=True)
 class TokenIds:
-    """The "tokenizer" of a synthetic task: inputs already are ids in ``[0, vocab_size)``."""
+    """The "tokenizer" of a suite task: inputs already are ids in ``[0, vocab_size)`` (``None``: real-valued)."""
 
-    vocab_size: int
+    vocab_size: int | None
     unit: str = "token"
 
 
@@ -73,23 +80,25 @@ class TaskSampler:
         self.position = int(state["position"])
 
 
-class TaskLMData:
-    """A ``kind="lm"`` task as the Trainer's data source (see module docstring).
+UNITS = {"lm": "token", "classify": "example", "regression": "position"}  # what one loss value averages over
 
-    Raises:
-        ValueError: the task is not of kind ``"lm"`` (classification/regression need other heads).
+
+class TaskData:
+    """Any task of the suite (kind ``lm``, ``classify`` or ``regression``) as the Trainer's data source.
+
+    ``kind`` tells :func:`~attnlab.train.trainer.build_for_config` which head to put on the model and which
+    step to train with (``task.name`` = ``kind``); ``vocab_size`` is ``None`` for regression (real-valued
+    inputs). Batches are ``TaskSplit.batch`` dicts: ``idx`` or ``inputs``, ``targets`` and, when the task has
+    them, ``loss_mask`` / ``key_padding_mask``.
     """
 
     def __init__(self, task: TaskDataset):
-        if task.kind != "lm":
-            raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only kind 'lm' tasks train through the "
-                             "lm step (choose mqar, selective_copy or modular_addition)")
-        self.task = task
-        self.tokenizer = TokenIds(task.vocab_size)
+        self.task, self.kind = task, task.kind
+        self.tokenizer = TokenIds(task.vocab_size, UNITS[task.kind])
         self.seq_len = task.seq_len
 
     @property
-    def vocab_size(self) -> int:
+    def vocab_size(self) -> int | None:
         return self.task.vocab_size
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -110,6 +119,20 @@ class TaskLMData:
             if len(rows):
                 out.append(self.task.test.batch(rows))
         return out
+
+
+class TaskLMData(TaskData):
+    """A ``kind="lm"`` task as the Trainer's data source (see module docstring).
+
+    Raises:
+        ValueError: the task is not of kind ``"lm"`` (use :class:`TaskData` for classify/regression).
+    """
+
+    def __init__(self, task: TaskDataset):
+        if task.kind != "lm":
+            raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only kind 'lm' tasks train through the "
+                             "lm step (choose mqar, selective_copy or modular_addition, or use TaskData)")
+        super().__init__(task)
 
 
 class CorpusData:

@@ -1,0 +1,158 @@
+"""Task heads around a Transformer body, so every family trains on the classification and regression tasks
+of the comparison suite (issue 6).
+
+- :class:`SequenceClassifier`: mean-pooled hidden states -> linear -> class logits (ListOps, Nangia & Bowman
+  2018, and pixel-sequence classification as in Long Range Arena, Tay et al. 2021).
+- :class:`InContextRegressor`: real-valued tokens -> linear read-in -> body -> scalar read-out per position
+  (in-context linear regression, Garg et al. 2022, "What can Transformers learn in-context?").
+
+Both take an already built :class:`~attnlab.models.transformer.TransformerBody` (a GPT from the base recipe,
+or an Encoder) and drop the heads the body brought with it (GPT ``head``, Encoder ``mlm_head`` /
+``classifier``), so ``parameters()`` counts exactly what the task uses. :func:`wrap_for_task` picks the head
+from a task's ``kind``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..attention.capabilities import CapabilityError
+from .encoder import pool
+from .transformer import Embeddings, TransformerBody
+
+BODY_HEADS = ("head", "mlm_head", "classifier")  # output heads of the families; unused under a task head
+
+
+def _strip_heads(body: nn.Module) -> TransformerBody:
+    if not isinstance(body, TransformerBody):
+        raise TypeError(f"a task head needs a TransformerBody model (GPT, Encoder), got {type(body).__name__}")
+    for name in BODY_HEADS:
+        if name in body._modules:
+            del body._modules[name]  # unregistered: no parameters, not in the state dict
+    return body
+
+
+class SequenceClassifier(nn.Module):
+    """``ids (B, T)`` -> logits ``(B, num_classes)``: body, mean pool over real tokens, dropout, linear.
+
+    Causal body (GPT): inputs must be **right-padded** (real tokens first); a real token then never
+    attends to padding, so the padding mask is not passed to the attention (any kernel works) and is used
+    only to pool. Bidirectional body (Encoder): the mask is passed to the attention, and every kernel must
+    support ``key_padding_mask`` (checked at build when ``padded``).
+
+    Args:
+        body: a built GPT or Encoder; its output head is removed.
+        num_classes: labels.
+        grid: ``(rows, cols)`` passed to the attention when the tokens are a row-major 2-D grid (pixels).
+        padded: the inputs carry padding (a ``key_padding_mask``).
+
+    Raises:
+        CapabilityError: a bidirectional body whose kernel cannot take a padding mask, at build.
+        ValueError: ``num_classes < 1``; at call, a causal body given left- or inner-padded inputs.
+    """
+
+    def __init__(self, body: TransformerBody, num_classes: int, grid: tuple[int, int] | None = None,
+                 padded: bool = True):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.body = _strip_heads(body)
+        self.causal, self.grid = bool(body.causal), grid
+        if padded and not self.causal:
+            for block in body.blocks:
+                block.attn.kernel.capabilities.require(block.attn.kernel.name, key_padding_mask=True)
+        self.dropout = nn.Dropout(body.cfg.dropout)
+        self.head = nn.Linear(body.cfg.dim, num_classes)
+        nn.init.normal_(self.head.weight, std=body.cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        if self.causal:
+            if key_padding_mask is not None and bool((key_padding_mask[:, 1:] & ~key_padding_mask[:, :-1]).any()):
+                raise ValueError("SequenceClassifier on a causal body needs right-padded inputs (a real token after "
+                                 "a pad would attend to it); right-pad the sequences or use an encoder body")
+            hidden = self.body.encode(ids, grid=self.grid)  # (B, T, D); pads come last, nobody attends to them
+        else:
+            hidden = self.body.encode(ids, key_padding_mask=key_padding_mask, grid=self.grid)  # (B, T, D)
+        return self.head(self.dropout(pool(hidden, key_padding_mask, "mean")))  # (B, C)
+
+
+class VectorEmbeddings(nn.Module):
+    """Real-valued tokens ``(B, T, input_dim)`` -> ``(B, T, D)``: linear read-in plus the body's absolute
+    position embedding, embedding norm and dropout (the parts of :class:`Embeddings` that are not tokens)."""
+
+    def __init__(self, input_dim: int, embed: Embeddings, dim: int):
+        super().__init__()
+        self.read_in = nn.Linear(input_dim, dim)
+        self.pos_emb, self.embed_norm, self.dropout = embed.pos_emb, embed.embed_norm, embed.dropout
+
+    def forward(self, inputs: Tensor, positions: Tensor) -> Tensor:
+        x = self.read_in(inputs.to(self.read_in.weight.dtype))  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.dropout(x)
+
+
+class InContextRegressor(nn.Module):
+    """``inputs (B, T, input_dim)`` float -> predictions ``(B, T)`` (Garg et al. 2022's read-in / read-out).
+
+    The body's token embedding is replaced by :class:`VectorEmbeddings` (its position embedding is kept,
+    RoPE/ALiBi work through the attention as usual) and its output head by a scalar linear read-out.
+
+    Raises:
+        TypeError: the body does not embed tokens with :class:`Embeddings` (e.g. ViT patches).
+        CapabilityError: a kernel whose queries/keys come from a fixed token sequence (``fixed_seq_qk``):
+            there are no tokens here.
+        ValueError: ``input_dim < 1``; at call, inputs that are not ``(B, T, input_dim)``.
+    """
+
+    def __init__(self, body: TransformerBody, input_dim: int):
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"input_dim must be >= 1, got {input_dim}")
+        body = _strip_heads(body)
+        if not isinstance(body.embed, Embeddings):
+            raise TypeError(f"InContextRegressor needs a token-embedding body (GPT, Encoder), got embeddings "
+                            f"{type(body.embed).__name__}")
+        streams = body.qk_streams.keys if body.qk_streams is not None else []
+        if any(key[0] != "random" for key in streams):
+            raise CapabilityError("fixed_seq_qk takes queries/keys from a fixed token sequence, but in-context "
+                                  "regression has real-valued inputs and no token embedding; use random_qk")
+        self.input_dim, self.causal = input_dim, bool(body.causal)
+        body.embed = VectorEmbeddings(input_dim, body.embed, body.cfg.dim)  # the token table is dropped
+        self.body = body
+        self.read_out = nn.Linear(body.cfg.dim, 1)
+        nn.init.normal_(self.read_out.weight, std=body.cfg.init_std)
+        nn.init.zeros_(self.read_out.bias)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"expected inputs of shape (batch, tokens, {self.input_dim}), got {tuple(inputs.shape)}")
+        positions = self.body.default_positions(inputs, 0)  # (T,); raises beyond max_seq_len
+        x = self.body.embed(inputs, positions)  # (B, T, D)
+        hidden = self.body.encode(None, inputs_embeds=x, positions=positions)  # (B, T, D)
+        return self.read_out(hidden).squeeze(-1)  # (B, T)
+
+
+def wrap_for_task(body: TransformerBody, task) -> nn.Module:
+    """The head a :class:`~attnlab.data.synthetic_base.TaskDataset` of ``kind`` classify or regression needs.
+
+    Raises:
+        ValueError: an ``lm`` task (train the body itself), or interleaved in-context regression on a
+            bidirectional body (it would read ``y_i``, the token after ``x_i``).
+        CapabilityError: the body's kernel cannot run the task (see the heads).
+    """
+    if task.kind == "classify":
+        return SequenceClassifier(body, task.num_classes, grid=task.grid,
+                                  padded=task.train.key_padding_mask is not None)
+    if task.kind == "regression":
+        if not body.causal and task.options.get("format", "interleaved") == "interleaved":
+            raise ValueError(f"task {task.name!r} (interleaved x_i, y_i tokens) needs a causal body: a bidirectional "
+                             "one reads each answer y_i next to x_i; use a gpt preset or the option format=concat")
+        return InContextRegressor(body, task.input_dim)
+    raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only classify and regression tasks take a head")
+
+
+__all__ = ["InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_task"]

@@ -1,0 +1,48 @@
+"""Sequence classification: ``(model, batch) -> (loss, metrics)`` with one label per sequence.
+
+The classification tasks of the suite (ListOps, Nangia & Bowman 2018 and Long Range Arena, Tay et al.
+2021; byte-level sentiment; Fashion-MNIST as a pixel sequence, LRA's "Image" task) train through this step
+with a :class:`~attnlab.models.task_heads.SequenceClassifier`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def classify_outputs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Logits ``(B, C)`` of ``model(idx, key_padding_mask=...)`` (the mask only when the batch has one)."""
+    mask = batch.get("key_padding_mask")
+    return model(batch["idx"]) if mask is None else model(batch["idx"], key_padding_mask=mask)
+
+
+def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sequence classification: cross-entropy of ``(B, C)`` logits against one label per sequence.
+
+    Args:
+        model: maps ``idx (B, T)`` (and ``key_padding_mask (B, T)``, True = real token) to logits ``(B, C)``.
+        batch: ``{"idx": (B, T) int64, "targets": (B,) int64, ["key_padding_mask": (B, T) bool]}``.
+
+    Returns:
+        ``loss`` (scalar, nats per example, differentiable) and detached metrics
+        ``{"loss", "bits_per_example", "accuracy", "examples"}``.
+
+    Raises:
+        ValueError: ``targets`` are not ``(B,)`` labels, or the logits are not ``(B, C)``.
+    """
+    idx, targets = batch["idx"], batch["targets"]
+    if targets.dim() != 1 or idx.dim() != 2 or targets.shape[0] != idx.shape[0]:
+        raise ValueError(f"classify needs idx (B, T) and targets (B,), got {tuple(idx.shape)} and "
+                         f"{tuple(targets.shape)}; per-token targets belong to the lm task")
+    logits = classify_outputs(model, batch)
+    if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"classify needs logits of shape (B, C) = ({targets.shape[0]}, C), got {tuple(logits.shape)}; "
+                         "wrap the body in attnlab.models.task_heads.SequenceClassifier")
+    loss = F.cross_entropy(logits.float(), targets)  # fp32 even under bf16 autocast
+    d = loss.detach()
+    acc = (logits.detach().argmax(-1) == targets).float().mean()
+    return loss, {"loss": d, "bits_per_example": d / math.log(2), "accuracy": acc,
+                  "examples": targets.new_tensor(targets.numel())}
