@@ -101,6 +101,9 @@ class CompareSection(BaseModel):
     tasks: list[TaskSpec] = Field(min_length=1)
     inference_batches: int = Field(8, ge=1, description="eval batches timed for inference tokens/s")
     keep_checkpoints: bool = Field(False, description="keep each cell's final checkpoint (off: deleted after scoring)")
+    workers: int = Field(1, ge=1, description="cells trained side by side, each in its own process with `threads` "
+                         "threads (2 workers x 1 thread fill a 2-core machine; every cell then shares the machine "
+                         "the same way, so timings stay comparable within the grid)")
     threads: int | None = Field(1, ge=1, description="torch intra-op threads for every cell (fixed so timings are "
                                 "comparable; on a shared 2-core machine 1 thread ran gpt-tiny ~10x faster than 2); "
                                 "None = leave torch's setting")

@@ -32,8 +32,11 @@ import copy
 import functools
 import json
 import math
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -235,6 +238,41 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
 
 # ---------------------------------------------------------------- the grid
 
+def _cell_outcome(cell: Cell, device: str | None) -> tuple[dict | None, str | None]:
+    """``(record, None)`` for a trained cell, ``(None, reason)`` for one that cannot run."""
+    try:
+        return run_cell(cell, device), None
+    except CellSkipped as e:
+        return None, e.reason
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _outcomes(cells: list[Cell], device: str | None, workers: int, threads: int | None):
+    """Yield ``(cell, record, skip_reason)`` as cells finish: in order in this process (``workers == 1``), or
+    in completion order from ``workers`` spawned processes, each running one cell at a time."""
+    if workers <= 1 or len(cells) <= 1:
+        for cell in cells:
+            yield (cell, *_cell_outcome(cell, device))
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cells)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(threads,))
+    try:
+        futures = {pool.submit(_cell_outcome, cell, device): cell for cell in cells}
+        for fut in as_completed(futures):
+            try:
+                record, reason = fut.result()
+            except BrokenProcessPool:
+                raise KeyboardInterrupt("a compare worker died (interrupted?); rerun the grid to continue") from None
+            yield (futures[fut], record, reason)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = None, device: str | None = None,
              report: bool = True, on_cell: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every unfinished cell of ``cfg`` (in order), appending each record to ``out_dir/results.jsonl``
@@ -264,30 +302,24 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
     atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, desc="compare", unit="cell",
                dynamic_ncols=True)
-    trained, threads = 0, torch.get_num_threads()
+    budget = todo if max_cells is None else todo[:max_cells]
+    threads = torch.get_num_threads()
     if cfg.compare.threads is not None:
         torch.set_num_threads(cfg.compare.threads)
     try:
-        for cell in todo:
-            if max_cells is not None and trained >= max_cells:
-                break
-            bar.set_postfix_str(cell.key)
-            try:
-                record = run_cell(cell, device)
-            except CellSkipped as e:
+        for cell, record, reason in _outcomes(budget, device, cfg.compare.workers, cfg.compare.threads):
+            bar.update(1)
+            if reason is not None:
                 skipped[cell.key] = {"key": cell.key, "task": cell.task.label, "variant": cell.variant.label,
-                                     "attention": cell.variant.name, "seed": cell.seed, "reason": e.reason}
+                                     "attention": cell.variant.name, "seed": cell.seed, "reason": reason}
                 atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
-                bar.update(1)
                 if progress:
-                    bar.write(f"skipped {e}")
+                    bar.write(f"skipped {cell.key}: {reason}")
                 continue
             append_result(results, record)
             done[cell.key] = record
             if skipped.pop(cell.key, None) is not None:
                 atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
-            trained += 1
-            bar.update(1)
             if progress:
                 bar.write(f"{cell.key}: {record['metric']} {record['quality']:.4f}, "
                           f"{record['train_tokens_per_s']:,.0f} train tok/s")
