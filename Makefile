@@ -1,4 +1,5 @@
-# Two commands: `make demo` (train a character-level GPT on the KJV Bible, print samples) and `make test`.
+# Two commands: `make demo` (train a character-level GPT on the KJV Bible, print samples, then compare three
+# attention mechanisms on two tasks) and `make test`.
 # Both create $(VENV) and install everything on first use: the CPU torch wheel first (an unpinned torch
 # with no torch installed would pull a multi-GB CUDA build), then attnlab with its extras.
 
@@ -13,10 +14,16 @@ RUN_DIR ?= runs/char-gpt
 # benchmark scripts are the files in benchmarks/ with a __main__ block (helpers such as common.py are skipped)
 BENCHMARKS ?= $(sort $(shell grep -l '__main__' benchmarks/*.py 2>/dev/null))
 
-.PHONY: install data demo test test-slow bench docs clean-runs help
+COMPARE_DIR ?= runs/compare-quick
+RESULTS_DIR ?= runs/compare-full
+
+.PHONY: install data demo demo-lm demo-compare results test test-slow bench docs clean-runs help
 
 help:
-	@echo "make demo       train the default char-level GPT on the KJV Bible (~4 min on 2 cores), print samples"
+	@echo "make demo       demo-lm, then demo-compare"
+	@echo "make demo-lm    train the default char-level GPT on the KJV Bible (~4 min on 2 cores), print samples"
+	@echo "make demo-compare  quick attention comparison (3 kernels x char LM + recall x 2 seeds, ~8 min): table, plots, samples"
+	@echo "make results    the full comparison grid (~2 h, resumable) -> docs/results.md"
 	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
 	@echo "make test-slow  only the slow checks"
 	@echo "make bench      run every script in benchmarks/"
@@ -33,11 +40,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[data,hf,dev]'
 	touch $@
 
-demo: $(STAMP)
+demo: demo-lm demo-compare
+
+demo-lm: $(STAMP)
 	$(VENV)/bin/attnlab train configs/char-gpt.yaml train.run_dir=$(RUN_DIR) --overwrite
 	$(VENV)/bin/attnlab eval $(RUN_DIR)
 	$(VENV)/bin/attnlab generate $(RUN_DIR) --prompt "And God said" --max-new-tokens 300 --temperature 0.8 --num-samples 2
 	@echo "loss curve: $(RUN_DIR)/loss_curve.png   metrics: $(RUN_DIR)/metrics.jsonl"
+
+# resumable: a second run reprints the table without retraining (`make clean-runs` to start over)
+demo-compare: $(STAMP)
+	$(VENV)/bin/attnlab compare configs/compare/quick.yaml compare.out_dir=$(COMPARE_DIR) --samples 2
+	@echo "plots: $(COMPARE_DIR)/quality_vs_throughput.png $(COMPARE_DIR)/loss_curves.png   table: $(COMPARE_DIR)/results.md"
+
+# the full grid; interrupt and rerun to continue. Real-data tasks need `make data` (skipped otherwise).
+results: $(STAMP)
+	$(VENV)/bin/attnlab compare configs/compare/full.yaml compare.out_dir=$(RESULTS_DIR)
+	$(PY) -m attnlab.compare.report --publish $(RESULTS_DIR) docs/results.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -56,6 +56,28 @@ def test_train_generate_eval(recipe, tmp_path, capsys):
     assert "completed at step 25" in capsys.readouterr().out
 
 
+def test_compare_prints_samples_from_the_best_char_lm(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(CORPUS * 40, encoding="utf-8")
+    grid = {"compare": {"out_dir": str(tmp_path / "cmp"), "seeds": [0], "keep_checkpoints": True, "inference_batches": 1,
+                        "variants": [{"name": "softmax"}, {"name": "sliding_window", "options": {"window": 4}}],
+                        "tasks": [{"name": "char_lm"}]},
+            "base": {"model": {"name": "gpt-tiny", "dim": 32, "num_layers": 1},
+                     "data": {"dataset": str(tmp_path / "corpus.txt"), "seq_len": 32, "batch_size": 4},
+                     "train": {"steps": 4, "warmup_steps": 1, "eval_every": 4, "eval_batches": 1, "precision": "fp32"}}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["compare", str(path), "--no-progress", "--samples", "2", "--prompt", "And God"]) == 0
+    out = capsys.readouterr().out
+    best = min((json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")), key=lambda r: r["quality"])
+    assert f"samples from the best char LM, {best['key']}" in out
+    assert out.count("--- sample") == 2 and out.count("\nAnd God") == 2
+    # without kept checkpoints there is nothing to sample from: a clear error, not a traceback
+    grid["compare"].update(keep_checkpoints=False, out_dir=str(tmp_path / "cmp2"))
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["compare", str(path), "--no-progress", "--samples", "1"]) == 2
+    assert "compare.keep_checkpoints=true" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "{recipe}", "train.lrr=1"], "Did you mean train.lr"),
     (["train", "{recipe}", "train.steps=abc"], "expected int"),

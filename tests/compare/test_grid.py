@@ -9,7 +9,7 @@ import pytest
 
 from attnlab.compare.config import compare_config_from_dict
 from attnlab.compare.grid import append_result, read_results, run_grid
-from attnlab.compare.report import write_report
+from attnlab.compare.report import publish, write_report
 from attnlab.data.synthetic import get_task_dataset
 from attnlab.train.task_data import TaskLMData, TaskSampler
 
@@ -83,6 +83,15 @@ def test_grid_runs_resumes_and_reports(tmp_path, text_file):
     md = write_report(out)
     assert md.count("| softmax |") == 2 and md.count("| sw4 |") == 2
     assert (out / "quality_vs_throughput.png").stat().st_size > 0 and (out / "loss_curves.png").stat().st_size > 0
+
+    # `make results`: the tables go between markers of a doc; republishing replaces them, keeps the rest
+    doc = tmp_path / "results_doc.md"
+    doc.write_text("# Results\n\nintro text\n", encoding="utf-8")
+    publish(out, doc)
+    publish(out, doc)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Results\n\nintro text\n") and text.count("<!-- results:start -->") == 1
+    assert "8 finished cells" in text and text.count("| softmax |") == 2
 
 
 def test_parallel_workers_give_the_sequential_results(tmp_path, text_file):

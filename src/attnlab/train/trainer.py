@@ -155,7 +155,7 @@ class Trainer:
                     (self.run_dir / name).unlink(missing_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.run_dir / "config.yaml")
-            if isinstance(self.data, LMData):  # task data has no tokenizer file
+            if hasattr(self.data.tokenizer, "to_dict"):  # text tokenizers; suite tasks' token ids have no file
                 save_tokenizer(self.data.tokenizer, self.run_dir / "tokenizer.json")
             if resume:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
