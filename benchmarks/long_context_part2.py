@@ -14,14 +14,19 @@ Kernels:
     combiner    Combiner-Fixed, segment 128 (the official LM default)
     pathways    SSA around SDPA in training mode, keep = 1/4, per-head partitions
 
-Targets (issue 8): at N=16k ``linear`` >= 20x faster than dense with memory growing linearly;
-``routing`` and ``combiner`` time(16k) / time(4k) <= 6. Ratios come from one run, so machine load
-(shared CPUs) hits every kernel alike only to the extent it is steady; check ``load_avg``.
+Targets (issue 8): at N=16k ``linear`` >= 20x faster than dense with memory growing linearly and
+time(16k) / time(4k) <= 4.5; ``routing`` and ``combiner`` time(16k) / time(4k) <= 6. Ratios come from
+one run, so machine load (shared CPUs) hits every kernel alike only to the extent it is steady; check
+``load_avg``. With 2 threads and another process busy on one core, every multi-threaded op can wait
+a scheduler slice for its second thread: kernels made of many ops (all but dense SDPA) lose most
+then, and ``--threads 1`` gives the steadier comparison.
 
 Usage:
     python benchmarks/long_context_part2.py                     # N = 1k, 2k, 4k, 8k, 16k
     python benchmarks/long_context_part2.py --quick             # N = 1k, 4k, one repeat, no files
     python benchmarks/long_context_part2.py --sizes 4096,16384 --threads 1 --out long_context_part2_t1
+    # dense + linear only, as in results/long_context_part2_linear{,_t1}.json (with --out, --threads 1):
+    python benchmarks/long_context_part2.py --kernels dense_causal,linear --sizes 1024,4096,16384
 """
 
 from __future__ import annotations
@@ -123,6 +128,8 @@ def targets(rows: list[dict]) -> list[dict]:
     mem = ratio("linear", 16384, 4096, "peak_mb")
     out.append({"target": "linear memory(16k)/memory(4k) ~ 4 (linear growth)", "value": mem,
                 "met": mem is not None and mem <= 5})
+    r = ratio("linear", 16384, 4096, "time_s")
+    out.append({"target": "linear time(16k)/time(4k) <= 4.5", "value": r, "met": r is not None and r <= 4.5})
     for name in ("routing", "combiner"):
         r = ratio(name, 16384, 4096, "time_s")
         out.append({"target": f"{name} time(16k)/time(4k) <= 6", "value": r, "met": r is not None and r <= 6})
@@ -154,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     print(lc.table(rows))
     checks = targets(rows)
     for c in checks:
-        shown = "n/a" if c["value"] is None else f"{c['value']:.2f}"
-        print(f"  {c['target']}: {shown} -> {'met' if c['met'] else 'NOT met'}")
+        verdict = "not run" if c["value"] is None else f"{c['value']:.2f} -> {'met' if c['met'] else 'NOT met'}"
+        print(f"  {c['target']}: {verdict}")
     if args.quick:
         return
     meta = {"B": lc.B, "H": lc.H, "Dh": lc.DH, "dtype": "float32", "repeats": repeats, "causal": True,

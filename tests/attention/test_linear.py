@@ -1,4 +1,5 @@
-"""SLAB / causal linear attention (spec section 7): properties (a)-(e), chunked == recurrent, the cache."""
+"""SLAB / causal linear attention (spec section 7): properties (a)-(e), chunked == naive formula (values and
+gradients), chunked == recurrent, the cache."""
 
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ B, H, T, D = 2, 4, 26, 8
 ATOL, RTOL = 1e-5, 1e-4
 
 
-def kernel(hkv=H, **opts):
-    k = build_attention("linear", structural=dict(num_kv_heads=hkv, head_dim=D, max_seq_len=64), **opts)
+def kernel(hkv=H, max_len=64, **opts):
+    k = build_attention("linear", structural=dict(num_kv_heads=hkv, head_dim=D, max_seq_len=max_len), **opts)
     if k.key_pos is not None:
         with torch.no_grad():  # a non-zero P, so the tests see it
             k.key_pos.copy_(0.3 * torch.randn_like(k.key_pos))
     return k
 
 
-def qkv(hkv=H, t=T, seed=1):
+def qkv(hkv=H, t=T, seed=1, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, t, D, generator=g), torch.randn(B, hkv, t, D, generator=g),
-            torch.randn(B, hkv, t, D, generator=g))
+    return tuple(torch.randn(B, h, t, D, generator=g).requires_grad_(requires_grad) for h in (H, hkv, hkv))
 
 
 def explicit_reference(ker, q, k, v, causal, kpm=None):
@@ -106,6 +106,29 @@ def test_chunked_training_form_equals_recurrent_decoding(feature_map, hkv):
         assert cache.num_bytes == size  # the state does not grow
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
     assert cache.seen == 37
+
+
+@pytest.mark.parametrize("t", [26, 300])  # 4 chunks, the last ragged; 38 chunks (two chained prefix runs)
+@pytest.mark.parametrize("hkv", [H, 2])
+@pytest.mark.parametrize("padded", [False, True])
+def test_chunked_form_equals_naive_causal_formula_forward_and_gradients(t, hkv, padded):
+    """Causal chunked scan (chunks of 8, the last one ragged) == the O(N^2) masked formula, values and
+    gradients of q, k, v, the key position term and the convolution weight."""
+    ker = kernel(hkv, max_len=t, chunk_size=8)
+    kpm = (torch.rand(B, t, generator=torch.Generator().manual_seed(2)) > 0.3) if padded else None
+    w = torch.randn(B, H, t, D, generator=torch.Generator().manual_seed(3))  # a loss that weighs every output
+
+    def run(fn):
+        q, k, v = qkv(hkv, t, requires_grad=True)
+        ker.zero_grad()
+        out = fn(q, k, v)
+        (out * w).sum().backward()
+        return [out.detach(), q.grad, k.grad, v.grad, ker.key_pos.grad.clone(), ker.dwc.weight.grad.clone()]
+
+    got = run(lambda q, k, v: ker(q, k, v, AttentionContext(causal=True, key_padding_mask=kpm)))
+    want = run(lambda q, k, v: explicit_reference(ker, q, k, v, True, kpm))
+    for name, g, r in zip(["out", "q", "k", "v", "key_pos", "dwc"], got, want):
+        torch.testing.assert_close(g, r, atol=ATOL, rtol=RTOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_causal_masking_holds():
