@@ -125,3 +125,20 @@ def zero_if_empty(out: Tensor, empty: Tensor | None) -> Tensor:
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 
+
+
+def pop_aux_loss(model: nn.Module) -> Tensor | None:
+    """Sum and clear the auxiliary losses kernels left on ``model`` during a training forward.
+
+    A kernel with a training-only objective of its own (the Routing Transformer's k-means commitment
+    loss, Roy et al. 2021) stores it as a 0-dim tensor attached to the graph in ``self.aux_loss``; the
+    trainer adds the sum to the task loss before ``backward`` and this call resets each to ``None`` (so
+    a stale graph is never kept alive or counted twice). Returns ``None`` when no module holds one.
+    """
+    total = None
+    for module in model.modules():
+        aux = getattr(module, "aux_loss", None)
+        if isinstance(aux, Tensor):
+            total = aux if total is None else total + aux
+            module.aux_loss = None
+    return total

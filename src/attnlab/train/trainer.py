@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..attention.base import pop_aux_loss
 from ..config import RunConfig
 from ..data.text import LMData, WindowSampler, build_lm_data, eval_batches
 from ..data.tokenizers import save_tokenizer
@@ -229,7 +230,8 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.model.no_sync()):
                 with autocast(self.precision, self.info.device):
                     loss, _ = self.step_fn(self.model, batch)
-                (loss / t.grad_accum).backward()
+                aux = pop_aux_loss(self.raw_model)  # kernels' own training objectives (routing commitment)
+                ((loss if aux is None else loss + aux.float()) / t.grad_accum).backward()
             loss_sum += loss.detach().float()
         # one all-reduce carries the loss (SUM -> mean) and any rank's stop request
         packed = torch.stack([loss_sum / t.grad_accum, torch.tensor(float(self.stop_requested), device=self.info.device)])
