@@ -86,7 +86,7 @@ UNITS = {"lm": "token", "classify": "example", "regression": "position"}  # what
 class TaskData:
     """Any task of the suite (kind ``lm``, ``classify`` or ``regression``) as the Trainer's data source.
 
-    ``kind`` tells :func:`~attnlab.train.trainer.build_for_config` which head to put on the model and which
+    ``kind`` tells :func:`~attnlab.train.build.build_for_config` which head to put on the model and which
     step to train with (``task.name`` = ``kind``); ``vocab_size`` is ``None`` for regression (real-valued
     inputs). Batches are ``TaskSplit.batch`` dicts: ``idx`` or ``inputs``, ``targets`` and, when the task has
     them, ``loss_mask`` / ``key_padding_mask``.
