@@ -170,7 +170,27 @@ def main(argv: list[str] | None = None) -> None:
             "kernels": {k: PART2.get(k, lc.KERNELS.get(k)) for k in kernels}, **machine_info(),
             "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
     path = write_json(args.out, {"meta": meta, "rows": rows, "targets": checks})
-    print(f"wrote {path}")
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    doc = write_docs(rows, checks, meta, args.out, command)
+    print(f"wrote {path}, {doc} and {doc.with_suffix('.png')}")
+
+
+def write_docs(rows: list[dict], checks: list[dict], meta: dict, name: str, command: str) -> Path:
+    """docs/{name}.md (setup, table, target verdicts) and docs/{name}.png (time and memory vs N, log-log)."""
+    lines = [f"# Long-context benchmark, part 2 (issue 8)\n",
+             f"B={lc.B}, H={lc.H}, Dh={lc.DH}, fp32, causal, forward + backward, torch threads = "
+             f"{meta['torch_threads']}, load average {meta['load_avg_start'][0]:.1f} at start, "
+             f"{meta['load_avg_end'][0]:.1f} at end. Regenerate: `python benchmarks/long_context_part2.py {command}`.\n",
+             "Kernels: " + "; ".join(f"`{k}` {PART2[k]['options'] or 'defaults'}" for k in PART2 if k in meta["kernels"])
+             + ". Dense baseline: SDPA with `is_causal=True` (fused flash-style on CPU, O(N * Dh) memory).\n",
+             lc.table(rows), "\n## Targets\n"]
+    for c in checks:
+        verdict = "not run" if c["value"] is None else f"{c['value']:.2f} ({'met' if c['met'] else 'NOT met'})"
+        lines.append(f"- {c['target']}: {verdict}")
+    doc = ROOT / "docs" / f"{name}.md"
+    doc.write_text("\n".join(lines) + "\n\nMethod and memory notes: [long_context.md](long_context.md).\n")
+    lc.plot(rows, doc.with_suffix(".png"))
+    return doc
 
 
 if __name__ == "__main__":
