@@ -76,3 +76,12 @@ def test_task_data_for_classify_and_regression():
     assert [len(b["targets"]) for b in evals] == [4, 4, 2] and evals[0]["key_padding_mask"].shape == (4, 16)
     with pytest.raises(ValueError, match="kind 'regression'"):
         TaskLMData(icl.task)
+
+
+def test_trainer_reports_regression_loss_as_squared_error_not_bits():
+    from attnlab.train.trainer import _loss_text
+
+    icl = TaskData(get_task_dataset("icl_regression", dim=3, num_examples=4, num_train=16, num_test=8))
+    assert _loss_text(0.5, icl) == "0.5000 (mean squared error)"
+    lo = TaskData(get_task_dataset("listops", max_length=16, num_train=16, num_test=10))
+    assert _loss_text(math.log(2), lo) == "0.6931 nats/example (1.000 bits/example)"

@@ -288,10 +288,11 @@ class Trainer:
             self.best_val, self.bad_evals = val, 0
         else:
             self.bad_evals += 1
-        unit = self.data.tokenizer.unit
-        row.update({"val_loss": val, f"val_bits_per_{unit}": val / math.log(2)})
+        row["val_loss"] = val
+        if not _is_regression(self.data):
+            row[f"val_bits_per_{self.data.tokenizer.unit}"] = val / math.log(2)
         if self.info.is_main:
-            bar.write(f"step {self.step:>6}: val_loss {val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})")
+            bar.write(f"step {self.step:>6}: val_loss {_loss_text(val, self.data)}")
 
     def _finish(self, result: TrainResult) -> TrainResult:
         path = self.save()
@@ -351,13 +352,23 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
 
 
 def _print_summary(result: TrainResult, trainer: Trainer) -> None:
-    unit = trainer.data.tokenizer.unit
     rate = trainer.tokens / max(trainer.elapsed, 1e-9)
     msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} in training steps "
            f"({rate:,.0f} tokens/s); this invocation took {format_seconds(result.wall_seconds)} with evaluation")
     if result.final_val_loss is not None:
-        v = result.final_val_loss
-        msg += f"; final val loss {v:.4f} nats/{unit} ({v / math.log(2):.3f} bits/{unit})"
+        msg += f"; final val loss {_loss_text(result.final_val_loss, trainer.data)}"
     tqdm.write(msg + f"; run directory {trainer.run_dir}")
     if result.stopped == "interrupted":
         tqdm.write(f"resume with: attnlab train {trainer.run_dir} --resume")
+
+
+def _is_regression(data) -> bool:
+    return getattr(data, "kind", None) == "regression"
+
+
+def _loss_text(val: float, data) -> str:
+    """Cross-entropy in nats and bits per unit, or the squared error of a regression task."""
+    if _is_regression(data):
+        return f"{val:.4f} (mean squared error)"
+    unit = data.tokenizer.unit
+    return f"{val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})"
