@@ -9,7 +9,9 @@ Kernels (window / kernel ~256 keys per query):
     dense_causal      torch SDPA, is_causal=True            (what the causal sparse kernels replace)
     dense             torch SDPA, no mask                   (what the bidirectional / 2-D ones replace)
     sliding_window    causal, window=256
+    sliding_window_recompute   the same, probabilities recomputed in backward (O(N * Dh) memory)
     neighborhood_1d   bidirectional, kernel_size=257 (odd)
+    neighborhood_1d_recompute  the same with recompute=True
     block_local_1d    bidirectional, block_size=128, halo=64 (256-key window)
     neighborhood_2d   grid sqrt(N) x sqrt(N), 17x17 kernel (NA needs odd)
     block_local_2d    grid sqrt(N) x sqrt(N), block 8, halo 4 (16x16 window)
@@ -40,13 +42,17 @@ KERNELS: dict[str, dict] = {
     "dense_causal": dict(dense=True, causal=True),
     "dense": dict(dense=True, causal=False),
     "sliding_window": dict(name="sliding_window", options=dict(window=256), causal=True),
+    "sliding_window_recompute": dict(name="sliding_window", options=dict(window=256, recompute=True), causal=True),
     "neighborhood_1d": dict(name="neighborhood", options=dict(kernel_size=257), causal=False),
+    "neighborhood_1d_recompute": dict(name="neighborhood", options=dict(kernel_size=257, recompute=True),
+                                      causal=False),
     "block_local_1d": dict(name="block_local", options=dict(block_size=128, halo=64), causal=False),
     "neighborhood_2d": dict(name="neighborhood", options=dict(kernel_size=17), causal=False, grid=True),
     "block_local_2d": dict(name="block_local", options=dict(block_size=8, halo=4), causal=False, grid=True),
     "axial_2d": dict(name="axial", options=dict(mode="sequential"), causal=False, grid=True),
 }
-BASELINE = {"sliding_window": "dense_causal"}  # every other sparse kernel compares with bidirectional dense
+# the causal kernels compare with causal dense SDPA; every other kernel with bidirectional dense
+BASELINE = {"sliding_window": "dense_causal", "sliding_window_recompute": "dense_causal"}
 
 
 def _status_kb(field: str) -> int:

@@ -1,7 +1,7 @@
 """Tables and plots of a comparison grid, rebuilt from ``results.jsonl`` alone (``attnlab compare --report``).
 
-Writes into the run directory: ``results.md`` (one Markdown table per task, then the cells that were
-skipped and why), ``results.csv`` (one row per task and variant) and the plots of
+Writes into the run directory: ``results.md`` (an overview of every variant on every task with mean
+ranks, one Markdown table per task, then the cells that were skipped and why), ``results.csv`` (one row per task and variant) and the plots of
 :mod:`attnlab.compare.plots` (``quality_vs_throughput.png``, ``loss_curves.png``, and ``grokking.png`` /
 ``icl_regression.png`` when the grid has those tasks).
 """
@@ -85,6 +85,49 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def overview_table(rows: list[dict]) -> str:
+    """Markdown: one row per variant, one quality column per task (best in **bold**), the variant's mean
+    rank over the tasks it ran (1 = best), and its training speed relative to ``softmax`` (geometric mean
+    over the shared tasks). Variants that ran every task come first, by mean rank. Empty for one task."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    if len(tasks) < 2:
+        return ""
+    cell = {(r["task"], r["variant"]): r for r in rows}
+    ranks: dict[str, list[int]] = {}
+    best: dict[str, str] = {}
+    for task in tasks:
+        rs = sorted((r for r in rows if r["task"] == task),
+                    key=lambda r: -r["quality_mean"] if r["higher_is_better"] else r["quality_mean"])
+        best[task] = rs[0]["variant"]
+        for i, r in enumerate(rs):  # ties share the better rank
+            tied = i > 0 and r["quality_mean"] == rs[i - 1]["quality_mean"]
+            ranks.setdefault(r["variant"], []).append(ranks[rs[i - 1]["variant"]][-1] if tied else i + 1)
+    speed = {}
+    for variant in ranks:
+        ratios = [cell[t, variant]["train_tokens_per_s"] / cell[t, "softmax"]["train_tokens_per_s"]
+                  for t in tasks if (t, variant) in cell and (t, "softmax") in cell
+                  and cell[t, variant]["train_tokens_per_s"] and cell[t, "softmax"]["train_tokens_per_s"]]
+        speed[variant] = statistics.geometric_mean(ratios) if ratios else None
+    variants = list(dict.fromkeys(r["variant"] for r in rows))  # ties keep the config's order
+    order = sorted(variants, key=lambda v: (len(ranks[v]) < len(tasks), statistics.fmean(ranks[v])))
+    arrows = {t: "↑" if cell[t, best[t]]["higher_is_better"] else "↓" for t in tasks}
+    out = ["### Overview", "", "Quality per task (mean over seeds; best in bold, arrow = better direction), mean "
+           "rank over the tasks a variant ran, and training tokens/s relative to softmax (geometric mean over "
+           "tasks).", "",
+           "| variant | " + " | ".join(f"{t} {cell[t, best[t]]['metric']} {arrows[t]}" for t in tasks)
+           + " | mean rank | tasks | train speed vs softmax |",
+           "|---|" + "---|" * (len(tasks) + 3)]
+    for v in order:
+        qs = []
+        for t in tasks:
+            r = cell.get((t, v))
+            q = "" if r is None else f"{r['quality_mean']:.3f}"
+            qs.append(f"**{q}**" if r is not None and best[t] == v else q)
+        sp = "n/a" if speed[v] is None else f"{speed[v]:.2f}x"
+        out.append(f"| {v} | " + " | ".join(qs) + f" | {statistics.fmean(ranks[v]):.1f} | {len(ranks[v])} | {sp} |")
+    return "\n".join(out) + "\n"
+
+
 def skipped_table(skipped: list[dict]) -> str:
     """Markdown list of the cells that could not run, one row per (task, variant) with its seeds and reason."""
     if not skipped:
@@ -123,7 +166,8 @@ def write_report(run_dir: str | Path) -> str:
         atomic_write_text(run_dir / "results.md", skipped)  # every cell so far was skipped
         return skipped
     rows = summarize(records)
-    md = markdown_table(rows) + ("\n" + skipped if skipped else "")
+    overview = overview_table(rows)
+    md = (overview + "\n" if overview else "") + markdown_table(rows) + ("\n" + skipped if skipped else "")
     atomic_write_text(run_dir / "results.md", md)
     atomic_write_text(run_dir / "results.csv", csv_table(rows))
     plot_quality_vs_throughput(rows, run_dir / "quality_vs_throughput.png")
