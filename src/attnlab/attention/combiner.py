@@ -154,10 +154,12 @@ class CombinerAttention(AttentionKernel):
         v_bar = torch.einsum("bhns,bhnsd->bhnd", inner.to(v.dtype), vs)
         first = (S - T) // s  # first segment holding an output query
         m = n - first
-        # one joint key / value list per query segment: its own s tokens, then the n segment summaries
-        keys = torch.cat([ks[:, :, first:], k_bar[:, :, None].expand(B, H, m, n, D)], dim=3)  # (B, H, m, s+n, Dh)
-        vals = torch.cat([vs[:, :, first:], v_bar[:, :, None].expand(B, H, m, n, D)], dim=3)
-        scores = torch.einsum("bhmid,bhmjd->bhmij", qs[:, :, first:], keys)  # (B, H, m, s, s+n)
+        # one joint score row per query: its own segment's s keys, then the n segment summaries. The summary
+        # scores are one (m*s, Dh) x (Dh, n) GEMM per head: no per-segment copies of k_bar / v_bar
+        q_out = qs[:, :, first:]  # (B, H, m, s, Dh)
+        local = torch.matmul(q_out, ks[:, :, first:].transpose(-1, -2))  # (B, H, m, s, s)
+        summ = torch.matmul(q_out.reshape(B, H, m * s, D), k_bar.transpose(-1, -2)).view(B, H, m, s, n)
+        scores = torch.cat([local, summ], dim=-1)  # (B, H, m, s, s+n)
         keep_local = vseg[:, :, first:, None, :].expand(B, 1, m, s, s)
         if ctx.causal:
             keep_local = keep_local & torch.ones(s, s, dtype=torch.bool, device=k.device).tril()
@@ -179,8 +181,10 @@ class CombinerAttention(AttentionKernel):
             for j in range(m):  # add the direct weights into the query's own segment
                 w[:, :, j, :, (first + j) * s:(first + j + 1) * s] += p_local[:, :, j]
             return w.reshape(B, H, m * s, n * s)[:, :, start:start + T, :S].to(q_all.dtype)
-        out = torch.einsum("bhmij,bhmjd->bhmid", p.to(v.dtype), vals)  # (B, H, m, s, Dh)
-        return out.reshape(B, H, m * s, D)[:, :, start:start + T]
+        p_local, p_summ = p.to(v.dtype).split([s, n], dim=-1)  # (B, H, m, s, s), (B, H, m, s, n)
+        out = torch.matmul(p_local, vs[:, :, first:]).view(B, H, m * s, D)  # (B, H, m*s, Dh)
+        out = out + torch.matmul(p_summ.reshape(B, H, m * s, n), v_bar)  # + summaries: (m*s, n) x (n, Dh)
+        return out[:, :, start:start + T]
 
     def extra_repr(self) -> str:
         return f"segment={self.segment}, pooling={self.pooling!r}, exclude_own_summary={self.exclude_own_summary}"
