@@ -23,9 +23,12 @@ def test_sigint_saves_and_resume_finishes(text_file, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    # synchronise on the run's own output: interrupt once 3 steps are logged (the process must still be training)
+    for _ in range(600):  # polls, at most ~2 minutes
+        if proc.poll() is not None or (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            break
         time.sleep(0.2)
+    assert proc.poll() is None, "training exited before it was interrupted: " + "".join(proc.communicate())
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
