@@ -78,6 +78,26 @@ def test_matches_loop_reference(pooling, causal):
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("query_block", [1, 3, 7, 12])
+def test_query_blocks_give_the_same_outputs_and_gradients(causal, query_block):
+    """Blocks of 1..4 segments (causal blocks skip later summaries) == one block == the loop reference."""
+    kpm = torch.ones(B, T, dtype=torch.bool)
+    kpm[0, [2, 8, 9, 10, 11, 21]] = False  # a whole segment (8..11) and a hole in the ragged tail
+    ctx = AttentionContext(causal=causal, key_padding_mask=kpm)
+    q, k, v = qkv(hkv=2, grad=True)
+    blocked = build_attention("combiner", segment=4, query_block=query_block)(q, k, v, ctx)
+    grads = torch.autograd.grad(blocked.square().sum(), (q, k, v))
+    whole = build_attention("combiner", segment=4, query_block=10_000)(q, k, v, ctx)
+    torch.testing.assert_close(blocked, whole, atol=ATOL, rtol=RTOL)
+    for g, g_ref in zip(grads, torch.autograd.grad(whole.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, g_ref, atol=ATOL, rtol=RTOL)
+    heads = [0, 2]  # query heads 0 and 2 read kv heads 0 and 1 (repeat_interleave grouping)
+    q1, k1, v1 = q.detach()[:1, heads], k.detach()[:1], v.detach()[:1]
+    ref = loop_reference(q1, k1, v1, 4, causal, kpm=kpm[:1])
+    torch.testing.assert_close(blocked[:1, heads], ref, atol=ATOL, rtol=RTOL)
+
+
 def test_own_segment_summary_option_changes_only_bidirectional():
     q, k, v = qkv()
     paper = build_attention("combiner", segment=5)
@@ -120,7 +140,8 @@ def test_d_full_support_and_weights_sum_to_one(causal):
 
 def test_kv_cache_decoding_equals_full_forward():
     torch.manual_seed(0)
-    mha = MultiHeadAttention(32, 4, 2, kernel="combiner", kernel_options=dict(segment=4), max_seq_len=64)
+    mha = MultiHeadAttention(32, 4, 2, kernel="combiner", kernel_options=dict(segment=4, query_block=8),
+                             max_seq_len=64)
     x = torch.randn(B, 30, 32)
     full = mha(x, AttentionContext(causal=True))
     cache, outs, t = mha.new_cache(B, 64), [], 0
@@ -140,6 +161,6 @@ def test_fewer_queries_than_keys_without_its_cache_raises():
 
 def test_default_segment_is_sqrt_max_seq_len_and_bad_options_raise():
     assert build_attention("combiner", structural=dict(max_seq_len=256)).segment == 16
-    for opts in (dict(segment=0), dict(pooling="deepset-max")):
+    for opts in (dict(segment=0), dict(pooling="deepset-max"), dict(query_block=0)):
         with pytest.raises(ValueError):
             build_attention("combiner", **opts)

@@ -76,6 +76,9 @@ class CombinerAttention(AttentionKernel):
             ``identity-max``; the learned ``deepset`` pooling is not implemented).
         exclude_own_summary: bidirectional only; see the module doc.
         scale: score scale, default ``1/sqrt(Dh)``.
+        query_block: queries per block of whole segments (default 1024). Outputs are computed block by
+            block; causal blocks skip the summaries of segments at or after the block's last one (results
+            do not depend on it; smaller blocks skip more but make more, smaller calls).
 
     Raises:
         ValueError: bad options; ``T < S`` without the kernel's cache; mismatched shapes or masks.
@@ -84,8 +87,11 @@ class CombinerAttention(AttentionKernel):
     capabilities = Capabilities(packed=False, attn_bias=False, exact=False, complexity="O(N*sqrt(N)) (s ~ sqrt(N))")
 
     def __init__(self, segment: int | None = None, pooling: str = "identity-max", exclude_own_summary: bool = True,
-                 scale: float | None = None, max_seq_len: int | None = None):
+                 scale: float | None = None, max_seq_len: int | None = None, query_block: int = 1024):
         super().__init__(scale=scale)
+        if not (isinstance(query_block, int) and query_block >= 1):
+            raise ValueError(f"query_block must be a positive int (queries per block), got {query_block!r}")
+        self.query_block = query_block
         if segment is not None and not (isinstance(segment, int) and segment >= 1):
             raise ValueError(f"segment must be a positive int or None (auto), got {segment!r}")
         if pooling not in POOLINGS:
@@ -137,7 +143,11 @@ class CombinerAttention(AttentionKernel):
         return y / valid.sum(-1, keepdim=True).clamp(min=1) if red == "mean" else y
 
     def _combine(self, q_all: Tensor, k: Tensor, v: Tensor, T: int, ctx: AttentionContext, dense: bool) -> Tensor:
-        """q_all, k, v ``(B, H, S, Dh)``; outputs (or dense weights) for the last ``T`` positions."""
+        """q_all, k, v ``(B, H, S, Dh)``; outputs (or dense weights) for the last ``T`` positions.
+
+        Outputs are computed over blocks of ``query_block`` queries (whole segments). A causal block only
+        scores the summaries of the segments before its last one, which skips the upper triangle of the
+        ``(N/s) x (N/s)`` segment-summary scores: about half of the summary work at long N."""
         B, H, S, D = k.shape
         s = self.segment
         n = math.ceil(S / s)
@@ -153,38 +163,59 @@ class CombinerAttention(AttentionKernel):
         inner = masked_softmax(torch.einsum("bhnd,bhnsd->bhns", q_bar, ks).float(), vseg)  # (B, H, n, s)
         v_bar = torch.einsum("bhns,bhnsd->bhnd", inner.to(v.dtype), vs)
         first = (S - T) // s  # first segment holding an output query
-        m = n - first
-        # one joint score row per query: its own segment's s keys, then the n segment summaries. The summary
-        # scores are one (m*s, Dh) x (Dh, n) GEMM per head: no per-segment copies of k_bar / v_bar
-        q_out = qs[:, :, first:]  # (B, H, m, s, Dh)
-        local = torch.matmul(q_out, ks[:, :, first:].transpose(-1, -2))  # (B, H, m, s, s)
-        summ = torch.matmul(q_out.reshape(B, H, m * s, D), k_bar.transpose(-1, -2)).view(B, H, m, s, n)
-        scores = torch.cat([local, summ], dim=-1)  # (B, H, m, s, s+n)
-        keep_local = vseg[:, :, first:, None, :].expand(B, 1, m, s, s)
-        if ctx.causal:
-            keep_local = keep_local & torch.ones(s, s, dtype=torch.bool, device=k.device).tril()
-        seg_q = torch.arange(first, n, device=k.device)[:, None]
-        seg_r = torch.arange(n, device=k.device)[None, :]
-        if ctx.causal:
-            rel = seg_r < seg_q
-        elif self.exclude_own_summary:
-            rel = seg_r != seg_q
-        else:
-            rel = torch.ones(m, n, dtype=torch.bool, device=k.device)
-        keep_summ = (vseg.any(-1)[:, :, None, :] & rel)[:, :, :, None, :].expand(B, 1, m, s, n)
-        keep = torch.cat([keep_local, keep_summ], -1)  # (B, 1, m, s, s+n), shared by the heads
-        p = softmax_keep(scores.float(), keep)  # one joint softmax over s + n entries
         start = S - T - first * s  # offset of the first output query inside the query segments
         if dense:
+            m = n - first
+            p = self._joint_probs(qs[:, :, first:], ks[:, :, first:], vseg[:, :, first:], k_bar, vseg.any(-1), first,
+                                  ctx.causal)  # (B, H, m, s, s + n)
             p_local, p_summ = p.split([s, n], dim=-1)  # (B, H, m, s, s), (B, H, m, s, n)
             w = torch.einsum("bhmir,bhrj->bhmirj", p_summ, inner).reshape(B, H, m, s, n * s)
             for j in range(m):  # add the direct weights into the query's own segment
                 w[:, :, j, :, (first + j) * s:(first + j + 1) * s] += p_local[:, :, j]
             return w.reshape(B, H, m * s, n * s)[:, :, start:start + T, :S].to(q_all.dtype)
-        p_local, p_summ = p.to(v.dtype).split([s, n], dim=-1)  # (B, H, m, s, s), (B, H, m, s, n)
-        out = torch.matmul(p_local, vs[:, :, first:]).view(B, H, m * s, D)  # (B, H, m*s, Dh)
-        out = out + torch.matmul(p_summ.reshape(B, H, m * s, n), v_bar)  # + summaries: (m*s, n) x (n, Dh)
+        per_block = max(1, self.query_block // s)  # segments per query block
+        # split, not slice: a slice's backward writes a zero tensor of the full input per block
+        blocks = zip(*(x[:, :, first:].split(per_block, dim=2) for x in (qs, ks, vs, vseg)))
+        outs = []
+        for i, (q_blk, k_blk, v_blk, valid_blk) in enumerate(blocks):
+            a = first + i * per_block
+            m = q_blk.shape[2]
+            r_end = a + m - 1 if ctx.causal else n  # causal: summaries r < seg(i) <= a + m - 1
+            p = self._joint_probs(q_blk, k_blk, valid_blk, k_bar[:, :, :r_end], vseg.any(-1)[..., :r_end], a,
+                                  ctx.causal).to(v.dtype)
+            p_local, p_summ = p.split([s, r_end], dim=-1)  # (B, H, m, s, s), (B, H, m, s, r_end)
+            out = torch.matmul(p_local, v_blk).view(B, H, m * s, D)  # (B, H, m*s, Dh)
+            if r_end:  # + summaries: (m*s, r_end) x (r_end, Dh)
+                out = out + torch.matmul(p_summ.reshape(B, H, m * s, r_end), v_bar[:, :, :r_end])
+            outs.append(out)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, H, (n-first)*s, Dh)
         return out[:, :, start:start + T]
+
+    def _joint_probs(self, q_blk: Tensor, k_blk: Tensor, valid_blk: Tensor, k_bar: Tensor, has_summary: Tensor,
+                     a: int, causal: bool) -> Tensor:
+        """Joint softmax of the query segments ``a..a+m-1`` over their own segment's ``s`` keys, then the
+        summaries ``0..r-1``: q_blk/k_blk ``(B, H, m, s, Dh)``, valid_blk ``(B, 1, m, s)``, k_bar
+        ``(B, H, r, Dh)``, has_summary ``(B, 1, r)`` -> float32 ``(B, H, m, s, s + r)``. The summary scores
+        are one ``(m*s, Dh) x (Dh, r)`` GEMM per head: no per-segment copies of the summaries."""
+        B, H, m, s, D = q_blk.shape
+        r = k_bar.shape[2]
+        local = torch.matmul(q_blk, k_blk.transpose(-1, -2))  # (B, H, m, s, s)
+        summ = torch.matmul(q_blk.reshape(B, H, m * s, D), k_bar.transpose(-1, -2))  # (B, H, m*s, r)
+        scores = torch.cat([local, summ.view(B, H, m, s, r)], dim=-1)  # (B, H, m, s, s + r)
+        keep_local = valid_blk[:, :, :, None, :].expand(B, 1, m, s, s)
+        if causal:
+            keep_local = keep_local & torch.ones(s, s, dtype=torch.bool, device=q_blk.device).tril()
+        seg_q = torch.arange(a, a + m, device=q_blk.device)[:, None]
+        seg_r = torch.arange(r, device=q_blk.device)[None, :]
+        if causal:
+            rel = seg_r < seg_q
+        elif self.exclude_own_summary:
+            rel = seg_r != seg_q
+        else:
+            rel = torch.ones(m, r, dtype=torch.bool, device=q_blk.device)
+        keep_summ = (has_summary[:, :, None, :] & rel)[:, :, :, None, :].expand(B, 1, m, s, r)
+        keep = torch.cat([keep_local, keep_summ], -1)  # (B, 1, m, s, s + r), shared by the heads
+        return softmax_keep(scores.float(), keep)  # one joint softmax over s + r entries
 
     def extra_repr(self) -> str:
         return f"segment={self.segment}, pooling={self.pooling!r}, exclude_own_summary={self.exclude_own_summary}"
