@@ -10,7 +10,9 @@ a fraction of the matching peak. Useful FLOPs count only real tokens (no pads):
 Paths:
     st_fp32          sentence-transformers ``encode`` (batch 32, its own length sorting), fp32
     attnlab_fp32     ``attnlab.embed`` (packed, per-document attention), fp32
-    attnlab_bf16     ``attnlab.embed(dtype=torch.bfloat16)`` (bf16 weights and activations)
+    attnlab_bf16     ``attnlab.embed(dtype=torch.bfloat16)`` (bf16 weights and activations; default workers:
+                     one single-threaded batch per thread)
+    attnlab_bf16_1worker  the same with ``workers=1``: one batch at a time on all threads
     attnlab_autocast ``attnlab.embed`` fp32 weights under ``torch.autocast("cpu", bfloat16)`` (the alternative
                      bf16 strategy; reported so the faster one is the default)
 
@@ -93,6 +95,8 @@ def main() -> None:
         "st_fp32": lambda: st.encode(texts, batch_size=bs, convert_to_tensor=True).float(),
         "attnlab_fp32": lambda: attnlab.embed(texts, encoder, bs, progress=False),
         "attnlab_bf16": lambda: attnlab.embed(texts, encoder, bs, dtype=torch.bfloat16, progress=False),
+        "attnlab_bf16_1worker": lambda: attnlab.embed(texts, encoder, bs, dtype=torch.bfloat16, progress=False,
+                                                      workers=1),
         "attnlab_autocast": autocast_path,
     }
     outputs = {name: fn() for name, fn in paths.items()}  # warm-up pass, and the embeddings checked below
@@ -112,6 +116,7 @@ def main() -> None:
         "st_fp32": "reference",
         "attnlab_fp32": f"min cos {(fp32 * ref).sum(-1).min():.7f}, max |diff| {(fp32 - ref).abs().max():.1e} vs st",
         "attnlab_bf16": f"min cos {(outputs['attnlab_bf16'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
+        "attnlab_bf16_1worker": f"min cos {(outputs['attnlab_bf16_1worker'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
         "attnlab_autocast": f"min cos {(outputs['attnlab_autocast'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
     }
     st_time = statistics.median(times["st_fp32"])

@@ -94,6 +94,8 @@ def test_embed_contract(hf_checkpoint, tmp_path):
     (dict(texts="just one string"), "list of strings"),
     (dict(batch_size=0), "batch_size"),
     (dict(dtype=torch.float16), "dtype"),
+    (dict(workers=0), "workers"),
+    (dict(workers=2.0), "workers"),
 ])
 def test_embed_bad_arguments(hf_checkpoint, kwargs, match):
     model = load_pretrained(hf_checkpoint("BertModel")[0])
@@ -156,7 +158,7 @@ def test_cli_embed_writes_npy(hf_checkpoint, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_embed_parser(parser.add_subparsers())
     args = parser.parse_args(["embed", "--model", str(folder_tok), "--input", str(tmp_path / "in.txt"),
-                              "--output", str(tmp_path / "out.npy"), "--no-progress"])
+                              "--output", str(tmp_path / "out.npy"), "--no-progress", "--workers", "2"])
     assert args.handler(args) == 0
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (4, 32) and "wrote 4 x 32" in capsys.readouterr().out
@@ -199,3 +201,59 @@ def test_embed_ignores_training_mode(hf_checkpoint):
     model.train()  # the checkpoint's hidden dropout (0.1) would be active in training mode
     assert_close(attnlab.embed(["a b c", "c"], model, progress=False), ref)
     assert model.training  # and the caller's mode is restored
+
+
+TEXTS = ["a b c", "b", "c a a b b c", "", "a", "c c", "b a c a", "a b", "c", "b b b b b b b"]
+
+
+def test_concurrent_workers_give_the_same_embeddings_and_restore_threads(hf_checkpoint):
+    model = load_pretrained(hf_checkpoint("BertModel")[0])
+    model.tokenizer = _toy_tokenizer()
+    threads = torch.get_num_threads()
+    one = attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=1)
+    for workers in (2, 3, None):
+        assert_close(attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=workers), one,
+                     atol=1e-6, rtol=0)
+        assert torch.get_num_threads() == threads
+
+
+def test_workers_inherit_the_callers_autocast_and_run_in_inference_mode(hf_checkpoint, monkeypatch):
+    """autocast and inference mode are per-thread state: each worker thread must re-enter them."""
+    import threading
+
+    model = load_pretrained(hf_checkpoint("BertModel")[0])
+    model.tokenizer = _toy_tokenizer()
+    seen, real = [], EMBED._encode_packed
+
+    def spy(runner, batch, device):
+        seen.append((threading.current_thread().name, torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu"), torch.is_inference_mode_enabled()))
+        return real(runner, batch, device)
+
+    monkeypatch.setattr(EMBED, "_encode_packed", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto1 = attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=1)
+        auto3 = attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=3)
+    assert_close(auto3, auto1, atol=1e-6, rtol=0)
+    workers = [s for s in seen if s[0].startswith("attnlab-embed")]
+    assert len(workers) == 5 and len(seen) == 10  # 5 batches each run
+    assert all(s[1:] == (True, torch.bfloat16, True) for s in seen)
+    seen.clear()
+    attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=3)
+    assert len(seen) == 5 and not any(s[1] for s in seen)  # no autocast outside the context
+
+
+def test_a_failing_worker_raises_in_the_caller_and_restores_threads(hf_checkpoint, monkeypatch):
+    model = load_pretrained(hf_checkpoint("BertModel")[0])
+    model.tokenizer = _toy_tokenizer()
+    threads, real = torch.get_num_threads(), EMBED._encode_packed
+
+    def flaky(runner, batch, device):
+        if len(batch[0]) >= 5:  # batches are length-sorted: the later ones fail
+            raise RuntimeError("worker failed on a long batch")
+        return real(runner, batch, device)
+
+    monkeypatch.setattr(EMBED, "_encode_packed", flaky)
+    with pytest.raises(RuntimeError, match="worker failed"):
+        attnlab.embed(TEXTS, model, batch_size=2, progress=False, workers=2)
+    assert torch.get_num_threads() == threads

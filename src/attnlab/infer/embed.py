@@ -9,6 +9,7 @@ document. Kernels that cannot take packed sequences fall back to length-sorted p
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,7 +27,8 @@ _BF16_WEIGHTS = "_attnlab_bf16_copy"
 
 
 def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, batch_size: int = 32,
-          dtype: torch.dtype = torch.float32, *, normalize: bool = True, progress: bool = True) -> Tensor:
+          dtype: torch.dtype = torch.float32, *, normalize: bool = True, progress: bool = True,
+          workers: int | None = None) -> Tensor:
     """Embed ``texts`` with a sentence encoder: returns ``(len(texts), dim)`` float32 embeddings.
 
     Args:
@@ -40,10 +42,17 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
             normalisation stay in float32).
         normalize: L2-normalise (cosine similarity = dot product).
         progress: show a tqdm bar over batches.
+        workers: batches encoded concurrently, each with ``torch.get_num_threads() // workers`` intra-op
+            threads (the process's thread count is restored afterwards). Default: on CPU one worker per
+            thread when there are at least two batches per worker, else 1; on other devices 1. A batch's
+            GEMMs are too small to keep several threads busy (and attention, norms and adds even less),
+            so on CPU whole batches in parallel measured 1.2-1.4x faster than one batch on all threads.
+            Results do not depend on it.
 
     Raises:
-        ValueError: texts not a list of strings, ``batch_size < 1``, unsupported dtype, a model that is
-            not an encoder or has no tokenizer, a missing MiniLM package (names the pip command).
+        ValueError: texts not a list of strings, ``batch_size < 1`` or ``workers < 1``, unsupported dtype,
+            a model that is not an encoder or has no tokenizer, a missing MiniLM package (names the pip
+            command).
     """
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a list of strings (wrap a single string in a list)")
@@ -51,6 +60,8 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None (automatic), got {workers!r}")
     encoder = resolve_encoder(model)
     runner = _runner(encoder, dtype)
     seqs = encoder.tokenizer.encode(list(texts))
@@ -60,20 +71,51 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
     # length order: padded batches waste little; packed batches put equal-length texts side by side,
     # which the softmax kernel attends as one batched call per length (results do not depend on order)
     order = torch.tensor(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), dtype=torch.long, device=device)
-    starts = range(0, len(seqs), batch_size)
-    was_training = runner.training
+    batches = [order[start:start + batch_size] for start in range(0, len(seqs), batch_size)]
+    workers = workers or _auto_workers(device, len(batches))
+    autocast = _autocast_state(device)  # autocast and inference mode are per thread: workers re-enter them
+
+    def encode(idx: Tensor) -> Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, **autocast):
+            batch = [seqs[i] for i in idx.tolist()]
+            pooled = _encode_packed(runner, batch, device) if packed_ok else \
+                _encode_padded(runner, encoder, batch, device)
+            return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    was_training, threads = runner.training, torch.get_num_threads()
     runner.eval()  # no dropout, whatever mode the caller left the model in
+    bar = tqdm(total=len(batches), desc="embed", unit="batch", disable=not progress or len(batches) < 2)
     try:
-        with torch.inference_mode():
-            for start in tqdm(starts, desc="embed", unit="batch", disable=not progress or len(starts) < 2):
-                idx = order[start : start + batch_size]
-                batch = [seqs[i] for i in idx.tolist()]
-                pooled = _encode_packed(runner, batch, device) if packed_ok else \
-                    _encode_padded(runner, encoder, batch, device)
-                out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled
+        if workers == 1:
+            results = map(encode, batches)
+        else:
+            torch.set_num_threads(max(1, threads // workers))
+            pool_ = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnlab-embed")
+            results = pool_.map(encode, batches)  # in order; a worker's exception is raised here
+        for idx, pooled in zip(batches, results):
+            out[idx] = pooled
+            bar.update()
     finally:
+        if workers > 1:
+            pool_.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)
+        bar.close()
         runner.train(was_training)
     return out
+
+
+def _auto_workers(device: torch.device, num_batches: int) -> int:
+    """CPU: one single-threaded worker per intra-op thread when each gets >= 2 batches; otherwise 1."""
+    if device.type != "cpu":
+        return 1
+    threads = torch.get_num_threads()
+    return threads if threads > 1 and num_batches >= 2 * threads else 1
+
+
+def _autocast_state(device: torch.device) -> dict:
+    """The caller's autocast setting for ``device`` as ``torch.autocast`` keyword arguments."""
+    enabled = torch.is_autocast_enabled(device.type)
+    return dict(enabled=enabled, dtype=torch.get_autocast_dtype(device.type)) if enabled else dict(enabled=False)
 
 
 def _encode_packed(model: Encoder, batch: list[list[int]], device) -> Tensor:

@@ -24,6 +24,9 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="where to write the (lines, dim) float32 .npy")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per packed batch (default 32)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="bfloat16 = fast path (default float32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="batches encoded concurrently, sharing the torch threads (default: one per thread on "
+                        "CPU when there are enough batches)")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,7 +59,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"output must be a .npy file, got {str(dst)!r}")
     lines = src.read_text(encoding="utf-8").splitlines()
     vectors = embed(lines, args.model, batch_size=args.batch_size, dtype=getattr(torch, args.dtype),
-                    normalize=not args.no_normalize, progress=not args.no_progress)
+                    normalize=not args.no_normalize, progress=not args.no_progress, workers=args.workers)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".npy")
     try:
