@@ -85,6 +85,7 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
     was_training, threads = runner.training, torch.get_num_threads()
     runner.eval()  # no dropout, whatever mode the caller left the model in
     bar = tqdm(total=len(batches), desc="embed", unit="batch", disable=not progress or len(batches) < 2)
+    pool_ = None
     try:
         if workers == 1:
             results = map(encode, batches)
@@ -96,9 +97,9 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
             out[idx] = pooled
             bar.update()
     finally:
-        if workers > 1:
-            pool_.shutdown(cancel_futures=True)
-            torch.set_num_threads(threads)
+        if pool_ is not None:
+            pool_.shutdown(cancel_futures=True)  # waits for the batches already running
+        torch.set_num_threads(threads)
         bar.close()
         runner.train(was_training)
     return out
