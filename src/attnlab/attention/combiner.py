@@ -218,4 +218,5 @@ class CombinerAttention(AttentionKernel):
         return softmax_keep(scores.float(), keep)  # one joint softmax over s + r entries
 
     def extra_repr(self) -> str:
-        return f"segment={self.segment}, pooling={self.pooling!r}, exclude_own_summary={self.exclude_own_summary}"
+        return (f"segment={self.segment}, pooling={self.pooling!r}, exclude_own_summary={self.exclude_own_summary}, "
+                f"query_block={self.query_block}")
