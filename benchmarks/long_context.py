@@ -165,7 +165,8 @@ def run(sizes: list[int], repeats: int, dense_max: int, kernels: list[str], thre
                 continue
             row = measure(name, N, repeats, threads)
             runs.setdefault((name, N), []).append(row)
-            shown = f"{row['time_s']:.3f} s  cpu {row['cpu_s']:.3f} s  {row['peak_mb']:.0f} MB" if "time_s" in row else row
+            shown = (f"{row['time_s']:.3f} s  cpu {row['cpu_s']:.3f} s  {row['peak_mb']:.0f} MB"
+                     if "time_s" in row else row)
             print(f"  round {rnd + 1}/{rounds}  {name:18s} N={N:6d}  {shown}", flush=True)
     rows = []
     for N, name in jobs:
@@ -232,7 +233,8 @@ def table(rows: list[dict]) -> str:
         speed = (f"{base['time_s'] / r['time_s']:.1f}x / {base['cpu_s'] / r['cpu_s']:.1f}x"
                  if "time_s" in base and not is_dense else "")
         mem = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base.get("peak_mb") and not is_dense else ""
-        mem_nn = f"{r['peak_mb'] / materialised['peak_mb']:.3f}x" if materialised.get("peak_mb") and not is_dense else ""
+        mem_nn = (f"{r['peak_mb'] / materialised['peak_mb']:.3f}x"
+                  if materialised.get("peak_mb") and not is_dense else "")
         lines.append(f"| {r['kernel']} | {r['N']} | {r['time_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_mb']:.0f} "
                      f"| {speed} | {mem} |" + (f" {mem_nn} |" if math_rows else ""))
     return "\n".join(lines)

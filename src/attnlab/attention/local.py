@@ -134,24 +134,33 @@ def context_drop(plan: SpanPlan, ctx: AttentionContext) -> Tensor:
 class _SpanAttention(torch.autograd.Function):
     """Chunked softmax attention over key spans; backward reuses kept probabilities or recomputes them.
 
-    Two ways to fetch a chunk's spans: ``band=None`` gathers rows ``k_idx`` of ``kv (2, B, Hk, S+1, Dh)``
+    Keys and values come as two buffers (each one allocation below glibc's mmap threshold at 16k, where a
+    stacked one was not). Two ways to fetch a chunk's spans: ``band=None`` gathers rows ``k_idx`` of
+    ``k_buf, v_buf (B, Hk, S+1, Dh)``
     (any layout); ``band=(start, P, Hk)`` reads overlapping strided views of a padded buffer
-    ``kv (2, B*Hk*P, Dh)`` where span ``n`` of K/V head ``bh`` starts at row ``bh*P + start + n*b``
+    ``k_buf, v_buf (B*Hk*P, Dh)`` where span ``n`` of K/V head ``bh`` starts at row ``bh*P + start + n*b``
     (1-D bands: no copy, and gradients are scattered back with ``L/b`` non-overlapping adds).
     """
 
     @staticmethod
-    def forward(ctx, qb, kv, k_idx, drop, groups, band, keep_probs):
+    def forward(ctx, qb, k_buf, v_buf, k_idx, drop, groups, band, keep_probs):
         # qb (B, Hk, nb, G*b, Dh) pre-scaled; drop (1|B, nb, b, L) True = masked
         B, Hk, nb, M, D = qb.shape
         acc = _acc(qb.dtype)
         out = torch.empty_like(qb)
         lse = torch.empty(B, Hk, nb, M, 1, device=qb.device, dtype=acc)
-        probs = torch.empty(B, Hk, nb, M, k_idx.shape[1], device=qb.device, dtype=acc) if keep_probs else None
+        # kept probabilities: one tensor per chunk, not one (B, Hk, nb, M, L) buffer. A buffer above glibc's
+        # mmap threshold (<= 32 MB; 134 MB at N=16k, H=4, L=512) is mmapped and page-faulted afresh every
+        # step (~12% of a 16k step); chunk-sized blocks are reused from the heap
+        probs = [] if keep_probs else None
         for sel, s0, s1 in _chunks(qb.shape, k_idx.shape[1], band):
-            kc, vc = _spans(kv, k_idx, band, drop.shape[2], sel, s0, s1)  # (.., c, L, Dh)
-            dest = None if probs is None else probs[sel][..., s0:s1, :, :]  # kept: compute in place there
-            s = _masked_scores(qb[sel][..., s0:s1, :, :], kc, _drop(drop, sel, s0, s1), groups, dest)  # (.., c, M, L)
+            kc, vc = _spans(k_buf, v_buf, k_idx, band, drop.shape[2], sel, s0, s1)  # (.., c, L, Dh)
+            qc = qb[sel][..., s0:s1, :, :]  # (.., c, M, Dh)
+            dest = None
+            if probs is not None:  # kept: compute in place there
+                dest = torch.empty(*qc.shape[:-1], k_idx.shape[1], device=qb.device, dtype=acc)  # (.., c, M, L)
+                probs.append(dest)
+            s = _masked_scores(qc, kc, _drop(drop, sel, s0, s1), groups, dest)  # (.., c, M, L)
             # empty rows have max -inf: clamping to the lowest finite value keeps exp(-inf - m) = 0
             m = s.amax(-1, keepdim=True).clamp_(min=torch.finfo(s.dtype).min)
             p = s.sub_(m).exp_()
@@ -161,34 +170,35 @@ class _SpanAttention(torch.autograd.Function):
             else:
                 _matmul_into(out[sel][..., s0:s1, :, :], p.div_(l).to(vc.dtype), vc)
             lse[sel][..., s0:s1, :, :] = l.log_().add_(m)
-        ctx.save_for_backward(qb, kv, k_idx, drop, out, lse, probs)
-        ctx.groups, ctx.band = groups, band
+        ctx.save_for_backward(qb, k_buf, v_buf, k_idx, drop, out, lse)
+        ctx.groups, ctx.band, ctx.probs = groups, band, probs  # probs: intermediates, safe to keep on ctx
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        qb, kv, k_idx, drop, out, lse, probs = ctx.saved_tensors
+        qb, k_buf, v_buf, k_idx, drop, out, lse = ctx.saved_tensors
+        probs, ctx.probs = ctx.probs, None  # once_differentiable: freed chunk by chunk below
         groups, band = ctx.groups, ctx.band
         acc, b = _acc(qb.dtype), drop.shape[2]
         dout = dout.contiguous()
         delta = torch.linalg.vecdot(dout.to(acc), out.to(acc)).unsqueeze(-1)  # (B, Hk, nb, M, 1)
         dq = torch.empty_like(qb)
-        dkv = torch.zeros_like(kv, dtype=acc)
-        for sel, s0, s1 in _chunks(qb.shape, k_idx.shape[1], band):
-            kc, vc = _spans(kv, k_idx, band, b, sel, s0, s1)  # (.., c, L, Dh)
+        dk, dv = torch.zeros_like(k_buf, dtype=acc), torch.zeros_like(v_buf, dtype=acc)
+        for i, (sel, s0, s1) in enumerate(_chunks(qb.shape, k_idx.shape[1], band)):
+            kc, vc = _spans(k_buf, v_buf, k_idx, band, b, sel, s0, s1)  # (.., c, L, Dh)
             qc, dc = qb[sel][..., s0:s1, :, :], dout[sel][..., s0:s1, :, :]
             if probs is None:  # recompute the chunk's probabilities (FlashAttention backward)
                 p = _masked_scores(qc, kc, _drop(drop, sel, s0, s1), groups).sub_(lse[sel][..., s0:s1, :, :]).exp_()
             else:
-                p = probs[sel][..., s0:s1, :, :]
+                p, probs[i] = probs[i], None
             dvc = torch.matmul(p.transpose(-1, -2).to(dc.dtype), dc)  # (.., c, L, Dh)
             ds = torch.matmul(dc, vc.transpose(-1, -2)).to(acc).sub_(delta[sel][..., s0:s1, :, :]).mul_(p)
             ds = ds.to(qc.dtype)  # (.., c, M, L)
             _matmul_into(dq[sel][..., s0:s1, :, :], ds, kc)
             dkc = torch.matmul(ds.transpose(-1, -2), qc)  # (.., c, L, Dh)
-            _scatter_spans(dkv, (dkc.to(acc), dvc.to(acc)), k_idx, band, b, sel, s0, s1)
-        return dq, dkv.to(kv.dtype), None, None, None, None, None
+            _scatter_spans((dk, dv), (dkc.to(acc), dvc.to(acc)), k_idx, band, b, sel, s0, s1)
+        return dq, dk.to(k_buf.dtype), dv.to(v_buf.dtype), None, None, None, None, None
 
 
 def _matmul_into(dest: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -227,36 +237,36 @@ def _drop(drop: Tensor, sel, s0: int, s1: int) -> Tensor:
     return drop[:, None, s0:s1, None]  # (1|B, 1, c, 1, b, L)
 
 
-def _spans(kv: Tensor, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> tuple[Tensor, Tensor]:
+def _spans(k_buf: Tensor, v_buf: Tensor, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> tuple[Tensor, Tensor]:
     """Keys and values of blocks ``s0:s1``: ``(B, Hk, c, L, Dh)`` gathered, or ``(c, L, Dh)`` views (band)."""
     L = k_idx.shape[1]
     if band is None:
-        _, B, Hk, _, D = kv.shape
-        both = kv.index_select(3, k_idx[s0:s1].reshape(-1)).view(2, B, Hk, s1 - s0, L, D)
-        return both[0], both[1]
-    return tuple(_band_view(kv, band, sel, s0, s1, L, b, i) for i in (0, 1))
-
-
-def _band_view(kv: Tensor, band, sel, s0: int, s1: int, L: int, b: int, which: int, col: int = 0) -> Tensor:
-    """``(c, L, Dh)`` overlapping view: row ``n`` starts ``b`` rows after row ``n - 1`` (no copy)."""
-    start, P, Hk = band
-    D = kv.shape[-1]
-    row = (sel[0] * Hk + sel[1]) * P + start + s0 * b + col
-    offset = kv.storage_offset() + which * kv.stride(0) + row * D
-    return kv.as_strided((s1 - s0, L, D), (b * D, D, 1), offset)
-
-
-def _scatter_spans(dkv: Tensor, grads, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> None:
-    """Accumulate span gradients ``(.., c, L, Dh)`` for keys and values back onto ``dkv``."""
-    if band is None:
-        B, Hk, D = dkv.shape[1], dkv.shape[2], dkv.shape[-1]
+        B, Hk, _, D = k_buf.shape
         idx = k_idx[s0:s1].reshape(-1)
-        for which, g in enumerate(grads):
-            dkv[which].index_add_(2, idx, g.reshape(B, Hk, -1, D))  # (B, Hk, S+1, Dh)
+        return tuple(buf.index_select(2, idx).view(B, Hk, s1 - s0, L, D) for buf in (k_buf, v_buf))
+    return tuple(_band_view(buf, band, sel, s0, s1, L, b) for buf in (k_buf, v_buf))
+
+
+def _band_view(buf: Tensor, band, sel, s0: int, s1: int, L: int, b: int, col: int = 0) -> Tensor:
+    """``(c, L, Dh)`` overlapping view of ``buf (B*Hk*P, Dh)``: row ``n`` starts ``b`` rows after row
+    ``n - 1`` (no copy)."""
+    start, P, Hk = band
+    D = buf.shape[-1]
+    row = (sel[0] * Hk + sel[1]) * P + start + s0 * b + col
+    return buf.as_strided((s1 - s0, L, D), (b * D, D, 1), buf.storage_offset() + row * D)
+
+
+def _scatter_spans(dbufs: tuple[Tensor, Tensor], grads, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> None:
+    """Accumulate span gradients ``(.., c, L, Dh)`` for keys and values back onto ``dbufs = (dk, dv)``."""
+    if band is None:
+        B, Hk, _, D = dbufs[0].shape
+        idx = k_idx[s0:s1].reshape(-1)
+        for dbuf, g in zip(dbufs, grads):
+            dbuf.index_add_(2, idx, g.reshape(B, Hk, -1, D))  # (B, Hk, S+1, Dh)
         return
-    for which, g in enumerate(grads):  # L = m*b: the m column pieces of a chunk do not overlap
+    for dbuf, g in zip(dbufs, grads):  # L = m*b: the m column pieces of a chunk do not overlap
         for j in range(0, k_idx.shape[1], b):
-            _band_view(dkv, band, sel, s0, s1, b, b, which, col=j).add_(g[:, j : j + b])
+            _band_view(dbuf, band, sel, s0, s1, b, b, col=j).add_(g[:, j : j + b])
 
 
 def _masked_scores(qc: Tensor, kc: Tensor, drop: Tensor, groups: int, dest: Tensor | None = None) -> Tensor:
@@ -294,17 +304,18 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Ten
     qb = qs.view(B, Hk, G, nb, b, D).transpose(2, 3).reshape(B, Hk, nb, G * b, D)
     L = plan.k_idx.shape[1]
     if plan.band is None or nb * G * b * L < _chunk_elems():  # gather: one chunk batches all heads
-        kv = torch.cat([torch.stack([k, v]), k.new_zeros(2, B, Hk, 1, D)], dim=3)  # (2, B, Hk, S+1, Dh)
+        zero = k.new_zeros(B, Hk, 1, D)
+        k_buf, v_buf = torch.cat([k, zero], dim=2), torch.cat([v, zero], dim=2)  # (B, Hk, S+1, Dh) each
         band = None
     else:
         front, tail, start = plan.band
         band = (start, front + S + tail, Hk)
-        kv = k.new_zeros(2, B, Hk, band[1], D)  # (2, B, Hk, P, Dh): zero rows around each head's keys
-        kv[0, :, :, front : front + S] = k
-        kv[1, :, :, front : front + S] = v
-        kv = kv.view(2, B * Hk * band[1], D)  # heads one after another: spans are strided views
+        # (B, Hk, P, Dh) each: zero rows around each head's keys; heads one after another, so spans are
+        # strided views of the flat (B*Hk*P, Dh) buffers
+        pad = (0, 0, front, tail)
+        k_buf, v_buf = (F.pad(x, pad).view(B * Hk * band[1], D) for x in (k, v))
     keep_probs = not recompute and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    ob = _SpanAttention.apply(qb, kv, plan.k_idx, drop, G, band, keep_probs)  # (B, Hk, nb, G*b, Dh)
+    ob = _SpanAttention.apply(qb, k_buf, v_buf, plan.k_idx, drop, G, band, keep_probs)  # (B, Hk, nb, G*b, Dh)
     ob = ob.view(B, Hk, nb, G, b, D).transpose(2, 3).reshape(B, H, nb * b, D)  # (B, H, nb*b, Dh)
     return ob[:, :, :T] if plan.q_pad is not None else ob.index_select(2, plan.slot)  # (B, H, T, Dh)
 
