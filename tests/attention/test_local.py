@@ -181,3 +181,21 @@ def test_many_small_chunks_and_strided_spans(monkeypatch, name, options, grid, r
         kernel = build_attention(name, recompute=recompute, **options)
         ctx = AttentionContext(causal=causal, grid=grid, key_padding_mask=kpm)
         assert_matches(kernel, q, k, v, ctx, kernel.full_mask(T, T, ctx), valid_rows=kpm.float())
+
+
+@pytest.mark.parametrize("band_path", [False, True])
+def test_second_backward_with_retained_graph_gives_the_same_gradients(monkeypatch, band_path):
+    """Kept probabilities are released chunk by chunk in the first backward; a second backward through a
+    retained graph recomputes them and must give identical gradients (both the gather and the band path)."""
+    import attnlab.attention.local as local
+
+    if band_path:
+        monkeypatch.setattr(local, "_CHUNK_ELEMS", 200)
+        monkeypatch.setattr(local, "_CHUNK_ELEMS_THREADED", 200)
+    q, k, v = qkv(1, 4, 2, 40, 40, seed=3)
+    out = build_attention("sliding_window", window=9, block_size=4)(q, k, v, AttentionContext(causal=True))
+    first = torch.autograd.grad(out.square().sum(), (q, k, v), retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        assert a.abs().sum() > 0
