@@ -47,7 +47,8 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
             thread when there are at least two batches per worker, else 1; on other devices 1. A batch's
             GEMMs are too small to keep several threads busy (and attention, norms and adds even less),
             so on CPU whole batches in parallel measured 1.2-1.4x faster than one batch on all threads.
-            Results do not depend on it.
+            Results do not depend on it. Workers share the model, so a custom kernel that changes module
+            state during an eval forward needs ``workers=1``.
 
     Raises:
         ValueError: texts not a list of strings, ``batch_size < 1`` or ``workers < 1``, unsupported dtype,
