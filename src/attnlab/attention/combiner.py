@@ -176,12 +176,13 @@ class CombinerAttention(AttentionKernel):
         per_block = max(1, self.query_block // s)  # segments per query block
         # split, not slice: a slice's backward writes a zero tensor of the full input per block
         blocks = zip(*(x[:, :, first:].split(per_block, dim=2) for x in (qs, ks, vs, vseg)))
+        has_summary = vseg.any(-1)  # (B, 1, n): segments with at least one valid token
         outs = []
         for i, (q_blk, k_blk, v_blk, valid_blk) in enumerate(blocks):
             a = first + i * per_block
             m = q_blk.shape[2]
             r_end = a + m - 1 if ctx.causal else n  # causal: summaries r < seg(i) <= a + m - 1
-            p = self._joint_probs(q_blk, k_blk, valid_blk, k_bar[:, :, :r_end], vseg.any(-1)[..., :r_end], a,
+            p = self._joint_probs(q_blk, k_blk, valid_blk, k_bar[:, :, :r_end], has_summary[..., :r_end], a,
                                   ctx.causal).to(v.dtype)
             p_local, p_summ = p.split([s, r_end], dim=-1)  # (B, H, m, s, s), (B, H, m, s, r_end)
             out = torch.matmul(p_local, v_blk).view(B, H, m * s, D)  # (B, H, m*s, Dh)

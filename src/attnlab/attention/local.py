@@ -134,9 +134,8 @@ def context_drop(plan: SpanPlan, ctx: AttentionContext) -> Tensor:
 class _SpanAttention(torch.autograd.Function):
     """Chunked softmax attention over key spans; backward reuses kept probabilities or recomputes them.
 
-    Keys and values come as two buffers (each one allocation below glibc's mmap threshold at 16k, where a
-    stacked one was not). Two ways to fetch a chunk's spans: ``band=None`` gathers rows ``k_idx`` of
-    ``k_buf, v_buf (B, Hk, S+1, Dh)``
+    Keys and values are two buffers (each below glibc's mmap threshold at 16k; a stacked one was not).
+    Two ways to fetch a chunk's spans: ``band=None`` gathers rows ``k_idx`` of ``k_buf, v_buf (B, Hk, S+1, Dh)``
     (any layout); ``band=(start, P, Hk)`` reads overlapping strided views of a padded buffer
     ``k_buf, v_buf (B*Hk*P, Dh)`` where span ``n`` of K/V head ``bh`` starts at row ``bh*P + start + n*b``
     (1-D bands: no copy, and gradients are scattered back with ``L/b`` non-overlapping adds).
@@ -237,7 +236,8 @@ def _drop(drop: Tensor, sel, s0: int, s1: int) -> Tensor:
     return drop[:, None, s0:s1, None]  # (1|B, 1, c, 1, b, L)
 
 
-def _spans(k_buf: Tensor, v_buf: Tensor, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> tuple[Tensor, Tensor]:
+def _spans(k_buf: Tensor, v_buf: Tensor, k_idx: Tensor, band, b: int, sel, s0: int,
+           s1: int) -> tuple[Tensor, Tensor]:
     """Keys and values of blocks ``s0:s1``: ``(B, Hk, c, L, Dh)`` gathered, or ``(c, L, Dh)`` views (band)."""
     L = k_idx.shape[1]
     if band is None:
@@ -256,7 +256,8 @@ def _band_view(buf: Tensor, band, sel, s0: int, s1: int, L: int, b: int, col: in
     return buf.as_strided((s1 - s0, L, D), (b * D, D, 1), buf.storage_offset() + row * D)
 
 
-def _scatter_spans(dbufs: tuple[Tensor, Tensor], grads, k_idx: Tensor, band, b: int, sel, s0: int, s1: int) -> None:
+def _scatter_spans(dbufs: tuple[Tensor, Tensor], grads, k_idx: Tensor, band, b: int, sel, s0: int,
+                   s1: int) -> None:
     """Accumulate span gradients ``(.., c, L, Dh)`` for keys and values back onto ``dbufs = (dk, dv)``."""
     if band is None:
         B, Hk, _, D = dbufs[0].shape
@@ -304,8 +305,7 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Ten
     qb = qs.view(B, Hk, G, nb, b, D).transpose(2, 3).reshape(B, Hk, nb, G * b, D)
     L = plan.k_idx.shape[1]
     if plan.band is None or nb * G * b * L < _chunk_elems():  # gather: one chunk batches all heads
-        zero = k.new_zeros(B, Hk, 1, D)
-        k_buf, v_buf = torch.cat([k, zero], dim=2), torch.cat([v, zero], dim=2)  # (B, Hk, S+1, Dh) each
+        k_buf, v_buf = (F.pad(x, (0, 0, 0, 1)) for x in (k, v))  # (B, Hk, S+1, Dh) each: row S is the zero key
         band = None
     else:
         front, tail, start = plan.band

@@ -116,8 +116,7 @@ def _auto_workers(device: torch.device, num_batches: int) -> int:
 
 def _autocast_state(device: torch.device) -> dict:
     """The caller's autocast setting for ``device`` as ``torch.autocast`` keyword arguments."""
-    enabled = torch.is_autocast_enabled(device.type)
-    return dict(enabled=enabled, dtype=torch.get_autocast_dtype(device.type)) if enabled else dict(enabled=False)
+    return dict(enabled=torch.is_autocast_enabled(device.type), dtype=torch.get_autocast_dtype(device.type))
 
 
 def _encode_packed(model: Encoder, batch: list[list[int]], device) -> Tensor:
