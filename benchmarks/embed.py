@@ -15,6 +15,8 @@ Paths:
     attnlab_bf16     ``attnlab.embed(dtype=torch.bfloat16)`` (bf16 weights and activations; default workers:
                      one single-threaded batch per thread)
     attnlab_bf16_1worker  the same with ``workers=1``: one batch at a time on all threads
+    attnlab_bf16_sdpa     ``attnlab_bf16`` with the native attention kernel switched off
+                     (``attnlab.native.disabled()``): PyTorch's SDPA per group of equal-length documents
     attnlab_autocast ``attnlab.embed`` fp32 weights under ``torch.autocast("cpu", bfloat16)`` (the alternative
                      bf16 strategy; reported so the faster one is the default)
 
@@ -78,6 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import attnlab
+    from attnlab import native
     from attnlab.interop import minilm_path
     from sentence_transformers import SentenceTransformer
 
@@ -93,12 +96,17 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return attnlab.embed(texts, encoder, bs, progress=False)
 
+    def bf16_sdpa_path():
+        with native.disabled():
+            return attnlab.embed(texts, encoder, bs, dtype=torch.bfloat16, progress=False)
+
     paths = {
         "st_fp32": lambda: st.encode(texts, batch_size=bs, convert_to_tensor=True).float(),
         "attnlab_fp32": lambda: attnlab.embed(texts, encoder, bs, progress=False),
         "attnlab_bf16": lambda: attnlab.embed(texts, encoder, bs, dtype=torch.bfloat16, progress=False),
         "attnlab_bf16_1worker": lambda: attnlab.embed(texts, encoder, bs, dtype=torch.bfloat16, progress=False,
                                                       workers=1),
+        "attnlab_bf16_sdpa": bf16_sdpa_path,
         "attnlab_autocast": autocast_path,
     }
     outputs = {name: fn() for name, fn in paths.items()}  # warm-up pass, and the embeddings checked below
@@ -119,6 +127,7 @@ def main() -> None:
         "attnlab_fp32": f"min cos {(fp32 * ref).sum(-1).min():.7f}, max |diff| {(fp32 - ref).abs().max():.1e} vs st",
         "attnlab_bf16": f"min cos {(outputs['attnlab_bf16'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
         "attnlab_bf16_1worker": f"min cos {(outputs['attnlab_bf16_1worker'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
+        "attnlab_bf16_sdpa": f"min cos {(outputs['attnlab_bf16_sdpa'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
         "attnlab_autocast": f"min cos {(outputs['attnlab_autocast'] * fp32).sum(-1).min():.5f} vs attnlab fp32",
     }
     st_time = statistics.median(times["st_fp32"])
@@ -133,6 +142,7 @@ def main() -> None:
                      "peak used": which, "quality": quality[name], "times_s": [round(x, 3) for x in times[name]]})
     print(f"{len(texts)} sentences, {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} per sentence), "
           f"{flops / 1e9:.1f} GFLOP useful, {args.threads} threads, {args.reps} alternating repetitions")
+    print(f"native attention kernel: {native.native_status()}")
     print(f"matmul peak this run: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
           f"(per repetition: {[round(x) for x in peaks['fp32']]}, {[round(x) for x in peaks['bf16']]})")
     print_table(rows, ["path", "sentences/s", "speedup vs st", "paired speedup", "GFLOP/s", "fraction of peak",
@@ -140,7 +150,8 @@ def main() -> None:
     if not args.quick:
         path = write_json(args.name, {"machine": machine_info(), "sentences": len(texts), "tokens": sum(lengths),
                                     "useful_gflop": flops / 1e9, "peak_gflops": peak, "peaks_per_rep": peaks,
-                                    "rows": rows, "load_average": os.getloadavg()})
+                                    "native": native.native_status(), "rows": rows,
+                                    "load_average": os.getloadavg()})
         print(f"wrote {path}")
 
 

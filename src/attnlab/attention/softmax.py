@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..native.documents import documents_attention_bf16
 from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
 from .capabilities import Capabilities
 from .context import AttentionContext
@@ -51,6 +52,10 @@ class SoftmaxAttention(AttentionKernel):
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
         if ctx.document_ids is not None and T == S and ctx.key_padding_mask is None and ctx.attn_bias is None:
             spans = document_spans(ctx.document_ids)  # packed sequences (spec 14): attend document by document
+            if spans is not None and dropout_p == 0.0:  # bf16 inference on CPU: the native kernel, if built
+                out = documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)
+                if out is not None:
+                    return out
             if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
                 k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])  # (B, H, S, Dh)
                 return per_document_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale, dropout_p=dropout_p)
