@@ -27,6 +27,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("attention_bf16.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
          "-shared", "-fPIC"]
+LIBS = ["-lm"]
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": CDLL or None, "why": reason it is None
@@ -82,7 +83,7 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None, "no C compiler found (install gcc, or set CC)"
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler] + FLAGS + LIBS).encode()).hexdigest()[:16]
     target = cache_dir() / f"attention_bf16-{digest}.so"
     if not target.exists():
         error = _compile(compiler, target)
@@ -105,8 +106,11 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     lib.amx = bool(caps & 2) and os.environ.get("ATTNLAB_NATIVE_AMX", "1") != "0"
     fn = lib.attnlab_attend_docs_bf16
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    fn.argtypes = [ptr] * 9 + [i64, i64, i32, i32, i32, ctypes.c_float, i32, i32]
+    fn.argtypes = [ptr] * 9 + [i64, i64, i32, i32, i32, ctypes.c_float, i32, i32, ptr, ptr]
     fn.restype = i32
+    bwd = lib.attnlab_attend_docs_bf16_backward
+    bwd.argtypes = [ptr] * 19 + [i64, i64, i32, i32, i32, ctypes.c_float, i32]
+    bwd.restype = i32
     return lib, "available (AMX-BF16)" if lib.amx else "available (AVX-512 BF16)"
 
 
@@ -119,7 +123,7 @@ def _compile(compiler: str, target: Path) -> str | None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             return f"compiling {SOURCE.name} failed: {done.stderr.strip()[-500:]}"

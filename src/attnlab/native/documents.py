@@ -1,12 +1,16 @@
-"""Tensor-level entry to the native per-document bf16 attention kernel (``attention_bf16.c``)."""
+"""Tensor-level entry to the native per-document bf16 attention kernel (``attention_bf16.c``): inference
+(:func:`documents_attention_bf16`) and a differentiable version for training on AMX
+(:func:`trainable_documents_attention_bf16`)."""
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import load
 
@@ -18,18 +22,32 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def usable(q: Tensor, k: Tensor, v: Tensor) -> bool:
+def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
     """The inputs fit the kernel: CPU bfloat16, ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
-    ``H`` a multiple of ``Hkv``, unit stride along ``Dh``, even token strides, 4-byte aligned data, and no
-    gradient wanted (the kernel is forward only)."""
+    ``H`` a multiple of ``Hkv``, unit stride along ``Dh``, even token strides, 4-byte aligned data, and
+    (``grad=False``) no gradient wanted."""
     if q.device.type != "cpu" or not all(t.dtype == torch.bfloat16 and t.dim() == 4 for t in (q, k, v)):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if not grad and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return False
     dh = q.shape[3]
     shapes_ok = dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
-        and q.shape[1] % k.shape[1] == 0
-    return shapes_ok and all(t.stride(3) == 1 and t.stride(2) % 2 == 0 and t.data_ptr() % 4 == 0 for t in (q, k, v))
+        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2]
+    return shapes_ok and all(_layout_ok(t) for t in (q, k, v))
+
+
+def _layout_ok(t: Tensor) -> bool:
+    return t.stride(3) == 1 and t.stride(2) % 2 == 0 and t.data_ptr() % 4 == 0
+
+
+def _doc_table(spans: list[list[tuple[int, int]]]) -> Tensor:
+    """``(docs, 3)`` int64: batch row, first token, length."""
+    return torch.tensor([(b, s, e - s) for b, row in enumerate(spans) for s, e in row], dtype=torch.int64)
+
+
+def _strides(*tensors: Tensor) -> list[Tensor]:
+    """The (batch, head, token) strides of each tensor as int64 tensors (keep them alive while in use)."""
+    return [torch.tensor(t.stride()[:3], dtype=torch.int64) for t in tensors]
 
 
 def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
@@ -43,40 +61,103 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     is not available; the caller then uses PyTorch. ``amx``: use AMX tiles when the CPU has them and
     ``Dh % 32 == 0`` (default); ``False`` forces the AVX-512 path.
     """
-    if not usable(q, k, v):
+    if not usable(q, k, v) or not any(spans):
         return None
-    docs = [(b, s, e - s) for b, row in enumerate(spans) for s, e in row]
     lib = load()
-    if lib is None or not docs:
+    if lib is None:
         return None
     B, H, T, Dh = q.shape
     amx = lib.amx and Dh % 32 == 0 and amx is not False
-    if max(d[2] for d in docs) > MAX_DOC_LEN["amx" if amx else "avx512"]:
+    table = _doc_table(spans)
+    if int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
         return None
     out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
-    table = torch.tensor(docs, dtype=torch.int64)  # (docs, 3): batch row, first token, length
-    strides = [torch.tensor(t.stride()[:3], dtype=torch.int64) for t in (q, k, v, out)]
+    keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
+    ptrs = [t.data_ptr() for t in keep]
     scale = Dh ** -0.5 if scale is None else float(scale)
-    ptrs = [t.data_ptr() for t in (q, k, v, out, *strides, table)]
+    _run_items(lambda a, b: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
+                                                         int(amx), None, None), table, H)
+    return out
 
-    def run(begin: int, end: int) -> None:
-        if lib.attnlab_attend_docs_bf16(*ptrs, begin, end, H, k.shape[1], Dh, scale, int(causal),
-                                         int(amx)) != 0:
-            raise MemoryError("the native attention kernel could not allocate its buffers")
 
-    items = len(docs) * H
+def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+                                       causal: bool, scale: float | None) -> Tensor | None:
+    """:func:`documents_attention_bf16` with a backward pass (AMX only, ``Dh % 32 == 0``): the forward
+    keeps each row's log-sum-exp and the backward recomputes the probabilities from it (FlashAttention-2's
+    equations) one (document, head) at a time. ``None`` when it cannot run; the caller uses PyTorch."""
+    if not usable(q, k, v, grad=True) or not any(spans) or q.shape[3] % 32:
+        return None
+    lib = load()
+    if lib is None or not lib.amx:
+        return None
+    table = _doc_table(spans)
+    if int(table[:, 2].max()) > MAX_DOC_LEN["amx"]:
+        return None
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    return _NativeAttention.apply(q, k, v, table, bool(causal), scale)
+
+
+class _NativeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float) -> Tensor:
+        lib = load()
+        B, H, T, Dh = q.shape
+        out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
+        lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # base-2 log-sum-exp per row
+        keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
+        ptrs = [t.data_ptr() for t in keep]
+        lse_strides = torch.tensor(lse.stride(), dtype=torch.int64)
+        _run_items(lambda a, b: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal), 1,
+                                                             lse.data_ptr(), lse_strides.data_ptr()), table, H)
+        ctx.save_for_backward(q, k, v, out, lse, table)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor):
+        q, k, v, out, lse, table = ctx.saved_tensors
+        lib = load()
+        B, H, T, Dh = q.shape
+        Hkv = k.shape[1]
+        if not _layout_ok(dout):
+            dout = dout.contiguous()
+        dq = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) views of (B, T, H, Dh) memory
+        dk = q.new_empty(B, T, H, Dh).transpose(1, 2)  # per query head; summed over each KV group below
+        dv = q.new_empty(B, T, H, Dh).transpose(1, 2)
+        tensors = (q, k, v, out, dout, lse, dq, dk, dv)
+        ptrs = [t.data_ptr() for t in tensors]
+        strides = _strides(q, k, v, out, dout, lse, dq, dk, dv)
+        args = [*ptrs, *(s.data_ptr() for s in strides), table.data_ptr()]
+        _run_items(lambda a, b: lib.attnlab_attend_docs_bf16_backward(*args, a, b, H, Hkv, Dh, ctx.scale,
+                                                                      int(ctx.causal)), table, H)
+        if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
+            dk = dk.unflatten(1, (Hkv, H // Hkv)).sum(2)
+            dv = dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
+        return dq, dk, dv, None, None, None
+
+
+def _run_items(call: Callable[[int, int], int], table: Tensor, heads: int) -> None:
+    """Run ``call(begin, end)`` over the (document, head) items, split over the intra-op threads in
+    contiguous ranges of about equal work (~ len^2 per item). ctypes releases the GIL, so concurrent
+    callers (embed's workers) and the ranges here run in parallel."""
+    items = table.shape[0] * heads
     threads = min(torch.get_num_threads(), items // 8)
     if threads <= 1:
-        run(0, items)  # ctypes releases the GIL: concurrent callers (embed's workers) run in parallel
-    else:  # contiguous item ranges of about equal work (~ len^2 per item)
-        work = (table[:, 2].double() ** 2 + 64 * table[:, 2]).repeat_interleave(H).cumsum(0)  # (items,)
+        bounds = [0, items]
+    else:
+        work = (table[:, 2].double() ** 2 + 64 * table[:, 2]).repeat_interleave(heads).cumsum(0)  # (items,)
         cuts = torch.searchsorted(work, work[-1] * torch.arange(1, threads, dtype=torch.float64) / threads)
         bounds = [0, *cuts.tolist(), items]
-        futures = [_executor().submit(run, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
-        run(bounds[0], bounds[1])
-        for f in futures:
-            f.result()
-    return out
+
+    def run(begin: int, end: int) -> None:
+        if call(begin, end) != 0:
+            raise MemoryError("the native attention kernel could not allocate its buffers")
+
+    futures = [_executor().submit(run, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    run(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
 
 
 def _executor() -> ThreadPoolExecutor:
