@@ -2,8 +2,11 @@
 
 Full step = forward + backward + AdamW. Shape (issue 2): 6 layers, 6 heads, dim 384, context 256,
 vocab 256, batch 8; fp32 and bf16 autocast; runs alternate between the two models and we report
-medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak measured in
-the same run. FLOPs per token follow the PaLM/nanoGPT estimate ``6 N + 12 L H Dh T``.
+medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak (2048^3 GEMM) measured
+inside every repetition, next to the steps: ``MFU`` divides the median throughput by the median peak,
+``paired MFU`` is the median over repetitions of throughput / that repetition's peak (this shared
+machine's speed drifts; the pairing cancels it). FLOPs per token follow the PaLM/nanoGPT estimate
+``6 N + 12 L H Dh T``.
 
 Both models get the same math: the same activation (``--activation``, default exact erf GELU; GPT-2's
 ``gelu_tanh`` costs ~5x more on CPU for both) and the same optimizer, fused AdamW, which is what
@@ -77,18 +80,23 @@ def run(precision: str, repeats: int, batch_size: int, activation: str, optimize
     for s in steps.values():  # warm-up
         s(), s()
     times = {k: [] for k in steps}
+    peaks = []  # the matmul peak measured inside every repetition, next to the steps it is compared with
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     for _ in range(repeats):  # alternate so drifts in machine load hit both equally
         for k, s in steps.items():
             t0 = time.perf_counter()
             s()
             times[k].append(time.perf_counter() - t0)
+        peaks.append(matmul_peak(dtype, repeats=3))
     tokens = batch_size * SHAPE["max_seq_len"]
-    out = {}
+    out = {"peak_gflops": statistics.median(peaks), "peaks_per_rep": [round(p, 1) for p in peaks]}
     for k, ts in times.items():
         med = statistics.median(ts)
-        out[k] = {"median_s": med, "tokens_per_s": tokens / med,
-                  "model_tflops": flops_per_token(models[k]) * tokens / med / 1e12,
-                  "params": sum(p.numel() for p in models[k].parameters())}
+        flops = flops_per_token(models[k]) * tokens
+        out[k] = {"median_s": med, "tokens_per_s": tokens / med, "model_tflops": flops / med / 1e12,
+                  "mfu": flops / med / 1e9 / out["peak_gflops"],
+                  "mfu_paired": statistics.median(flops / t / 1e9 / p for t, p in zip(ts, peaks)),
+                  "times_s": [round(t, 4) for t in ts], "params": sum(p.numel() for p in models[k].parameters())}
     return out
 
 
@@ -103,18 +111,18 @@ def main() -> None:
                     help="AdamW implementation for both models (attnlab train uses fused)")
     args = ap.parse_args()
     repeats = 5 if args.quick else args.repeats
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    rows, results = [], {}
+    rows, results, peaks = [], {}, {}
     for precision in ("fp32", "bf16"):
         res = run(precision, repeats, args.batch_size, args.activation, args.optimizer)
-        results[precision] = res
+        results[precision], peaks[precision] = res, res["peak_gflops"]
         for k in ("attnlab", "hf"):
             r = res[k]
             rows.append({"precision": precision, "model": k, "tokens/s": r["tokens_per_s"],
-                         "step ms": r["median_s"] * 1e3, "MFU %": 100 * r["model_tflops"] * 1e3 / peaks[precision],
+                         "step ms": r["median_s"] * 1e3, "MFU %": 100 * r["mfu"], "paired MFU %": 100 * r["mfu_paired"],
                          "vs HF": r["tokens_per_s"] / res["hf"]["tokens_per_s"]})
-    print(f"matmul peak this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "vs HF"])
+    print(f"matmul peak (median over repetitions): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s;"
+          f" bf16 per repetition {results['bf16']['peaks_per_rep']}")
+    table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "paired MFU %", "vs HF"])
     name = "train_step" if args.activation == "gelu" else f"train_step_{args.activation}"
     path = write_json(name, {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
                                      "activation": args.activation, "optimizer": args.optimizer,

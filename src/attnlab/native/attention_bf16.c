@@ -469,13 +469,29 @@ typedef struct { /* per-thread buffers of the backward pass, sized for the longe
     bf16 *dsrow;                 /* 16 x l32 dS rows (A of dQ) */
     bf16 *qt, *dot;              /* zero-padded 16 x dh copies of the last query tile */
     float *acc;                  /* dh x l16 fp32 (dK^T, then dV^T); also 16 x dh for dQ */
+    bf16 *local;                 /* 5 x l32 x dh: contiguous copies of this document's q, k, v, o, dO rows */
 } bwd_buffers;
+
+/* dst (len x dh, contiguous) = rows [0, len) of src (row stride st): a sequential, prefetch-friendly read
+ * of a strided head slice, so the gathers and tile loads that follow hit the cache. */
+static void copy_rows(const bf16 *src, int64_t st, int len, int dh, bf16 *dst) {
+    for (int i = 0; i < len; i++) memcpy(dst + (size_t)i * dh, src + i * st, (size_t)dh * 2);
+}
 
 static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t kst, const bf16 *v, int64_t vst,
                              const bf16 *o, int64_t ost, const bf16 *dout, int64_t dost, const float *lse, int64_t lst,
                              bf16 *dq, int64_t dqst, bf16 *dk, int64_t dkst, bf16 *dv, int64_t dvst, int len, int dh,
                              float scale, int causal, const bwd_buffers *w) {
     const float mult = scale * 1.4426950408889634f;
+    size_t slot = (size_t)((len + 31) & ~31) * dh;
+    bf16 *lq = w->local, *lk = lq + slot, *lv = lk + slot, *lo_ = lv + slot, *ldo = lo_ + slot;
+    copy_rows(q, qst, len, dh, lq);
+    copy_rows(k, kst, len, dh, lk);
+    copy_rows(v, vst, len, dh, lv);
+    copy_rows(o, ost, len, dh, lo_);
+    copy_rows(dout, dost, len, dh, ldo);
+    q = lq, k = lk, v = lv, o = lo_, dout = ldo;
+    qst = kst = vst = ost = dost = dh;
     const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                              39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     int l16 = (len + 15) & ~15, l32 = (len + 31) & ~31;
@@ -570,40 +586,49 @@ static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t 
 /* Gradients of attnlab_attend_docs_bf16 (AMX path, head_dim % 32 == 0) for work items [begin, end).
  * Tensors and strides as there; o and dout are the forward output and its gradient, lse the forward's
  * base-2 log-sum-exp. dk and dv are per QUERY head (heads x ...): with grouped KV heads the caller sums
- * each group. Returns 0, or -1 when a buffer could not be allocated. */
+ * each group. nthreads as in the forward. Returns 0, or -1 when a buffer could not be allocated. */
 int attnlab_attend_docs_bf16_backward(const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *o, const bf16 *dout,
                                       const float *lse, bf16 *dq, bf16 *dk, bf16 *dv, const int64_t *qs,
                                       const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *dos,
                                       const int64_t *ls, const int64_t *dqs, const int64_t *dks, const int64_t *dvs,
                                       const int64_t *docs, int64_t begin, int64_t end, int heads, int kv_heads,
-                                      int dh, float scale, int causal) {
+                                      int dh, float scale, int causal, int nthreads) {
     int maxlen = 0;
     for (int64_t it = begin; it < end; it++) {
         int len = (int)docs[(it / heads) * 3 + 2];
         if (len > maxlen) maxlen = len;
     }
     size_t l32 = (size_t)(maxlen + 31) & ~(size_t)31, d = (size_t)dh;
-    bwd_buffers w;
-    void *all[] = {
-        w.kp = aligned_alloc(64, l32 * d * 2), w.vpk = aligned_alloc(64, l32 * d * 2),
-        w.kv = aligned_alloc(64, l32 * d * 2), w.qT = aligned_alloc(64, l32 * d * 2),
-        w.doT = aligned_alloc(64, l32 * d * 2), w.pi = aligned_alloc(64, l32 * l32 * 2),
-        w.dsi = aligned_alloc(64, l32 * l32 * 2), w.s = aligned_alloc(64, 16 * l32 * 4),
-        w.dp = aligned_alloc(64, 16 * l32 * 4), w.dsrow = aligned_alloc(64, 16 * l32 * 2),
-        w.qt = aligned_alloc(64, 16 * d * 2), w.dot = aligned_alloc(64, 16 * d * 2),
-        w.acc = aligned_alloc(64, (l32 > 64 ? l32 : 64) * (d > 64 ? d : 64) * 4),
-    };
-    int ok = 1;
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) ok = ok && all[i];
-    if (ok) {
+    int group = heads / kv_heads, failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        bwd_buffers w;
+        void *all[] = {
+            w.kp = aligned_alloc(64, l32 * d * 2), w.vpk = aligned_alloc(64, l32 * d * 2),
+            w.kv = aligned_alloc(64, l32 * d * 2), w.qT = aligned_alloc(64, l32 * d * 2),
+            w.doT = aligned_alloc(64, l32 * d * 2), w.pi = aligned_alloc(64, l32 * l32 * 2),
+            w.dsi = aligned_alloc(64, l32 * l32 * 2), w.s = aligned_alloc(64, 16 * l32 * 4),
+            w.dp = aligned_alloc(64, 16 * l32 * 4), w.dsrow = aligned_alloc(64, 16 * l32 * 2),
+            w.qt = aligned_alloc(64, 16 * d * 2), w.dot = aligned_alloc(64, 16 * d * 2),
+            w.acc = aligned_alloc(64, (l32 > 64 ? l32 : 64) * (d > 64 ? d : 64) * 4),
+            w.local = aligned_alloc(64, 5 * l32 * d * 2),
+        };
+        int ok = 1;
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) ok = ok && all[i];
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
         tile_config saved;
-        _tile_storeconfig(&saved);
-        amx_configure();
-        int group = heads / kv_heads;
+        if (ok) {
+            _tile_storeconfig(&saved);
+            amx_configure();
+        }
+#pragma omp for schedule(dynamic, 1)
         for (int64_t it = begin; it < end; it++) {
             const int64_t *doc = docs + (it / heads) * 3;
             int h = (int)(it % heads), hk = h / group, len = (int)doc[2];
-            if (len == 0) continue;
+            if (!ok || len == 0) continue;
             int64_t b = doc[0], t0 = doc[1];
             backward_one_amx(q + b * qs[0] + h * qs[1] + t0 * qs[2], qs[2], k + b * ks[0] + hk * ks[1] + t0 * ks[2],
                              ks[2], v + b * vs[0] + hk * vs[1] + t0 * vs[2], vs[2], o + b * os[0] + h * os[1] + t0 * os[2],
@@ -612,64 +637,73 @@ int attnlab_attend_docs_bf16_backward(const bf16 *q, const bf16 *k, const bf16 *
                              dqs[2], dk + b * dks[0] + h * dks[1] + t0 * dks[2], dks[2],
                              dv + b * dvs[0] + h * dvs[1] + t0 * dvs[2], dvs[2], len, dh, scale, causal, &w);
         }
-        if (saved.palette) _tile_loadconfig(&saved);
-        else _tile_release();
+        if (ok) {
+            if (saved.palette) _tile_loadconfig(&saved);
+            else _tile_release();
+        }
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
     }
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
-    return ok ? 0 : -1;
+    return failed ? -1 : 0;
 }
 
 /* Attend work items [begin, end) of the (document, head) grid, item = doc * heads + head.
  * q, k, v, out: element offsets b * s?b + h * s?h + t * s?t (+ d). kv head = head / (heads / kv_heads).
  * use_amx: 1 for the AMX path (caps bit 1 and head_dim % 32 == 0), 0 for AVX-512 BF16.
  * lse: NULL, or (AMX path) the per-row base-2 log-sum-exp of the scaled scores at b * ls[0] + h * ls[1] +
- * t * ls[2], which the backward pass needs.
+ * t * ls[2], which the backward pass needs. nthreads: OpenMP threads; the items are dealt out one at a
+ * time. Linked against libgomp.so.1, this is the team PyTorch's own OpenMP runtime keeps (its spinning
+ * workers would otherwise compete with any threads of ours).
  * Returns 0, or -1 when a buffer could not be allocated. */
 int attnlab_attend_docs_bf16(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *out, const int64_t *qs,
                              const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *docs,
                              int64_t begin, int64_t end, int heads, int kv_heads, int dh, float scale,
-                             int causal, int use_amx, float *lse, const int64_t *ls) {
+                             int causal, int use_amx, float *lse, const int64_t *ls, int nthreads) {
     int maxlen = 0;
     for (int64_t it = begin; it < end; it++) {
         int len = (int)docs[(it / heads) * 3 + 2];
         if (len > maxlen) maxlen = len;
     }
     size_t lp = (size_t)(maxlen + 31) & ~(size_t)31; /* sizes below are multiples of 64 bytes */
-    int32_t *kp = aligned_alloc(64, lp * dh * 2 + 64);
-    bf16 *vp = aligned_alloc(64, lp * dh * 2 + 64);
-    float *s = aligned_alloc(64, 16 * lp * 4 + 64);
-    bf16 *p = aligned_alloc(64, 16 * lp * 2 + 64);
-    bf16 *qt = aligned_alloc(64, 16 * (size_t)dh * 2 + 64);
-    float *ot = aligned_alloc(64, 16 * 64 * 4);
-    if (!kp || !vp || !s || !p || !qt || !ot) {
+    float mult = scale * 1.4426950408889634f;        /* exp(x) = 2^(x log2 e) */
+    int group = heads / kv_heads, failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int32_t *kp = aligned_alloc(64, lp * dh * 2 + 64);
+        bf16 *vp = aligned_alloc(64, lp * dh * 2 + 64);
+        float *s = aligned_alloc(64, 16 * lp * 4 + 64);
+        bf16 *p = aligned_alloc(64, 16 * lp * 2 + 64);
+        bf16 *qt = aligned_alloc(64, 16 * (size_t)dh * 2 + 64);
+        float *ot = aligned_alloc(64, 16 * 64 * 4);
+        int ok = kp && vp && s && p && qt && ot;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        tile_config saved; /* this thread's tile configuration (oneDNN / PyTorch may cache theirs) */
+        if (ok && use_amx) {
+            _tile_storeconfig(&saved);
+            amx_configure();
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = begin; it < end; it++) {
+            const int64_t *d = docs + (it / heads) * 3;
+            int h = (int)(it % heads), hk = h / group, len = (int)d[2];
+            if (!ok || len == 0) continue;
+            int64_t b = d[0], t0 = d[1];
+            const bf16 *qd = q + b * qs[0] + h * qs[1] + t0 * qs[2], *kd = k + b * ks[0] + hk * ks[1] + t0 * ks[2];
+            const bf16 *vd = v + b * vs[0] + hk * vs[1] + t0 * vs[2];
+            bf16 *od = out + b * os[0] + h * os[1] + t0 * os[2];
+            if (use_amx)
+                attend_one_amx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p, qt, ot,
+                               lse ? lse + b * ls[0] + h * ls[1] + t0 * ls[2] : NULL, lse ? ls[2] : 0);
+            else
+                attend_one_avx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p);
+        }
+        if (ok && use_amx) {
+            if (saved.palette) _tile_loadconfig(&saved);
+            else _tile_release();
+        }
         free(kp); free(vp); free(s); free(p); free(qt); free(ot);
-        return -1;
     }
-    float mult = scale * 1.4426950408889634f; /* exp(x) = 2^(x log2 e) */
-    int group = heads / kv_heads;
-    tile_config saved; /* the caller's tile configuration (oneDNN / PyTorch may cache theirs): restored below */
-    if (use_amx) {
-        _tile_storeconfig(&saved);
-        amx_configure();
-    }
-    for (int64_t it = begin; it < end; it++) {
-        const int64_t *d = docs + (it / heads) * 3;
-        int h = (int)(it % heads), hk = h / group, len = (int)d[2];
-        if (len == 0) continue;
-        int64_t b = d[0], t0 = d[1];
-        const bf16 *qd = q + b * qs[0] + h * qs[1] + t0 * qs[2], *kd = k + b * ks[0] + hk * ks[1] + t0 * ks[2];
-        const bf16 *vd = v + b * vs[0] + hk * vs[1] + t0 * vs[2];
-        bf16 *od = out + b * os[0] + h * os[1] + t0 * os[2];
-        if (use_amx)
-            attend_one_amx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p, qt, ot,
-                           lse ? lse + b * ls[0] + h * ls[1] + t0 * ls[2] : NULL, lse ? ls[2] : 0);
-        else
-            attend_one_avx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p);
-    }
-    if (use_amx) {
-        if (saved.palette) _tile_loadconfig(&saved);
-        else _tile_release();
-    }
-    free(kp); free(vp); free(s); free(p); free(qt); free(ot);
-    return 0;
+    return failed ? -1 : 0;
 }

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -18,8 +16,6 @@ from . import load
 # wins there (benchmarks/native_attention.py: AMX 1.1-1.5x SDPA at 512 tokens, AVX-512 behind SDPA
 # from ~128-256 tokens, also with PyTorch held to AVX-512 via ONEDNN_MAX_CPU_ISA).
 MAX_DOC_LEN = {"amx": 1024, "avx512": 128}
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
@@ -75,8 +71,8 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
     ptrs = [t.data_ptr() for t in keep]
     scale = Dh ** -0.5 if scale is None else float(scale)
-    _run_items(lambda a, b: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
-                                                         int(amx), None, None), table, H)
+    _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
+                                                            int(amx), None, None, n), table, H)
     return out
 
 
@@ -107,8 +103,9 @@ class _NativeAttention(torch.autograd.Function):
         keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
         ptrs = [t.data_ptr() for t in keep]
         lse_strides = torch.tensor(lse.stride(), dtype=torch.int64)
-        _run_items(lambda a, b: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal), 1,
-                                                             lse.data_ptr(), lse_strides.data_ptr()), table, H)
+        _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
+                                                                1, lse.data_ptr(), lse_strides.data_ptr(), n),
+                   table, H)
         ctx.save_for_backward(q, k, v, out, lse, table)
         ctx.causal, ctx.scale = causal, scale
         return out
@@ -129,42 +126,18 @@ class _NativeAttention(torch.autograd.Function):
         ptrs = [t.data_ptr() for t in tensors]
         strides = _strides(q, k, v, out, dout, lse, dq, dk, dv)
         args = [*ptrs, *(s.data_ptr() for s in strides), table.data_ptr()]
-        _run_items(lambda a, b: lib.attnlab_attend_docs_bf16_backward(*args, a, b, H, Hkv, Dh, ctx.scale,
-                                                                      int(ctx.causal)), table, H)
+        _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16_backward(*args, a, b, H, Hkv, Dh, ctx.scale,
+                                                                         int(ctx.causal), n), table, H)
         if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
             dk = dk.unflatten(1, (Hkv, H // Hkv)).sum(2)
             dv = dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
         return dq, dk, dv, None, None, None
 
 
-def _run_items(call: Callable[[int, int], int], table: Tensor, heads: int) -> None:
-    """Run ``call(begin, end)`` over the (document, head) items, split over the intra-op threads in
-    contiguous ranges of about equal work (~ len^2 per item). ctypes releases the GIL, so concurrent
-    callers (embed's workers) and the ranges here run in parallel."""
+def _run_items(call: Callable[[int, int, int], int], table: Tensor, heads: int) -> None:
+    """Run ``call(begin, end, threads)`` over all (document, head) items. The kernel spreads them over
+    ``threads`` OpenMP threads (PyTorch's intra-op team); ctypes releases the GIL meanwhile, so concurrent
+    callers (embed's workers, each with one thread) run in parallel."""
     items = table.shape[0] * heads
-    threads = min(torch.get_num_threads(), items // 8)
-    if threads <= 1:
-        bounds = [0, items]
-    else:
-        work = (table[:, 2].double() ** 2 + 64 * table[:, 2]).repeat_interleave(heads).cumsum(0)  # (items,)
-        cuts = torch.searchsorted(work, work[-1] * torch.arange(1, threads, dtype=torch.float64) / threads)
-        bounds = [0, *cuts.tolist(), items]
-
-    def run(begin: int, end: int) -> None:
-        if call(begin, end) != 0:
-            raise MemoryError("the native attention kernel could not allocate its buffers")
-
-    futures = [_executor().submit(run, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
-    run(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
-
-
-def _executor() -> ThreadPoolExecutor:
-    """A process-wide pool for the extra threads (created once, sized by the thread count then)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads() - 1),
-                                       thread_name_prefix="attnlab-native")
-        return _pool
+    if call(0, items, max(1, min(torch.get_num_threads(), items))) != 0:
+        raise MemoryError("the native attention kernel could not allocate its buffers")
