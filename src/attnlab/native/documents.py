@@ -13,9 +13,10 @@ from torch.autograd.function import once_differentiable
 from . import load
 
 # Longest document each path takes; longer ones go to PyTorch's flash kernel, which tiles the keys and
-# wins there (benchmarks/native_attention.py: AMX 1.1-1.5x SDPA at 512 tokens, AVX-512 behind SDPA
-# from ~128-256 tokens, also with PyTorch held to AVX-512 via ONEDNN_MAX_CPU_ISA).
-MAX_DOC_LEN = {"amx": 1024, "avx512": 128}
+# wins there (benchmarks/native_attention.py: AMX still 1.3-1.5x SDPA at 512 tokens; AVX-512 1.1-2.5x
+# up to 80 tokens, 0.8-1.1x at 128, behind from 256, also with PyTorch held to AVX-512 by
+# ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
+MAX_DOC_LEN = {"amx": 1024, "avx512": 96}
 
 
 def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
