@@ -1,9 +1,11 @@
 """Native CPU kernels, compiled on first use with the system C compiler and loaded through ctypes.
 
-There is one: ``attention_bf16.c``, exact softmax attention over packed documents in bfloat16 with
-AVX-512 BF16 instructions (used by :func:`attnlab.attention.documents.per_document_attention`). It
-needs no PyTorch headers, so the build takes about a second; the shared library is cached under
-``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a hash of its source and flags, written atomically.
+One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``): exact
+softmax attention over packed documents in bfloat16, forward and backward (used by the ``softmax``
+kernel through :mod:`attnlab.native.documents`). It needs no PyTorch headers, so the build takes about
+a second; the shared library is cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a
+hash of its sources and flags, written atomically. It links libgomp.so.1, which resolves to PyTorch's
+own OpenMP runtime, so its threads are PyTorch's intra-op threads.
 
 It uses AMX tiles where the CPU has AMX-BF16 (Sapphire Rapids and later) and AVX-512 BF16 otherwise
 (``ATTNLAB_NATIVE_AMX=0`` forces the latter). Everything falls back to PyTorch when the kernel is not
@@ -24,7 +26,9 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("attention_bf16.c")
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c")]
+HEADERS = [CSRC / "kernels.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
          "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
@@ -83,7 +87,8 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None, "no C compiler found (install gcc, or set CC)"
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler] + FLAGS + LIBS).encode()).hexdigest()[:16]
+    text = b"".join(f.read_bytes() for f in HEADERS + SOURCES)
+    digest = hashlib.sha256(text + " ".join([compiler] + FLAGS + LIBS).encode()).hexdigest()[:16]
     target = cache_dir() / f"attention_bf16-{digest}.so"
     if not target.exists():
         error = _compile(compiler, target)
@@ -123,14 +128,14 @@ def _compile(compiler: str, target: Path) -> str | None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True,
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, *map(str, SOURCES), *LIBS], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
-            return f"compiling {SOURCE.name} failed: {done.stderr.strip()[-500:]}"
+            return f"compiling the native kernels ({CSRC}) failed: {done.stderr.strip()[-500:]}"
         os.replace(tmp, target)
         return None
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"compiling {SOURCE.name} failed: {e}"
+        return f"compiling the native kernels ({CSRC}) failed: {e}"
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""Tensor-level entry to the native per-document bf16 attention kernel (``attention_bf16.c``): inference
+"""Tensor-level entry to the native per-document bf16 attention kernels (``csrc/``): inference
 (:func:`documents_attention_bf16`) and a differentiable version for training on AMX
 (:func:`trainable_documents_attention_bf16`)."""
 

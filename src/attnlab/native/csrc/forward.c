@@ -1,0 +1,235 @@
+/* Forward attention per (document, head): the AVX-512 BF16 path (inference on CPUs without AMX) and the
+ * AMX path (inference and training; it can store each row's log-sum-exp for backward.c). */
+#include "kernels.h"
+
+#define ROWS 8 /* AVX-512 path: query rows per block; 2 * ROWS accumulators in flight hide vdpbf16ps's latency */
+
+/* Scores of ROWS query rows against key columns [0, ncols) (multiple of 16), times `mult`, into s.
+ * Two 16-column blocks at a time: 2 * ROWS independent accumulators hide the dot-product latency. */
+static void scores(const bf16 *const q[ROWS], const int32_t *kp, int d2n, int lp, int ncols, float mult,
+                   float *s) {
+    __m512 m = _mm512_set1_ps(mult);
+    int j = 0;
+    for (; j + 32 <= ncols; j += 32) {
+        __m512 a0[ROWS], a1[ROWS];
+        for (int r = 0; r < ROWS; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+        for (int d2 = 0; d2 < d2n; d2++) {
+            __m512bh k0 = (__m512bh)_mm512_loadu_si512(kp + d2 * lp + j);
+            __m512bh k1 = (__m512bh)_mm512_loadu_si512(kp + d2 * lp + j + 16);
+            for (int r = 0; r < ROWS; r++) {
+                __m512bh qv = bcast_pair(q[r] + 2 * d2);
+                a0[r] = _mm512_dpbf16_ps(a0[r], qv, k0);
+                a1[r] = _mm512_dpbf16_ps(a1[r], qv, k1);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm512_storeu_ps(s + r * lp + j, _mm512_mul_ps(a0[r], m));
+            _mm512_storeu_ps(s + r * lp + j + 16, _mm512_mul_ps(a1[r], m));
+        }
+    }
+    if (j < ncols) {
+        __m512 acc[ROWS];
+        for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
+        for (int d2 = 0; d2 < d2n; d2++) {
+            __m512bh kv = (__m512bh)_mm512_loadu_si512(kp + d2 * lp + j);
+            for (int r = 0; r < ROWS; r++) acc[r] = _mm512_dpbf16_ps(acc[r], bcast_pair(q[r] + 2 * d2), kv);
+        }
+        for (int r = 0; r < ROWS; r++) _mm512_storeu_ps(s + r * lp + j, _mm512_mul_ps(acc[r], m));
+    }
+}
+
+/* out[r][d0 : d0 + 16 NV] <- (p @ v) / sum for ROWS rows, NV output vectors per pass (a compile-time
+ * constant, so the ROWS * NV accumulators stay in registers and share each broadcast probability pair). */
+static inline __attribute__((always_inline)) void pv_pass(const bf16 *p, int pstride, const bf16 *vp, int dh,
+                                                          int d0, int pairs, const float inv[ROWS],
+                                                          bf16 *const out[ROWS], int nrows, const int NV) {
+    __m512 acc[ROWS][2];
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < NV; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int j2 = 0; j2 < pairs; j2++) {
+        const bf16 *row = vp + ((int64_t)j2 * dh + d0) * 2;
+        __m512bh vv[2];
+        for (int c = 0; c < NV; c++) vv[c] = (__m512bh)_mm512_loadu_si512(row + 32 * c);
+        for (int r = 0; r < ROWS; r++) {
+            __m512bh pv = bcast_pair(p + r * pstride + 2 * j2);
+            for (int c = 0; c < NV; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pv, vv[c]);
+        }
+    }
+    for (int r = 0; r < nrows; r++)
+        for (int c = 0; c < NV; c++) {
+            __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
+            _mm256_storeu_si256((__m256i *)(out[r] + d0 + 16 * c), (__m256i)_mm512_cvtneps_pbh(o));
+        }
+}
+
+/* out rows <- (p @ v) / sum for ROWS rows; p rows have `pairs` * 2 columns; 32 output dims per pass. */
+static void probs_times_v(const bf16 *p, int pstride, const bf16 *vp, int dh, int pairs, const float inv[ROWS],
+                          bf16 *const out[ROWS], int nrows) {
+    int d0 = 0;
+    for (; d0 + 32 <= dh; d0 += 32) pv_pass(p, pstride, vp, dh, d0, pairs, inv, out, nrows, 2);
+    if (d0 < dh) pv_pass(p, pstride, vp, dh, d0, pairs, inv, out, nrows, 1);
+}
+
+/* One (document, head) on AVX-512 BF16: q rows [0, len) against k, v rows [0, len). */
+static void attend_one_avx(const bf16 *q, int64_t qst, const bf16 *k, int64_t kst, const bf16 *v, int64_t vst,
+                       bf16 *o, int64_t ost, int len, int dh, float mult, int causal, int32_t *kp, bf16 *vp,
+                       float *s, bf16 *p) {
+    /* lp: padded columns (row stride of s and p); width: even columns P @ V reads */
+    int lp = (len + 15) & ~15, width = (len + 1) & ~1, d2n = dh / 2;
+    pack_k(k, kst, len, dh, lp, kp);
+    pack_v(v, vst, len, len, dh, vp);
+    for (int i0 = 0; i0 < len; i0 += ROWS) {
+        int nrows = len - i0 < ROWS ? len - i0 : ROWS;
+        const bf16 *qr[ROWS];
+        bf16 *orow[ROWS];
+        float inv[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            int i = i0 + (r < nrows ? r : nrows - 1); /* past the end: repeat the last row, result unused */
+            qr[r] = q + i * qst;
+            orow[r] = o + i * ost;
+        }
+        int last = i0 + nrows;                             /* causal: columns < last are enough */
+        int ncols = causal ? ((last + 15) & ~15) : lp;
+        int block_width = causal ? ((last + 1) & ~1) : width;
+        scores(qr, kp, d2n, lp, ncols, mult, s);
+        for (int r = 0; r < ROWS; r++) {
+            int valid = causal ? (r < nrows ? i0 + r + 1 : last) : len;
+            float row_max;
+            inv[r] = 1.0f / softmax_row(s + r * lp, valid, block_width, p + r * lp, 1.0f, &row_max);
+        }
+        probs_times_v(p, lp, vp, dh, block_width / 2, inv, orow, nrows);
+    }
+}
+
+/* ---- AMX path: 16 x 16 tiles, one TDPBF16PS per 16 queries x 16 keys x 32 dims ---------------------- */
+
+/* O tiles 0, 5, 6, 7 (+)= P tile 3 @ V tile 4 for `nt` 16-dim output tiles; tile numbers are immediates. */
+#define AMX_PV_STEP(nt, vbase, vstride)                                                                       \
+    do {                                                                                                  \
+        _tile_loadd(4, (vbase), (vstride)); _tile_dpbf16ps(0, 3, 4);                                       \
+        if ((nt) > 1) { _tile_loadd(4, (vbase) + 32, (vstride)); _tile_dpbf16ps(5, 3, 4); }               \
+        if ((nt) > 2) { _tile_loadd(4, (vbase) + 64, (vstride)); _tile_dpbf16ps(6, 3, 4); }               \
+        if ((nt) > 3) { _tile_loadd(4, (vbase) + 96, (vstride)); _tile_dpbf16ps(7, 3, 4); }               \
+    } while (0)
+
+/* One (document, head) on AMX: q rows [0, len) against k, v rows [0, len); head_dim % 32 == 0.
+ * Buffers: kp (l16 x dh/2 pairs), vp (l32 x dh), s (16 x l32 fp32), p (16 x l32 bf16), qt (16 x dh bf16),
+ * ot (16 x 64 fp32). lse (stride lst), when not NULL, receives each row's log2 sum_j 2^(s_ij mult). */
+static void attend_one_amx(
+    const bf16 *q, int64_t qst, const bf16 *k, int64_t kst, const bf16 *v, int64_t vst, bf16 *o, int64_t ost,
+    int len, int dh, float mult, int causal, int32_t *kp, bf16 *vp, float *s, bf16 *p, bf16 *qt, float *ot,
+    float *lse, int64_t lst) {
+    int l16 = (len + 15) & ~15, l32 = (len + 31) & ~31;
+    pack_k(k, kst, len, dh, l16, kp);
+    pack_v(v, vst, len, l32, dh, vp);
+    for (int i0 = 0; i0 < len; i0 += 16) {
+        int nrows = len - i0 < 16 ? len - i0 : 16;
+        const bf16 *qa = q + i0 * qst; /* A operand: 16 query rows, straight from the strided input */
+        int64_t qstride = qst * 2;
+        if (nrows < 16) {              /* the last rows: copy, zero-padded, so no load leaves the tensor */
+            for (int r = 0; r < 16; r++) {
+                if (r < nrows) memcpy(qt + r * dh, q + (i0 + r) * qst, (size_t)dh * 2);
+                else memset(qt + r * dh, 0, (size_t)dh * 2);
+            }
+            qa = qt;
+            qstride = dh * 2;
+        }
+        int last = i0 + nrows;                                   /* causal: keys < last are enough */
+        int ncols = causal ? ((last + 15) & ~15) : l16;          /* score columns computed */
+        int kmax = causal ? ((last + 31) & ~31) : l32;           /* keys P @ V reads (zero-padded) */
+        amx_scores(qa, qstride, kp, l16, ncols, dh, s, l32);
+        float inv[16];
+        for (int r = 0; r < nrows; r++) {
+            int valid = causal ? i0 + r + 1 : len;
+            float row_max, sum = softmax_row(s + r * l32, valid, kmax, p + r * l32, mult, &row_max);
+            inv[r] = 1.0f / sum;
+            if (lse) lse[(i0 + r) * lst] = row_max * mult + log2f(sum); /* base-2 log-sum-exp, for backward */
+        }
+        for (int r = nrows; r < 16; r++) memset(p + r * l32, 0, (size_t)kmax * 2);
+        for (int d0 = 0; d0 < dh; d0 += 64) {                    /* out[:, d0:d0+64] = P V */
+            int nt = (dh - d0) / 16 < 4 ? (dh - d0) / 16 : 4;
+            _tile_zero(0); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+            for (int kk = 0; kk < kmax; kk += 32) {
+                _tile_loadd(3, p + kk, l32 * 2);
+                const bf16 *vb = vp + ((int64_t)(kk / 2) * dh + d0) * 2;
+                if (nt == 4) AMX_PV_STEP(4, vb, dh * 4);
+                else AMX_PV_STEP(2, vb, dh * 4); /* dh % 32 == 0: 2 or 4 tiles */
+            }
+            _tile_stored(0, ot, 256);
+            _tile_stored(5, ot + 16, 256);
+            if (nt == 4) {
+                _tile_stored(6, ot + 32, 256);
+                _tile_stored(7, ot + 48, 256);
+            }
+            for (int r = 0; r < nrows; r++) {
+                __m512 scale_r = _mm512_set1_ps(inv[r]);
+                for (int t = 0; t < nt; t++) {
+                    __m512 x = _mm512_mul_ps(_mm512_loadu_ps(ot + r * 64 + 16 * t), scale_r);
+                    _mm256_storeu_si256((__m256i *)(o + (i0 + r) * ost + d0 + 16 * t), (__m256i)_mm512_cvtneps_pbh(x));
+                }
+            }
+        }
+    }
+}
+
+/* Attend work items [begin, end) of the (document, head) grid, item = doc * heads + head.
+ * q, k, v, out: element offsets b * s?b + h * s?h + t * s?t (+ d). kv head = head / (heads / kv_heads).
+ * use_amx: 1 for the AMX path (caps bit 1 and head_dim % 32 == 0), 0 for AVX-512 BF16.
+ * lse: NULL, or (AMX path) the per-row base-2 log-sum-exp of the scaled scores at b * ls[0] + h * ls[1] +
+ * t * ls[2], which the backward pass needs. nthreads: OpenMP threads; the items are dealt out one at a
+ * time. Linked against libgomp.so.1, this is the team PyTorch's own OpenMP runtime keeps (its spinning
+ * workers would otherwise compete with any threads of ours).
+ * Returns 0, or -1 when a buffer could not be allocated. */
+int attnlab_attend_docs_bf16(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *out, const int64_t *qs,
+                             const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *docs,
+                             int64_t begin, int64_t end, int heads, int kv_heads, int dh, float scale,
+                             int causal, int use_amx, float *lse, const int64_t *ls, int nthreads) {
+    int maxlen = 0;
+    for (int64_t it = begin; it < end; it++) {
+        int len = (int)docs[(it / heads) * 3 + 2];
+        if (len > maxlen) maxlen = len;
+    }
+    size_t lp = (size_t)(maxlen + 31) & ~(size_t)31; /* sizes below are multiples of 64 bytes */
+    float mult = scale * 1.4426950408889634f;        /* exp(x) = 2^(x log2 e) */
+    int group = heads / kv_heads, failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int32_t *kp = aligned_alloc(64, lp * dh * 2 + 64);
+        bf16 *vp = aligned_alloc(64, lp * dh * 2 + 64);
+        float *s = aligned_alloc(64, 16 * lp * 4 + 64);
+        bf16 *p = aligned_alloc(64, 16 * lp * 2 + 64);
+        bf16 *qt = aligned_alloc(64, 16 * (size_t)dh * 2 + 64);
+        float *ot = aligned_alloc(64, 16 * 64 * 4);
+        int ok = kp && vp && s && p && qt && ot;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        tile_config saved; /* this thread's tile configuration (oneDNN / PyTorch may cache theirs) */
+        if (ok && use_amx) {
+            tile_store_config(&saved);
+            amx_configure();
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = begin; it < end; it++) {
+            const int64_t *d = docs + (it / heads) * 3;
+            int h = (int)(it % heads), hk = h / group, len = (int)d[2];
+            if (!ok || len == 0) continue;
+            int64_t b = d[0], t0 = d[1];
+            const bf16 *qd = q + b * qs[0] + h * qs[1] + t0 * qs[2], *kd = k + b * ks[0] + hk * ks[1] + t0 * ks[2];
+            const bf16 *vd = v + b * vs[0] + hk * vs[1] + t0 * vs[2];
+            bf16 *od = out + b * os[0] + h * os[1] + t0 * os[2];
+            if (use_amx)
+                attend_one_amx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p, qt, ot,
+                               lse ? lse + b * ls[0] + h * ls[1] + t0 * ls[2] : NULL, lse ? ls[2] : 0);
+            else
+                attend_one_avx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p);
+        }
+        if (ok && use_amx) {
+            if (saved.palette) tile_load_config(&saved);
+            else _tile_release();
+        }
+        free(kp); free(vp); free(s); free(p); free(qt); free(ot);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,85 @@
+/* Exact softmax attention for packed short documents, bf16 in and out, on x86-64 CPUs with AMX-BF16
+ * (Sapphire Rapids and later; forward and backward) or AVX-512 BF16 (Cooper Lake, Zen 4; forward).
+ *
+ * Built from common.c, forward.c and backward.c by attnlab/native/__init__.py (gcc -fopenmp, no torch
+ * headers) into one shared library, called through ctypes on the
+ * data pointers of torch tensors. Semantics are those of attnlab.attention.documents.per_document_attention:
+ * every (document, query head) pair is one softmax attention, out = softmax(scale * q k^T [+ causal]) v.
+ *
+ * Why: PyTorch's CPU flash kernel reaches ~30 GFLOP/s on encoder-sized work (documents of ~80 tokens,
+ * head size 32), because its tiling overhead is sized for long sequences. Here each (document, head) is
+ * done whole, in cache: K is packed pairwise-transposed and V pairwise-interleaved (the B-operand layout
+ * of both TDPBF16PS and VDPBF16PS), scores are fp32 sums of exact bf16 products, the softmax runs in fp32
+ * with a degree-5 exp2 polynomial (rel. error <= 3.3e-6), probabilities are rounded to bf16 for P @ V (as
+ * flash kernels do) and each output row is divided by its fp32 sum at the end.
+ *
+ * Layout contract (checked in Python): the last (head-dim) stride of q, k, v and out is 1, the token
+ * strides are even; head_dim is a multiple of 16 (of 32 for the AMX path) and at most 256; docs are given
+ * as (batch row, first token, length).
+ */
+#ifndef ATTNLAB_KERNELS_H
+#define ATTNLAB_KERNELS_H
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INTERNAL __attribute__((visibility("hidden"))) /* shared between the files, not exported */
+
+typedef uint16_t bf16;
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* ldtilecfg / sttilecfg with the whole 64-byte configuration as the memory operand. (GCC 12's
+ * _tile_loadconfig declares only 8 bytes read, so the stores that build a configuration get removed
+ * as dead and the instruction faults on garbage.) */
+static inline void tile_load_config(const tile_config *c) { __asm__ volatile("ldtilecfg %0" ::"m"(*c)); }
+static inline void tile_store_config(tile_config *c) { __asm__ volatile("sttilecfg %0" : "=m"(*c)); }
+
+static inline __m512bh bcast_pair(const bf16 *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return (__m512bh)_mm512_set1_epi32(w);
+}
+
+/* 2^x for x <= 0 (x >= -125 after the clamp): 2^n * p(f), n = round(x), f in [-0.5, 0.5], p the degree-5
+ * Taylor polynomial of 2^f (relative error <= 3.3e-6, far below bf16's 3.9e-3 rounding of P). */
+static inline __m512 exp2_neg(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f)); /* 2^(n + f) >= 2^-125.5: no denormals (slow) */
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f); /* ln(2)^k / k! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022651f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 first_n(int n) { /* lanes [0, n) of 16 (n clamped to [0, 16]) */
+    return n >= 16 ? 0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : 0;
+}
+
+/* Offsets, in 4-byte words, of 16 consecutive rows with an even bf16 row stride st (gather indices). */
+static inline __m512i word_rows(int64_t st) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)(st / 2)));
+}
+
+/* common.c */
+INTERNAL void pack_k(const bf16 *k, int64_t st, int len, int dh, int lp, int32_t *kp);
+INTERNAL void pack_v(const bf16 *v, int64_t st, int len, int rows, int dh, bf16 *vp);
+INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float mult, float *row_max);
+INTERNAL void amx_configure(void);
+INTERNAL void amx_scores(const bf16 *a, int64_t astride, const int32_t *kp, int l16, int ncols, int dh, float *out,
+                         int ostride);
+INTERNAL const bf16 *tile_rows(const bf16 *src, int64_t st, int i0, int nrows, int dh, bf16 *buf, int64_t *stride);
+
+#endif
