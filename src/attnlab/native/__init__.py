@@ -2,10 +2,11 @@
 
 One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``): exact
 softmax attention over packed documents in bfloat16, forward and backward (used by the ``softmax``
-kernel through :mod:`attnlab.native.documents`). It needs no PyTorch headers, so the build takes about
-a second; the shared library is cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a
-hash of its sources and flags, written atomically. It links libgomp.so.1, which resolves to PyTorch's
-own OpenMP runtime, so its threads are PyTorch's intra-op threads.
+kernel through :mod:`attnlab.native.documents`). It needs no PyTorch headers, so the build takes a
+couple of seconds, once (logged at INFO level); the shared library is cached under ``$ATTNLAB_CACHE``
+(default ``~/.cache/attnlab``) by a hash of its sources and flags, written atomically. It links
+libgomp.so.1, which resolves to PyTorch's own OpenMP runtime, so its threads are PyTorch's intra-op
+threads.
 
 It uses AMX tiles where the CPU has AMX-BF16 (Sapphire Rapids and later) and AVX-512 BF16 otherwise
 (``ATTNLAB_NATIVE_AMX=0`` forces the latter). Everything falls back to PyTorch when the kernel is not
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -33,6 +35,7 @@ FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"
          "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
 
+_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict = {}  # "lib": CDLL or None, "why": reason it is None
 _switch = {"on": True}  # process-wide (embed's worker threads must see it too)
@@ -91,8 +94,10 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     digest = hashlib.sha256(text + " ".join([compiler] + FLAGS + LIBS).encode()).hexdigest()[:16]
     target = cache_dir() / f"attention_bf16-{digest}.so"
     if not target.exists():
+        _log.info("building attnlab's native kernels (first use, a few seconds) into %s", target)
         error = _compile(compiler, target)
         if error:
+            _log.warning("attnlab's native kernels are not used: %s", error)
             return None, error
     try:
         lib = ctypes.CDLL(str(target))
