@@ -3,7 +3,10 @@
 Runs on PyTorch's fused ``scaled_dot_product_attention`` (Flash / memory-efficient / math backends
 chosen by PyTorch) for MHA, GQA and MQA (GQA paper, Ainslie et al. 2023: contiguous head groups,
 ``repeat_interleave`` semantics), with causal, padding and packed-sequence masks and an optional
-additive position bias (ALiBi, T5 relative bias).
+additive position bias (ALiBi, T5 relative bias). In bfloat16 on x86-64 CPUs, causal, full and
+packed-document attention without other masks, bias or dropout runs on attnlab's native kernel
+(:mod:`attnlab.native`: AMX tiles, forward and backward; AVX-512 BF16 for inference), which gives the
+same result to bf16 precision; PyTorch's SDPA takes every other case.
 """
 
 from __future__ import annotations
