@@ -53,15 +53,16 @@ class SoftmaxAttention(AttentionKernel):
         T, S = q.shape[2], k.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
-        if dropout_p == 0.0 and T == S and ctx.key_padding_mask is None and ctx.attn_bias is None:
-            out = self._native(q, k, v, ctx)  # bf16 on x86-64 CPUs (attnlab.native), when it can run
+        unbiased = T == S and ctx.key_padding_mask is None and ctx.attn_bias is None  # causal / documents at most
+        # packed sequences (spec 14): the runs of each document, None when ids repeat in separate runs
+        spans = document_spans(ctx.document_ids) if unbiased and ctx.document_ids is not None else None
+        if unbiased and dropout_p == 0.0 and q.dtype == torch.bfloat16 and (spans or ctx.document_ids is None):
+            out = self._native(q, k, v, ctx, spans)  # bf16 on x86-64 CPUs (attnlab.native), when it can run
             if out is not None:
                 return out
-        if ctx.document_ids is not None and T == S and ctx.key_padding_mask is None and ctx.attn_bias is None:
-            spans = document_spans(ctx.document_ids)  # packed sequences (spec 14): attend document by document
-            if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
-                k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])  # (B, H, S, Dh)
-                return per_document_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale, dropout_p=dropout_p)
+        if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
+            k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])  # (B, H, S, Dh)
+            return per_document_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale, dropout_p=dropout_p)
         keep = None if plain_causal else context_mask(ctx, T, S, q.device)
         empty = fully_masked_rows(keep)
         if empty is not None:
@@ -79,16 +80,11 @@ class SoftmaxAttention(AttentionKernel):
         )
         return zero_if_empty(out, empty)
 
-    def _native(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor | None:
-        """The native bf16 kernel for causal / full / packed-document attention (each row of ``q`` one
-        document without ``document_ids``); forward only, or differentiable on AMX. None: use PyTorch."""
-        if q.dtype != torch.bfloat16 or q.device.type != "cpu":
-            return None
-        spans = document_spans(ctx.document_ids) if ctx.document_ids is not None else [[(0, q.shape[2])]] * q.shape[0]
-        if spans is None:
-            return None
+    def _native(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext,
+                spans: list[list[tuple[int, int]]] | None) -> Tensor | None:
+        """The native bf16 kernel over ``spans`` (without ``document_ids`` each row is one document):
+        forward only, or differentiable on AMX when gradients are wanted. None: use PyTorch."""
+        spans = spans if spans is not None else [[(0, q.shape[2])]] * q.shape[0]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             return trainable_documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)
         return documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)
-
-

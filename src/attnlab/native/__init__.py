@@ -116,10 +116,10 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     lib.amx = bool(caps & 2) and os.environ.get("ATTNLAB_NATIVE_AMX", "1") != "0"
     fn = lib.attnlab_attend_docs_bf16
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    fn.argtypes = [ptr] * 9 + [i64, i64, i32, i32, i32, ctypes.c_float, i32, i32, ptr, ptr, i32]
+    fn.argtypes = [ptr] * 9 + [i64, i32, i32, i32, ctypes.c_float, i32, i32, ptr, ptr, i32]
     fn.restype = i32
     bwd = lib.attnlab_attend_docs_bf16_backward
-    bwd.argtypes = [ptr] * 19 + [i64, i64, i32, i32, i32, ctypes.c_float, i32, i32]
+    bwd.argtypes = [ptr] * 19 + [i64, i32, i32, i32, ctypes.c_float, i32, i32]
     bwd.restype = i32
     return lib, "available (AMX-BF16)" if lib.amx else "available (AVX-512 BF16)"
 

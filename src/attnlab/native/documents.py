@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -58,22 +56,38 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     is not available; the caller then uses PyTorch. ``amx``: use AMX tiles when the CPU has them and
     ``Dh % 32 == 0`` (default); ``False`` forces the AVX-512 path.
     """
-    if not usable(q, k, v) or not any(spans):
+    plan = _plan(q, k, v, spans, grad=False, amx=amx)
+    if plan is None:
+        return None
+    lib, table, amx = plan
+    return _forward(lib, q, k, v, table, causal, q.shape[3] ** -0.5 if scale is None else float(scale), amx)
+
+
+def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *, grad: bool,
+          amx: bool | None) -> tuple | None:
+    """``(lib, doc table, use AMX)`` when the kernel can run these inputs (the backward needs AMX), else None."""
+    if not usable(q, k, v, grad=grad) or not any(spans):
         return None
     lib = load()
     if lib is None:
         return None
-    B, H, T, Dh = q.shape
-    amx = lib.amx and Dh % 32 == 0 and amx is not False
+    amx = lib.amx and q.shape[3] % 32 == 0 and amx is not False
     table = _doc_table(spans)
-    if int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
+    if (grad and not amx) or int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
         return None
+    return lib, table, amx
+
+
+def _forward(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,
+             lse: Tensor | None = None) -> Tensor:
+    """Run the forward kernel; ``lse`` ``(B, H, T)`` float32 (AMX only) receives the base-2 log-sum-exp."""
+    B, H, T, Dh = q.shape
     out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
-    keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
-    ptrs = [t.data_ptr() for t in keep]
-    scale = Dh ** -0.5 if scale is None else float(scale)
-    _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
-                                                            int(amx), None, None, n), table, H)
+    strides = _strides(q, k, v, out) + ([] if lse is None else _strides(lse))  # kept alive during the call
+    lse_args = (None, None) if lse is None else (lse.data_ptr(), strides[4].data_ptr())
+    ptrs = [t.data_ptr() for t in (q, k, v, out, *strides[:4], table)]
+    _check(lib.attnlab_attend_docs_bf16(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal), int(amx),
+                                        *lse_args, _threads(table, H)))
     return out
 
 
@@ -82,14 +96,10 @@ def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: l
     """:func:`documents_attention_bf16` with a backward pass (AMX only, ``Dh % 32 == 0``): the forward
     keeps each row's log-sum-exp and the backward recomputes the probabilities from it (FlashAttention-2's
     equations) one (document, head) at a time. ``None`` when it cannot run; the caller uses PyTorch."""
-    if not usable(q, k, v, grad=True) or not any(spans) or q.shape[3] % 32:
+    plan = _plan(q, k, v, spans, grad=True, amx=True)
+    if plan is None:
         return None
-    lib = load()
-    if lib is None or not lib.amx:
-        return None
-    table = _doc_table(spans)
-    if int(table[:, 2].max()) > MAX_DOC_LEN["amx"]:
-        return None
+    table = plan[1]
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     return _NativeAttention.apply(q, k, v, table, bool(causal), scale)
 
@@ -97,16 +107,9 @@ def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: l
 class _NativeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float) -> Tensor:
-        lib = load()
-        B, H, T, Dh = q.shape
-        out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
+        B, H, T, _ = q.shape
         lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # base-2 log-sum-exp per row
-        keep = (q, k, v, out, *_strides(q, k, v, out), table)  # referenced until the kernel is done
-        ptrs = [t.data_ptr() for t in keep]
-        lse_strides = torch.tensor(lse.stride(), dtype=torch.int64)
-        _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16(*ptrs, a, b, H, k.shape[1], Dh, scale, int(causal),
-                                                                1, lse.data_ptr(), lse_strides.data_ptr(), n),
-                   table, H)
+        out = _forward(load(), q, k, v, table, causal, scale, True, lse)
         ctx.save_for_backward(q, k, v, out, lse, table)
         ctx.causal, ctx.scale = causal, scale
         return out
@@ -124,21 +127,23 @@ class _NativeAttention(torch.autograd.Function):
         dk = q.new_empty(B, T, H, Dh).transpose(1, 2)  # per query head; summed over each KV group below
         dv = q.new_empty(B, T, H, Dh).transpose(1, 2)
         tensors = (q, k, v, out, dout, lse, dq, dk, dv)
-        ptrs = [t.data_ptr() for t in tensors]
-        strides = _strides(q, k, v, out, dout, lse, dq, dk, dv)
-        args = [*ptrs, *(s.data_ptr() for s in strides), table.data_ptr()]
-        _run_items(lambda a, b, n: lib.attnlab_attend_docs_bf16_backward(*args, a, b, H, Hkv, Dh, ctx.scale,
-                                                                         int(ctx.causal), n), table, H)
+        strides = _strides(*tensors)  # kept alive during the call
+        ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
+        _check(lib.attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, ctx.scale, int(ctx.causal),
+                                                     _threads(table, H)))
         if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
             dk = dk.unflatten(1, (Hkv, H // Hkv)).sum(2)
             dv = dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
         return dq, dk, dv, None, None, None
 
 
-def _run_items(call: Callable[[int, int, int], int], table: Tensor, heads: int) -> None:
-    """Run ``call(begin, end, threads)`` over all (document, head) items. The kernel spreads them over
-    ``threads`` OpenMP threads (PyTorch's intra-op team); ctypes releases the GIL meanwhile, so concurrent
-    callers (embed's workers, each with one thread) run in parallel."""
-    items = table.shape[0] * heads
-    if call(0, items, max(1, min(torch.get_num_threads(), items))) != 0:
+def _threads(table: Tensor, heads: int) -> int:
+    """OpenMP threads for one call (PyTorch's intra-op count, at most one per (document, head) item). ctypes
+    releases the GIL meanwhile, so concurrent callers (embed's workers, one thread each) run in parallel."""
+    return max(1, min(torch.get_num_threads(), table.shape[0] * heads))
+
+
+def _check(status: int) -> None:
+    """The kernels return -1 when a thread's buffers could not be allocated."""
+    if status != 0:
         raise MemoryError("the native attention kernel could not allocate its buffers")

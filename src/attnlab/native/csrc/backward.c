@@ -25,25 +25,23 @@ static void transpose_rows(const bf16 *src, int64_t st, int len, int dh, int l32
     }
 }
 
+static inline __m512 load16_bf16(const bf16 *p) { /* 16 bf16 -> fp32 (bf16 is fp32's upper half) */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
 static inline float dot_bf16(const bf16 *a, const bf16 *b, int dh) { /* fp32 sum of a[d] b[d], dh % 16 == 0 */
     __m512 acc = _mm512_setzero_ps();
-    for (int d = 0; d < dh; d += 16) {
-        __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a + d))), 16));
-        __m512 y = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + d))), 16));
-        acc = _mm512_fmadd_ps(x, y, acc);
-    }
+    for (int d = 0; d < dh; d += 16) acc = _mm512_fmadd_ps(load16_bf16(a + d), load16_bf16(b + d), acc);
     return _mm512_reduce_add_ps(acc);
 }
 
 /* out (ncol x dh, row stride ost, bf16) = scale * in^T for in (dh x l16 fp32), columns [0, ncol). */
 static void write_transposed(const float *in, int l16, int ncol, int dh, float scale, bf16 *out, int64_t ost) {
+    __m512i rows = word_rows(2 * (int64_t)l16); /* offsets of 16 consecutive rows of `in` (l16 floats each) */
     for (int j = 0; j < ncol; j++) {
         bf16 *row = out + j * ost;
         for (int d = 0; d < dh; d += 16) {
-            __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                                                12, 13, 14, 15), _mm512_set1_epi32(l16)),
-                                           _mm512_set1_epi32(d * l16 + j));
-            __m512 x = _mm512_mul_ps(_mm512_i32gather_ps(idx, in, 4), _mm512_set1_ps(scale));
+            __m512 x = _mm512_mul_ps(_mm512_i32gather_ps(rows, in + (size_t)d * l16 + j, 4), _mm512_set1_ps(scale));
             _mm256_storeu_si256((__m256i *)(row + d), (__m256i)_mm512_cvtneps_pbh(x));
         }
     }
@@ -167,28 +165,9 @@ static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t 
                 memset(w->dsrow + (r + 1) * l32 + l16, 0, (size_t)(l32 - l16) * 2);
             }
         }
-        /* dQ rows = scale dS K: A = dS rows (16 x 32 keys), B = K in key pairs */
-        for (int d0 = 0; d0 < dh; d0 += 64) {
-            int nt = (dh - d0) / 16 < 4 ? (dh - d0) / 16 : 4;
-            _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-            for (int kk = 0; kk < kmax; kk += 32) {
-                _tile_loadd(3, w->dsrow + kk, l32 * 2);
-                const bf16 *kb = w->kv + ((size_t)(kk / 2) * dh + d0) * 2;
-                _tile_loadd(2, kb, dh * 4); _tile_dpbf16ps(4, 3, 2);
-                _tile_loadd(2, kb + 32, dh * 4); _tile_dpbf16ps(5, 3, 2);
-                if (nt > 2) { _tile_loadd(2, kb + 64, dh * 4); _tile_dpbf16ps(6, 3, 2); }
-                if (nt > 3) { _tile_loadd(2, kb + 96, dh * 4); _tile_dpbf16ps(7, 3, 2); }
-            }
-            _tile_stored(4, w->acc, 256);
-            _tile_stored(5, w->acc + 16, 256);
-            if (nt > 2) _tile_stored(6, w->acc + 32, 256);
-            if (nt > 3) _tile_stored(7, w->acc + 48, 256);
-            for (int r = 0; r < nrows; r++)
-                for (int t = 0; t < nt; t++) {
-                    __m512 x = _mm512_mul_ps(_mm512_loadu_ps(w->acc + r * 64 + 16 * t), _mm512_set1_ps(scale));
-                    _mm256_storeu_si256((__m256i *)(dq + (i0 + r) * dqst + d0 + 16 * t), (__m256i)_mm512_cvtneps_pbh(x));
-                }
-        }
+        float scales[16];
+        for (int r = 0; r < 16; r++) scales[r] = scale;
+        amx_rows_times_pairs(w->dsrow, l32 * 2, w->kv, dh, kmax, scales, nrows, dq + i0 * dqst, dqst, w->acc); /* dQ */
     }
     amx_transposed_product(w->qT, w->dsi, l16, l32, dh, causal, w->acc); /* dK^T = Q^T dS */
     write_transposed(w->acc, l16, len, dh, scale, dk, dkst);
@@ -196,7 +175,7 @@ static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t 
     write_transposed(w->acc, l16, len, dh, 1.0f, dv, dvst);
 }
 
-/* Gradients of attnlab_attend_docs_bf16 (AMX path, head_dim % 32 == 0) for work items [begin, end).
+/* Gradients of attnlab_attend_docs_bf16 (AMX path, head_dim % 32 == 0) for all its (document, head) items.
  * Tensors and strides as there; o and dout are the forward output and its gradient, lse the forward's
  * base-2 log-sum-exp. dk and dv are per QUERY head (heads x ...): with grouped KV heads the caller sums
  * each group. nthreads as in the forward. Returns 0, or -1 when a buffer could not be allocated. */
@@ -204,14 +183,9 @@ int attnlab_attend_docs_bf16_backward(const bf16 *q, const bf16 *k, const bf16 *
                                       const float *lse, bf16 *dq, bf16 *dk, bf16 *dv, const int64_t *qs,
                                       const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *dos,
                                       const int64_t *ls, const int64_t *dqs, const int64_t *dks, const int64_t *dvs,
-                                      const int64_t *docs, int64_t begin, int64_t end, int heads, int kv_heads,
-                                      int dh, float scale, int causal, int nthreads) {
-    int maxlen = 0;
-    for (int64_t it = begin; it < end; it++) {
-        int len = (int)docs[(it / heads) * 3 + 2];
-        if (len > maxlen) maxlen = len;
-    }
-    size_t l32 = (size_t)(maxlen + 31) & ~(size_t)31, d = (size_t)dh;
+                                      const int64_t *docs, int64_t ndocs, int heads, int kv_heads, int dh,
+                                      float scale, int causal, int nthreads) {
+    size_t l32 = (size_t)(max_doc_len(docs, ndocs) + 31) & ~(size_t)31, d = (size_t)dh;
     int group = heads / kv_heads, failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -233,27 +207,19 @@ int attnlab_attend_docs_bf16_backward(const bf16 *q, const bf16 *k, const bf16 *
             failed = 1;
         }
         tile_config saved;
-        if (ok) {
-            tile_store_config(&saved);
-            amx_configure();
-        }
+        if (ok) amx_enter(&saved);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = begin; it < end; it++) {
+        for (int64_t it = 0; it < ndocs * heads; it++) {
             const int64_t *doc = docs + (it / heads) * 3;
             int h = (int)(it % heads), hk = h / group, len = (int)doc[2];
             if (!ok || len == 0) continue;
             int64_t b = doc[0], t0 = doc[1];
-            backward_one_amx(q + b * qs[0] + h * qs[1] + t0 * qs[2], qs[2], k + b * ks[0] + hk * ks[1] + t0 * ks[2],
-                             ks[2], v + b * vs[0] + hk * vs[1] + t0 * vs[2], vs[2], o + b * os[0] + h * os[1] + t0 * os[2],
-                             os[2], dout + b * dos[0] + h * dos[1] + t0 * dos[2], dos[2],
-                             lse + b * ls[0] + h * ls[1] + t0 * ls[2], ls[2], dq + b * dqs[0] + h * dqs[1] + t0 * dqs[2],
-                             dqs[2], dk + b * dks[0] + h * dks[1] + t0 * dks[2], dks[2],
-                             dv + b * dvs[0] + h * dvs[1] + t0 * dvs[2], dvs[2], len, dh, scale, causal, &w);
+            backward_one_amx(q + at(qs, b, h, t0), qs[2], k + at(ks, b, hk, t0), ks[2], v + at(vs, b, hk, t0), vs[2],
+                             o + at(os, b, h, t0), os[2], dout + at(dos, b, h, t0), dos[2], lse + at(ls, b, h, t0),
+                             ls[2], dq + at(dqs, b, h, t0), dqs[2], dk + at(dks, b, h, t0), dks[2],
+                             dv + at(dvs, b, h, t0), dvs[2], len, dh, scale, causal, &w);
         }
-        if (ok) {
-            if (saved.palette) tile_load_config(&saved);
-            else _tile_release();
-        }
+        if (ok) amx_leave(&saved);
         for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
     }
     return failed ? -1 : 0;

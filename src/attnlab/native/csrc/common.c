@@ -24,7 +24,7 @@ void attnlab_native_exp2(const float *x, float *y, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp2_neg(_mm512_loadu_ps(x + i)));
     if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 m = first_n((int)(n - i));
         _mm512_mask_storeu_ps(y + i, m, exp2_neg(_mm512_maskz_loadu_ps(m, x + i)));
     }
 }
@@ -71,7 +71,7 @@ INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float 
     __m512 mx = _mm512_set1_ps(-INFINITY);
     int j = 0;
     for (; j + 16 <= valid; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
-    __mmask16 tail = (__mmask16)((1u << (valid - j)) - 1);
+    __mmask16 tail = first_n(valid - j);
     if (tail) mx = _mm512_mask_max_ps(mx, tail, mx, _mm512_loadu_ps(s + j));
     *row_max = _mm512_reduce_max_ps(mx);
     __m512 m = _mm512_set1_ps(mult), off = _mm512_set1_ps(*row_max * mult);
@@ -92,6 +92,14 @@ INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float 
 }
 
 
+/* Longest document of the (batch row, first token, length) table. */
+INTERNAL int max_doc_len(const int64_t *docs, int64_t ndocs) {
+    int64_t longest = 0;
+    for (int64_t i = 0; i < ndocs; i++)
+        if (docs[i * 3 + 2] > longest) longest = docs[i * 3 + 2];
+    return (int)longest;
+}
+
 /* Every tile 16 rows x 64 bytes: Q (16 x 32 bf16), K pairs (16 x 16 pairs), scores / outputs (16 x 16 fp32),
  * P (16 x 32 bf16), V pairs (16 key pairs x 16 dims x 2). Tile state is per thread: set on every call. */
 INTERNAL void amx_configure(void) {
@@ -103,6 +111,18 @@ INTERNAL void amx_configure(void) {
         c.rows[t] = 16;
     }
     tile_load_config(&c);
+}
+
+/* Keep this thread's tile configuration (oneDNN / PyTorch cache theirs per thread) and load ours ... */
+INTERNAL void amx_enter(tile_config *saved) {
+    tile_store_config(saved);
+    amx_configure();
+}
+
+/* ... and put theirs back (or release the tiles if there was none). */
+INTERNAL void amx_leave(const tile_config *saved) {
+    if (saved->palette) tile_load_config(saved);
+    else _tile_release();
 }
 
 /* Score tile `acc` = Q (tiles 1, 3) @ K^T columns [j0, j0 + 16) for head_dim 32 or 64. */
@@ -160,3 +180,34 @@ INTERNAL const bf16 *tile_rows(const bf16 *src, int64_t st, int i0, int nrows, i
     return buf;
 }
 
+
+/* out[r][0 : dh] = bf16(row_scale[r] * sum_k a[r][k] b[k][:]) for rows r < nrows: `a` is 16 rows x kmax
+ * (a multiple of 32; row stride astride bytes), b the keys interleaved in pairs (pack_v layout). Tiles:
+ * A 3, B 2, accumulators 4-7 (64 output dims per pass, head_dim % 32 == 0); scratch 16 x 64 fp32. Used for
+ * P @ V in the forward and dS @ K in the backward. */
+INTERNAL void amx_rows_times_pairs(const bf16 *a, int64_t astride, const bf16 *bp, int dh, int kmax,
+                                   const float *row_scale, int nrows, bf16 *out, int64_t ost, float *scratch) {
+    for (int d0 = 0; d0 < dh; d0 += 64) {
+        int nt = (dh - d0) / 16 < 4 ? (dh - d0) / 16 : 4;
+        _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+        for (int kk = 0; kk < kmax; kk += 32) {
+            _tile_loadd(3, a + kk, astride);
+            const bf16 *b = bp + ((size_t)(kk / 2) * dh + d0) * 2;
+            _tile_loadd(2, b, dh * 4); _tile_dpbf16ps(4, 3, 2);
+            _tile_loadd(2, b + 32, dh * 4); _tile_dpbf16ps(5, 3, 2);
+            if (nt > 2) { _tile_loadd(2, b + 64, dh * 4); _tile_dpbf16ps(6, 3, 2); }
+            if (nt > 3) { _tile_loadd(2, b + 96, dh * 4); _tile_dpbf16ps(7, 3, 2); }
+        }
+        _tile_stored(4, scratch, 256);
+        _tile_stored(5, scratch + 16, 256);
+        if (nt > 2) _tile_stored(6, scratch + 32, 256);
+        if (nt > 3) _tile_stored(7, scratch + 48, 256);
+        for (int r = 0; r < nrows; r++) {
+            __m512 sc = _mm512_set1_ps(row_scale[r]);
+            for (int t = 0; t < nt; t++) {
+                __m512 x = _mm512_mul_ps(_mm512_loadu_ps(scratch + r * 64 + 16 * t), sc);
+                _mm256_storeu_si256((__m256i *)(out + r * ost + d0 + 16 * t), (__m256i)_mm512_cvtneps_pbh(x));
+            }
+        }
+    }
+}

@@ -103,15 +103,6 @@ static void attend_one_avx(const bf16 *q, int64_t qst, const bf16 *k, int64_t ks
 
 /* ---- AMX path: 16 x 16 tiles, one TDPBF16PS per 16 queries x 16 keys x 32 dims ---------------------- */
 
-/* O tiles 0, 5, 6, 7 (+)= P tile 3 @ V tile 4 for `nt` 16-dim output tiles; tile numbers are immediates. */
-#define AMX_PV_STEP(nt, vbase, vstride)                                                                       \
-    do {                                                                                                  \
-        _tile_loadd(4, (vbase), (vstride)); _tile_dpbf16ps(0, 3, 4);                                       \
-        if ((nt) > 1) { _tile_loadd(4, (vbase) + 32, (vstride)); _tile_dpbf16ps(5, 3, 4); }               \
-        if ((nt) > 2) { _tile_loadd(4, (vbase) + 64, (vstride)); _tile_dpbf16ps(6, 3, 4); }               \
-        if ((nt) > 3) { _tile_loadd(4, (vbase) + 96, (vstride)); _tile_dpbf16ps(7, 3, 4); }               \
-    } while (0)
-
 /* One (document, head) on AMX: q rows [0, len) against k, v rows [0, len); head_dim % 32 == 0.
  * Buffers: kp (l16 x dh/2 pairs), vp (l32 x dh), s (16 x l32 fp32), p (16 x l32 bf16), qt (16 x dh bf16),
  * ot (16 x 64 fp32). lse (stride lst), when not NULL, receives each row's log2 sum_j 2^(s_ij mult). */
@@ -124,16 +115,8 @@ static void attend_one_amx(
     pack_v(v, vst, len, l32, dh, vp);
     for (int i0 = 0; i0 < len; i0 += 16) {
         int nrows = len - i0 < 16 ? len - i0 : 16;
-        const bf16 *qa = q + i0 * qst; /* A operand: 16 query rows, straight from the strided input */
-        int64_t qstride = qst * 2;
-        if (nrows < 16) {              /* the last rows: copy, zero-padded, so no load leaves the tensor */
-            for (int r = 0; r < 16; r++) {
-                if (r < nrows) memcpy(qt + r * dh, q + (i0 + r) * qst, (size_t)dh * 2);
-                else memset(qt + r * dh, 0, (size_t)dh * 2);
-            }
-            qa = qt;
-            qstride = dh * 2;
-        }
+        int64_t qstride; /* A operand: 16 query rows in place, or a zero-padded copy of the last ones */
+        const bf16 *qa = tile_rows(q, qst, i0, nrows, dh, qt, &qstride);
         int last = i0 + nrows;                                   /* causal: keys < last are enough */
         int ncols = causal ? ((last + 15) & ~15) : l16;          /* score columns computed */
         int kmax = causal ? ((last + 31) & ~31) : l32;           /* keys P @ V reads (zero-padded) */
@@ -146,50 +129,23 @@ static void attend_one_amx(
             if (lse) lse[(i0 + r) * lst] = row_max * mult + log2f(sum); /* base-2 log-sum-exp, for backward */
         }
         for (int r = nrows; r < 16; r++) memset(p + r * l32, 0, (size_t)kmax * 2);
-        for (int d0 = 0; d0 < dh; d0 += 64) {                    /* out[:, d0:d0+64] = P V */
-            int nt = (dh - d0) / 16 < 4 ? (dh - d0) / 16 : 4;
-            _tile_zero(0); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-            for (int kk = 0; kk < kmax; kk += 32) {
-                _tile_loadd(3, p + kk, l32 * 2);
-                const bf16 *vb = vp + ((int64_t)(kk / 2) * dh + d0) * 2;
-                if (nt == 4) AMX_PV_STEP(4, vb, dh * 4);
-                else AMX_PV_STEP(2, vb, dh * 4); /* dh % 32 == 0: 2 or 4 tiles */
-            }
-            _tile_stored(0, ot, 256);
-            _tile_stored(5, ot + 16, 256);
-            if (nt == 4) {
-                _tile_stored(6, ot + 32, 256);
-                _tile_stored(7, ot + 48, 256);
-            }
-            for (int r = 0; r < nrows; r++) {
-                __m512 scale_r = _mm512_set1_ps(inv[r]);
-                for (int t = 0; t < nt; t++) {
-                    __m512 x = _mm512_mul_ps(_mm512_loadu_ps(ot + r * 64 + 16 * t), scale_r);
-                    _mm256_storeu_si256((__m256i *)(o + (i0 + r) * ost + d0 + 16 * t), (__m256i)_mm512_cvtneps_pbh(x));
-                }
-            }
-        }
+        amx_rows_times_pairs(p, l32 * 2, vp, dh, kmax, inv, nrows, o + i0 * ost, ost, ot); /* out = P V / sum */
     }
 }
 
-/* Attend work items [begin, end) of the (document, head) grid, item = doc * heads + head.
+/* Attend every (document, head) item of the grid, item = doc * heads + head, for the ndocs documents.
  * q, k, v, out: element offsets b * s?b + h * s?h + t * s?t (+ d). kv head = head / (heads / kv_heads).
  * use_amx: 1 for the AMX path (caps bit 1 and head_dim % 32 == 0), 0 for AVX-512 BF16.
- * lse: NULL, or (AMX path) the per-row base-2 log-sum-exp of the scaled scores at b * ls[0] + h * ls[1] +
- * t * ls[2], which the backward pass needs. nthreads: OpenMP threads; the items are dealt out one at a
+ * lse: NULL, or (AMX path) the per-row base-2 log-sum-exp of the scaled scores at at(ls, b, h, t), which
+ * the backward pass needs. nthreads: OpenMP threads; the items are dealt out one at a
  * time. Linked against libgomp.so.1, this is the team PyTorch's own OpenMP runtime keeps (its spinning
  * workers would otherwise compete with any threads of ours).
  * Returns 0, or -1 when a buffer could not be allocated. */
 int attnlab_attend_docs_bf16(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *out, const int64_t *qs,
                              const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *docs,
-                             int64_t begin, int64_t end, int heads, int kv_heads, int dh, float scale,
-                             int causal, int use_amx, float *lse, const int64_t *ls, int nthreads) {
-    int maxlen = 0;
-    for (int64_t it = begin; it < end; it++) {
-        int len = (int)docs[(it / heads) * 3 + 2];
-        if (len > maxlen) maxlen = len;
-    }
-    size_t lp = (size_t)(maxlen + 31) & ~(size_t)31; /* sizes below are multiples of 64 bytes */
+                             int64_t ndocs, int heads, int kv_heads, int dh, float scale, int causal, int use_amx,
+                             float *lse, const int64_t *ls, int nthreads) {
+    size_t lp = (size_t)(max_doc_len(docs, ndocs) + 31) & ~(size_t)31; /* sizes below: multiples of 64 bytes */
     float mult = scale * 1.4426950408889634f;        /* exp(x) = 2^(x log2 e) */
     int group = heads / kv_heads, failed = 0;
 #pragma omp parallel num_threads(nthreads)
@@ -205,30 +161,23 @@ int attnlab_attend_docs_bf16(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *
 #pragma omp atomic write
             failed = 1;
         }
-        tile_config saved; /* this thread's tile configuration (oneDNN / PyTorch may cache theirs) */
-        if (ok && use_amx) {
-            tile_store_config(&saved);
-            amx_configure();
-        }
+        tile_config saved;
+        if (ok && use_amx) amx_enter(&saved);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = begin; it < end; it++) {
+        for (int64_t it = 0; it < ndocs * heads; it++) {
             const int64_t *d = docs + (it / heads) * 3;
             int h = (int)(it % heads), hk = h / group, len = (int)d[2];
             if (!ok || len == 0) continue;
             int64_t b = d[0], t0 = d[1];
-            const bf16 *qd = q + b * qs[0] + h * qs[1] + t0 * qs[2], *kd = k + b * ks[0] + hk * ks[1] + t0 * ks[2];
-            const bf16 *vd = v + b * vs[0] + hk * vs[1] + t0 * vs[2];
-            bf16 *od = out + b * os[0] + h * os[1] + t0 * os[2];
+            const bf16 *qd = q + at(qs, b, h, t0), *kd = k + at(ks, b, hk, t0), *vd = v + at(vs, b, hk, t0);
+            bf16 *od = out + at(os, b, h, t0);
             if (use_amx)
                 attend_one_amx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p, qt, ot,
-                               lse ? lse + b * ls[0] + h * ls[1] + t0 * ls[2] : NULL, lse ? ls[2] : 0);
+                               lse ? lse + at(ls, b, h, t0) : NULL, lse ? ls[2] : 0);
             else
                 attend_one_avx(qd, qs[2], kd, ks[2], vd, vs[2], od, os[2], len, dh, mult, causal, kp, vp, s, p);
         }
-        if (ok && use_amx) {
-            if (saved.palette) tile_load_config(&saved);
-            else _tile_release();
-        }
+        if (ok && use_amx) amx_leave(&saved);
         free(kp); free(vp); free(s); free(p); free(qt); free(ot);
     }
     return failed ? -1 : 0;

@@ -2,8 +2,8 @@
  * (Sapphire Rapids and later; forward and backward) or AVX-512 BF16 (Cooper Lake, Zen 4; forward).
  *
  * Built from common.c, forward.c and backward.c by attnlab/native/__init__.py (gcc -fopenmp, no torch
- * headers) into one shared library, called through ctypes on the
- * data pointers of torch tensors. Semantics are those of attnlab.attention.documents.per_document_attention:
+ * headers) into one shared library, called through ctypes on the data pointers of torch tensors.
+ * Semantics are those of attnlab.attention.documents.per_document_attention:
  * every (document, query head) pair is one softmax attention, out = softmax(scale * q k^T [+ causal]) v.
  *
  * Why: PyTorch's CPU flash kernel reaches ~30 GFLOP/s on encoder-sized work (documents of ~80 tokens,
@@ -63,6 +63,9 @@ static inline __m512 exp2_neg(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* Element offset of (batch row b, head h, token t) in a tensor with (batch, head, token) strides s. */
+static inline int64_t at(const int64_t *s, int64_t b, int64_t h, int64_t t) { return b * s[0] + h * s[1] + t * s[2]; }
+
 static inline __mmask16 first_n(int n) { /* lanes [0, n) of 16 (n clamped to [0, 16]) */
     return n >= 16 ? 0xFFFF : n > 0 ? (__mmask16)((1u << n) - 1) : 0;
 }
@@ -77,9 +80,14 @@ static inline __m512i word_rows(int64_t st) {
 INTERNAL void pack_k(const bf16 *k, int64_t st, int len, int dh, int lp, int32_t *kp);
 INTERNAL void pack_v(const bf16 *v, int64_t st, int len, int rows, int dh, bf16 *vp);
 INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float mult, float *row_max);
+INTERNAL int max_doc_len(const int64_t *docs, int64_t ndocs);
 INTERNAL void amx_configure(void);
+INTERNAL void amx_enter(tile_config *saved);
+INTERNAL void amx_leave(const tile_config *saved);
 INTERNAL void amx_scores(const bf16 *a, int64_t astride, const int32_t *kp, int l16, int ncols, int dh, float *out,
                          int ostride);
+INTERNAL void amx_rows_times_pairs(const bf16 *a, int64_t astride, const bf16 *bp, int dh, int kmax,
+                                   const float *row_scale, int nrows, bf16 *out, int64_t ost, float *scratch);
 INTERNAL const bf16 *tile_rows(const bf16 *src, int64_t st, int i0, int nrows, int dh, bf16 *buf, int64_t *stride);
 
 #endif
