@@ -327,12 +327,12 @@ def test_gpt_bf16_training_takes_the_native_path_and_matches_pytorch():
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     calls = []
-    original = native_docs._NativeAttention.apply
-    native_docs._NativeAttention.apply = lambda *a: calls.append(1) or original(*a)
+    original = native_docs.attend_documents_op
+    native_docs.attend_documents_op = lambda *a: calls.append(1) or original(*a)
     try:
         loss, grads = loss_and_grads()
     finally:
-        native_docs._NativeAttention.apply = original
+        native_docs.attend_documents_op = original
     assert len(calls) == 2  # one per layer
     with native.disabled():
         loss_ref, grads_ref = loss_and_grads()
@@ -345,3 +345,39 @@ def test_gpt_bf16_training_takes_the_native_path_and_matches_pytorch():
         loss, _ = loss_and_grads()
         opt.step()
     assert loss < first - 0.3
+
+
+@needs_amx
+def test_torch_compile_runs_the_kernel_as_an_operator():
+    """Under torch.compile the kernels are opaque operators (torch.library): a compiled bf16 GPT step (GQA,
+    packed documents) runs them (spied on the compiled path's calls) and gives the eager loss and gradients.
+    Regression: dynamo used to trace into the ctypes call and the step crashed with a segfault."""
+    from attnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gpt", vocab_size=64, dim=64, num_layers=2, num_heads=2, num_kv_heads=1, max_seq_len=32,
+                         attention="softmax", dropout=0.0)
+    ids = torch.randint(0, 64, (2, 33))
+    docs = torch.tensor([[0] * 10 + [1] * 22, [0] * 32])
+
+    def loss_and_grads(m):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(ids[:, :-1], document_ids=docs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss_ref, grads_ref = loss_and_grads(model)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(suppress_errors=False):
+        compiled = torch.compile(model)
+        prof_ops = []
+        with torch.profiler.profile() as prof:
+            loss, grads = loss_and_grads(compiled)
+        prof_ops = {e.name for e in prof.events()}
+    torch._dynamo.reset()
+    assert "attnlab::attend_documents_bf16" in prof_ops and "attnlab::attend_documents_bf16_backward" in prof_ops
+    assert abs(loss - loss_ref) < 0.01
+    for g, r in zip(grads, grads_ref):
+        assert (g - r).norm() <= 0.02 * r.norm() + 1e-4

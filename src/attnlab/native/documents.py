@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import load
 
@@ -35,6 +34,10 @@ def _layout_ok(t: Tensor) -> bool:
     return t.stride(3) == 1 and t.stride(2) % 2 == 0 and t.data_ptr() % 4 == 0
 
 
+def _kernel_layout(*tensors: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t if _layout_ok(t) else t.contiguous() for t in tensors)
+
+
 def _doc_table(spans: list[list[tuple[int, int]]]) -> Tensor:
     """``(docs, 3)`` int64: batch row, first token, length."""
     return torch.tensor([(b, s, e - s) for b, row in enumerate(spans) for s, e in row], dtype=torch.int64)
@@ -59,8 +62,22 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     plan = _plan(q, k, v, spans, grad=False, amx=amx)
     if plan is None:
         return None
-    lib, table, amx = plan
-    return _forward(lib, q, k, v, table, causal, q.shape[3] ** -0.5 if scale is None else float(scale), amx)
+    _, table, amx = plan
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    return attend_documents_op(q, k, v, table, bool(causal), scale, bool(amx), False)[0]
+
+
+def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+                                       causal: bool, scale: float | None) -> Tensor | None:
+    """:func:`documents_attention_bf16` with a backward pass (AMX only, ``Dh % 32 == 0``): the forward
+    keeps each row's log-sum-exp and the backward recomputes the probabilities from it (FlashAttention-2's
+    equations) one (document, head) at a time. ``None`` when it cannot run; the caller uses PyTorch.
+    Double backward is not supported (the backward kernel has no derivative)."""
+    plan = _plan(q, k, v, spans, grad=True, amx=True)
+    if plan is None:
+        return None
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    return attend_documents_op(q, k, v, plan[1], bool(causal), scale, True, True)[0]
 
 
 def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *, grad: bool,
@@ -78,8 +95,8 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *
     return lib, table, amx
 
 
-def _forward(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,
-             lse: Tensor | None = None) -> Tensor:
+def _attend_into(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,
+                 lse: Tensor | None) -> Tensor:
     """Run the forward kernel; ``lse`` ``(B, H, T)`` float32 (AMX only) receives the base-2 log-sum-exp."""
     B, H, T, Dh = q.shape
     out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
@@ -91,50 +108,72 @@ def _forward(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, 
     return out
 
 
-def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
-                                       causal: bool, scale: float | None) -> Tensor | None:
-    """:func:`documents_attention_bf16` with a backward pass (AMX only, ``Dh % 32 == 0``): the forward
-    keeps each row's log-sum-exp and the backward recomputes the probabilities from it (FlashAttention-2's
-    equations) one (document, head) at a time. ``None`` when it cannot run; the caller uses PyTorch."""
-    plan = _plan(q, k, v, spans, grad=True, amx=True)
-    if plan is None:
-        return None
-    table = plan[1]
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    return _NativeAttention.apply(q, k, v, table, bool(causal), scale)
+# The kernels are registered as PyTorch operators (torch.library) so that torch.compile treats them as
+# opaque calls with a known output layout instead of tracing into the ctypes call (it would run the
+# kernel on tensors whose layout the compiled graph chose, and crash).
+@torch.library.custom_op("attnlab::attend_documents_bf16", mutates_args=())
+def attend_documents_op(q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,
+                        with_lse: bool) -> tuple[Tensor, Tensor]:
+    """``(out (B, H, T, Dh) view of (B, T, H, Dh) memory, lse (B, H, T) float32 or (0,) without with_lse)``."""
+    B, H, T, _ = q.shape
+    q, k, v = _kernel_layout(q, k, v)  # a compiled graph may hand over other strides than eager did
+    lse = torch.empty((B, H, T) if with_lse else (0,), dtype=torch.float32, device=q.device)
+    out = _attend_into(load(), q, k, v, table, causal, scale, amx, lse if with_lse else None)
+    return out, lse
 
 
-class _NativeAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float) -> Tensor:
-        B, H, T, _ = q.shape
-        lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # base-2 log-sum-exp per row
-        out = _forward(load(), q, k, v, table, causal, scale, True, lse)
-        ctx.save_for_backward(q, k, v, out, lse, table)
-        ctx.causal, ctx.scale = causal, scale
-        return out
+@attend_documents_op.register_fake
+def _(q, k, v, table, causal, scale, amx, with_lse):
+    B, H, T, Dh = q.shape
+    lse = q.new_empty((B, H, T) if with_lse else (0,), dtype=torch.float32)
+    return q.new_empty(B, T, H, Dh).transpose(1, 2), lse
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, table = ctx.saved_tensors
-        lib = load()
-        B, H, T, Dh = q.shape
-        Hkv = k.shape[1]
-        if not _layout_ok(dout):
-            dout = dout.contiguous()
-        dq = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) views of (B, T, H, Dh) memory
-        dk = q.new_empty(B, T, H, Dh).transpose(1, 2)  # per query head; summed over each KV group below
-        dv = q.new_empty(B, T, H, Dh).transpose(1, 2)
-        tensors = (q, k, v, out, dout, lse, dq, dk, dv)
-        strides = _strides(*tensors)  # kept alive during the call
-        ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
-        _check(lib.attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, ctx.scale, int(ctx.causal),
-                                                     _threads(table, H)))
-        if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
-            dk = dk.unflatten(1, (Hkv, H // Hkv)).sum(2)
-            dv = dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
-        return dq, dk, dv, None, None, None
+
+@torch.library.custom_op("attnlab::attend_documents_bf16_backward", mutates_args=())
+def attend_documents_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor,
+                                 table: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """FlashAttention-2's backward from the saved log-sum-exp -> ``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)``."""
+    lib = load()
+    B, H, T, Dh = q.shape
+    Hkv = k.shape[1]
+    q, k, v, out, dout = _kernel_layout(q, k, v, out, dout)
+    dq = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) views of (B, T, H, Dh) memory
+    dk = q.new_empty(B, T, H, Dh).transpose(1, 2)  # per query head; summed over each KV group below
+    dv = q.new_empty(B, T, H, Dh).transpose(1, 2)
+    tensors = (q, k, v, out, dout, lse, dq, dk, dv)
+    strides = _strides(*tensors)  # kept alive during the call
+    ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
+    _check(lib.attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
+                                                 _threads(table, H)))
+    if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
+        return dq, dk.unflatten(1, (Hkv, H // Hkv)).sum(2), dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
+    return dq, dk, dv
+
+
+@attend_documents_backward_op.register_fake
+def _(q, k, v, out, dout, lse, table, causal, scale):
+    B, H, T, Dh = q.shape
+    grad = lambda: q.new_empty(B, T, H, Dh).transpose(1, 2)  # noqa: E731
+    if k.shape[1] != H:
+        return grad(), k.new_empty(k.shape), v.new_empty(v.shape)
+    return grad(), grad(), grad()
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, table, causal, scale, amx, with_lse = inputs
+    if not (amx and with_lse):
+        raise RuntimeError("the native attention backward needs the AMX forward with its log-sum-exp")
+    ctx.save_for_backward(q, k, v, output[0], output[1], table)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward(ctx, dout: Tensor, _dlse: Tensor):
+    q, k, v, out, lse, table = ctx.saved_tensors
+    dq, dk, dv = attend_documents_backward_op(q, k, v, out, dout, lse, table, ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attend_documents_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _threads(table: Tensor, heads: int) -> int:
