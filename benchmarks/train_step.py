@@ -8,6 +8,9 @@ inside every repetition, next to the steps: ``MFU`` divides the median throughpu
 machine's speed drifts; the pairing cancels it). FLOPs per token follow the PaLM/nanoGPT estimate
 ``6 N + 12 L H Dh T``.
 
+Both models run in one process with the same allocator setting: by default glibc keeps freed memory for
+the next step (``attnlab.train.memory.retain_freed_memory``, what ``attnlab train`` does on CPU; without
+it each step page-faults ~120 MB of fresh activations back in); ``--malloc default`` leaves glibc alone.
 Both models get the same math: the same activation (``--activation``, default exact erf GELU; GPT-2's
 ``gelu_tanh`` costs ~5x more on CPU for both) and the same optimizer, fused AdamW, which is what
 ``attnlab train`` uses (``--optimizer foreach`` for the multi-tensor one).
@@ -109,7 +112,15 @@ def main() -> None:
                     help="MLP activation for both models (gelu_tanh = GPT-2's gelu_new)")
     ap.add_argument("--optimizer", choices=["fused", "foreach"], default="fused",
                     help="AdamW implementation for both models (attnlab train uses fused)")
+    ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                    help="retain: keep freed memory between steps as `attnlab train` does on CPU; default: glibc's own")
     args = ap.parse_args()
+    malloc = "glibc default"
+    if args.malloc == "retain":
+        from attnlab.train.memory import retain_freed_memory
+
+        malloc = retain_freed_memory()
+    print(f"allocator: {malloc}")
     repeats = 5 if args.quick else args.repeats
     rows, results, peaks = [], {}, {}
     for precision in ("fp32", "bf16"):
@@ -124,8 +135,9 @@ def main() -> None:
           f" bf16 per repetition {results['bf16']['peaks_per_rep']}")
     table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "paired MFU %", "vs HF"])
     name = "train_step" if args.activation == "gelu" else f"train_step_{args.activation}"
+    name += "" if args.malloc == "retain" else "_default_malloc"
     path = write_json(name, {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
-                                     "activation": args.activation, "optimizer": args.optimizer,
+                                     "activation": args.activation, "optimizer": args.optimizer, "malloc": malloc,
                                      "matmul_peak_gflops": peaks, "results": results, "table": table,
                                      "machine": machine_info()})
     print(f"wrote {path}")

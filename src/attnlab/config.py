@@ -121,6 +121,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX, CUDA), else fp32")
     device: str = Field("auto", description="auto = cuda if available, else cpu; or any torch device string")
+    retain_memory: bool = Field(
+        True, description="on CPU, keep memory freed at the end of a step for the next (glibc malloc thresholds) "
+                          "instead of page-faulting it back every step; the process keeps its peak heap")
     eval_every: int = Field(250, ge=1, description="evaluate every N steps (and at the end)")
     eval_batches: int = Field(20, ge=1, description="validation batches per evaluation")
     checkpoint_every: int = Field(500, ge=1, description="save a checkpoint every N steps (and at the end)")

@@ -308,10 +308,12 @@ def test_trainable_kernel_refuses_double_backward_and_unfit_inputs():
 
 @needs_amx
 def test_gpt_bf16_training_takes_the_native_path_and_matches_pytorch():
-    """A bf16-autocast GPT step runs attention on the native kernel (spied), and its loss and gradients
-    equal the PyTorch path's within bf16 noise; a few steps lower the loss."""
+    """A bf16-autocast GPT step runs attention, the pre-norms and the MLP's bias + GELU on the native kernels
+    (spied), and its loss and gradients equal the all-PyTorch step's within bf16 noise; a few steps lower
+    the loss."""
     from attnlab.models import create_model
     from attnlab.native import documents as native_docs
+    from attnlab.native import pointwise
 
     torch.manual_seed(0)
     model = create_model("gpt", vocab_size=64, dim=64, num_layers=2, num_heads=2, max_seq_len=48, attention="softmax",
@@ -326,14 +328,18 @@ def test_gpt_bf16_training_takes_the_native_path_and_matches_pytorch():
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
-    calls = []
-    original = native_docs.attend_documents_op
-    native_docs.attend_documents_op = lambda *a: calls.append(1) or original(*a)
+    calls = {"attention": 0, "layer_norm": 0, "bias_gelu": 0}  # the fused LayerNorm / GELU kernels too
+    spied = [(native_docs, "attend_documents_op", "attention"), (pointwise, "layer_norm_op", "layer_norm"),
+             (pointwise, "bias_gelu_op", "bias_gelu")]
+    originals = [getattr(module, name) for module, name, _ in spied]
+    for (module, name, key), original in zip(spied, originals):
+        setattr(module, name, lambda *a, _f=original, _k=key: calls.__setitem__(_k, calls[_k] + 1) or _f(*a))
     try:
         loss, grads = loss_and_grads()
     finally:
-        native_docs.attend_documents_op = original
-    assert len(calls) == 2  # one per layer
+        for (module, name, _), original in zip(spied, originals):
+            setattr(module, name, original)
+    assert calls == {"attention": 2, "layer_norm": 4, "bias_gelu": 2}  # per layer: 1, 2 pre-norms (not the final), 1
     with native.disabled():
         loss_ref, grads_ref = loss_and_grads()
     assert abs(loss - loss_ref) < 0.01

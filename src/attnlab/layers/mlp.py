@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -20,7 +23,12 @@ def get_activation(name: str):
 
 
 class MLP(nn.Module):
-    """``fc_out(act(fc_in(x)))``: ``(..., D) -> (..., mlp_dim) -> (..., D)``."""
+    """``fc_out(act(fc_in(x)))``: ``(..., D) -> (..., mlp_dim) -> (..., D)``.
+
+    In bf16 on CPU (bf16 autocast or bf16 weights) with the exact GELU, ``gelu(fc_in(x))`` is a bias-free
+    matmul followed by attnlab's native bias + GELU kernel, whose backward also gives the bias gradient
+    (:mod:`attnlab.native.pointwise`); the result equals PyTorch's to bf16 rounding.
+    """
 
     def __init__(self, dim: int, mlp_dim: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
@@ -31,6 +39,12 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "gelu" and x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bf16_cpu()):
+            h = F.linear(x, self.fc_in.weight)  # (..., mlp_dim), bf16
+            a = bias_gelu_bf16(h, self.fc_in.bias) if h.dtype == torch.bfloat16 else None
+            if a is None:  # the native kernel is unavailable
+                a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))
+            return self.dropout(self.fc_out(a))
         return self.dropout(self.fc_out(self.act(self.fc_in(x))))
 
 

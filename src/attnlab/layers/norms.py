@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..native.pointwise import autocast_bf16_cpu, layer_norm_bf16
+
 
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis; shape-preserving ``(..., D)``."""
@@ -20,13 +22,29 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype) * self.weight
 
 
+class MatmulInputLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose output only feeds matmuls (pre-norm blocks): under bf16 autocast on CPU it is
+    computed by attnlab's native kernel straight to bf16, the dtype the matmul takes (PyTorch writes fp32
+    and casts in a second pass, and casts the gradient back in backward; :mod:`attnlab.native.pointwise`).
+    Otherwise, and when the kernel is unavailable, it is ``nn.LayerNorm``. Same parameters and state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and len(self.normalized_shape) == 1 and autocast_bf16_cpu():
+            y = layer_norm_bf16(x, self.weight, self.bias, self.eps)
+            if y is not None:
+                return y
+        return super().forward(x)
+
+
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}
 
 
-def build_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
-    """``kind`` in :data:`NORMS`; ``bias`` only applies to LayerNorm."""
+def build_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True, feeds_matmul: bool = False) -> nn.Module:
+    """``kind`` in :data:`NORMS`; ``bias`` only applies to LayerNorm. ``feeds_matmul``: the output is only
+    used as a matmul input (pre-norm blocks), so LayerNorm may return bf16 under bf16 autocast
+    (:class:`MatmulInputLayerNorm`)."""
     if kind not in NORMS:
         raise ValueError(f"unknown norm {kind!r}; valid: {sorted(NORMS)}")
     if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps, bias=bias)
+        return (MatmulInputLayerNorm if feeds_matmul else nn.LayerNorm)(dim, eps=eps, bias=bias)
     return RMSNorm(dim, eps=eps)

@@ -97,7 +97,8 @@ def build_blocks(cfg: ModelConfig) -> nn.ModuleList:
             rope=rope, bias=cfg.bias, dropout=cfg.dropout, max_seq_len=cfg.max_seq_len,
         )
         mlp = build_mlp(cfg.mlp, cfg.dim, cfg.resolved_mlp_dim, cfg.activation, cfg.bias, cfg.dropout)
-        norms = [build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) for _ in range(2)]
+        # pre-norm: the norms feed only the attention and MLP input projections
+        norms = [build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias, feeds_matmul=cfg.prenorm) for _ in range(2)]
         blocks.append(block_cls(attn, mlp, *norms))
     link_kernels([b.attn.kernel for b in blocks])  # cross-layer sharing (e.g. universal KArAt)
     return nn.ModuleList(blocks)

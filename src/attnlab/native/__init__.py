@@ -1,10 +1,12 @@
 """Native CPU kernels, compiled on first use with the system C compiler and loaded through ctypes.
 
-One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``): exact
-softmax attention over packed documents in bfloat16, forward and backward (used by the ``softmax``
-kernel through :mod:`attnlab.native.documents`). It needs no PyTorch headers, so the build takes a
-couple of seconds, once (logged at INFO level); the shared library is cached under ``$ATTNLAB_CACHE``
-(default ``~/.cache/attnlab``) by a hash of its sources and flags, written atomically. It links
+One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``,
+``pointwise.c``): exact softmax attention over packed documents in bfloat16, forward and backward (used
+by the ``softmax`` kernel through :mod:`attnlab.native.documents`), and fused LayerNorm and bias + GELU
+for bf16-autocast training (used by the LayerNorm and MLP layers through :mod:`attnlab.native.pointwise`).
+It needs no PyTorch headers, so the build takes a couple of seconds, once (logged at INFO level); the
+shared library is cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a hash of its sources
+and flags, written atomically. It links
 libgomp.so.1, which resolves to PyTorch's own OpenMP runtime, so its threads are PyTorch's intra-op
 threads.
 
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c")]
+SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "pointwise.c")]
 HEADERS = [CSRC / "kernels.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
          "-fopenmp", "-shared", "-fPIC"]
@@ -121,6 +123,16 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     bwd = lib.attnlab_attend_docs_bf16_backward
     bwd.argtypes = [ptr] * 19 + [i64, i32, i32, i32, ctypes.c_float, i32, i32]
     bwd.restype = i32
+    f32 = ctypes.c_float
+    signatures = {  # pointwise.c
+        "attnlab_layer_norm_fwd": [ptr, i64, i32, ptr, ptr, f32, ptr, ptr, ptr, i32],
+        "attnlab_layer_norm_bwd": [ptr] * 5 + [i64, i32, ptr, ptr, ptr, i32],
+        "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, i32],
+        "attnlab_bias_gelu_bwd": [ptr, ptr, ptr, i64, i32, ptr, ptr, i32],
+    }
+    for name, args in signatures.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = i32
     return lib, "available (AMX-BF16)" if lib.amx else "available (AVX-512 BF16)"
 
 

@@ -34,6 +34,7 @@ from .checkpoint import (capture_rng, checkpoint_root, latest_checkpoint, list_c
                          load_weights, restore_rng, save_checkpoint)
 from .logs import MetricsLog, format_seconds, truncate_metrics, write_json
 from .optim import WarmupCosine, build_optimizer
+from .memory import retain_freed_memory
 from .precision import autocast, resolve_precision
 from .signals import Abort, install_stop_handlers, restore_handlers
 
@@ -80,6 +81,8 @@ class Trainer:
         self.model = D.wrap_model(model, info)
         self.step_fn = get_task(self.cfg.task.name)  # the resolved name: the task data's kind
         self.precision = resolve_precision(t.precision, info.device)
+        if t.retain_memory and info.device.type == "cpu":
+            retain_freed_memory()  # no page faults on every step's fresh activations (attnlab.train.memory)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.scheduler = WarmupCosine(self.optimizer, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
         d = cfg.data

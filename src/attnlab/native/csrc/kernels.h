@@ -1,8 +1,9 @@
 /* Exact softmax attention for packed short documents, bf16 in and out, on x86-64 CPUs with AMX-BF16
  * (Sapphire Rapids and later; forward and backward) or AVX-512 BF16 (Cooper Lake, Zen 4; forward).
  *
- * Built from common.c, forward.c and backward.c by attnlab/native/__init__.py (gcc -fopenmp, no torch
- * headers) into one shared library, called through ctypes on the data pointers of torch tensors.
+ * Built from common.c, forward.c and backward.c (with pointwise.c, the LayerNorm and GELU kernels) by
+ * attnlab/native/__init__.py (gcc -fopenmp, no torch headers) into one shared library, called through
+ * ctypes on the data pointers of torch tensors.
  * Semantics are those of attnlab.attention.documents.per_document_attention:
  * every (document, query head) pair is one softmax attention, out = softmax(scale * q k^T [+ causal]) v.
  *

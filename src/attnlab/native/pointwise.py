@@ -1,0 +1,169 @@
+"""Fused LayerNorm and bias + GELU on the native kernels (``csrc/pointwise.c``) for bf16 training on CPU.
+
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` PyTorch runs LayerNorm in fp32, writes an fp32
+result and casts it to bf16 for the next matmul (two passes, and two more backwards), and an MLP's
+``gelu(h + b)`` costs an add, the GELU and, backwards, the GELU derivative and a column sum for the bias
+gradient. The kernels here do each in one pass: :func:`layer_norm_bf16` (Ba et al. 2016) reads the fp32
+residual stream and writes bf16; :func:`bias_gelu_bf16` applies the bias and the exact erf GELU (Hendrycks
+& Gimpel 2016) to a bf16 matmul output and its backward also returns the bias gradient.
+
+Both are PyTorch operators (``torch.library``) with autograd, so they work under ``torch.compile``; both
+return ``None`` when they cannot run (no native library, not on CPU, other dtypes) and the caller uses
+PyTorch. Results equal PyTorch's to bf16 rounding (fp32 arithmetic throughout; the erf in GELU has an
+absolute error <= 1.5e-7).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import load
+
+
+def _threads(rows: int) -> int:
+    return max(1, min(torch.get_num_threads(), rows))
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("a native pointwise kernel could not allocate its partial-sum buffers")
+
+
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def autocast_bf16_cpu() -> bool:
+    """``torch.autocast("cpu", dtype=torch.bfloat16)`` is active."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+# ---- LayerNorm: fp32 in, bf16 out --------------------------------------------------------------------------
+
+
+def layer_norm_bf16(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
+    """LayerNorm over the last axis of fp32 ``x (..., D)`` with fp32 ``weight``/``bias`` ``(D,)`` (or None),
+    returned in bf16 ``(..., D)``; ``None`` when the native kernel cannot run these inputs."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() == 0 or x.shape[-1] == 0 or x.numel() == 0:
+        return None
+    if any(p is not None and (p.dtype != torch.float32 or p.shape != x.shape[-1:]) for p in (weight, bias)):
+        return None
+    if load() is None:
+        return None
+    return layer_norm_op(x.contiguous(), weight, bias, float(eps))[0]
+
+
+@torch.library.custom_op("attnlab::layer_norm_bf16", mutates_args=())
+def layer_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y bf16 (..., D), mean (rows,), rstd (rows,))`` for contiguous fp32 ``x``."""
+    D = x.shape[-1]
+    rows = x.numel() // D
+    y = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    mean = x.new_empty(rows)
+    rstd = x.new_empty(rows)
+    _check(load().attnlab_layer_norm_fwd(x.data_ptr(), rows, D, _ptr(weight), _ptr(bias), eps, y.data_ptr(),
+                                         mean.data_ptr(), rstd.data_ptr(), _threads(rows)))
+    return y, mean, rstd
+
+
+@layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    rows = x.numel() // x.shape[-1]
+    return torch.empty_like(x, dtype=torch.bfloat16), x.new_empty(rows), x.new_empty(rows)
+
+
+@torch.library.custom_op("attnlab::layer_norm_bf16_backward", mutates_args=())
+def layer_norm_backward_op(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                           weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx fp32 like x, dweight (D,), dbias (D,))`` from the bf16 output gradient."""
+    D = x.shape[-1]
+    rows = x.numel() // D
+    dy = dy.to(torch.bfloat16).contiguous()
+    dx = torch.empty_like(x)
+    dw, db = x.new_empty(D), x.new_empty(D)
+    _check(load().attnlab_layer_norm_bwd(x.data_ptr(), dy.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
+                                         rows, D, dx.data_ptr(), dw.data_ptr(), db.data_ptr(), _threads(rows)))
+    return dx, dw, db
+
+
+@layer_norm_backward_op.register_fake
+def _(dy, x, mean, rstd, weight):
+    D = x.shape[-1]
+    return torch.empty_like(x), x.new_empty(D), x.new_empty(D)
+
+
+def _layer_norm_setup(ctx, inputs, output) -> None:
+    x, weight, bias, _ = inputs
+    ctx.save_for_backward(x, output[1], output[2], weight)
+    ctx.has_bias = bias is not None
+
+
+def _layer_norm_backward(ctx, dy: Tensor, _dmean, _drstd):
+    x, mean, rstd, weight = ctx.saved_tensors
+    dx, dw, db = layer_norm_backward_op(dy, x, mean, rstd, weight)
+    return dx, dw if weight is not None else None, db if ctx.has_bias else None, None
+
+
+layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+
+
+# ---- bias + GELU: bf16 in, bf16 out ------------------------------------------------------------------------
+
+
+def bias_gelu_bf16(h: Tensor, bias: Tensor | None) -> Tensor | None:
+    """``gelu(h + bias)`` (exact erf GELU) for bf16 ``h (..., N)`` and ``bias (N,)`` of any float dtype (the
+    sum is taken in fp32), in bf16; ``None`` when the native kernel cannot run these inputs."""
+    if h.device.type != "cpu" or h.dtype != torch.bfloat16 or h.dim() == 0 or h.numel() == 0:
+        return None
+    if bias is not None and (bias.shape != h.shape[-1:] or not bias.is_floating_point()):
+        return None
+    if load() is None:
+        return None
+    return bias_gelu_op(h.contiguous(), None if bias is None else bias.float())
+
+
+@torch.library.custom_op("attnlab::bias_gelu_bf16", mutates_args=())
+def bias_gelu_op(h: Tensor, bias: Tensor | None) -> Tensor:
+    N = h.shape[-1]
+    out = torch.empty_like(h)
+    _check(load().attnlab_bias_gelu_fwd(h.data_ptr(), _ptr(bias), h.numel() // N, N, out.data_ptr(),
+                                        _threads(h.numel() // N)))
+    return out
+
+
+@bias_gelu_op.register_fake
+def _(h, bias):
+    return torch.empty_like(h)
+
+
+@torch.library.custom_op("attnlab::bias_gelu_bf16_backward", mutates_args=())
+def bias_gelu_backward_op(dout: Tensor, h: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(dh bf16 like h, dbias fp32 (N,))``."""
+    N = h.shape[-1]
+    rows = h.numel() // N
+    dout = dout.to(torch.bfloat16).contiguous()
+    dh = torch.empty_like(h)
+    dbias = torch.empty(N, dtype=torch.float32, device=h.device)
+    _check(load().attnlab_bias_gelu_bwd(h.data_ptr(), _ptr(bias), dout.data_ptr(), rows, N, dh.data_ptr(),
+                                        dbias.data_ptr(), _threads(rows)))
+    return dh, dbias
+
+
+@bias_gelu_backward_op.register_fake
+def _(dout, h, bias):
+    return torch.empty_like(h), h.new_empty(h.shape[-1], dtype=torch.float32)
+
+
+def _bias_gelu_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+    ctx.has_bias = inputs[1] is not None
+
+
+def _bias_gelu_backward(ctx, dout: Tensor):
+    h, bias = ctx.saved_tensors
+    dh, dbias = bias_gelu_backward_op(dout, h, bias)
+    return dh, dbias if ctx.has_bias else None
+
+
+bias_gelu_op.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)
