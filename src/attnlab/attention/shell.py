@@ -7,10 +7,10 @@ softmax weights load into any variant and a softmax teacher can seed a sparse st
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.positional import RotaryEmbedding
+from ..native.linear import Linear, linear
 from .base import AttentionKernel
 from .context import AttentionContext
 from .registry import build_attention
@@ -67,10 +67,10 @@ class MultiHeadAttention(nn.Module):
                 f"num_kv_heads must divide num_heads (valid: {[g for g in range(1, num_heads + 1) if num_heads % g == 0]})"
             )
         self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
-        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+        self.q_proj = Linear(dim, num_heads * head_dim, bias=bias)
+        self.k_proj = Linear(dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = Linear(dim, num_kv_heads * head_dim, bias=bias)
+        self.out_proj = Linear(num_heads * head_dim, dim, bias=bias)
         if isinstance(kernel, str):
             structural = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, max_seq_len=max_seq_len)
             kernel = build_attention(kernel, structural=structural, **(kernel_options or {}))
@@ -98,7 +98,7 @@ class MultiHeadAttention(nn.Module):
         bias = None
         if self.q_proj.bias is not None:
             bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = F.linear(x, weight, bias)  # (B, T, (H + 2 Hkv) Dh)
+        qkv = linear(x, weight, bias)  # (B, T, (H + 2 Hkv) Dh)
         q, k, v = qkv.split([self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2, dim=-1)
         return self._heads_and_rope(q, k, v, positions)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.mlp import MLP
+from ..native.linear import Linear
 
 # attnlab activation -> oneDNN (attr, algorithm)
 _ONEDNN = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
@@ -65,7 +66,7 @@ def fuse_linears(model: nn.Module) -> int:
         if type(block.mlp) is MLP and block.mlp.activation in _ONEDNN and block.mlp.fc_in.bias is not None:
             block.mlp = FusedMLP(block.mlp)
             swapped += 1
-        if type(block.attn.out_proj) is nn.Linear and block.attn.out_proj.bias is not None:
+        if type(block.attn.out_proj) in (nn.Linear, Linear) and block.attn.out_proj.bias is not None:
             block.attn.out_proj = FusedLinear(block.attn.out_proj)
             swapped += 1
     return swapped

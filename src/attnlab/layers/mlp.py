@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..native.linear import Linear, linear
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
 ACTIVATIONS = {
@@ -32,15 +33,15 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, mlp_dim: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.fc_in = nn.Linear(dim, mlp_dim, bias=bias)
-        self.fc_out = nn.Linear(mlp_dim, dim, bias=bias)
+        self.fc_in = Linear(dim, mlp_dim, bias=bias)
+        self.fc_out = Linear(mlp_dim, dim, bias=bias)
         self.act = get_activation(activation)
         self.activation = activation
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation == "gelu" and x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bf16_cpu()):
-            h = F.linear(x, self.fc_in.weight)  # (..., mlp_dim), bf16
+            h = linear(x, self.fc_in.weight)  # (..., mlp_dim), bf16
             a = bias_gelu_bf16(h, self.fc_in.bias) if h.dtype == torch.bfloat16 else None
             if a is None:  # the native kernel is unavailable
                 a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "pointwise.c")]
+SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "pointwise.c", "transpose.c")]
 HEADERS = [CSRC / "kernels.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
          "-fopenmp", "-shared", "-fPIC"]
@@ -129,6 +129,7 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
         "attnlab_layer_norm_bwd": [ptr] * 5 + [i64, i32, ptr, ptr, ptr, i32],
         "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, i32],
         "attnlab_bias_gelu_bwd": [ptr, ptr, ptr, i64, i32, ptr, ptr, i32],
+        "attnlab_transpose_bf16": [ptr, i64, i64, i64, ptr, i64, i32],  # transpose.c
     }
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args
