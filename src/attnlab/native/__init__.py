@@ -127,8 +127,8 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     signatures = {  # pointwise.c
         "attnlab_layer_norm_fwd": [ptr, i64, i32, ptr, ptr, f32, ptr, ptr, ptr, i32],
         "attnlab_layer_norm_bwd": [ptr] * 5 + [i64, i32, ptr, ptr, ptr, i32],
-        "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, i32],
-        "attnlab_bias_gelu_bwd": [ptr, ptr, ptr, i64, i32, ptr, ptr, i32],
+        "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
+        "attnlab_bias_gelu_bwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
         "attnlab_transpose_bf16": [ptr, i64, i64, i64, ptr, i64, i32],  # transpose.c
     }
     for name, args in signatures.items():

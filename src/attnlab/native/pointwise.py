@@ -113,57 +113,65 @@ layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_
 
 def bias_gelu_bf16(h: Tensor, bias: Tensor | None) -> Tensor | None:
     """``gelu(h + bias)`` (exact erf GELU) for bf16 ``h (..., N)`` and ``bias (N,)`` of any float dtype (the
-    sum is taken in fp32), in bf16; ``None`` when the native kernel cannot run these inputs."""
+    sum is taken in fp32), in bf16; ``None`` when the native kernel cannot run these inputs. When a gradient
+    is wanted the forward also keeps the derivative ``gelu'(h + bias)`` in bf16 (in place of ``h``), so the
+    backward is one multiply per element; the gradient then carries a second bf16 rounding (of the
+    derivative), at most one more bf16 ulp."""
     if h.device.type != "cpu" or h.dtype != torch.bfloat16 or h.dim() == 0 or h.numel() == 0:
         return None
     if bias is not None and (bias.shape != h.shape[-1:] or not bias.is_floating_point()):
         return None
     if load() is None:
         return None
-    return bias_gelu_op(h.contiguous(), None if bias is None else bias.float())
+    grad = torch.is_grad_enabled() and (h.requires_grad or (bias is not None and bias.requires_grad))
+    return bias_gelu_op(h.contiguous(), None if bias is None else bias.float(), grad)[0]
 
 
 @torch.library.custom_op("attnlab::bias_gelu_bf16", mutates_args=())
-def bias_gelu_op(h: Tensor, bias: Tensor | None) -> Tensor:
+def bias_gelu_op(h: Tensor, bias: Tensor | None, with_slope: bool) -> tuple[Tensor, Tensor]:
+    """``(gelu(h + bias), gelu'(h + bias) or an empty tensor without with_slope)``, both bf16 like ``h``."""
     N = h.shape[-1]
     out = torch.empty_like(h)
+    slope = torch.empty_like(h) if with_slope else h.new_empty(0)
     _check(load().attnlab_bias_gelu_fwd(h.data_ptr(), _ptr(bias), h.numel() // N, N, out.data_ptr(),
-                                        _threads(h.numel() // N)))
-    return out
+                                        slope.data_ptr() if with_slope else None, _threads(h.numel() // N)))
+    return out, slope
 
 
 @bias_gelu_op.register_fake
-def _(h, bias):
-    return torch.empty_like(h)
+def _(h, bias, with_slope):
+    return torch.empty_like(h), torch.empty_like(h) if with_slope else h.new_empty(0)
 
 
 @torch.library.custom_op("attnlab::bias_gelu_bf16_backward", mutates_args=())
-def bias_gelu_backward_op(dout: Tensor, h: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(dh bf16 like h, dbias fp32 (N,))``."""
-    N = h.shape[-1]
-    rows = h.numel() // N
+def bias_gelu_backward_op(dout: Tensor, slope: Tensor, with_bias: bool) -> tuple[Tensor, Tensor]:
+    """``(dh bf16 like slope, dbias fp32 (N,) or an empty tensor without with_bias)``."""
+    N = slope.shape[-1]
+    rows = slope.numel() // N
     dout = dout.to(torch.bfloat16).contiguous()
-    dh = torch.empty_like(h)
-    dbias = torch.empty(N, dtype=torch.float32, device=h.device)
-    _check(load().attnlab_bias_gelu_bwd(h.data_ptr(), _ptr(bias), dout.data_ptr(), rows, N, dh.data_ptr(),
-                                        dbias.data_ptr(), _threads(rows)))
+    dh = torch.empty_like(slope)
+    dbias = torch.empty(N if with_bias else 0, dtype=torch.float32, device=slope.device)
+    _check(load().attnlab_bias_gelu_bwd(slope.data_ptr(), dout.data_ptr(), rows, N, dh.data_ptr(),
+                                        dbias.data_ptr() if with_bias else None, _threads(rows)))
     return dh, dbias
 
 
 @bias_gelu_backward_op.register_fake
-def _(dout, h, bias):
-    return torch.empty_like(h), h.new_empty(h.shape[-1], dtype=torch.float32)
+def _(dout, slope, with_bias):
+    return torch.empty_like(slope), slope.new_empty(slope.shape[-1] if with_bias else 0, dtype=torch.float32)
 
 
 def _bias_gelu_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    if not inputs[2]:
+        raise RuntimeError("bias_gelu_bf16 ran without keeping its derivative (with_slope=False); no backward")
+    ctx.save_for_backward(output[1])
     ctx.has_bias = inputs[1] is not None
 
 
-def _bias_gelu_backward(ctx, dout: Tensor):
-    h, bias = ctx.saved_tensors
-    dh, dbias = bias_gelu_backward_op(dout, h, bias)
-    return dh, dbias if ctx.has_bias else None
+def _bias_gelu_backward(ctx, dout: Tensor, _dslope):
+    (slope,) = ctx.saved_tensors
+    dh, dbias = bias_gelu_backward_op(dout, slope, ctx.has_bias)
+    return dh, dbias if ctx.has_bias else None, None
 
 
 bias_gelu_op.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)

@@ -141,8 +141,11 @@ static inline __m512 normal_cdf(__m512 u, __m512 *pdf) {
     return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.0f), tail), tail);
 }
 
-/* out = gelu(h + bias) = u * Phi(u); h, out bf16 (rows, n); bias fp32 (n) or NULL. */
-int attnlab_bias_gelu_fwd(const bf16 *h, const float *bias, int64_t rows, int n, bf16 *out, int nthreads) {
+/* out = gelu(h + bias) = u * Phi(u); h, out bf16 (rows, n); bias fp32 (n) or NULL. With slope != NULL
+ * also the derivative gelu'(u) = Phi(u) + u phi(u) in bf16 (rows, n), which the backward multiplies by
+ * the output gradient: one multiply per element there instead of the whole erf again. */
+int attnlab_bias_gelu_fwd(const bf16 *h, const float *bias, int64_t rows, int n, bf16 *out, bf16 *slope,
+                          int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t r0, r1;
@@ -152,16 +155,19 @@ int attnlab_bias_gelu_fwd(const bf16 *h, const float *bias, int64_t rows, int n,
                 __mmask16 m = first_n(n - j);
                 __m512 u = load_bf16(h + r * n + j, m), pdf;
                 if (bias) u = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, bias + j));
-                store_bf16(out + r * n + j, _mm512_mul_ps(u, normal_cdf(u, &pdf)), m);
+                __m512 cdf = normal_cdf(u, &pdf);
+                store_bf16(out + r * n + j, _mm512_mul_ps(u, cdf), m);
+                if (slope) store_bf16(slope + r * n + j, _mm512_fmadd_ps(u, pdf, cdf), m);
             }
     }
     return 0;
 }
 
-/* dh = dout * (Phi(u) + u phi(u)) with u = h + bias (bf16, rows x n), dbias = sum_rows(dh) (fp32, n; NULL: not
- * wanted), summed from the fp32 values before dh is rounded. -1 when the partial sums cannot be allocated. */
-int attnlab_bias_gelu_bwd(const bf16 *h, const float *bias, const bf16 *dout, int64_t rows, int n, bf16 *dh,
-                          float *dbias, int nthreads) {
+/* dh = dout * slope (bf16, rows x n; slope from the forward), dbias = sum_rows(dh) (fp32, n; NULL: not
+ * wanted), summed from the fp32 products before dh is rounded. -1 when the partial sums cannot be
+ * allocated. */
+int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int n, bf16 *dh, float *dbias,
+                          int nthreads) {
     int npad = (n + 15) / 16 * 16;
     float *partial = calloc((size_t)nthreads * npad, sizeof(float));
     if (!partial) return -1;
@@ -174,11 +180,8 @@ int attnlab_bias_gelu_bwd(const bf16 *h, const float *bias, const bf16 *dout, in
         for (int64_t r = r0; r < r1; r++)
             for (int j = 0; j < n; j += 16) {
                 __mmask16 m = first_n(n - j);
-                __m512 u = load_bf16(h + r * n + j, m), pdf;
-                if (bias) u = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, bias + j));
-                __m512 cdf = normal_cdf(u, &pdf);
-                __m512 g = _mm512_mul_ps(load_bf16(dout + r * n + j, m), _mm512_fmadd_ps(u, pdf, cdf));
-                _mm512_storeu_ps(pb + j, _mm512_add_ps(g, _mm512_loadu_ps(pb + j)));
+                __m512 g = _mm512_mul_ps(load_bf16(dout + r * n + j, m), load_bf16(slope + r * n + j, m));
+                if (dbias) _mm512_storeu_ps(pb + j, _mm512_add_ps(g, _mm512_loadu_ps(pb + j)));
                 store_bf16(dh + r * n + j, g, m);
             }
     }
