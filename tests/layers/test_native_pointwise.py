@@ -134,3 +134,51 @@ def test_hidden_states_stay_fp32_under_autocast():
     assert type(model.final_norm) is torch.nn.LayerNorm
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.encode(torch.randint(0, 64, (2, 16))).dtype == torch.float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 40), d=st.sampled_from([7, 16, 384]), seed=st.integers(0, 2**16))
+def test_add_layer_norm_matches_the_formula_and_its_gradients(rows, d, seed):
+    """h = x + branch (fp32 + bf16) exactly as PyTorch adds them; LayerNorm(h) in bf16; backwards the
+    residual gradient of h is added to the LayerNorm's, and the branch gets that sum rounded to bf16."""
+    from attnlab.native.pointwise import add_layer_norm_bf16
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, d, generator=g) * 2).requires_grad_()
+    branch = torch.randn(rows, d, generator=g).bfloat16().requires_grad_()
+    w, b = torch.randn(d, generator=g).requires_grad_(), torch.randn(d, generator=g).requires_grad_()
+    h, y = add_layer_norm_bf16(x, branch, w, b, 1e-5)
+    assert h.dtype == torch.float32 and torch.equal(h, x.detach() + branch.detach().float())
+    h64 = x.double() + branch.double()
+    ref = F.layer_norm(h64, (d,), w.double(), b.double(), 1e-5)
+    _within_bf16_rounding(y, ref.detach(), atol=2e-5)
+    gy, gh = torch.randn(rows, d, generator=g).bfloat16(), torch.randn(rows, d, generator=g)
+    dx, dbranch, dw, db = torch.autograd.grad((y.float() * gy.float()).sum() + (h * gh).sum(), (x, branch, w, b))
+    rx, _, rw, rb = torch.autograd.grad((ref * gy.double()).sum() + (h64 * gh.double()).sum(), (x, branch, w, b))
+    for a, r in ((dx, rx), (dw, rw), (db, rb)):
+        assert (a.double() - r).norm() <= 1e-5 * r.norm() + 1e-6
+    assert dbranch.dtype == torch.bfloat16 and torch.equal(dbranch, dx.bfloat16())
+
+
+def test_deferred_residual_adds_change_nothing_in_fp32():
+    """GPT blocks hand their MLP output to the next block's first norm (Block.forward_pending); in fp32 the
+    hidden states equal calling the blocks one by one, bit for bit, and a hooked block is called normally."""
+    from attnlab.attention import AttentionContext
+    from attnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gpt", vocab_size=64, dim=32, num_layers=3, num_heads=2, max_seq_len=16)
+    ids = torch.randint(0, 64, (2, 16))
+    positions = torch.arange(16)
+    x = model.embed(ids, positions)
+    for block in model.blocks:
+        x = block(x, AttentionContext(causal=True, positions=positions), positions)
+    want = model.final_norm(x)
+    assert torch.equal(model.encode(ids), want)
+    seen = []
+    handle = model.blocks[1].register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        assert torch.equal(model.encode(ids), want)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (2, 16, 32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..native.pointwise import autocast_bf16_cpu, layer_norm_bf16
+from ..native.pointwise import add_layer_norm_bf16, autocast_bf16_cpu, layer_norm_bf16
 
 
 class RMSNorm(nn.Module):
@@ -34,6 +34,16 @@ class MatmulInputLayerNorm(nn.LayerNorm):
             if y is not None:
                 return y
         return super().forward(x)
+
+    def add_and_norm(self, x: Tensor, branch: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x + branch, self(x + branch))``: a pre-norm block's residual add and this norm, in one native
+        pass under bf16 autocast (fp32 residual stream ``x``, bf16 ``branch``)."""
+        if x.dtype == torch.float32 and len(self.normalized_shape) == 1 and autocast_bf16_cpu():
+            fused = add_layer_norm_bf16(x, branch, self.weight, self.bias, self.eps)
+            if fused is not None:
+                return fused
+        x = x + branch
+        return x, self(x)
 
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}

@@ -19,7 +19,7 @@ from ..attention.qk_streams import QKStreams
 from ..attention.shell import MultiHeadAttention
 from ..layers.embeddings import TokenEmbedding
 from ..layers.mlp import build_mlp
-from ..layers.norms import build_norm
+from ..layers.norms import MatmulInputLayerNorm, build_norm
 from ..layers.positional import (
     ALiBi,
     LearnedPositionalEmbedding,
@@ -38,8 +38,27 @@ class Block(nn.Module):
         self.attn, self.mlp, self.attn_norm, self.mlp_norm = attn, mlp, attn_norm, mlp_norm
 
     def forward(self, x: Tensor, ctx: AttentionContext, positions=None, cache=None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), ctx, positions, cache)
-        return x + self.mlp(self.mlp_norm(x))
+        x, branch = self.forward_pending(x, None, ctx, positions, cache)
+        return x + branch
+
+    def forward_pending(self, x: Tensor, pending: Tensor | None, ctx: AttentionContext, positions=None,
+                        cache=None) -> tuple[Tensor, Tensor]:
+        """The block on ``x + pending`` (``pending``: the previous block's MLP output, not yet added), returning
+        ``(residual, mlp output)`` unsummed: each residual add then happens inside the following norm, one
+        native pass under bf16 autocast on CPU (:meth:`MatmulInputLayerNorm.add_and_norm`)."""
+        x, normed = _add_and_norm(self.attn_norm, x, pending)
+        x, normed = _add_and_norm(self.mlp_norm, x, self.attn(normed, ctx, positions, cache))
+        return x, self.mlp(normed)
+
+
+def _add_and_norm(norm: nn.Module, x: Tensor, branch: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(x + branch, norm(x + branch))``; ``branch=None`` adds nothing."""
+    if branch is None:
+        return x, norm(x)
+    if isinstance(norm, MatmulInputLayerNorm):
+        return norm.add_and_norm(x, branch)
+    x = x + branch
+    return x, norm(x)
 
 
 class PostNormBlock(Block):
@@ -172,6 +191,7 @@ class TransformerBody(nn.Module):
             ctx_args["positions"] = positions
         extra["embeddings"] = x  # static_emb_qk projects its queries and keys from these
         biases: dict[int, Tensor] = {}  # by key count: layers' caches can differ in length (rolling windows)
+        pending = None  # the last block's MLP output, not yet added to x (Block.forward_pending)
         for i, block in enumerate(self.blocks):
             if cache is not None and self.position_bias is not None:
                 S = keys_after_update(cache[i], T)
@@ -179,7 +199,13 @@ class TransformerBody(nn.Module):
                     biases[S] = self.position_bias(T, S)
                 ctx_args["attn_bias"] = biases[S]
             ctx = AttentionContext(**ctx_args, extra=dict(extra))
-            x = block(x, ctx, positions, cache[i] if cache is not None else None)
+            layer_cache = cache[i] if cache is not None else None
+            if _defers_residual(block):  # the residual add moves into the next block's first norm
+                x, pending = block.forward_pending(x, pending, ctx, positions, layer_cache)
+            else:
+                x, pending = block(x if pending is None else x + pending, ctx, positions, layer_cache), None
+        if pending is not None:
+            x = x + pending
         return self.final_norm(x[:B])
 
     def attention_maps(self, ids: Tensor, **kwargs) -> list[Tensor]:
@@ -206,6 +232,11 @@ class TransformerBody(nn.Module):
         if exclude_embeddings:
             n -= self.embed.tok_emb.weight.numel()
         return n
+
+
+def _defers_residual(block: nn.Module) -> bool:
+    """A plain pre-norm :class:`Block` without hooks (calling ``forward_pending`` bypasses ``__call__``)."""
+    return type(block) is Block and not (block._forward_hooks or block._forward_pre_hooks)
 
 
 def _weights_hook(store: list):

@@ -125,8 +125,8 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     bwd.restype = i32
     f32 = ctypes.c_float
     signatures = {  # pointwise.c
-        "attnlab_layer_norm_fwd": [ptr, i64, i32, ptr, ptr, f32, ptr, ptr, ptr, i32],
-        "attnlab_layer_norm_bwd": [ptr] * 5 + [i64, i32, ptr, ptr, ptr, i32],
+        "attnlab_layer_norm_fwd": [ptr, ptr, ptr, i64, i32, ptr, ptr, f32, ptr, ptr, ptr, i32],
+        "attnlab_layer_norm_bwd": [ptr] * 7 + [i64, i32, ptr, ptr, ptr, i32],
         "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
         "attnlab_bias_gelu_bwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
         "attnlab_transpose_bf16": [ptr, i64, i64, i64, ptr, i64, i32],  # transpose.c

@@ -4,8 +4,9 @@ Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` PyTorch runs LayerNorm in 
 result and casts it to bf16 for the next matmul (two passes, and two more backwards), and an MLP's
 ``gelu(h + b)`` costs an add, the GELU and, backwards, the GELU derivative and a column sum for the bias
 gradient. The kernels here do each in one pass: :func:`layer_norm_bf16` (Ba et al. 2016) reads the fp32
-residual stream and writes bf16; :func:`bias_gelu_bf16` applies the bias and the exact erf GELU (Hendrycks
-& Gimpel 2016) to a bf16 matmul output and its backward also returns the bias gradient.
+residual stream and writes bf16 (:func:`add_layer_norm_bf16` first adds a block's bf16 output to the
+stream); :func:`bias_gelu_bf16` applies the bias and the exact erf GELU (Hendrycks & Gimpel 2016) to a
+bf16 matmul output and its backward also returns the bias gradient.
 
 Both are PyTorch operators (``torch.library``) with autograd, so they work under ``torch.compile``; both
 return ``None`` when they cannot run (no native library, not on CPU, other dtypes) and the caller uses
@@ -39,70 +40,100 @@ def autocast_bf16_cpu() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-# ---- LayerNorm: fp32 in, bf16 out --------------------------------------------------------------------------
+# ---- LayerNorm: fp32 in, bf16 out (optionally after the residual add) ---------------------------------------
+
+
+def _norm_params_ok(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() == 0 or x.shape[-1] == 0 or x.numel() == 0:
+        return False
+    if any(p is not None and (p.dtype != torch.float32 or p.shape != x.shape[-1:]) for p in (weight, bias)):
+        return False
+    return load() is not None
 
 
 def layer_norm_bf16(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
     """LayerNorm over the last axis of fp32 ``x (..., D)`` with fp32 ``weight``/``bias`` ``(D,)`` (or None),
     returned in bf16 ``(..., D)``; ``None`` when the native kernel cannot run these inputs."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() == 0 or x.shape[-1] == 0 or x.numel() == 0:
+    if not _norm_params_ok(x, weight, bias):
         return None
-    if any(p is not None and (p.dtype != torch.float32 or p.shape != x.shape[-1:]) for p in (weight, bias)):
+    return layer_norm_op(x.contiguous(), None, weight, bias, float(eps))[0]
+
+
+def add_layer_norm_bf16(x: Tensor, branch: Tensor, weight: Tensor | None, bias: Tensor | None,
+                        eps: float) -> tuple[Tensor, Tensor] | None:
+    """A pre-norm block's residual add and the next LayerNorm in one pass: ``h = x + branch`` (fp32 ``x``,
+    bf16 ``branch``, both ``(..., D)``) and ``LayerNorm(h)`` in bf16 -> ``(h, normed)``. The backward
+    likewise adds the residual stream's gradient of ``h`` to the LayerNorm's and rounds the branch's
+    gradient to bf16 in the same pass. ``None`` when the native kernel cannot run these inputs."""
+    if branch.dtype != torch.bfloat16 or branch.shape != x.shape or not _norm_params_ok(x, weight, bias):
         return None
-    if load() is None:
-        return None
-    return layer_norm_op(x.contiguous(), weight, bias, float(eps))[0]
+    y, _, _, h = layer_norm_op(x.contiguous(), branch.contiguous(), weight, bias, float(eps))
+    return h, y
 
 
 @torch.library.custom_op("attnlab::layer_norm_bf16", mutates_args=())
-def layer_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y bf16 (..., D), mean (rows,), rstd (rows,))`` for contiguous fp32 ``x``."""
+def layer_norm_op(x: Tensor, add: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y bf16 (..., D), mean (rows,), rstd (rows,), x + add fp32 (empty without add))`` for contiguous
+    fp32 ``x`` and bf16 ``add``."""
     D = x.shape[-1]
     rows = x.numel() // D
     y = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    mean = x.new_empty(rows)
-    rstd = x.new_empty(rows)
-    _check(load().attnlab_layer_norm_fwd(x.data_ptr(), rows, D, _ptr(weight), _ptr(bias), eps, y.data_ptr(),
-                                         mean.data_ptr(), rstd.data_ptr(), _threads(rows)))
-    return y, mean, rstd
+    mean, rstd = x.new_empty(rows), x.new_empty(rows)
+    total = torch.empty_like(x) if add is not None else x.new_empty(0)
+    _check(load().attnlab_layer_norm_fwd(x.data_ptr(), _ptr(add), total.data_ptr() if add is not None else None,
+                                         rows, D, _ptr(weight), _ptr(bias), eps, y.data_ptr(), mean.data_ptr(),
+                                         rstd.data_ptr(), _threads(rows)))
+    return y, mean, rstd, total
 
 
 @layer_norm_op.register_fake
-def _(x, weight, bias, eps):
+def _(x, add, weight, bias, eps):
     rows = x.numel() // x.shape[-1]
-    return torch.empty_like(x, dtype=torch.bfloat16), x.new_empty(rows), x.new_empty(rows)
+    total = torch.empty_like(x) if add is not None else x.new_empty(0)
+    return torch.empty_like(x, dtype=torch.bfloat16), x.new_empty(rows), x.new_empty(rows), total
 
 
 @torch.library.custom_op("attnlab::layer_norm_bf16_backward", mutates_args=())
-def layer_norm_backward_op(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
-                           weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx fp32 like x, dweight (D,), dbias (D,))`` from the bf16 output gradient."""
+def layer_norm_backward_op(dy: Tensor, dtotal: Tensor | None, x: Tensor, mean: Tensor, rstd: Tensor,
+                           weight: Tensor | None, with_add: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dx fp32 like x, dadd bf16 (empty without with_add), dweight (D,), dbias (D,))`` from the bf16
+    output gradient; ``x`` is the normalised input (``x + add`` with the add), ``dtotal`` the gradient
+    reaching ``x + add`` from elsewhere (None: zero)."""
     D = x.shape[-1]
     rows = x.numel() // D
     dy = dy.to(torch.bfloat16).contiguous()
+    dtotal = None if dtotal is None else dtotal.to(torch.float32).contiguous()
     dx = torch.empty_like(x)
+    dadd = torch.empty_like(x, dtype=torch.bfloat16) if with_add else x.new_empty(0, dtype=torch.bfloat16)
     dw, db = x.new_empty(D), x.new_empty(D)
     _check(load().attnlab_layer_norm_bwd(x.data_ptr(), dy.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
-                                         rows, D, dx.data_ptr(), dw.data_ptr(), db.data_ptr(), _threads(rows)))
-    return dx, dw, db
+                                         _ptr(dtotal), dadd.data_ptr() if with_add else None, rows, D, dx.data_ptr(),
+                                         dw.data_ptr(), db.data_ptr(), _threads(rows)))
+    return dx, dadd, dw, db
 
 
 @layer_norm_backward_op.register_fake
-def _(dy, x, mean, rstd, weight):
+def _(dy, dtotal, x, mean, rstd, weight, with_add):
     D = x.shape[-1]
-    return torch.empty_like(x), x.new_empty(D), x.new_empty(D)
+    dadd = torch.empty_like(x, dtype=torch.bfloat16) if with_add else x.new_empty(0, dtype=torch.bfloat16)
+    return torch.empty_like(x), dadd, x.new_empty(D), x.new_empty(D)
 
 
 def _layer_norm_setup(ctx, inputs, output) -> None:
-    x, weight, bias, _ = inputs
-    ctx.save_for_backward(x, output[1], output[2], weight)
-    ctx.has_bias = bias is not None
+    x, add, weight, bias, _ = inputs
+    ctx.with_add, ctx.has_bias = add is not None, bias is not None
+    ctx.save_for_backward(output[3] if ctx.with_add else x, output[1], output[2], weight)
 
 
-def _layer_norm_backward(ctx, dy: Tensor, _dmean, _drstd):
-    x, mean, rstd, weight = ctx.saved_tensors
-    dx, dw, db = layer_norm_backward_op(dy, x, mean, rstd, weight)
-    return dx, dw if weight is not None else None, db if ctx.has_bias else None, None
+def _layer_norm_backward(ctx, dy: Tensor, _dmean, _drstd, dtotal):
+    normed_input, mean, rstd, weight = ctx.saved_tensors
+    if dy is None:  # only x + add was used downstream
+        dy = torch.zeros_like(normed_input, dtype=torch.bfloat16)
+    dx, dadd, dw, db = layer_norm_backward_op(dy, dtotal if ctx.with_add else None, normed_input, mean, rstd, weight,
+                                              ctx.with_add)
+    return (dx, dadd if ctx.with_add else None, dw if weight is not None else None, db if ctx.has_bias else None,
+            None)
 
 
 layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)

@@ -29,9 +29,11 @@ static inline void split_rows(int64_t rows, int t, int n, int64_t *begin, int64_
 }
 
 /* y = (x - mean) * rstd * w + b per row of d; mean and rstd (1 / sqrt(var + eps)) saved per row.
- * x fp32 (rows, d), y bf16 (rows, d); w, b fp32 (d) or NULL (1 and 0). */
-int attnlab_layer_norm_fwd(const float *x, int64_t rows, int d, const float *w, const float *b, float eps, bf16 *y,
-                           float *mean, float *rstd, int nthreads) {
+ * x fp32 (rows, d), y bf16 (rows, d); w, b fp32 (d) or NULL (1 and 0).
+ * With add (bf16, rows x d) != NULL, the residual add of a pre-norm block comes first: the row is
+ * x + add, written to sum_out (fp32, rows x d), and normalised. */
+int attnlab_layer_norm_fwd(const float *x, const bf16 *add, float *sum_out, int64_t rows, int d, const float *w,
+                           const float *b, float eps, bf16 *y, float *mean, float *rstd, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t r0, r1;
@@ -39,8 +41,18 @@ int attnlab_layer_norm_fwd(const float *x, int64_t rows, int d, const float *w, 
         for (int64_t r = r0; r < r1; r++) {
             const float *xr = x + r * d;
             __m512 acc = _mm512_setzero_ps();
-            for (int j = 0; j < d; j += 16)
-                acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(first_n(d - j), xr + j));
+            if (add) { /* the row becomes x + add, in sum_out */
+                for (int j = 0; j < d; j += 16) {
+                    __mmask16 m = first_n(d - j);
+                    __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xr + j), load_bf16(add + r * d + j, m));
+                    _mm512_mask_storeu_ps(sum_out + r * d + j, m, v);
+                    acc = _mm512_add_ps(acc, v);
+                }
+                xr = sum_out + r * d;
+            } else {
+                for (int j = 0; j < d; j += 16)
+                    acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(first_n(d - j), xr + j));
+            }
             float mu = _mm512_reduce_add_ps(acc) / d;
             __m512 vmu = _mm512_set1_ps(mu);
             acc = _mm512_setzero_ps();
@@ -68,9 +80,13 @@ int attnlab_layer_norm_fwd(const float *x, int64_t rows, int d, const float *w, 
 /* With xhat = (x - mean) * rstd and g = dy * w:
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dw = sum_rows(dy * xhat),  db = sum_rows(dy).
  * dy bf16 (rows, d); dx fp32 (rows, d); dw, db fp32 (d) or NULL. Per-thread partial sums, added in
- * thread order. Returns -1 when the partial-sum buffers cannot be allocated. */
+ * thread order. With the residual add of the forward: x is the saved sum, dres (fp32, rows x d, or NULL
+ * for zeros) the gradient reaching the sum from the rest of the residual stream, added into dx, and
+ * dadd (bf16, rows x d) receives dx rounded (the gradient of the added branch). Returns -1 when the
+ * partial-sum buffers cannot be allocated. */
 int attnlab_layer_norm_bwd(const float *x, const bf16 *dy, const float *mean, const float *rstd, const float *w,
-                           int64_t rows, int d, float *dx, float *dw, float *db, int nthreads) {
+                           const float *dres, bf16 *dadd, int64_t rows, int d, float *dx, float *dw, float *db,
+                           int nthreads) {
     int dpad = (d + 15) / 16 * 16;
     float *partial = calloc((size_t)nthreads * 2 * dpad, sizeof(float)); /* per thread: dw, db */
     if (!partial) return -1;
@@ -103,7 +119,9 @@ int attnlab_layer_norm_bwd(const float *x, const bf16 *dy, const float *mean, co
                 __m512 g = load_bf16(gr + j, m);
                 if (w) g = _mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, w + j));
                 __m512 v = _mm512_mul_ps(vrs, _mm512_sub_ps(_mm512_sub_ps(g, mg), _mm512_mul_ps(xh, mgx)));
+                if (dres) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dres + r * d + j));
                 _mm512_mask_storeu_ps(dx + r * d + j, m, v);
+                if (dadd) store_bf16(dadd + r * d + j, v, m);
             }
         }
     }
