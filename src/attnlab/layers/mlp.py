@@ -26,9 +26,10 @@ def get_activation(name: str):
 class MLP(nn.Module):
     """``fc_out(act(fc_in(x)))``: ``(..., D) -> (..., mlp_dim) -> (..., D)``.
 
-    In bf16 on CPU (bf16 autocast or bf16 weights) with the exact GELU, ``gelu(fc_in(x))`` is a bias-free
-    matmul followed by attnlab's native bias + GELU kernel, whose backward also gives the bias gradient
-    (:mod:`attnlab.native.pointwise`); the result equals PyTorch's to bf16 rounding.
+    Training in bf16 on CPU (bf16 autocast or bf16 weights) with the exact GELU, ``gelu(fc_in(x))`` is a
+    bias-free matmul followed by attnlab's native bias + GELU kernel, which keeps the GELU's derivative for
+    a one-multiply backward that also gives the bias gradient (:mod:`attnlab.native.pointwise`); the result
+    equals PyTorch's to bf16 rounding. Inference keeps PyTorch's ``addmm`` + GELU (as fast, nothing saved).
     """
 
     def __init__(self, dim: int, mlp_dim: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
@@ -40,7 +41,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.activation == "gelu" and x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bf16_cpu()):
+        if (self.activation == "gelu" and x.device.type == "cpu" and torch.is_grad_enabled()
+                and self.fc_in.weight.requires_grad and (x.dtype == torch.bfloat16 or autocast_bf16_cpu())):
             h = linear(x, self.fc_in.weight)  # (..., mlp_dim), bf16
             a = bias_gelu_bf16(h, self.fc_in.bias) if h.dtype == torch.bfloat16 else None
             if a is None:  # the native kernel is unavailable
