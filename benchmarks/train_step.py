@@ -4,8 +4,9 @@ Full step = forward + backward + AdamW. Shape (issue 2): 6 layers, 6 heads, dim 
 vocab 256, batch 8; fp32 and bf16 autocast; runs alternate between the two models and we report
 medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak (2048^3 GEMM) measured
 inside every repetition, next to the steps: ``MFU`` divides the median throughput by the median peak,
-``paired MFU`` is the median over repetitions of throughput / that repetition's peak (this shared
-machine's speed drifts; the pairing cancels it). FLOPs per token follow the PaLM/nanoGPT estimate
+``paired MFU`` is the median over repetitions of throughput / that repetition's peak, and ``paired vs
+HF`` the median over repetitions of the two models' step-time ratio (this shared machine's speed drifts;
+the pairing cancels it). FLOPs per token follow the PaLM/nanoGPT estimate
 ``6 N + 12 L H Dh T``.
 
 Both models run in one process with the same allocator setting: by default glibc keeps freed memory for
@@ -128,12 +129,14 @@ def main() -> None:
         results[precision], peaks[precision] = res, res["peak_gflops"]
         for k in ("attnlab", "hf"):
             r = res[k]
+            paired = statistics.median(h / a for a, h in zip(r["times_s"], res["hf"]["times_s"]))
             rows.append({"precision": precision, "model": k, "tokens/s": r["tokens_per_s"],
                          "step ms": r["median_s"] * 1e3, "MFU %": 100 * r["mfu"], "paired MFU %": 100 * r["mfu_paired"],
-                         "vs HF": r["tokens_per_s"] / res["hf"]["tokens_per_s"]})
+                         "vs HF": r["tokens_per_s"] / res["hf"]["tokens_per_s"], "paired vs HF": paired})
     print(f"matmul peak (median over repetitions): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s;"
           f" bf16 per repetition {results['bf16']['peaks_per_rep']}")
-    table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "paired MFU %", "vs HF"])
+    table = print_table(rows, ["precision", "model", "tokens/s", "step ms", "MFU %", "paired MFU %", "vs HF",
+                               "paired vs HF"])
     name = "train_step" if args.activation == "gelu" else f"train_step_{args.activation}"
     name += "" if args.malloc == "retain" else "_default_malloc"
     path = write_json(name, {"shape": SHAPE, "batch_size": args.batch_size, "repeats": repeats,
