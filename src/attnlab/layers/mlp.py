@@ -44,7 +44,7 @@ class MLP(nn.Module):
         if (self.activation == "gelu" and x.device.type == "cpu" and torch.is_grad_enabled()
                 and self.fc_in.weight.requires_grad and (x.dtype == torch.bfloat16 or autocast_bf16_cpu())):
             h = linear(x, self.fc_in.weight)  # (..., mlp_dim), bf16
-            a = bias_gelu_bf16(h, self.fc_in.bias) if h.dtype == torch.bfloat16 else None
+            a = bias_gelu_bf16(h, self.fc_in.bias)
             if a is None:  # the native kernel is unavailable
                 a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))
             return self.dropout(self.fc_out(a))

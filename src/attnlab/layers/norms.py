@@ -28,20 +28,20 @@ class MatmulInputLayerNorm(nn.LayerNorm):
     and casts in a second pass, and casts the gradient back in backward; :mod:`attnlab.native.pointwise`).
     Otherwise, and when the kernel is unavailable, it is ``nn.LayerNorm``. Same parameters and state dict."""
 
+    def _native(self, x: Tensor) -> bool:
+        """fp32 residual stream under bf16 autocast: the native kernel may run (it declines what it cannot)."""
+        return x.dtype == torch.float32 and len(self.normalized_shape) == 1 and autocast_bf16_cpu()
+
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32 and len(self.normalized_shape) == 1 and autocast_bf16_cpu():
-            y = layer_norm_bf16(x, self.weight, self.bias, self.eps)
-            if y is not None:
-                return y
-        return super().forward(x)
+        y = layer_norm_bf16(x, self.weight, self.bias, self.eps) if self._native(x) else None
+        return super().forward(x) if y is None else y
 
     def add_and_norm(self, x: Tensor, branch: Tensor) -> tuple[Tensor, Tensor]:
         """``(x + branch, self(x + branch))``: a pre-norm block's residual add and this norm, in one native
         pass under bf16 autocast (fp32 residual stream ``x``, bf16 ``branch``)."""
-        if x.dtype == torch.float32 and len(self.normalized_shape) == 1 and autocast_bf16_cpu():
-            fused = add_layer_norm_bf16(x, branch, self.weight, self.bias, self.eps)
-            if fused is not None:
-                return fused
+        fused = add_layer_norm_bf16(x, branch, self.weight, self.bias, self.eps) if self._native(x) else None
+        if fused is not None:
+            return fused
         x = x + branch
         return x, self(x)
 

@@ -62,7 +62,7 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     plan = _plan(q, k, v, spans, grad=False, amx=amx)
     if plan is None:
         return None
-    _, table, amx = plan
+    table, amx = plan
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     return attend_documents_op(q, k, v, table, bool(causal), scale, bool(amx), False)[0]
 
@@ -77,12 +77,12 @@ def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: l
     if plan is None:
         return None
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    return attend_documents_op(q, k, v, plan[1], bool(causal), scale, True, True)[0]
+    return attend_documents_op(q, k, v, plan[0], bool(causal), scale, True, True)[0]
 
 
 def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *, grad: bool,
           amx: bool | None) -> tuple | None:
-    """``(lib, doc table, use AMX)`` when the kernel can run these inputs (the backward needs AMX), else None."""
+    """``(doc table, use AMX)`` when the kernel can run these inputs (the backward needs AMX), else None."""
     if not usable(q, k, v, grad=grad) or not any(spans):
         return None
     lib = load()
@@ -92,7 +92,7 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *
     table = _doc_table(spans)
     if (grad and not amx) or int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
         return None
-    return lib, table, amx
+    return table, amx
 
 
 def _attend_into(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,

@@ -50,7 +50,7 @@ def transpose_bf16(x: Tensor) -> Tensor:
     M, K = x.shape
     out = x.new_empty(K, M)
     load().attnlab_transpose_bf16(x.data_ptr(), M, K, x.stride(0), out.data_ptr(), M,
-                                  max(1, min(torch.get_num_threads(), (M + 15) // 16)))
+                                  max(1, min(torch.get_num_threads(), (M + 31) // 32)))  # 32-row blocks
     return out
 
 

@@ -29,8 +29,8 @@ _done: dict = {}
 def retain_freed_memory() -> str:
     """Raise glibc's mmap threshold to 32 MiB and its trim threshold to 2 GiB for this process (once).
 
-    Returns what happened: ``"retaining freed memory (glibc)"`` or why nothing was changed (not glibc,
-    or mallopt refused); never raises.
+    Returns what happened: ``"retaining freed memory (...)"`` or ``"unchanged: <why>"`` (not glibc, or
+    mallopt refused); never raises.
     """
     if "status" not in _done:
         _done["status"] = _apply()

@@ -33,8 +33,8 @@ from .build import build_for_config
 from .checkpoint import (capture_rng, checkpoint_root, latest_checkpoint, list_checkpoints, load_training_state,
                          load_weights, restore_rng, save_checkpoint)
 from .logs import MetricsLog, format_seconds, truncate_metrics, write_json
-from .optim import WarmupCosine, build_optimizer
 from .memory import retain_freed_memory
+from .optim import WarmupCosine, build_optimizer
 from .precision import autocast, resolve_precision
 from .signals import Abort, install_stop_handlers, restore_handlers
 
