@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from attnlab import native
 from attnlab.native import linear as native_linear
 from attnlab.native.linear import Linear, linear, transpose_bf16
-from test_native_pointwise import _has_avx512_bf16
+from native_cpu import needs_native
 
-pytestmark = pytest.mark.skipif(not _has_avx512_bf16(), reason="needs x86-64 with AVX-512 BF16 and gcc")
+pytestmark = needs_native
 
 
 @settings(max_examples=40, deadline=None)

@@ -3,8 +3,6 @@ gradients against the float64 formulas, and the layers that use them under bf16 
 
 from __future__ import annotations
 
-import platform
-import shutil
 
 import pytest
 import torch
@@ -17,18 +15,10 @@ from attnlab.layers.mlp import MLP
 from attnlab.layers.norms import MatmulInputLayerNorm, build_norm
 from attnlab.native import pointwise
 from attnlab.native.pointwise import bias_gelu_bf16, layer_norm_bf16
+from native_cpu import needs_native
 
 
-def _has_avx512_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {w for line in f if line.startswith("flags") for w in line.split()}
-    except OSError:
-        return False
-    return platform.machine() in ("x86_64", "AMD64") and "avx512_bf16" in flags and bool(shutil.which("gcc"))
-
-
-pytestmark = pytest.mark.skipif(not _has_avx512_bf16(), reason="needs x86-64 with AVX-512 BF16 and gcc")
+pytestmark = needs_native
 
 BF16_HALF_ULP = 2.0**-8  # relative: rounding to bf16 (8 significant bits) errs by at most half an ulp
 

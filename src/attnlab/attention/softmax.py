@@ -3,10 +3,11 @@
 Runs on PyTorch's fused ``scaled_dot_product_attention`` (Flash / memory-efficient / math backends
 chosen by PyTorch) for MHA, GQA and MQA (GQA paper, Ainslie et al. 2023: contiguous head groups,
 ``repeat_interleave`` semantics), with causal, padding and packed-sequence masks and an optional
-additive position bias (ALiBi, T5 relative bias). In bfloat16 on x86-64 CPUs, causal, full and
-packed-document attention without other masks, bias or dropout runs on attnlab's native kernel
-(:mod:`attnlab.native`: AMX tiles, forward and backward; AVX-512 BF16 for inference), which gives the
-same result to bf16 precision; PyTorch's SDPA takes every other case.
+additive position bias (ALiBi, T5 relative bias). On x86-64 CPUs, causal, full and packed-document
+attention without other masks, bias or dropout runs on attnlab's native kernels (:mod:`attnlab.native`):
+in bfloat16 on AMX tiles, forward and backward (AVX-512 BF16 for inference), same result to bf16
+precision; in float32 on AVX-512 FMA, forward and backward, for documents up to 512 tokens, same result to
+fp32 rounding. PyTorch's SDPA takes every other case.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..native.documents import documents_attention_bf16, trainable_documents_attention_bf16
+from ..native.documents_fp32 import documents_attention_fp32
 from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
 from .capabilities import Capabilities
 from .context import AttentionContext
@@ -56,8 +58,9 @@ class SoftmaxAttention(AttentionKernel):
         unbiased = T == S and ctx.key_padding_mask is None and ctx.attn_bias is None  # causal / documents at most
         # packed sequences (spec 14): the runs of each document, None when ids repeat in separate runs
         spans = document_spans(ctx.document_ids) if unbiased and ctx.document_ids is not None else None
-        if unbiased and dropout_p == 0.0 and q.dtype == torch.bfloat16 and (spans or ctx.document_ids is None):
-            out = self._native(q, k, v, ctx, spans)  # bf16 on x86-64 CPUs (attnlab.native), when it can run
+        native_dtype = q.dtype in (torch.bfloat16, torch.float32)
+        if unbiased and dropout_p == 0.0 and native_dtype and (spans or ctx.document_ids is None):
+            out = self._native(q, k, v, ctx, spans)  # bf16 / fp32 on x86-64 CPUs (attnlab.native), when it can run
             if out is not None:
                 return out
         if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
@@ -82,9 +85,12 @@ class SoftmaxAttention(AttentionKernel):
 
     def _native(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext,
                 spans: list[list[tuple[int, int]]] | None) -> Tensor | None:
-        """The native bf16 kernel over ``spans`` (without ``document_ids`` each row is one document):
-        forward only, or differentiable on AMX when gradients are wanted. None: use PyTorch."""
+        """The native kernel over ``spans`` (without ``document_ids`` each row is one document). bf16:
+        forward only, or differentiable on AMX when gradients are wanted; fp32: differentiable on AVX-512.
+        None: use PyTorch."""
         spans = spans if spans is not None else [[(0, q.shape[2])]] * q.shape[0]
+        if q.dtype == torch.float32:
+            return documents_attention_fp32(q, k, v, spans, causal=ctx.causal, scale=self.scale)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             return trainable_documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)
         return documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)

@@ -1,9 +1,11 @@
 """Native CPU kernels, compiled on first use with the system C compiler and loaded through ctypes.
 
 One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``,
-``pointwise.c``): exact softmax attention over packed documents in bfloat16, forward and backward (used
-by the ``softmax`` kernel through :mod:`attnlab.native.documents`), and fused LayerNorm and bias + GELU
-for bf16-autocast training (used by the LayerNorm and MLP layers through :mod:`attnlab.native.pointwise`).
+``attention_fp32.c``, ``pointwise.c``, ``transpose.c``): exact softmax attention over packed documents in
+bfloat16 and in float32, forward and backward (used by the ``softmax`` kernel through
+:mod:`attnlab.native.documents` and :mod:`attnlab.native.documents_fp32`), fused LayerNorm and bias + GELU
+for bf16-autocast training (used by the LayerNorm and MLP layers through :mod:`attnlab.native.pointwise`)
+and a bf16 transpose for weight gradients (:mod:`attnlab.native.linear`).
 It needs no PyTorch headers, so the build takes a couple of seconds, once (logged at INFO level); the
 shared library is cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a hash of its sources
 and flags, written atomically. It links
@@ -31,7 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "pointwise.c", "transpose.c")]
+SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "attention_fp32.c", "pointwise.c",
+                                    "transpose.c")]
 HEADERS = [CSRC / "kernels.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
          "-fopenmp", "-shared", "-fPIC"]
@@ -130,6 +133,8 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
         "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
         "attnlab_bias_gelu_bwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
         "attnlab_transpose_bf16": [ptr, i64, i64, i64, ptr, i64, i32],  # transpose.c
+        "attnlab_attend_docs_f32": [ptr] * 9 + [i64, i32, i32, i32, f32, i32, ptr, ptr, i32],  # attention_fp32.c
+        "attnlab_attend_docs_f32_backward": [ptr] * 17 + [i64, i32, i32, i32, f32, i32, i32],
     }
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args

@@ -134,29 +134,44 @@ def attend_documents_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, d
                                  table: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """FlashAttention-2's backward from the saved log-sum-exp -> ``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)``."""
     lib = load()
-    B, H, T, Dh = q.shape
-    Hkv = k.shape[1]
+    H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
     q, k, v, out, dout = _kernel_layout(q, k, v, out, dout)
-    dq = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) views of (B, T, H, Dh) memory
-    dk = q.new_empty(B, T, H, Dh).transpose(1, 2)  # per query head; summed over each KV group below
-    dv = q.new_empty(B, T, H, Dh).transpose(1, 2)
+    dq, dk, dv = _gradient_buffers(q)
     tensors = (q, k, v, out, dout, lse, dq, dk, dv)
     strides = _strides(*tensors)  # kept alive during the call
     ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
     _check(lib.attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
                                                  _threads(table, H)))
-    if Hkv != H:  # (B, Hkv, group, T, Dh) summed over the group (repeat_interleave semantics)
-        return dq, dk.unflatten(1, (Hkv, H // Hkv)).sum(2), dv.unflatten(1, (Hkv, H // Hkv)).sum(2)
-    return dq, dk, dv
+    return _sum_kv_groups(dq, dk, dv, Hkv)
 
 
-@attend_documents_backward_op.register_fake
-def _(q, k, v, out, dout, lse, table, causal, scale):
+def _gradient_buffers(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv for the backward kernels: ``(B, H, T, Dh)`` views of ``(B, T, H, Dh)`` memory, dk and dv
+    per query head (:func:`_sum_kv_groups` folds them onto the KV heads)."""
+    B, H, T, Dh = q.shape
+    return tuple(q.new_empty(B, T, H, Dh).transpose(1, 2) for _ in range(3))
+
+
+def _sum_kv_groups(dq: Tensor, dk: Tensor, dv: Tensor, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-query-head dk, dv summed over each group of query heads sharing a KV head (repeat_interleave)."""
+    H = dq.shape[1]
+    if kv_heads == H:
+        return dq, dk, dv
+    return dq, dk.unflatten(1, (kv_heads, H // kv_heads)).sum(2), dv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
+
+
+def _fake_gradients(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Outputs of the backward operators for torch.compile's tracing (shapes and layouts only)."""
     B, H, T, Dh = q.shape
     grad = lambda: q.new_empty(B, T, H, Dh).transpose(1, 2)  # noqa: E731
     if k.shape[1] != H:
         return grad(), k.new_empty(k.shape), v.new_empty(v.shape)
     return grad(), grad(), grad()
+
+
+@attend_documents_backward_op.register_fake
+def _(q, k, v, out, dout, lse, table, causal, scale):
+    return _fake_gradients(q, k, v)
 
 
 def _setup_context(ctx, inputs, output) -> None:

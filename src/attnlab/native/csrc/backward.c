@@ -210,10 +210,9 @@ int attnlab_attend_docs_bf16_backward(const bf16 *q, const bf16 *k, const bf16 *
         if (ok) amx_enter(&saved);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < ndocs * heads; it++) {
-            const int64_t *doc = docs + (it / heads) * 3;
-            int h = (int)(it % heads), hk = h / group, len = (int)doc[2];
+            int64_t b, t0;
+            int h, hk, len = doc_item(docs, it, heads, group, &b, &t0, &h, &hk);
             if (!ok || len == 0) continue;
-            int64_t b = doc[0], t0 = doc[1];
             backward_one_amx(q + at(qs, b, h, t0), qs[2], k + at(ks, b, hk, t0), ks[2], v + at(vs, b, hk, t0), vs[2],
                              o + at(os, b, h, t0), os[2], dout + at(dos, b, h, t0), dos[2], lse + at(ls, b, h, t0),
                              ls[2], dq + at(dqs, b, h, t0), dqs[2], dk + at(dks, b, h, t0), dks[2],

@@ -19,13 +19,13 @@ int attnlab_native_caps(void) {
     return 1 | (amx ? 2 : 0);
 }
 
-/* y[i] = 2^x[i] for x[i] <= 0 with the kernel's polynomial (exported for the accuracy test). */
-void attnlab_native_exp2(const float *x, float *y, int64_t n) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp2_neg(_mm512_loadu_ps(x + i)));
-    if (i < n) {
-        __mmask16 m = first_n((int)(n - i));
-        _mm512_mask_storeu_ps(y + i, m, exp2_neg(_mm512_maskz_loadu_ps(m, x + i)));
+/* y[i] = 2^x[i] for x[i] <= 0 with the kernels' polynomial, the bf16 kernels' (fp32 = 0) or the fp32
+ * kernels' (fp32 = 1); exported for the accuracy tests. */
+void attnlab_native_exp2(const float *x, float *y, int64_t n, int fp32) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = first_n(n - i > 16 ? 16 : (int)(n - i));
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        _mm512_mask_storeu_ps(y + i, m, fp32 ? exp2_poly(v, 1) : exp2_poly(v, 0));
     }
 }
 

@@ -165,10 +165,9 @@ int attnlab_attend_docs_bf16(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *
         if (ok && use_amx) amx_enter(&saved);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < ndocs * heads; it++) {
-            const int64_t *d = docs + (it / heads) * 3;
-            int h = (int)(it % heads), hk = h / group, len = (int)d[2];
+            int64_t b, t0;
+            int h, hk, len = doc_item(docs, it, heads, group, &b, &t0, &h, &hk);
             if (!ok || len == 0) continue;
-            int64_t b = d[0], t0 = d[1];
             const bf16 *qd = q + at(qs, b, h, t0), *kd = k + at(ks, b, hk, t0), *vd = v + at(vs, b, hk, t0);
             bf16 *od = out + at(os, b, h, t0);
             if (use_amx)

@@ -49,19 +49,32 @@ static inline __m512bh bcast_pair(const bf16 *p) {
     return (__m512bh)_mm512_set1_epi32(w);
 }
 
-/* 2^x for x <= 0 (x >= -125 after the clamp): 2^n * p(f), n = round(x), f in [-0.5, 0.5], p the degree-5
- * Taylor polynomial of 2^f (relative error <= 3.3e-6, far below bf16's 3.9e-3 rounding of P). */
-static inline __m512 exp2_neg(__m512 x) {
+/* 2^x for x <= 0 (x >= -125 after the clamp): 2^n * p(f), n = round(x), f in [-0.5, 0.5], p the Taylor
+ * polynomial of 2^f of degree 5 (relative error <= 3.3e-6, far below bf16's 3.9e-3 rounding of P; the bf16
+ * kernels) or, with `fp32` (a compile-time constant), of degree 6 (<= 1.2e-7, fp32's own rounding). */
+static inline __attribute__((always_inline)) __m512 exp2_poly(__m512 x, const int fp32) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f)); /* 2^(n + f) >= 2^-125.5: no denormals (slow) */
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(1.3333558e-3f); /* ln(2)^k / k! */
+    if (fp32) p = _mm512_fmadd_ps(_mm512_set1_ps(1.5403530e-4f), f, p);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022651f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 exp2_neg(__m512 x) { return exp2_poly(x, 0); }
+
+/* The (document, head) work item `it` of a docs table (rows: batch row, first token, length), item =
+ * doc * heads + head, with kv head = head / group: sets *b, *t0, *h, *hk and returns the length. */
+static inline int doc_item(const int64_t *docs, int64_t it, int heads, int group, int64_t *b, int64_t *t0, int *h,
+                           int *hk) {
+    const int64_t *d = docs + (it / heads) * 3;
+    *h = (int)(it % heads), *hk = *h / group, *b = d[0], *t0 = d[1];
+    return (int)d[2];
 }
 
 /* Element offset of (batch row b, head h, token t) in a tensor with (batch, head, token) strides s. */

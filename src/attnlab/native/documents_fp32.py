@@ -1,0 +1,119 @@
+"""Tensor-level entry to the native per-document fp32 attention kernel (``csrc/attention_fp32.c``):
+exact softmax attention inside each document, forward and backward, on AVX-512 FMA.
+
+PyTorch's CPU flash kernel is built for long sequences; for documents of up to a few hundred tokens this
+kernel does each (document, head) whole in cache and is 1.4-2x faster forward and ~1.8x backward at GPT
+sizes (``benchmarks/native_attention_fp32.py``). Same semantics as
+:func:`attnlab.attention.documents.per_document_attention`, fp32 throughout (results agree with the
+float64 formula to fp32 rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import load
+from .documents import (_check, _doc_table, _fake_gradients, _gradient_buffers, _strides, _sum_kv_groups,
+                        _threads)
+
+# Longest document the fp32 kernel takes (it keeps a document's probabilities whole: len^2 fp32 per
+# thread, twice in the backward); past it PyTorch's flash kernel, which tiles the keys, is as fast
+# (benchmarks/native_attention_fp32.py).
+MAX_DOC_LEN_FP32 = 512
+
+
+def usable_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """The inputs fit the kernel: CPU float32 ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
+    ``H`` a multiple of ``Hkv``, equal lengths, unit stride along ``Dh``."""
+    if q.device.type != "cpu" or not all(t.dtype == torch.float32 and t.dim() == 4 for t in (q, k, v)):
+        return False
+    dh = q.shape[3]
+    return dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
+        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
+        and all(t.stride(3) == 1 for t in (q, k, v))
+
+
+def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+                             causal: bool, scale: float | None) -> Tensor | None:
+    """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row) on the native fp32
+    kernel, differentiable (FlashAttention-2's backward from the saved log-sum-exp; no double backward).
+
+    q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` (GQA heads grouped, not expanded) -> ``(B, H, T, Dh)`` (a
+    transposed view of ``(B, T, H, Dh)`` memory). ``None`` when the kernel cannot run these inputs
+    (:func:`usable_fp32`), a document is longer than :data:`MAX_DOC_LEN_FP32`, or the native library is not
+    available; the caller then uses PyTorch.
+    """
+    if not usable_fp32(q, k, v) or not any(spans) or load() is None:
+        return None
+    table = _doc_table(spans)
+    if int(table[:, 2].max()) > MAX_DOC_LEN_FP32:
+        return None
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return attend_documents_fp32_op(q, k, v, table, bool(causal), scale, with_lse)[0]
+
+
+def _contiguous_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t if t.stride(3) == 1 else t.contiguous() for t in tensors)
+
+
+# torch.library operators, so torch.compile treats the kernels as opaque calls (see documents.py).
+@torch.library.custom_op("attnlab::attend_documents_fp32", mutates_args=())
+def attend_documents_fp32_op(q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float,
+                             with_lse: bool) -> tuple[Tensor, Tensor]:
+    """``(out (B, H, T, Dh) view of (B, T, H, Dh) memory, lse (B, H, T) base-2 log-sum-exp or (0,))``."""
+    B, H, T, Dh = q.shape
+    q, k, v = _contiguous_rows(q, k, v)
+    out = q.new_empty(B, T, H, Dh).transpose(1, 2)
+    lse = torch.empty((B, H, T) if with_lse else (0,), dtype=torch.float32, device=q.device)
+    strides = _strides(q, k, v, out, lse) if with_lse else _strides(q, k, v, out)  # alive during the call
+    lse_args = (lse.data_ptr(), strides[4].data_ptr()) if with_lse else (None, None)
+    ptrs = [t.data_ptr() for t in (q, k, v, out, *strides[:4], table)]
+    _check(load().attnlab_attend_docs_f32(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal), *lse_args,
+                                          _threads(table, H)))
+    return out, lse
+
+
+@attend_documents_fp32_op.register_fake
+def _(q, k, v, table, causal, scale, with_lse):
+    B, H, T, Dh = q.shape
+    return q.new_empty(B, T, H, Dh).transpose(1, 2), q.new_empty((B, H, T) if with_lse else (0,))
+
+
+@torch.library.custom_op("attnlab::attend_documents_fp32_backward", mutates_args=())
+def attend_documents_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, table: Tensor,
+                                      causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)`` from the forward's log-sum-exp (the output itself is
+    not needed: the kernel forms FlashAttention's ``dO . O`` as ``sum_j P dP``)."""
+    H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
+    q, k, v, dout = _contiguous_rows(q, k, v, dout)
+    dq, dk, dv = _gradient_buffers(q)
+    tensors = (q, k, v, dout, lse, dq, dk, dv)
+    strides = _strides(*tensors)  # kept alive during the call
+    ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
+    _check(load().attnlab_attend_docs_f32_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
+                                                   _threads(table, H)))
+    return _sum_kv_groups(dq, dk, dv, Hkv)
+
+
+@attend_documents_fp32_backward_op.register_fake
+def _(q, k, v, dout, lse, table, causal, scale):
+    return _fake_gradients(q, k, v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, table, causal, scale, with_lse = inputs
+    if not with_lse:
+        raise RuntimeError("the native fp32 attention backward needs the forward's log-sum-exp (with_lse=True)")
+    ctx.save_for_backward(q, k, v, output[1], table)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward(ctx, dout: Tensor, _dlse: Tensor):
+    q, k, v, lse, table = ctx.saved_tensors
+    dq, dk, dv = attend_documents_fp32_backward_op(q, k, v, dout, lse, table, ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None, None, None
+
+
+attend_documents_fp32_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,27 @@
+"""Whether this machine can build and run attnlab's native kernels (``attnlab.native``), for skip marks.
+
+Decided from the CPU flags and a C compiler, not from ``native_status()``: a kernel that fails to build on a
+capable machine must fail its tests, not skip them. Imported by the native tests (``tests/`` is on the path
+through its ``conftest.py``)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import pytest
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        return set()
+
+
+FLAGS = cpu_flags()
+HAS_NATIVE = platform.machine() in ("x86_64", "AMD64") and "avx512_bf16" in FLAGS and bool(shutil.which("gcc"))
+HAS_AMX = HAS_NATIVE and "amx_bf16" in FLAGS and "amx_tile" in FLAGS
+needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="needs x86-64 with AVX-512 BF16 and gcc")
