@@ -6,7 +6,7 @@ chosen by PyTorch) for MHA, GQA and MQA (GQA paper, Ainslie et al. 2023: contigu
 additive position bias (ALiBi, T5 relative bias). On x86-64 CPUs, causal, full and packed-document
 attention without other masks, bias or dropout runs on attnlab's native kernels (:mod:`attnlab.native`):
 in bfloat16 on AMX tiles, forward and backward (AVX-512 BF16 for inference), same result to bf16
-precision; in float32 on AVX-512 FMA, forward and backward, for documents up to 512 tokens, same result to
+precision; in float32 on AVX-512 FMA, forward and backward, for documents up to 1,024 tokens, same result to
 fp32 rounding. PyTorch's SDPA takes every other case.
 """
 

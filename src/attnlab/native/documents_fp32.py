@@ -1,9 +1,9 @@
 """Tensor-level entry to the native per-document fp32 attention kernel (``csrc/attention_fp32.c``):
 exact softmax attention inside each document, forward and backward, on AVX-512 FMA.
 
-PyTorch's CPU flash kernel is built for long sequences; for documents of up to a few hundred tokens this
-kernel does each (document, head) whole in cache and is 1.4-2x faster forward and ~1.8x backward at GPT
-sizes (``benchmarks/native_attention_fp32.py``). Same semantics as
+PyTorch's CPU flash kernel is built for long sequences; this kernel does each (document, head) whole in
+cache and is 1.4-2.1x faster forward, 1.2-2.0x forward + backward from 128 to 1,024 tokens at GPT sizes
+(parity at 64; ``benchmarks/native_attention_fp32.py``). Same semantics as
 :func:`attnlab.attention.documents.per_document_attention`, fp32 throughout (results agree with the
 float64 formula to fp32 rounding).
 """
@@ -17,10 +17,10 @@ from . import load
 from .documents import (_check, _doc_table, _fake_gradients, _gradient_buffers, _strides, _sum_kv_groups,
                         _threads)
 
-# Longest document the fp32 kernel takes (it keeps a document's probabilities whole: len^2 fp32 per
-# thread, twice in the backward); past it PyTorch's flash kernel, which tiles the keys, is as fast
-# (benchmarks/native_attention_fp32.py).
-MAX_DOC_LEN_FP32 = 512
+# Longest document the fp32 kernel takes: it keeps a document's probabilities whole (len^2 fp32 per
+# thread, twice in the backward: 8 MB at 1,024 tokens, where it is still 1.2x SDPA forward + backward);
+# longer ones go to PyTorch's flash kernel, which tiles the keys.
+MAX_DOC_LEN_FP32 = 1024
 
 
 def usable_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:

@@ -106,12 +106,16 @@ static float softmax_row_f32(float *s, int valid, int width, float mult, float *
  * rounded up to 16). lse (stride lst), when not NULL, receives each row's base-2 log-sum-exp of the
  * scaled scores (log2 sum_j 2^(s_ij scale log2 e)). */
 static void forward_one(const float *q, int64_t qst, const float *k, int64_t kst, const float *v, int64_t vst,
-                        float *o, int64_t ost, int len, int dh, float scale, int causal, float *kt, float *vl,
-                        float *s, float *lse, int64_t lst) {
+                        float *o, int64_t ost, int len, int dh, float scale, int causal, float *kt, float *ql,
+                        float *vl, float *s, float *lse, int64_t lst) {
     const float ones[MR] = {1, 1, 1, 1, 1, 1}, mult = scale * 1.4426950408889634f;
     int lp = (len + 15) & ~15;
     transpose_f32(k, kst, len, dh, lp, kt);
-    if (vst != dh) { /* V's rows, read whole by every row block, in a contiguous copy (fewer TLB misses) */
+    if (qst != dh) { /* strided head slices of Q and V in contiguous copies: one sequential sweep with */
+        copy_rows_f32(q, qst, len, dh, ql); /* many misses in flight instead of misses inside the products */
+        q = ql, qst = dh;
+    }
+    if (vst != dh) {
         copy_rows_f32(v, vst, len, dh, vl);
         v = vl, vst = dh;
     }
@@ -139,9 +143,9 @@ int attnlab_attend_docs_f32(const float *q, const float *k, const float *v, floa
     int group = heads / kv_heads, failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
-        float *kt = aligned_alloc(64, lp * dh * 4 + 64), *vl = aligned_alloc(64, lp * dh * 4 + 64);
-        float *s = aligned_alloc(64, MR * lp * 4 + 64);
-        int ok = kt && vl && s;
+        float *kt = aligned_alloc(64, lp * dh * 4 + 64), *ql = aligned_alloc(64, lp * dh * 4 + 64);
+        float *vl = aligned_alloc(64, lp * dh * 4 + 64), *s = aligned_alloc(64, MR * lp * 4 + 64);
+        int ok = kt && ql && vl && s;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -152,10 +156,10 @@ int attnlab_attend_docs_f32(const float *q, const float *k, const float *v, floa
             int h, hk, len = doc_item(docs, it, heads, group, &b, &t0, &h, &hk);
             if (!ok || len == 0) continue;
             forward_one(q + at(qs, b, h, t0), qs[2], k + at(ks, b, hk, t0), ks[2], v + at(vs, b, hk, t0), vs[2],
-                        out + at(os, b, h, t0), os[2], len, dh, scale, causal, kt, vl, s,
+                        out + at(os, b, h, t0), os[2], len, dh, scale, causal, kt, ql, vl, s,
                         lse ? lse + at(ls, b, h, t0) : NULL, lse ? ls[2] : 0);
         }
-        free(kt); free(vl); free(s);
+        free(kt); free(ql); free(vl); free(s);
     }
     return failed ? -1 : 0;
 }
