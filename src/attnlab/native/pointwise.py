@@ -197,9 +197,12 @@ def _bias_gelu_setup(ctx, inputs, output) -> None:
         raise RuntimeError("bias_gelu_bf16 ran without keeping its derivative (with_slope=False); no backward")
     ctx.save_for_backward(output[1])
     ctx.has_bias = inputs[1] is not None
+    ctx.set_materialize_grads(False)  # the slope output gets no gradient: don't zero-fill one (~1.6 ms/layer)
 
 
-def _bias_gelu_backward(ctx, dout: Tensor, _dslope):
+def _bias_gelu_backward(ctx, dout: Tensor | None, _dslope):
+    if dout is None:  # the activation was not used downstream
+        return None, None, None
     (slope,) = ctx.saved_tensors
     dh, dbias = bias_gelu_backward_op(dout, slope, ctx.has_bias)
     return dh, dbias if ctx.has_bias else None, None
