@@ -60,25 +60,43 @@ static void rows_product(const float *a, int64_t ars, int64_t aks, int kn, const
     }
 }
 
-/* dst[d * lp + j] = src[j * st + d] for rows j < len, zero for len <= j < lp (16 x 16 blocks; lp % 16 == 0). */
-static void transpose_f32(const float *src, int64_t st, int len, int dh, int lp, float *dst) {
-    float blk[16][16];
-    for (int j0 = 0; j0 < lp; j0 += 16) {
-        int rows = len - j0 < 16 ? (len - j0 > 0 ? len - j0 : 0) : 16;
-        for (int d0 = 0; d0 < dh; d0 += 16) {
-            for (int r = 0; r < 16; r++)
-                _mm512_storeu_ps(blk[r], r < rows ? _mm512_loadu_ps(src + (int64_t)(j0 + r) * st + d0)
-                                                  : _mm512_setzero_ps());
-            for (int d = 0; d < 16; d++) {
-                __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(d), _mm512_mullo_epi32(
-                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(16)));
-                _mm512_storeu_ps(dst + (int64_t)(d0 + d) * lp + j0, _mm512_i32gather_ps(idx, &blk[0][0], 4));
-            }
-        }
+/* In-register transpose of a 16 x 16 block: r[i] row i in, column i out. Pairs of rows interleaved,
+ * then quadruples (r[4g + c] holds column 4 L + c of rows 4g..4g+3 in 128-bit lane L), then lanes. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+    for (int g = 0; g < 4; g++) {
+        r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        __m512 x2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), x3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(x0, x2, 0x88), t[c + 8] = _mm512_shuffle_f32x4(x0, x2, 0xDD);
+        t[c + 4] = _mm512_shuffle_f32x4(x1, x3, 0x88), t[c + 12] = _mm512_shuffle_f32x4(x1, x3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-/* dst (len x dh, contiguous) = rows [0, len) of src (row stride st). */
+/* dst[d * lp + j] = src[j * st + d] for rows j < len, zero for len <= j < lp (16 x 16 blocks; lp % 16 == 0). */
+static void transpose_f32(const float *src, int64_t st, int len, int dh, int lp, float *dst) {
+    for (int j0 = 0; j0 < lp; j0 += 16)
+        for (int d0 = 0; d0 < dh; d0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = j0 + i < len ? _mm512_loadu_ps(src + (int64_t)(j0 + i) * st + d0) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int d = 0; d < 16; d++) _mm512_storeu_ps(dst + (int64_t)(d0 + d) * lp + j0, r[d]);
+        }
+}
+
+/* dst (len x dh, contiguous) = rows [0, len) of src (row stride st): one sweep over a strided head slice
+ * with its cache misses in flight together, instead of one at a time inside the products that read it. */
 static void copy_rows_f32(const float *src, int64_t st, int len, int dh, float *dst) {
     for (int i = 0; i < len; i++) memcpy(dst + (size_t)i * dh, src + i * st, (size_t)dh * 4);
 }
@@ -111,8 +129,8 @@ static void forward_one(const float *q, int64_t qst, const float *k, int64_t kst
     const float ones[MR] = {1, 1, 1, 1, 1, 1}, mult = scale * 1.4426950408889634f;
     int lp = (len + 15) & ~15;
     transpose_f32(k, kst, len, dh, lp, kt);
-    if (qst != dh) { /* strided head slices of Q and V in contiguous copies: one sequential sweep with */
-        copy_rows_f32(q, qst, len, dh, ql); /* many misses in flight instead of misses inside the products */
+    if (qst != dh) { /* strided head slices of Q and V in contiguous copies */
+        copy_rows_f32(q, qst, len, dh, ql);
         q = ql, qst = dh;
     }
     if (vst != dh) {
@@ -175,10 +193,16 @@ int attnlab_attend_docs_f32(const float *q, const float *k, const float *v, floa
 static void backward_one(const float *q, int64_t qst, const float *k, int64_t kst, const float *v, int64_t vst,
                          const float *dout, int64_t dost, const float *lse, int64_t lst,
                          float *dq, int64_t dqst, float *dk, int64_t dkst, float *dv, int64_t dvst, int len, int dh,
-                         float scale, int causal, float *kt, float *vt, float *pm, float *dsm, float *dp) {
+                         float scale, int causal, float *local, float *kt, float *vt, float *pm, float *dsm,
+                         float *dp) {
     const float ones[MR] = {1, 1, 1, 1, 1, 1}, scales[MR] = {scale, scale, scale, scale, scale, scale};
     const float mult = scale * 1.4426950408889634f;
     int lp = (len + 15) & ~15;
+    float *ql = local, *kl = ql + (size_t)lp * dh, *dol = kl + (size_t)lp * dh;
+    copy_rows_f32(q, qst, len, dh, ql); /* Q, K, dO: read whole several times, from contiguous copies */
+    copy_rows_f32(k, kst, len, dh, kl);
+    copy_rows_f32(dout, dost, len, dh, dol);
+    q = ql, k = kl, dout = dol, qst = kst = dost = dh;
     transpose_f32(k, kst, len, dh, lp, kt);
     transpose_f32(v, vst, len, dh, lp, vt);
     for (int i0 = 0; i0 < len; i0 += MR) {
@@ -229,8 +253,8 @@ int attnlab_attend_docs_f32_backward(const float *q, const float *k, const float
     {
         float *kt = aligned_alloc(64, lp * d * 4 + 64), *vt = aligned_alloc(64, lp * d * 4 + 64);
         float *pm = aligned_alloc(64, len * lp * 4 + 64), *dsm = aligned_alloc(64, len * lp * 4 + 64);
-        float *dp = aligned_alloc(64, MR * lp * 4 + 64);
-        int ok = kt && vt && pm && dsm && dp;
+        float *dp = aligned_alloc(64, MR * lp * 4 + 64), *local = aligned_alloc(64, 3 * lp * d * 4 + 64);
+        int ok = kt && vt && pm && dsm && dp && local;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -243,9 +267,9 @@ int attnlab_attend_docs_f32_backward(const float *q, const float *k, const float
             backward_one(q + at(qs, b, h, t0), qs[2], k + at(ks, b, hk, t0), ks[2], v + at(vs, b, hk, t0), vs[2],
                          dout + at(dos, b, h, t0), dos[2], lse + at(ls, b, h, t0), ls[2],
                          dq + at(dqs, b, h, t0), dqs[2], dk + at(dks, b, h, t0), dks[2], dv + at(dvs, b, h, t0),
-                         dvs[2], n, dh, scale, causal, kt, vt, pm, dsm, dp);
+                         dvs[2], n, dh, scale, causal, local, kt, vt, pm, dsm, dp);
         }
-        free(kt); free(vt); free(pm); free(dsm); free(dp);
+        free(kt); free(vt); free(pm); free(dsm); free(dp); free(local);
     }
     return failed ? -1 : 0;
 }
