@@ -2,8 +2,8 @@
 exact softmax attention inside each document, forward and backward, on AVX-512 FMA.
 
 PyTorch's CPU flash kernel is built for long sequences; this kernel does each (document, head) whole in
-cache and is 1.4-2.1x faster forward, 1.2-2.0x forward + backward from 128 to 1,024 tokens at GPT sizes
-(parity at 64; ``benchmarks/native_attention_fp32.py``). Same semantics as
+cache and is 1.1-2.1x faster forward, 1.1-1.9x forward + backward from 64 to 1,024 tokens at GPT sizes
+(``benchmarks/native_attention_fp32.py``). Same semantics as
 :func:`attnlab.attention.documents.per_document_attention`, fp32 throughout (results agree with the
 float64 formula to fp32 rounding).
 """
@@ -18,7 +18,7 @@ from .documents import (_check, _doc_table, _fake_gradients, _gradient_buffers, 
                         _threads)
 
 # Longest document the fp32 kernel takes: it keeps a document's probabilities whole (len^2 fp32 per
-# thread, twice in the backward: 8 MB at 1,024 tokens, where it is still 1.2x SDPA forward + backward);
+# thread, twice in the backward: 8 MB at 1,024 tokens, where it is still 1.3x SDPA forward + backward);
 # longer ones go to PyTorch's flash kernel, which tiles the keys.
 MAX_DOC_LEN_FP32 = 1024
 
