@@ -180,3 +180,16 @@ def test_gpt_fp32_training_on_the_native_kernel_matches_pytorch():
         step_loss, _ = loss_and_grads()
         opt.step()
     assert step_loss.item() < 0.8 * loss.item()
+
+
+def test_operators_pass_torch_library_opcheck():
+    """Schema, fake (meta) implementations, autograd registration and AOT dispatch of both operators, as
+    torch.compile uses them (torch.library.opcheck)."""
+    q, k, v, spans = _packed([9, 14], heads=4, kv_heads=2, head_dim=32, batch=2)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    table = torch.tensor([(b, s, e - s) for b, row in enumerate(spans) for s, e in row], dtype=torch.int64)
+    torch.library.opcheck(documents_fp32.attend_documents_fp32_op, (q, k, v, table, True, 0.2, True))
+    out, lse = documents_fp32.attend_documents_fp32_op(q, k, v, table, True, 0.2, True)
+    dout = torch.randn(out.shape)
+    torch.library.opcheck(documents_fp32.attend_documents_fp32_backward_op,
+                          (q.detach(), k.detach(), v.detach(), dout, lse.detach(), table, True, 0.2))
