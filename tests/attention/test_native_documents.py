@@ -87,6 +87,37 @@ def test_matches_float32_attention_per_document(amx, lengths, causal, head_dim, 
 
 
 @needs_native
+@pytest.mark.parametrize("amx", PATHS)
+def test_negative_scale_and_spans_that_do_not_tile_the_row(amx):
+    """A negative score scale (the softmax's max is taken over the scaled scores) matches the formula, in
+    the forward and (AMX) the backward; spans that leave a gap or run past the row are refused."""
+    q, k, v, spans = _packed([45, 19], head_dim=64)
+
+    def formula(q_):  # float32 causal softmax attention per document (PyTorch's CPU SDPA gives NaN here)
+        parts = []
+        for s, e in spans[0]:
+            scores = q_[:, :, s:e] @ k[:, :, s:e].float().transpose(-1, -2) * -0.15
+            scores = scores.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
+            parts.append(scores.softmax(-1) @ v[:, :, s:e].float())
+        return torch.cat(parts, dim=2)
+
+    out = documents_attention_bf16(q, k, v, spans, causal=True, scale=-0.15, amx=amx)
+    ref = formula(q.float())
+    assert out is not None and (out.float() - ref).abs().max() < 0.02 * ref.abs().max() + 1e-3
+    if amx and HAS_AMX:
+        from attnlab.native.documents import trainable_documents_attention_bf16
+
+        leaf = q.detach().requires_grad_()
+        trainable_documents_attention_bf16(leaf, k, v, spans, causal=True, scale=-0.15).float().sum().backward()
+        exact = q.detach().float().requires_grad_()
+        formula(exact).sum().backward()
+        assert (leaf.grad.float() - exact.grad).abs().max() < 0.03 * exact.grad.abs().max() + 1e-3
+    for bad in ([[(0, 40), (41, 64)]], [[(0, 64), (64, 200)]]):
+        with pytest.raises(ValueError, match="spans"):
+            documents_attention_bf16(q, k, v, bad, causal=True, scale=None, amx=amx)
+
+
+@needs_native
 def test_head_dim_16_and_48_use_the_avx512_path():
     """AMX needs head_dim % 32 == 0; other multiples of 16 run on AVX-512 even when AMX is asked for."""
     for head_dim in (16, 48):

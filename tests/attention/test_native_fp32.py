@@ -34,15 +34,16 @@ def _packed(lengths, heads=4, kv_heads=4, head_dim=32, batch=1, seed=0, contiguo
     return q, k, v, [list(zip([0] + ends[:-1], ends))] * batch
 
 
-def _formula(q, k, v, spans, causal):
+def _formula(q, k, v, spans, causal, scale=None):
     """Softmax attention per document, heads expanded by repeat_interleave, in q's dtype (differentiable)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     rows = []
     for b, row in enumerate(spans):
         parts = []
         for s, e in row:
-            scores = q[b, :, s:e] @ k[b, :, s:e].transpose(-1, -2) * q.shape[-1] ** -0.5  # (H, L, L)
+            scores = q[b, :, s:e] @ k[b, :, s:e].transpose(-1, -2) * scale  # (H, L, L)
             if causal:
                 scores = scores.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
             parts.append(scores.softmax(-1) @ v[b, :, s:e])
@@ -78,6 +79,47 @@ def test_forward_and_gradients_match_the_float64_formula(lengths, causal, head_d
         assert n.dtype == torch.float32 and n.shape == e.shape, name
         err = (n.double() - e).abs().max().item()
         assert err <= 2e-6 * e.abs().max().item() + 1e-7 * float(floors[name]) + 1e-9, (name, err, e.abs().max())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("scale", [0.3, -0.2])
+def test_long_documents_any_scale_and_row_specific_spans(causal, scale):
+    """Forward, log-sum-exp and gradients for documents of up to 300 tokens (50 row blocks), different
+    documents in each batch row, head size 128, GQA, and a positive or negative score scale, against the
+    float64 formula."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 305, 128, generator=g)
+    k, v = torch.randn(2, 2, 305, 128, generator=g), torch.randn(2, 2, 305, 128, generator=g)
+    spans = [[(0, 300), (300, 305)], [(0, 100), (100, 305)]]
+    dout = torch.randn(q.shape, generator=g)
+    native_ = _grads(lambda a, b, c: documents_attention_fp32(a, b, c, spans, causal=causal, scale=scale), q, k, v,
+                     dout)
+    exact = _grads(lambda a, b, c: _formula(a.double(), b.double(), c.double(), spans, causal, scale), q, k, v,
+                   dout.double())
+    for name, n, e in zip(("out", "dq", "dk", "dv"), native_, exact):
+        assert (n.double() - e).abs().max() <= 5e-6 * e.abs().max(), name
+    table = torch.tensor([(b, s, e - s) for b, row in enumerate(spans) for s, e in row], dtype=torch.int64)
+    _, lse = documents_fp32.attend_documents_fp32_op(q, k, v, table, causal, scale, True)
+    group = q.shape[1] // k.shape[1]
+    for b, row in enumerate(spans):
+        for s, e in row:
+            scores = q[b, :, s:e].double() @ k[b, :, s:e].repeat_interleave(group, 0).double().transpose(-1, -2) * scale
+            if causal:
+                scores = scores.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
+            expected = torch.logsumexp(scores, -1) / torch.log(torch.tensor(2.0, dtype=torch.float64))  # base 2
+            assert (lse[b, :, s:e].double() - expected).abs().max() < 1e-5
+
+
+def test_spans_must_tile_each_row_and_batches_must_agree():
+    """Spans are checked before the kernel trusts them (a clear error, not memory corruption); mismatched
+    batch sizes are left to PyTorch (None)."""
+    q, k, v, _ = _packed([10, 6], head_dim=32, batch=2)
+    bad = {"a row too few": [[(0, 16)]], "a gap": [[(0, 8), (9, 16)]] * 2, "past the end": [[(0, 1000)]] * 2,
+           "overlap": [[(0, 10), (5, 16)]] * 2, "short": [[(0, 10)]] * 2, "empty run": [[(0, 0), (0, 16)]] * 2}
+    for name, spans in bad.items():
+        with pytest.raises(ValueError, match="spans"):
+            documents_attention_fp32(q, k, v, spans, causal=True, scale=None)
+    assert documents_attention_fp32(q, k[:1], v[:1], [[(0, 16)]] * 2, causal=True, scale=None) is None
 
 
 def test_long_causal_document_and_the_length_limit():

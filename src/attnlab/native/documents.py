@@ -18,15 +18,16 @@ MAX_DOC_LEN = {"amx": 1024, "avx512": 96}
 
 def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
     """The inputs fit the kernel: CPU bfloat16, ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
-    ``H`` a multiple of ``Hkv``, unit stride along ``Dh``, even token strides, 4-byte aligned data, and
-    (``grad=False``) no gradient wanted."""
+    ``H`` a multiple of ``Hkv``, equal batch sizes and lengths, unit stride along ``Dh``, even token
+    strides, 4-byte aligned data, and (``grad=False``) no gradient wanted."""
     if q.device.type != "cpu" or not all(t.dtype == torch.bfloat16 and t.dim() == 4 for t in (q, k, v)):
         return False
     if not grad and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return False
     dh = q.shape[3]
     shapes_ok = dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
-        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2]
+        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
+        and q.shape[0] == k.shape[0] == v.shape[0]
     return shapes_ok and all(_layout_ok(t) for t in (q, k, v))
 
 
@@ -38,9 +39,29 @@ def _kernel_layout(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t if _layout_ok(t) else t.contiguous() for t in tensors)
 
 
-def _doc_table(spans: list[list[tuple[int, int]]]) -> Tensor:
-    """``(docs, 3)`` int64: batch row, first token, length."""
-    return torch.tensor([(b, s, e - s) for b, row in enumerate(spans) for s, e in row], dtype=torch.int64)
+def _doc_table(spans: list[list[tuple[int, int]]], batch: int, length: int) -> Tensor:
+    """``(docs, 3)`` int64: batch row, first token, length.
+
+    Raises:
+        ValueError: unless ``spans`` has one list per batch row whose ``[start, end)`` runs tile
+            ``[0, length)`` in order (what :func:`attnlab.attention.documents.document_spans` gives; the
+            kernels trust the table, and tokens outside every run would get no output).
+    """
+    if len(spans) != batch:
+        raise ValueError(f"spans has {len(spans)} rows for a batch of {batch}: give one list of (start, end) "
+                         "runs per batch row")
+    table = []
+    for b, row in enumerate(spans):
+        end = 0
+        for s, e in row:
+            if s != end or e <= s:
+                raise ValueError(f"spans[{b}] must be non-empty [start, end) runs, each starting where the last "
+                                 f"ended, covering 0..{length}; got {list(row)[:6]}")
+            table.append((b, s, e - s))
+            end = e
+        if end != length:
+            raise ValueError(f"spans[{b}] covers 0..{end}, not the {length} tokens of the row")
+    return torch.tensor(table, dtype=torch.int64)
 
 
 def _strides(*tensors: Tensor) -> list[Tensor]:
@@ -57,7 +78,11 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     (a transposed view of ``(B, T, H, Dh)`` memory). Returns ``None`` when the kernel cannot run these
     inputs (see :func:`usable`), a document is longer than :data:`MAX_DOC_LEN` for the path, or the kernel
     is not available; the caller then uses PyTorch. ``amx``: use AMX tiles when the CPU has them and
-    ``Dh % 32 == 0`` (default); ``False`` forces the AVX-512 path.
+    ``Dh % 32 == 0`` (default); ``False`` forces the AVX-512 path. ``scale`` may have any sign.
+
+    Raises:
+        ValueError: ``spans`` does not tile each row (one list per batch row of consecutive runs over
+            ``[0, T)``).
     """
     plan = _plan(q, k, v, spans, grad=False, amx=amx)
     if plan is None:
@@ -89,7 +114,7 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *
     if lib is None:
         return None
     amx = lib.amx and q.shape[3] % 32 == 0 and amx is not False
-    table = _doc_table(spans)
+    table = _doc_table(spans, q.shape[0], q.shape[2])
     if (grad and not amx) or int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
         return None
     return table, amx

@@ -25,28 +25,33 @@ MAX_DOC_LEN_FP32 = 1024
 
 def usable_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """The inputs fit the kernel: CPU float32 ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
-    ``H`` a multiple of ``Hkv``, equal lengths, unit stride along ``Dh``."""
+    ``H`` a multiple of ``Hkv``, equal batch sizes and lengths, unit stride along ``Dh``."""
     if q.device.type != "cpu" or not all(t.dtype == torch.float32 and t.dim() == 4 for t in (q, k, v)):
         return False
     dh = q.shape[3]
     return dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
         and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
-        and all(t.stride(3) == 1 for t in (q, k, v))
+        and q.shape[0] == k.shape[0] == v.shape[0] and all(t.stride(3) == 1 for t in (q, k, v))
 
 
 def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
                              causal: bool, scale: float | None) -> Tensor | None:
-    """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row) on the native fp32
-    kernel, differentiable (FlashAttention-2's backward from the saved log-sum-exp; no double backward).
+    """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row; the runs tile the
+    row, as :func:`attnlab.attention.documents.document_spans` makes them) on the native fp32 kernel,
+    differentiable (FlashAttention-2's backward from the saved log-sum-exp; no double backward).
 
     q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` (GQA heads grouped, not expanded) -> ``(B, H, T, Dh)`` (a
     transposed view of ``(B, T, H, Dh)`` memory). ``None`` when the kernel cannot run these inputs
     (:func:`usable_fp32`), a document is longer than :data:`MAX_DOC_LEN_FP32`, or the native library is not
-    available; the caller then uses PyTorch.
+    available; the caller then uses PyTorch. ``scale`` may have any sign (default ``Dh ** -0.5``).
+
+    Raises:
+        ValueError: ``spans`` does not tile each row (one list per batch row of consecutive runs over
+            ``[0, T)``).
     """
     if not usable_fp32(q, k, v) or not any(spans) or load() is None:
         return None
-    table = _doc_table(spans)
+    table = _doc_table(spans, q.shape[0], q.shape[2])
     if int(table[:, 2].max()) > MAX_DOC_LEN_FP32:
         return None
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)

@@ -125,11 +125,11 @@ static float softmax_row_f32(float *s, int valid, int width, float mult, float *
 
 /* One (document, head): q rows [0, len) against k, v rows [0, len). kt: dh x lp, s: MR x lp (lp = len
  * rounded up to 16). lse (stride lst), when not NULL, receives each row's base-2 log-sum-exp of the
- * scaled scores (log2 sum_j 2^(s_ij scale log2 e)). */
+ * scaled scores (log2 sum_j e^(scale q_i . k_j)); the scale is applied in the product, so any sign works. */
 static void forward_one(const float *q, int64_t qst, const float *k, int64_t kst, const float *v, int64_t vst,
                         float *o, int64_t ost, int len, int dh, float scale, int causal, float *kt, float *ql,
                         float *vl, float *s, float *lse, int64_t lst) {
-    const float ones[MR] = {1, 1, 1, 1, 1, 1}, mult = scale * 1.4426950408889634f;
+    const float scales[MR] = {scale, scale, scale, scale, scale, scale}, mult = 1.4426950408889634f; /* log2 e */
     int lp = (len + 15) & ~15;
     transpose_f32(k, kst, len, dh, lp, kt);
     if (qst != dh) { /* strided head slices of Q and V in contiguous copies */
@@ -142,7 +142,7 @@ static void forward_one(const float *q, int64_t qst, const float *k, int64_t kst
     }
     for (int i0 = 0; i0 < len; i0 += MR) {
         int nrows = len - i0 < MR ? len - i0 : MR, ncols = causal ? i0 + nrows : len;
-        rows_product(q + i0 * qst, qst, 1, dh, kt, lp, (ncols + 15) & ~15, s, lp, nrows, ones); /* S = Q K^T */
+        rows_product(q + i0 * qst, qst, 1, dh, kt, lp, (ncols + 15) & ~15, s, lp, nrows, scales); /* S = scale Q K^T */
         float inv[MR];
         for (int r = 0; r < nrows; r++) {
             float row_max, sum = softmax_row_f32(s + r * lp, causal ? i0 + r + 1 : len, ncols, mult, &row_max);
@@ -188,7 +188,7 @@ int attnlab_attend_docs_f32(const float *q, const float *k, const float *v, floa
 /* ---- backward ---------------------------------------------------------------------------------------
  * With S = scale Q K^T, P = softmax(S) (recomputed from the forward's log-sum-exp), dP = dO V^T and
  * D_i = sum_j P_ij dP_ij (FlashAttention's dO_i . O_i, here from the same dP, so each row of dS sums to 0
- * up to rounding and a one-token document gets exactly zero dQ, dK):
+ * up to rounding and the forward's output is not needed):
  *   dS = P o (dP - D),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO.
  * Row blocks of MR queries form S, dP, then P and dS (kept whole: len x lp each) and dQ; then blocks of
  * MR keys form dK and dV from the stored P and dS columns (A^T B through the micro-kernel's strides).
@@ -199,7 +199,7 @@ static void backward_one(const float *q, int64_t qst, const float *k, int64_t ks
                          float scale, int causal, float *local, float *kt, float *vt, float *pm, float *dsm,
                          float *dp) {
     const float ones[MR] = {1, 1, 1, 1, 1, 1}, scales[MR] = {scale, scale, scale, scale, scale, scale};
-    const float mult = scale * 1.4426950408889634f;
+    const float mult = 1.4426950408889634f; /* log2 e: P = 2^(S log2 e - lse) */
     int lp = (len + 15) & ~15;
     float *ql = local, *kl = ql + (size_t)lp * dh, *dol = kl + (size_t)lp * dh;
     copy_rows_f32(q, qst, len, dh, ql); /* Q, K, dO: read whole several times, from contiguous copies */
@@ -211,7 +211,7 @@ static void backward_one(const float *q, int64_t qst, const float *k, int64_t ks
     for (int i0 = 0; i0 < len; i0 += MR) {
         int nrows = len - i0 < MR ? len - i0 : MR, ncols = causal ? i0 + nrows : len, n16 = (ncols + 15) & ~15;
         float *pr = pm + (int64_t)i0 * lp, *dsr = dsm + (int64_t)i0 * lp;
-        rows_product(q + i0 * qst, qst, 1, dh, kt, lp, n16, pr, lp, nrows, ones);       /* S = Q K^T */
+        rows_product(q + i0 * qst, qst, 1, dh, kt, lp, n16, pr, lp, nrows, scales);     /* S = scale Q K^T */
         rows_product(dout + i0 * dost, dost, 1, dh, vt, lp, n16, dp, lp, nrows, ones);  /* dP = dO V^T */
         for (int r = 0; r < nrows; r++) {
             int i = i0 + r, valid = causal ? i + 1 : len;

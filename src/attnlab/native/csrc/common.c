@@ -64,17 +64,17 @@ INTERNAL void pack_v(const bf16 *v, int64_t st, int len, int rows, int dh, bf16 
     if (rows > done) memset(vp + (size_t)done * dh, 0, (size_t)(rows - done) * dh * 2);
 }
 
-/* Row softmax numerator over [0, valid): p <- bf16(2^((s - max) mult)), zeros up to `width` (even) and
+/* Row softmax numerator over [0, valid): p <- bf16(2^(s mult - max)), zeros up to `width` (even) and
  * up to the next multiple of 16 (p rows are 16-padded); returns the fp32 sum of the unrounded values
- * and stores max(s) in *row_max. */
+ * and stores max(s mult) in *row_max (the max of the scaled scores: right for a negative mult too). */
 INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float mult, float *row_max) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __m512 mx = _mm512_set1_ps(-INFINITY), m = _mm512_set1_ps(mult);
     int j = 0;
-    for (; j + 16 <= valid; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+    for (; j + 16 <= valid; j += 16) mx = _mm512_max_ps(mx, _mm512_mul_ps(_mm512_loadu_ps(s + j), m));
     __mmask16 tail = first_n(valid - j);
-    if (tail) mx = _mm512_mask_max_ps(mx, tail, mx, _mm512_loadu_ps(s + j));
+    if (tail) mx = _mm512_mask_max_ps(mx, tail, mx, _mm512_mul_ps(_mm512_loadu_ps(s + j), m));
     *row_max = _mm512_reduce_max_ps(mx);
-    __m512 m = _mm512_set1_ps(mult), off = _mm512_set1_ps(*row_max * mult);
+    __m512 off = _mm512_set1_ps(*row_max);
     __m512 sum = _mm512_setzero_ps();
     for (j = 0; j + 16 <= valid; j += 16) {
         __m512 e = exp2_neg(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), m, off));

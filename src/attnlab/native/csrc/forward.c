@@ -126,7 +126,7 @@ static void attend_one_amx(
             int valid = causal ? i0 + r + 1 : len;
             float row_max, sum = softmax_row(s + r * l32, valid, kmax, p + r * l32, mult, &row_max);
             inv[r] = 1.0f / sum;
-            if (lse) lse[(i0 + r) * lst] = row_max * mult + log2f(sum); /* base-2 log-sum-exp, for backward */
+            if (lse) lse[(i0 + r) * lst] = row_max + log2f(sum); /* base-2 log-sum-exp, for backward */
         }
         for (int r = nrows; r < 16; r++) memset(p + r * l32, 0, (size_t)kmax * 2);
         amx_rows_times_pairs(p, l32 * 2, vp, dh, kmax, inv, nrows, o + i0 * ost, ost, ot); /* out = P V / sum */
