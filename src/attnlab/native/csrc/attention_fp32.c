@@ -63,29 +63,6 @@ static void rows_product(const float *a, int64_t ars, int64_t aks, int kn, const
     }
 }
 
-/* In-register transpose of a 16 x 16 block: r[i] row i in, column i out. Pairs of rows interleaved,
- * then quadruples (r[4g + c] holds column 4 L + c of rows 4g..4g+3 in 128-bit lane L), then lanes. */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int g = 0; g < 4; g++) {
-        r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-        __m512 x2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), x3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-        t[c] = _mm512_shuffle_f32x4(x0, x2, 0x88), t[c + 8] = _mm512_shuffle_f32x4(x0, x2, 0xDD);
-        t[c + 4] = _mm512_shuffle_f32x4(x1, x3, 0x88), t[c + 12] = _mm512_shuffle_f32x4(x1, x3, 0xDD);
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-
 /* dst[d * lp + j] = src[j * st + d] for rows j < len, zero for len <= j < lp (16 x 16 blocks; lp % 16 == 0). */
 static void transpose_f32(const float *src, int64_t st, int len, int dh, int lp, float *dst) {
     for (int j0 = 0; j0 < lp; j0 += 16)

@@ -35,16 +35,18 @@ static inline float dot_bf16(const bf16 *a, const bf16 *b, int dh) { /* fp32 sum
     return _mm512_reduce_add_ps(acc);
 }
 
-/* out (ncol x dh, row stride ost, bf16) = scale * in^T for in (dh x l16 fp32), columns [0, ncol). */
+/* out (ncol x dh, row stride ost, bf16) = scale * in^T for in (dh x l16 fp32), columns [0, ncol):
+ * 16 x 16 blocks transposed in registers (kernels.h), scaled and rounded to bf16 row by row. */
 static void write_transposed(const float *in, int l16, int ncol, int dh, float scale, bf16 *out, int64_t ost) {
-    __m512i rows = word_rows(2 * (int64_t)l16); /* offsets of 16 consecutive rows of `in` (l16 floats each) */
-    for (int j = 0; j < ncol; j++) {
-        bf16 *row = out + j * ost;
-        for (int d = 0; d < dh; d += 16) {
-            __m512 x = _mm512_mul_ps(_mm512_i32gather_ps(rows, in + (size_t)d * l16 + j, 4), _mm512_set1_ps(scale));
-            _mm256_storeu_si256((__m256i *)(row + d), (__m256i)_mm512_cvtneps_pbh(x));
+    __m512 s = _mm512_set1_ps(scale);
+    for (int j0 = 0; j0 < ncol; j0 += 16)
+        for (int d0 = 0; d0 < dh; d0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(in + (size_t)(d0 + i) * l16 + j0);
+            transpose16(r); /* r[c]: column j0 + c, dims d0..d0+15 */
+            for (int c = 0; c < 16 && j0 + c < ncol; c++)
+                _mm256_storeu_si256((__m256i *)(out + (j0 + c) * ost + d0), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(r[c], s)));
         }
-    }
 }
 
 /* acc (dh x l16 fp32) = a (dh x l32 bf16 rows, queries) @ bi (queries interleaved in pairs x l16 keys),
