@@ -20,15 +20,22 @@ def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
     """The inputs fit the kernel: CPU bfloat16, ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
     ``H`` a multiple of ``Hkv``, equal batch sizes and lengths, unit stride along ``Dh``, even token
     strides, 4-byte aligned data, and (``grad=False``) no gradient wanted."""
-    if q.device.type != "cpu" or not all(t.dtype == torch.bfloat16 and t.dim() == 4 for t in (q, k, v)):
+    if q.device.type != "cpu" or not all(t.dtype == torch.bfloat16 for t in (q, k, v)):
         return False
     if not grad and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return False
+    return shapes_fit(q, k, v) and all(_layout_ok(t) for t in (q, k, v))
+
+
+def shapes_fit(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """The shapes both native kernels (bf16 and fp32) take: 4-D ``(B, H, T, Dh)`` q and ``(B, Hkv, T, Dh)``
+    k, v with equal batch sizes and lengths, ``H`` a multiple of ``Hkv``, ``Dh % 16 == 0``, ``Dh <= 256``."""
+    if not all(t.dim() == 4 for t in (q, k, v)):
+        return False
     dh = q.shape[3]
-    shapes_ok = dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
+    return dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
         and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
         and q.shape[0] == k.shape[0] == v.shape[0]
-    return shapes_ok and all(_layout_ok(t) for t in (q, k, v))
 
 
 def _layout_ok(t: Tensor) -> bool:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import load
 from .documents import (_check, _doc_table, _fake_gradients, _gradient_buffers, _strides, _sum_kv_groups,
-                        _threads)
+                        _threads, shapes_fit)
 
 # Longest document the fp32 kernel takes: it keeps a document's probabilities whole (len^2 fp32 per
 # thread, twice in the backward: 8 MB at 1,024 tokens, where it is still 1.3x SDPA forward + backward);
@@ -26,12 +26,9 @@ MAX_DOC_LEN_FP32 = 1024
 def usable_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """The inputs fit the kernel: CPU float32 ``(B, H, T, Dh)`` with ``Dh % 16 == 0`` and ``Dh <= 256``,
     ``H`` a multiple of ``Hkv``, equal batch sizes and lengths, unit stride along ``Dh``."""
-    if q.device.type != "cpu" or not all(t.dtype == torch.float32 and t.dim() == 4 for t in (q, k, v)):
+    if q.device.type != "cpu" or not all(t.dtype == torch.float32 for t in (q, k, v)):
         return False
-    dh = q.shape[3]
-    return dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
-        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
-        and q.shape[0] == k.shape[0] == v.shape[0] and all(t.stride(3) == 1 for t in (q, k, v))
+    return shapes_fit(q, k, v) and all(t.stride(3) == 1 for t in (q, k, v))
 
 
 def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,

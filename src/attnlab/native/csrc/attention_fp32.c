@@ -75,12 +75,6 @@ static void transpose_f32(const float *src, int64_t st, int len, int dh, int lp,
         }
 }
 
-/* dst (len x dh, contiguous) = rows [0, len) of src (row stride st): one sweep over a strided head slice
- * with its cache misses in flight together, instead of one at a time inside the products that read it. */
-static void copy_rows_f32(const float *src, int64_t st, int len, int dh, float *dst) {
-    for (int i = 0; i < len; i++) memcpy(dst + (size_t)i * dh, src + i * st, (size_t)dh * 4);
-}
-
 /* Softmax numerator of one score row in place: s[j] <- 2^((s[j] - max) mult) for j < valid, 0 for
  * valid <= j < width; returns the sum and stores max(s[0:valid]) in *row_max. */
 static float softmax_row_f32(float *s, int valid, int width, float mult, float *row_max) {
@@ -110,11 +104,11 @@ static void forward_one(const float *q, int64_t qst, const float *k, int64_t kst
     int lp = (len + 15) & ~15;
     transpose_f32(k, kst, len, dh, lp, kt);
     if (qst != dh) { /* strided head slices of Q and V in contiguous copies */
-        copy_rows_f32(q, qst, len, dh, ql);
+        copy_rows(q, qst, len, dh, 4, ql);
         q = ql, qst = dh;
     }
     if (vst != dh) {
-        copy_rows_f32(v, vst, len, dh, vl);
+        copy_rows(v, vst, len, dh, 4, vl);
         v = vl, vst = dh;
     }
     for (int i0 = 0; i0 < len; i0 += MR) {
@@ -179,9 +173,9 @@ static void backward_one(const float *q, int64_t qst, const float *k, int64_t ks
     const float mult = 1.4426950408889634f; /* log2 e: P = 2^(S log2 e - lse) */
     int lp = (len + 15) & ~15;
     float *ql = local, *kl = ql + (size_t)lp * dh, *dol = kl + (size_t)lp * dh;
-    copy_rows_f32(q, qst, len, dh, ql); /* Q, K, dO: read whole several times, from contiguous copies */
-    copy_rows_f32(k, kst, len, dh, kl);
-    copy_rows_f32(dout, dost, len, dh, dol);
+    copy_rows(q, qst, len, dh, 4, ql); /* Q, K, dO: read whole several times, from contiguous copies */
+    copy_rows(k, kst, len, dh, 4, kl);
+    copy_rows(dout, dost, len, dh, 4, dol);
     q = ql, k = kl, dout = dol, qst = kst = dost = dh;
     transpose_f32(k, kst, len, dh, lp, kt);
     transpose_f32(v, vst, len, dh, lp, vt);

@@ -85,12 +85,6 @@ typedef struct { /* per-thread buffers of the backward pass, sized for the longe
     bf16 *local;                 /* 5 x l32 x dh: contiguous copies of this document's q, k, v, o, dO rows */
 } bwd_buffers;
 
-/* dst (len x dh, contiguous) = rows [0, len) of src (row stride st): a sequential, prefetch-friendly read
- * of a strided head slice, so the gathers and tile loads that follow hit the cache. */
-static void copy_rows(const bf16 *src, int64_t st, int len, int dh, bf16 *dst) {
-    for (int i = 0; i < len; i++) memcpy(dst + (size_t)i * dh, src + i * st, (size_t)dh * 2);
-}
-
 static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t kst, const bf16 *v, int64_t vst,
                              const bf16 *o, int64_t ost, const bf16 *dout, int64_t dost, const float *lse, int64_t lst,
                              bf16 *dq, int64_t dqst, bf16 *dk, int64_t dkst, bf16 *dv, int64_t dvst, int len, int dh,
@@ -98,11 +92,11 @@ static void backward_one_amx(const bf16 *q, int64_t qst, const bf16 *k, int64_t 
     const float mult = scale * 1.4426950408889634f;
     size_t slot = (size_t)((len + 31) & ~31) * dh;
     bf16 *lq = w->local, *lk = lq + slot, *lv = lk + slot, *lo_ = lv + slot, *ldo = lo_ + slot;
-    copy_rows(q, qst, len, dh, lq);
-    copy_rows(k, kst, len, dh, lk);
-    copy_rows(v, vst, len, dh, lv);
-    copy_rows(o, ost, len, dh, lo_);
-    copy_rows(dout, dost, len, dh, ldo);
+    copy_rows(q, qst, len, dh, 2, lq);
+    copy_rows(k, kst, len, dh, 2, lk);
+    copy_rows(v, vst, len, dh, 2, lv);
+    copy_rows(o, ost, len, dh, 2, lo_);
+    copy_rows(dout, dost, len, dh, 2, ldo);
     q = lq, k = lk, v = lv, o = lo_, dout = ldo;
     qst = kst = vst = ost = dost = dh;
     const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,

@@ -100,6 +100,14 @@ static inline void transpose16(__m512 r[16]) {
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
+/* dst (len x dh elements of `size` bytes, contiguous) = rows [0, len) of src (row stride st elements): one
+ * sweep over a strided head slice with its cache misses in flight together, so the products, gathers and
+ * tile loads that read it several times afterwards hit the cache. */
+static inline void copy_rows(const void *src, int64_t st, int len, int dh, size_t size, void *dst) {
+    for (int i = 0; i < len; i++)
+        memcpy((char *)dst + (size_t)i * dh * size, (const char *)src + i * st * (int64_t)size, (size_t)dh * size);
+}
+
 /* Element offset of (batch row b, head h, token t) in a tensor with (batch, head, token) strides s. */
 static inline int64_t at(const int64_t *s, int64_t b, int64_t h, int64_t t) { return b * s[0] + h * s[1] + t * s[2]; }
 
