@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlab.attention import AttentionContext, MultiHeadAttention, build_attention, reference_attention
-from attnlab.attention.combiner import POOLINGS
+from attnlab.attention.kernels.combiner import POOLINGS
 from attnlab.attention.masks import causal_mask
 
 B, H, T, D = 2, 4, 23, 8

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionContext, build_attention
-from attnlab.attention.deconstructing import non_approximate_recurrent, taylor_recurrent
+from attnlab.attention.kernels.deconstructing import non_approximate_recurrent, taylor_recurrent
 from attnlab.models.registry import create_model
 
 VARIANTS = ["mlp_mixing", "approximate", "non_approximate", "random_qk", "fixed_seq_qk", "static_emb_qk"]
@@ -140,16 +140,16 @@ def test_per_layer_schedule_builds_the_right_kernels():
     m = create_model("gpt-tiny", num_layers=4, attention=["softmax", "random_qk", "softmax", "random_qk"],
                      attention_options=[{}, {"sigma": 0.5}, {}, {"sigma": 0.5}])
     assert [b.attn.kernel.name for b in m.blocks] == ["softmax", "random_qk", "softmax", "random_qk"]
-    assert m.qk_streams is not None and len(m.qk_streams.keys) == 1  # one shared stream row
+    assert len(m.stack_hooks) == 1 and len(m.stack_hooks[0].keys) == 1  # one shared stream row
     logits = m(torch.randint(0, 256, (3, 10)))
     assert logits.shape == (3, 10, 256) and torch.isfinite(logits).all()
-    assert model(["softmax", "softmax"]).qk_streams is None
+    assert len(model(["softmax", "softmax"]).stack_hooks) == 0
 
 
 def test_stream_is_seeded_and_padding_is_extended():
     a = model(["random_qk", "softmax"], seed=0)
     b = model(["random_qk", "softmax"], seed=1)
-    torch.testing.assert_close(a.qk_streams.stream_0, b.qk_streams.stream_0)  # seeded by the option, not init
+    torch.testing.assert_close(a.stack_hooks[0].stream_0, b.stack_hooks[0].stream_0)  # seeded by the option, not init
     ids = torch.randint(0, 256, (2, 10))
     kpm = torch.ones(2, 10, dtype=torch.bool)
     kpm[1, 7:] = False
@@ -161,7 +161,7 @@ def test_fixed_tokens_are_validated():
     with pytest.raises(ValueError, match="max_seq_len"):
         model(["fixed_seq_qk", "softmax"], attention_options=[{"tokens": [1, 2, 3]}, {}])
     m = model(["fixed_seq_qk", "softmax"], attention_options=[{"tokens": list(range(40))}, {}])
-    torch.testing.assert_close(m.qk_streams.stream_0, torch.arange(32))
+    torch.testing.assert_close(m.stack_hooks[0].stream_0, torch.arange(32))
 
 
 def test_stream_models_keep_standard_checkpoint_keys():

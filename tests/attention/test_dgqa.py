@@ -4,7 +4,7 @@ last norms, training update rule, seeded repair, causal (lagged) use."""
 import torch
 
 from attnlab.attention import AttentionContext, build_attention, reference_attention
-from attnlab.attention.gqa_groups import key_norms, proportional_allocation
+from attnlab.attention.engines.gqa_groups import key_norms, proportional_allocation
 from attnlab.attention.masks import causal_mask
 
 ST = dict(num_heads=6, num_kv_heads=3, head_dim=8)

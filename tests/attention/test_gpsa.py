@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attnlab.attention import AttentionContext, CapabilityError, build_attention, reference_attention
-from attnlab.attention.gpsa import init_value_identity_, relative_indices
+from attnlab.attention.kernels.gpsa import init_value_identity_, relative_indices
 from attnlab.models.registry import create_model
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnlab.attention import AttentionContext, CapabilityError, build_attention, reference_attention
-from attnlab.attention.gqa_groups import greedy_repair, heads_to_groups, minmax_allocation
+from attnlab.attention.engines.gqa_groups import greedy_repair, heads_to_groups, minmax_allocation
 from attnlab.attention.masks import causal_mask
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionContext, MultiHeadAttention, build_attention
-from attnlab.attention.linear import LinearAttentionCache
+from attnlab.attention.kernels.linear import LinearAttentionCache
 from attnlab.attention.reference import expand_kv_heads
 
 B, H, T, D = 2, 4, 26, 8

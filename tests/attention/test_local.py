@@ -169,7 +169,7 @@ def test_bfloat16_within_spec_tolerance():
 ])
 def test_many_small_chunks_and_strided_spans(monkeypatch, name, options, grid, recompute):
     """A tiny chunk budget forces multi-chunk loops and, for 1-D bands, the strided-view (no gather) path."""
-    import attnlab.attention.local as local
+    import attnlab.attention.engines.blocked as local
 
     monkeypatch.setattr(local, "_CHUNK_ELEMS", 200)
     monkeypatch.setattr(local, "_CHUNK_ELEMS_THREADED", 200)
@@ -187,7 +187,7 @@ def test_many_small_chunks_and_strided_spans(monkeypatch, name, options, grid, r
 def test_second_backward_with_retained_graph_gives_the_same_gradients(monkeypatch, band_path):
     """Kept probabilities are released chunk by chunk in the first backward; a second backward through a
     retained graph recomputes them and must give identical gradients (both the gather and the band path)."""
-    import attnlab.attention.local as local
+    import attnlab.attention.engines.blocked as local
 
     if band_path:
         monkeypatch.setattr(local, "_CHUNK_ELEMS", 200)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlab.attention import AttentionContext, MultiHeadAttention, build_attention, reference_attention
-from attnlab.attention.neighborhood import na_axis_mask
+from attnlab.attention.kernels.neighborhood import na_axis_mask
 
 
 def qkv(B, H, Hkv, T, S, D=8, seed=0):

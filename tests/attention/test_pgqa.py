@@ -7,7 +7,7 @@ import torch
 from attnlab.attention import AttentionContext, build_attention, reference_attention
 from attnlab.attention.capabilities import CapabilityError
 from attnlab.attention.masks import causal_mask
-from attnlab.attention.pgqa import group_noise
+from attnlab.attention.kernels.pgqa import group_noise
 
 
 def qkv(B=2, H=4, G=2, T=10, D=8, seed=0):

@@ -4,7 +4,7 @@ import torch
 
 from attnlab.attention import AttentionContext, build_attention, reference_attention
 from attnlab.attention.masks import causal_mask
-from attnlab.attention.selective import selective_attention, visible_keys
+from attnlab.attention.kernels.selective import selective_attention, visible_keys
 
 ST = dict(num_heads=4, num_kv_heads=2, head_dim=8)
 

@@ -1,6 +1,6 @@
 """The attention contract: registry, shell, context, masks, reference formula and the kernels."""
 
-from . import builtin  # noqa: F401  (registers the built-in kernels)
+from . import kernels  # noqa: F401  (registers the built-in kernels)
 from .base import AttentionKernel, pop_aux_loss
 from .cache import DenseKVCache, RollingKVCache
 from .capabilities import Capabilities, CapabilityError

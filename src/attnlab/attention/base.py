@@ -38,7 +38,22 @@ class AttentionKernel(nn.Module):
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        raise NotImplementedError
+        """Check the call once (shapes, context masks, declared capabilities), then :meth:`attend`.
+
+        Raises:
+            ValueError: mismatched q/k/v shapes or context tensors (the message names the expected shape).
+            CapabilityError: the context asks for something the kernel does not declare.
+        """
+        ctx = as_context(ctx)
+        self.check_call(q, k, v, ctx)
+        return self.attend(q, k, v, ctx)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """The mechanism: ``q (B, H, T, Dh)``, ``k, v (B, Hkv, S, Dh)`` -> ``(B, H, T, Dh)``.
+
+        Subclasses implement this; :meth:`forward` has already checked the call.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement attend(q, k, v, ctx)")
 
     def qk_input(self, x: Tensor, ctx: AttentionContext | None) -> Tensor | None:
         """The tensor the shell projects queries and keys from; ``None`` = the layer input ``x``.
@@ -59,8 +74,17 @@ class AttentionKernel(nn.Module):
             return base
         return pat if base is None else base & pat
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        """``(B, H, T, S)`` attention map recomputed through the dense reference path."""
+    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
+        """The ``(B, H, T, S)`` attention map of this call, checked like :meth:`forward`, from :meth:`attention_map`."""
+        ctx = as_context(ctx)
+        self.check_call(q, k, v, ctx)
+        return self.attention_map(q, k, v, ctx)
+
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """``(B, H, T, S)`` map recomputed through the dense reference path under :meth:`full_mask`.
+
+        Kernels whose map is not softmax under a keep mask (linear, routing, ...) override this.
+        """
         keep = self.full_mask(q.shape[2], k.shape[2], ctx, q.device)
         _, w = reference_attention(q, k, v, keep=keep, bias=ctx.attn_bias, scale=self.softmax_scale(q.shape[-1]))
         return w
@@ -98,18 +122,6 @@ class AttentionKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
-
-
-def link_kernels(kernels: list[AttentionKernel]) -> None:
-    """Let kernels of one model share state across layers (e.g. universal KArAt).
-
-    Called once by the model builder with every layer's kernel; each kernel class that defines a
-    static ``link_layers(kernels_of_that_class)`` gets its own instances, in layer order.
-    """
-    for cls in dict.fromkeys(type(k) for k in kernels):
-        link = getattr(cls, "link_layers", None)
-        if link is not None:
-            link([k for k in kernels if type(k) is cls])
 
 
 def as_context(ctx: AttentionContext | None) -> AttentionContext:

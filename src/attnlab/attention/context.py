@@ -8,6 +8,7 @@ are everything cached so far plus the new tokens, so the same rule places the ne
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +29,12 @@ class AttentionContext:
         positions: ``(B, T)`` or ``(T,)`` absolute positions of the queries (kernels that need them).
         generator: explicit ``torch.Generator`` for stochastic kernels (deterministic when given).
         cache: the per-layer decoding cache in use, if any (kernels with their own cache read it).
-        extra: mechanism-specific values passed through untouched.
+        embeddings: ``(B, T, dim)`` output of the model's embedding layer (kernels whose queries and keys
+            come from the static embeddings read it; the model body fills it in).
+        qk_stream_rows: stream key -> batch row of that fixed query/key stream (filled in by a stack hook
+            that appends stream rows; see :mod:`attnlab.attention.stack`).
+        num_main_rows: how many leading batch rows are the real input when a stack hook appended rows;
+            ``None`` = all of them.
     """
 
     causal: bool = False
@@ -39,7 +45,9 @@ class AttentionContext:
     positions: Tensor | None = None
     generator: torch.Generator | None = None
     cache: object | None = None
-    extra: dict = field(default_factory=dict)
+    embeddings: Tensor | None = None
+    qk_stream_rows: dict[Hashable, int] = field(default_factory=dict)
+    num_main_rows: int | None = None
 
     @property
     def has_masks(self) -> bool:

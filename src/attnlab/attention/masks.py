@@ -9,16 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..layers.positional import query_key_positions  # noqa: F401  (re-exported: the alignment rule)
 from .context import AttentionContext
-
-
-def query_key_positions(T: int, S: int, device=None) -> tuple[Tensor, Tensor]:
-    """Absolute key-axis positions of the ``T`` queries and ``S`` keys: ``(T,)`` and ``(S,)``."""
-    if T > S:
-        raise ValueError(f"got more queries ({T}) than keys ({S}); queries must be the last T keys")
-    q_pos = torch.arange(S - T, S, device=device)
-    k_pos = torch.arange(S, device=device)
-    return q_pos, k_pos
 
 
 def causal_mask(T: int, S: int, device=None) -> Tensor:

@@ -33,7 +33,7 @@ def register_attention(name: str):
 
 
 def _ensure_builtin() -> None:
-    from . import builtin  # noqa: F401  (imports every built-in kernel file)
+    from . import kernels  # noqa: F401  (imports every built-in kernel file)
 
 
 def list_attention() -> list[str]:

@@ -31,8 +31,8 @@ FAMILIES: dict[str, type[nn.Module]] = {"bert": Encoder, "gpt2": GPT, "vit": ViT
 AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
              "merges.txt", "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json",
              "1_Pooling/config.json", "preprocessor_config.json", "generation_config.json")
-# parameters a checkpoint never holds: the kernel's own (swapped attention) and fixed Q/K streams
-KERNEL_PARAM = re.compile(r"(^|\.)attn\.kernel\.|^qk_streams\.")
+# parameters a checkpoint never holds: the kernel's own (swapped attention) and its stack-level state
+KERNEL_PARAM = re.compile(r"(^|\.)attn\.kernel\.|^stack_hooks\.")
 _NOT_FOR = {"bert": ("image_size", "patch_size", "num_channels"), "gpt2": ("image_size", "patch_size", "num_channels"),
             "vit": ("vocab_size", "tie_weights", "type_vocab_size", "max_seq_len")}
 

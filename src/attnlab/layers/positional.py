@@ -17,7 +17,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..attention.masks import query_key_positions
+
+
+def query_key_positions(T: int, S: int, device=None) -> tuple[Tensor, Tensor]:
+    """Absolute key-axis positions (bottom-right alignment: query ``t`` sits at key ``t + S - T``) of the ``T`` queries and ``S`` keys: ``(T,)`` and ``(S,)``."""
+    if T > S:
+        raise ValueError(f"got more queries ({T}) than keys ({S}); queries must be the last T keys")
+    q_pos = torch.arange(S - T, S, device=device)
+    k_pos = torch.arange(S, device=device)
+    return q_pos, k_pos
 
 
 class LearnedPositionalEmbedding(nn.Embedding):

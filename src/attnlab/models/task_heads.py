@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..attention.capabilities import CapabilityError
 from .encoder import pool
 from .transformer import Embeddings, TransformerBody
 
@@ -103,8 +102,8 @@ class InContextRegressor(nn.Module):
 
     Raises:
         TypeError: the body does not embed tokens with :class:`Embeddings` (e.g. ViT patches).
-        CapabilityError: a kernel whose queries/keys come from a fixed token sequence (``fixed_seq_qk``):
-            there are no tokens here.
+        CapabilityError: a kernel whose stack hook needs token embeddings (its message names it): there
+            are no tokens here.
         ValueError: ``input_dim < 1``; at call, inputs that are not ``(B, T, input_dim)``.
     """
 
@@ -116,12 +115,11 @@ class InContextRegressor(nn.Module):
         if not isinstance(body.embed, Embeddings):
             raise TypeError(f"InContextRegressor needs a token-embedding body (GPT, Encoder), got embeddings "
                             f"{type(body.embed).__name__}")
-        streams = body.qk_streams.keys if body.qk_streams is not None else []
-        if any(key[0] != "random" for key in streams):
-            raise CapabilityError("fixed_seq_qk takes queries/keys from a fixed token sequence, but in-context "
-                                  "regression has real-valued inputs and no token embedding; use random_qk")
+        vectors = VectorEmbeddings(input_dim, body.embed, body.cfg.dim)  # the token table is dropped
+        for hook in body.stack_hooks:  # kernels whose stack state needs token embeddings refuse here
+            hook.check_embedding(vectors)
         self.input_dim, self.causal = input_dim, bool(body.causal)
-        body.embed = VectorEmbeddings(input_dim, body.embed, body.cfg.dim)  # the token table is dropped
+        body.embed = vectors
         self.body = body
         self.read_out = nn.Linear(body.cfg.dim, 1)
         nn.init.normal_(self.read_out.weight, std=body.cfg.init_std)

@@ -7,19 +7,19 @@ Pre-norm (GPT-2, Radford et al. 2019) is :class:`Block`; post-norm (Vaswani et a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
-from ..attention.base import link_kernels
 from ..attention.cache import keys_after_update
 from ..attention.context import AttentionContext
-from ..attention.qk_streams import QKStreams
 from ..attention.shell import MultiHeadAttention
+from ..attention.stack import build_stack_hooks, link_kernels
 from ..layers.embeddings import TokenEmbedding
 from ..layers.mlp import build_mlp
-from ..layers.norms import MatmulInputLayerNorm, build_norm
+from ..layers.norms import build_norm
 from ..layers.positional import (
     ALiBi,
     LearnedPositionalEmbedding,
@@ -27,11 +27,17 @@ from ..layers.positional import (
     RotaryEmbedding,
     SinusoidalPositionalEmbedding,
 )
+from ..layers.residual import add_and_norm, run_residual_stack
 from .config import ModelConfig
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. ``(B, T, D) -> (B, T, D)``."""
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. ``(B, T, D) -> (B, T, D)``.
+
+    It defers its final residual add into the next block's first norm (:mod:`attnlab.layers.residual`).
+    """
+
+    defers_residual = True
 
     def __init__(self, attn: MultiHeadAttention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module):
         super().__init__()
@@ -45,24 +51,16 @@ class Block(nn.Module):
                         cache=None) -> tuple[Tensor, Tensor]:
         """The block on ``x + pending`` (``pending``: the previous block's MLP output, not yet added), returning
         ``(residual, mlp output)`` unsummed: each residual add then happens inside the following norm, one
-        native pass under bf16 autocast on CPU (:meth:`MatmulInputLayerNorm.add_and_norm`)."""
-        x, normed = _add_and_norm(self.attn_norm, x, pending)
-        x, normed = _add_and_norm(self.mlp_norm, x, self.attn(normed, ctx, positions, cache))
+        native pass under bf16 autocast on CPU (:func:`attnlab.layers.residual.add_and_norm`)."""
+        x, normed = add_and_norm(self.attn_norm, x, pending)
+        x, normed = add_and_norm(self.mlp_norm, x, self.attn(normed, ctx, positions, cache))
         return x, self.mlp(normed)
-
-
-def _add_and_norm(norm: nn.Module, x: Tensor, branch: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(x + branch, norm(x + branch))``; ``branch=None`` adds nothing."""
-    if branch is None:
-        return x, norm(x)
-    if isinstance(norm, MatmulInputLayerNorm):
-        return norm.add_and_norm(x, branch)
-    x = x + branch
-    return x, norm(x)
 
 
 class PostNormBlock(Block):
     """Post-norm residual block (BERT): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``."""
+
+    defers_residual = False
 
     def forward(self, x: Tensor, ctx: AttentionContext, positions=None, cache=None) -> Tensor:
         x = self.attn_norm(x + self.attn(x, ctx, positions, cache))
@@ -151,9 +149,11 @@ class TransformerBody(nn.Module):
         needs = dict(causal=self.causal, bidirectional=not self.causal, attn_bias=self.position_bias is not None)
         for block in self.blocks:
             block.attn.kernel.capabilities.require(block.attn.kernel.name, **needs)
-        # fixed Q/K streams through this stack (random_qk, fixed_seq_qk; Deconstructing Attention)
-        self.qk_streams = QKStreams.from_kernels([b.attn.kernel for b in self.blocks], cfg.dim, cfg.vocab_size,
-                                                 cfg.max_seq_len)
+        # state some kernels keep across the whole stack (attnlab.attention.stack)
+        self.stack_hooks = build_stack_hooks([b.attn.kernel for b in self.blocks], dim=cfg.dim,
+                                             vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len)
+        for hook in self.stack_hooks:
+            hook.check_embedding(self.embed)
 
     def default_positions(self, ids: Tensor, offset: int) -> Tensor:
         T = ids.shape[1]
@@ -182,30 +182,24 @@ class TransformerBody(nn.Module):
         bias = None
         if self.position_bias is not None:
             bias = self.position_bias(T, keys_after_update(cache[0] if cache else None, T))
-        ctx_args = dict(causal=self.causal, key_padding_mask=key_padding_mask, document_ids=document_ids,
-                        attn_bias=bias, grid=grid, positions=positions)
-        extra: dict = {}
         B = x.shape[0]
-        if self.qk_streams is not None:  # extra batch rows, stripped below
-            x, positions, ctx_args, extra = self.qk_streams.attach(self.embed, x, positions, ctx_args)
-            ctx_args["positions"] = positions
-        extra["embeddings"] = x  # static_emb_qk projects its queries and keys from these
+        ctx = AttentionContext(causal=self.causal, key_padding_mask=key_padding_mask, document_ids=document_ids,
+                               attn_bias=bias, grid=grid, positions=positions)
+        for hook in self.stack_hooks:  # may append batch rows, dropped after the last block
+            x, positions, ctx = hook.enter(self.embed, x, positions, ctx)
+        ctx = dataclasses.replace(ctx, embeddings=x)  # kernels projecting Q/K from the static embeddings read it
         biases: dict[int, Tensor] = {}  # by key count: layers' caches can differ in length (rolling windows)
-        pending = None  # the last block's MLP output, not yet added to x (Block.forward_pending)
-        for i, block in enumerate(self.blocks):
+
+        def layer_args(i: int) -> tuple:
+            layer_ctx = dataclasses.replace(ctx)  # one per layer: the shell records the layer's cache in it
             if cache is not None and self.position_bias is not None:
                 S = keys_after_update(cache[i], T)
                 if S not in biases:
                     biases[S] = self.position_bias(T, S)
-                ctx_args["attn_bias"] = biases[S]
-            ctx = AttentionContext(**ctx_args, extra=dict(extra))
-            layer_cache = cache[i] if cache is not None else None
-            if _defers_residual(block):  # the residual add moves into the next block's first norm
-                x, pending = block.forward_pending(x, pending, ctx, positions, layer_cache)
-            else:
-                x, pending = block(x if pending is None else x + pending, ctx, positions, layer_cache), None
-        if pending is not None:
-            x = x + pending
+                layer_ctx.attn_bias = biases[S]
+            return layer_ctx, positions, cache[i] if cache is not None else None
+
+        x = run_residual_stack(self.blocks, x, layer_args)
         return self.final_norm(x[:B])
 
     def attention_maps(self, ids: Tensor, **kwargs) -> list[Tensor]:
@@ -234,16 +228,12 @@ class TransformerBody(nn.Module):
         return n
 
 
-def _defers_residual(block: nn.Module) -> bool:
-    """A plain pre-norm :class:`Block` without hooks (calling ``forward_pending`` bypasses ``__call__``)."""
-    return type(block) is Block and not (block._forward_hooks or block._forward_pre_hooks)
-
-
 def _weights_hook(store: list):
     def hook(module: MultiHeadAttention, args, kwargs, output):
         x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
         positions = args[2] if len(args) > 2 else kwargs.get("positions")
         q, k, v = module.project(x, positions, ctx)
         w = module.kernel.attention_weights(q, k, v, ctx)
-        store.append(w[: ctx.extra.get("num_main_rows", w.shape[0])])  # without qk-stream rows
+        main = w.shape[0] if ctx.num_main_rows is None else ctx.num_main_rows
+        store.append(w[:main])  # without rows a stack hook appended
     return hook

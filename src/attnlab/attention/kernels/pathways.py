@@ -23,12 +23,12 @@ import math
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .masks import context_mask
-from .reference import expand_kv_heads, reference_attention
-from .registry import build_attention, register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..masks import context_mask
+from ..reference import expand_kv_heads, reference_attention
+from ..registry import build_attention, register_attention
 
 SAMPLERS = ("uniform", "local")
 
@@ -143,9 +143,7 @@ class PathwaysAttention(AttentionKernel):
         return grp[:, :, None] == grp[:, None, :]
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         if not self.sampling() or q.shape[2] != k.shape[2]:
             return self.inner(q, k, v, ctx)
         B, H, N, D = q.shape
@@ -199,10 +197,9 @@ class PathwaysAttention(AttentionKernel):
         out = out.view(B, g, H, n, D).transpose(1, 2).reshape(B, H, g * n, D)
         return out.gather(2, token_slot[:, None, :, None].expand(B, H, N, D))
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """The inner kernel's map when not sampling; else the reference softmax map under a freshly
         sampled group pattern (a new draw, not the one of the last forward, unless the generator is reset)."""
-        ctx = as_context(ctx)
         if not self.sampling() or q.shape[2] != k.shape[2]:
             return self.inner.attention_weights(q, k, v, ctx)
         B, H, N, _ = q.shape

@@ -11,12 +11,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .masks import context_mask
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..masks import context_mask
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 MODES = ("blockwise", "universal")
 BASES = ("zero", "silu", "identity")
@@ -139,11 +139,9 @@ class KArAttention(AttentionKernel):
             sig = masked_softmax(sig, keep)
         return sig
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         sig = self.activation(q, k, ctx).to(v.dtype)
         return torch.einsum("bhts,bhsd->bhtd", sig, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         return self.activation(q, k, ctx).to(q.dtype)

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .cache import DenseKVCache
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .gathered import _gather_rows, gathered_attention, gathered_weights, sorted_window_attention
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..cache import DenseKVCache
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.gathered import gather_rows, gathered_attention, gathered_weights, sorted_window_attention
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 _EPS = 1e-5  # Laplace smoothing of the EMA counts (official code)
 
@@ -153,15 +153,11 @@ class RoutingAttention(AttentionKernel):
         return self.centroids.float()
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         return self._compute(q, k, v, ctx, dense=False)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """The ``(B, H, T, S)`` map ``W`` with ``forward(q, k, v) == W @ v`` (rows of unrouted tokens are 0)."""
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
         with torch.no_grad():
             return self._compute(q, k, v, ctx, dense=True)
 
@@ -278,7 +274,7 @@ class RoutingAttention(AttentionKernel):
         iq, okq = self._windows(sim_q, None if group is None else group[:, S - T:],
                                 None if kpm is None else kpm[:, S - T:], G)  # (B, h, k*G, wq)
         ik, okk = self._windows(sim_k, group, kpm, G)  # (B, h, k*G, wk): window c*G+g pairs with iq's
-        scores = torch.einsum("bhcqd,bhckd->bhcqk", _gather_rows(q, iq), _gather_rows(k, ik)) * scale
+        scores = torch.einsum("bhcqd,bhckd->bhcqk", gather_rows(q, iq), gather_rows(k, ik)) * scale
         p = masked_softmax(scores.float(), okk[..., None, :])  # (B, h, W, wq, wk)
         flat_q, wt_q = iq.flatten(2), okq.flatten(2).float()  # (B, h, W*wq)
         count = torch.zeros(B, h, T, device=q.device).scatter_add_(-1, flat_q, wt_q)
@@ -288,7 +284,7 @@ class RoutingAttention(AttentionKernel):
             pair = (iq[..., :, None] * S + ik[..., None, :]).flatten(2)  # (B, h, W*wq*wk) flat (t, s)
             out = torch.zeros(B, h, T * S, device=q.device).scatter_add_(-1, pair, w_.flatten(2))
             return out.view(B, h, T, S).to(q.dtype)
-        oc = torch.einsum("bhcqk,bhckd->bhcqd", p.to(v.dtype), _gather_rows(v, ik))  # (B, h, W, wq, Dh)
+        oc = torch.einsum("bhcqk,bhckd->bhcqd", p.to(v.dtype), gather_rows(v, ik))  # (B, h, W, wq, Dh)
         oc = oc.flatten(2, 3) * inv[..., None].to(oc.dtype)
         out = torch.zeros(B, h, T, D, device=q.device, dtype=oc.dtype)
         return out.scatter_add_(2, flat_q[..., None].expand(B, h, flat_q.shape[-1], D), oc)

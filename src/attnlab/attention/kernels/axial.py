@@ -25,14 +25,14 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .local import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop
-from .masks import context_mask
-from .neighborhood import check_grid
-from .reference import expand_kv_heads, reference_attention
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.blocked import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop
+from ..masks import context_mask
+from ..engines.blocked import check_grid
+from ..reference import expand_kv_heads, reference_attention
+from ..registry import register_attention
 
 MODES = ("sequential", "sum", "row", "column")
 
@@ -92,9 +92,7 @@ class AxialAttention(AttentionKernel):
         if mode in ("row", "column"):  # a single axis is exact softmax attention under its mask
             self.capabilities = replace(type(self).capabilities, exact=True)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         rows, cols = check_grid(ctx.grid, q.shape[2], k.shape[2], self.name)
         scale = self.softmax_scale(q.shape[-1])
 
@@ -120,7 +118,7 @@ class AxialAttention(AttentionKernel):
             return (axis_mask("row", rows, cols, device) | axis_mask("column", rows, cols, device))[None, None]
         return torch.ones(1, 1, T, S, dtype=torch.bool, device=device)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """``(B, H, T, S)`` effective map ``W`` with ``forward(q, k, v) == W @ v`` (dense, for inspection)."""
         rows, cols = check_grid(ctx.grid, q.shape[2], k.shape[2], self.name)
         base = context_mask(ctx, q.shape[2], k.shape[2], q.device)

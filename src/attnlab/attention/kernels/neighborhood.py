@@ -16,12 +16,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .cache import RollingKVCache
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .local import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop, default_block
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..cache import RollingKVCache
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.blocked import (
+    SpanLayout,
+    blocked_attention,
+    cached_plan,
+    check_grid,
+    combine_axes,
+    context_drop,
+    default_block,
+)
+from ..registry import register_attention
 
 DEFAULT_KERNEL = 7  # DiNAT's kernel size
 
@@ -169,9 +177,7 @@ class NeighborhoodAttention(AttentionKernel):
         return cached_plan(na_grid_layout, T, S, ctx.causal, rows, cols, (ky, kx), (dy, dx), ctx.causal,
                            self.block_2d, device)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         plan = self._plan(q.shape[2], k.shape[2], ctx, q.device)
         scale = self.softmax_scale(q.shape[-1])
         return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute)
@@ -201,15 +207,3 @@ class NeighborhoodAttention(AttentionKernel):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, dilation={self.dilation}"
-
-
-def check_grid(grid, T: int, S: int, name: str) -> tuple[int, int]:
-    """Validate ``grid=(rows, cols)`` against ``T`` queries and ``S`` keys."""
-    rows, cols = grid
-    if rows * cols != T:
-        raise ValueError(f"{name}: grid {tuple(grid)} has {rows * cols} cells but there are {T} tokens; "
-                         "pass grid=(rows, cols) with rows*cols equal to the sequence length")
-    if T != S:
-        raise ValueError(f"{name}: 2-D attention needs as many keys as queries (got T={T}, S={S}); "
-                         "cached decoding is 1-D only")
-    return rows, cols

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .masks import context_mask
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel, fully_masked_rows, zero_if_empty
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..masks import context_mask
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 POSITION_FORMS = ("func", "no_func")
 
@@ -135,9 +135,7 @@ class SelectiveAttention(AttentionKernel):
                 f"{q.shape[1]} heads of width {q.shape[3]}; build it with matching structural args"
             )
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         self._check_heads(q)
         T, S = q.shape[2], k.shape[2]
         keep = context_mask(ctx, T, S, q.device)
@@ -145,7 +143,7 @@ class SelectiveAttention(AttentionKernel):
         p = self.dropout if self.training else 0.0
         return selective_attention(q, k, v, keep, self.softmax_scale(q.shape[-1]), tau_q, tau_v, ctx.attn_bias, p)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """``softmax(tau_q * scores)`` ``(B, H, T, S)`` (the value temperature scales values, not weights)."""
         T, S = q.shape[2], k.shape[2]
         keep = context_mask(ctx, T, S, q.device)

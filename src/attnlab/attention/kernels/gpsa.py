@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities, CapabilityError
-from .context import AttentionContext
-from .masks import context_mask
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities, CapabilityError
+from ..context import AttentionContext
+from ..masks import context_mask
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 
 def relative_indices(rows: int, cols: int, device=None) -> Tensor:
@@ -110,13 +110,11 @@ class GatedPositionalSelfAttention(AttentionKernel):
         total = attn.sum(-1, keepdim=True)
         return attn / torch.where(total > 0, total, torch.ones_like(total))
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         attn = self.mixed_weights(q, k, ctx).to(v.dtype)
         return torch.einsum("bhts,bhsd->bhtd", attn, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         return self.mixed_weights(q, k, ctx).to(q.dtype)
 
 

@@ -14,13 +14,13 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .gqa_groups import sdpa
-from .masks import context_mask
-from .reference import expand_kv_heads
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.gqa_groups import sdpa
+from ..masks import context_mask
+from ..reference import expand_kv_heads
+from ..registry import register_attention
 
 STATS = ("auto", "row", "token")
 
@@ -94,9 +94,7 @@ class PGQAttention(AttentionKernel):
                                                     causal=stats == "token")
         self._generator: torch.Generator | None = None
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         B, H, T, D = q.shape
         G = k.shape[1]
         keep = context_mask(ctx, T, k.shape[2], q.device)

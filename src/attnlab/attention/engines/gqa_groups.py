@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import fully_masked_rows, zero_if_empty
-from .reference import masked_softmax
+from ..base import fully_masked_rows, zero_if_empty
+from ..reference import masked_softmax
 
 
 def key_norms(k: Tensor, keep: Tensor | None) -> Tensor:

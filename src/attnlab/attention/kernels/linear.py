@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .linear_scan import CausalLinearScan
-from .masks import causal_mask
-from .reference import expand_kv_heads
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.linear_scan import CausalLinearScan
+from ..masks import causal_mask
+from ..reference import expand_kv_heads
+from ..registry import register_attention
 
 FEATURE_MAPS = {"relu": F.relu, "elu1": lambda x: F.elu(x) + 1.0}
 
@@ -141,9 +141,7 @@ class LinearAttention(AttentionKernel):
         return fq, fk, vf
 
     # -- the contract ---------------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         cache = ctx.cache if isinstance(ctx.cache, LinearAttentionCache) else None
         if cache is not None and not ctx.causal:
             raise ValueError("linear: the recurrent cache is for causal decoding; call with causal=True")
@@ -224,7 +222,7 @@ class LinearAttention(AttentionKernel):
         y = F.conv2d(x, weight[..., None], padding=(pad, 0), groups=D)  # (B*h, Dh, S, 1)
         return y.permute(0, 2, 3, 1).reshape(B, h, S, D)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """The actual linear-attention map ``A (B, H, T, S)``.
 
         ``A_ij = phi_q_i . phi_k_j / (phi_q_i . sum_j' phi_k_j' + eps)`` (sums over visible keys).
@@ -236,8 +234,6 @@ class LinearAttention(AttentionKernel):
         Raises:
             ValueError: called with the recurrent cache (its keys are folded into the state).
         """
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
         if isinstance(ctx.cache, LinearAttentionCache):
             raise ValueError("linear: attention_weights needs every key; call it without the recurrent cache")
         with torch.autocast(q.device.type, enabled=False):

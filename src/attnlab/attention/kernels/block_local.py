@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .local import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop
-from .neighborhood import check_grid
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.blocked import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop
+from ..engines.blocked import check_grid
+from ..registry import register_attention
 
 
 def halo_axis_layout(length: int, block: int, halo: int, device=None, band: bool = False) -> SpanLayout:
@@ -96,9 +96,7 @@ class BlockLocalAttention(AttentionKernel):
                              "it has no cached decoding, use sliding_window for that")
         return None
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         T, S = q.shape[2], k.shape[2]
         grid = self._check(T, S, ctx) or (1, S)  # 1-D is a one-row grid
         plan = cached_plan(halo_grid_layout, T, S, ctx.causal, *grid, self.block_size, self.halo, q.device)

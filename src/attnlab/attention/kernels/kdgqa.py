@@ -10,12 +10,12 @@ import dataclasses
 
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .gqa_groups import grouped_attention, grouped_weights, group_map, key_norms, minmax_allocation
-from .masks import context_mask
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.gqa_groups import grouped_attention, grouped_weights, group_map, key_norms, minmax_allocation
+from ..masks import context_mask
+from ..registry import register_attention
 
 NORM_SCOPES = ("auto", "sequence", "prefix")
 
@@ -76,9 +76,7 @@ class KDGQAttention(AttentionKernel):
             n = n.sum(0, keepdim=True)  # (1, G, T|1): the reference sums over the batch
         return minmax_allocation(n.transpose(1, 2), num_heads)  # (B|1, T|1, G)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         T, S = q.shape[2], k.shape[2]
         a = self.allocation(k, ctx, T, q.shape[1])
         self.last_allocation = a
@@ -87,7 +85,7 @@ class KDGQAttention(AttentionKernel):
         return grouped_attention(q, k, v, group_map(a, q.shape[1]), keep, ctx.attn_bias,
                                  self.softmax_scale(q.shape[-1]), p)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         a = self.allocation(k, ctx, q.shape[2], q.shape[1])
         keep = context_mask(ctx, q.shape[2], k.shape[2], q.device)
         return grouped_weights(q, k, group_map(a, q.shape[1]), keep, ctx.attn_bias, self.softmax_scale(q.shape[-1]))

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .masks import context_mask
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..masks import context_mask
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 
 @register_attention("mlp_mixing")
@@ -40,15 +40,13 @@ class MLPMixing(AttentionKernel):
 
     capabilities = Capabilities(attn_bias=False, exact=False, complexity="O(N)")
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         H, T = q.shape[1], q.shape[2]
         own_k = expand_kv_heads(k[:, :, -T:], H)  # (B, H, T, Dh): each query's own token
         own_v = expand_kv_heads(v[:, :, -T:], H)
         return F.silu(q) * (own_k + own_v)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """The identity map (each token mixes only itself), bottom-right aligned: ``(B, H, T, S)``."""
         B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
         eye = torch.zeros(T, S, dtype=q.dtype, device=q.device)
@@ -105,13 +103,11 @@ class TaylorApproximateAttention(AttentionKernel):
             out = out + torch.where(any_key, t / den, torch.zeros_like(t))
         return out
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         m = self.mixing(q, k, ctx).to(v.dtype)
         return torch.einsum("bhts,bhsd->bhtd", m, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         return self.mixing(q, k, ctx).to(q.dtype)
 
 
@@ -168,13 +164,11 @@ class NonApproximateAttention(AttentionKernel):
         keep = context_mask(ctx, T, S, q.device)
         return masked_softmax(e[:, :, None, :].expand(-1, -1, T, -1), keep)  # (B, H, T, S)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         w = self.weights(q, k, ctx).to(v.dtype)
         return torch.einsum("bhts,bhsd->bhtd", w, expand_kv_heads(v, q.shape[1]))
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         return self.weights(q, k, ctx).to(q.dtype)
 
 

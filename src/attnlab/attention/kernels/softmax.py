@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..native.documents import documents_attention_bf16, trainable_documents_attention_bf16
-from ..native.documents_fp32 import documents_attention_fp32
-from .base import AttentionKernel, as_context, fully_masked_rows, zero_if_empty
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .documents import document_spans, per_document_attention, per_document_pays
-from .masks import context_mask
-from .reference import expand_kv_heads
-from .registry import register_attention
+from ...native.documents import documents_attention_bf16, trainable_documents_attention_bf16
+from ...native.documents_fp32 import documents_attention_fp32
+from ..base import AttentionKernel, fully_masked_rows, zero_if_empty
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.documents import document_spans, per_document_attention, per_document_pays
+from ..masks import context_mask
+from ..reference import expand_kv_heads
+from ..registry import register_attention
 
 
 @register_attention("softmax")
@@ -49,9 +49,7 @@ class SoftmaxAttention(AttentionKernel):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = dropout
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         T, S = q.shape[2], k.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .cache import DenseKVCache
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .gathered import softmax_keep
-from .reference import expand_kv_heads, masked_softmax
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..cache import DenseKVCache
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.gathered import softmax_keep
+from ..reference import expand_kv_heads, masked_softmax
+from ..registry import register_attention
 
 POOLINGS = tuple(f"{pre}-{red}" for pre in ("identity", "relu") for red in ("max", "mean", "sum"))
 
@@ -113,18 +113,14 @@ class CombinerAttention(AttentionKernel):
             )
         return q
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         q_all = self._all_queries(q, k, ctx, store=True)
         H = q.shape[1]
         return self._combine(q_all, expand_kv_heads(k, H), expand_kv_heads(v, H), q.shape[2], ctx, dense=False)
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """Effective ``(B, H, T, S)`` weights ``W`` with ``forward == W @ v``: a summary's weight is spread
         over its segment's keys by the summary softmax, so every visible key gets a non-zero weight."""
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
         q_all = self._all_queries(q, k, ctx, store=False)
         H = q.shape[1]
         with torch.no_grad():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import masked_softmax
+from ..reference import masked_softmax
 
 
 def softmax_keep(scores: Tensor, keep: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ def softmax_keep(scores: Tensor, keep: Tensor) -> Tensor:
     return p.masked_fill(empty, 0.0) if has_empty else p
 
 
-def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     """``x (B, h, S, D)``, ``idx (B, h, T, L)`` -> ``(B, h, T, L, D)`` with ``out[..., t, l, :] = x[..., idx, :]``."""
     B, h, S, D = x.shape
     base = (torch.arange(B * h, device=x.device) * S).view(B, h, 1, 1)
@@ -37,8 +37,8 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def _chunk(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, ok: Tensor, scale: float) -> Tensor:
-    kg = _gather_rows(k, idx)  # (B, h, t, L, D)
-    vg = _gather_rows(v, idx)
+    kg = gather_rows(k, idx)  # (B, h, t, L, D)
+    vg = gather_rows(v, idx)
     scores = torch.einsum("bhtd,bhtld->bhtl", q, kg) * scale  # (B, h, t, L)
     p = masked_softmax(scores.float(), ok).to(q.dtype)
     return torch.einsum("bhtl,bhtld->bhtd", p, vg)
@@ -69,7 +69,7 @@ def gathered_weights(q: Tensor, k: Tensor, idx: Tensor, ok: Tensor, scale: float
     """The dense ``(B, h, T, S)`` map of :func:`gathered_attention` (for ``attention_weights``)."""
     B, h, T, _ = q.shape
     S = k.shape[2]
-    scores = torch.einsum("bhtd,bhtld->bhtl", q, _gather_rows(k, idx)) * scale
+    scores = torch.einsum("bhtd,bhtld->bhtl", q, gather_rows(k, idx)) * scale
     p = masked_softmax(scores.float(), ok)  # (B, h, T, L)
     dense = torch.zeros(B, h, T, S, device=q.device, dtype=p.dtype)
     dense.scatter_add_(-1, idx, p)  # slots never repeat a real key, so this is a plain placement

@@ -11,12 +11,12 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .base import AttentionKernel, as_context
-from .capabilities import Capabilities
-from .context import AttentionContext
-from .gqa_groups import grouped_attention, grouped_weights, heads_to_groups, key_norms, proportional_allocation
-from .masks import context_mask, padding_mask
-from .registry import register_attention
+from ..base import AttentionKernel
+from ..capabilities import Capabilities
+from ..context import AttentionContext
+from ..engines.gqa_groups import grouped_attention, grouped_weights, heads_to_groups, key_norms, proportional_allocation
+from ..masks import context_mask, padding_mask
+from ..registry import register_attention
 
 KINDS = ("diff", "ema")
 UPDATES = ("auto", "faithful", "lagged")
@@ -106,9 +106,7 @@ class DGQAttention(AttentionKernel):
                 f"q with {q.shape[1]} and k with {k.shape[1]} heads; build it with the matching structural args"
             )
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext | None = None) -> Tensor:
-        ctx = as_context(ctx)
-        self.check_call(q, k, v, ctx)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         self._check_heads(q, k)
         lagged = self.update == "lagged" or (self.update == "auto" and ctx.causal)
         due = True
@@ -125,7 +123,7 @@ class DGQAttention(AttentionKernel):
             self._update(k, ctx)
         return out
 
-    def attention_weights(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """The map under the current stored allocation (does not advance the state)."""
         groups = heads_to_groups(self.allocation, self.num_heads)[None, :, None]  # (1, H, 1)
         keep = context_mask(ctx, q.shape[2], k.shape[2], q.device)
