@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = ["AttentionContext", "MultiHeadAttention", "build_attention", "list_attention", "register_attention"]
 
-# Hugging Face checkpoints in and out, and sentence embeddings (issue 5)
+# Hugging Face checkpoints in and out, and sentence embeddings
 from .infer.embed import embed  # noqa: E402
 from .interop import load_pretrained, save_pretrained  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""``attnlab`` command line: parse, then call one library function per subcommand (house rule 7).
+"""``attnlab`` command line: parse, then call one library function per subcommand (the CLI holds no logic of its own).
 
 Add a subcommand with one decorated function that declares its arguments and returns the handler::
 

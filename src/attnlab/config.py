@@ -1,4 +1,4 @@
-"""Typed run configuration (house rule 3): ``model`` / ``data`` / ``task`` / ``train`` sections.
+"""Typed run configuration (unknown keys and bad values are errors naming the key, with a did-you-mean hint): ``model`` / ``data`` / ``task`` / ``train`` sections.
 
 A recipe is a YAML file with those four sections; dotted ``key=value`` overrides change single values
 (``model.attention=softmax train.lr=3e-4 data.seq_len=128``). Values are parsed as YAML scalars, lists

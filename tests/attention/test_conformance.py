@@ -1,4 +1,4 @@
-"""Conformance suite: every registered attention kernel against the attention contract (DESIGN.md).
+"""Conformance suite: every registered attention kernel against the attention contract (docs/design.md).
 
 Parametrized over ``list_attention()``, so a kernel is checked as soon as it is registered. The checks
 follow each kernel's declared :class:`~attnlab.attention.Capabilities`: causal cases only for causal

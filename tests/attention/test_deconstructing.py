@@ -1,4 +1,4 @@
-"""Deconstructing Attention's controlled variants (spec 15.1 (6)) and the per-layer schedule."""
+"""Deconstructing Attention's controlled variants and the per-layer schedule."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""DGQA (spec 1.3 (6)): allocation sums to H, W beyond the steps taken keeps GQA, eval caches the
+"""DGQA: allocation sums to H, W beyond the steps taken keeps GQA, eval caches the
 last norms, training update rule, seeded repair, causal (lagged) use."""
 
 import torch

@@ -1,4 +1,4 @@
-"""ConViT GPSA (spec 10 (6)): gate limits, row sums, locality initialisation, grid handling."""
+"""ConViT GPSA: gate limits, row sums, locality initialisation, grid handling."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""GQA/MQA and the mean-pooling uptraining conversion (spec 1.1 (6))."""
+"""GQA/MQA and the mean-pooling uptraining conversion."""
 
 import pytest
 import torch

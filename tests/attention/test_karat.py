@@ -1,4 +1,4 @@
-"""Fourier-KArAt (spec 9 (6)): parameter counts, universal sharing, zero coefficients, gradients, masks."""
+"""Fourier-KArAt: parameter counts, universal sharing, zero coefficients, gradients, masks."""
 
 import pytest
 import torch

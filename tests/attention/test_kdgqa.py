@@ -1,4 +1,4 @@
-"""KDGQA (spec 1.2 (6)): allocation sums to H, uniform case equals GQA, batch-permutation invariance,
+"""KDGQA: allocation sums to H, uniform case equals GQA, batch-permutation invariance,
 zero-size groups, prefix norms keep causal models causal."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""PGQA (spec 1.4 (6)): perturbed slices have mean exactly 0, switching the noise off gives GQA,
+"""PGQA: perturbed slices have mean exactly 0, switching the noise off gives GQA,
 seeded noise, the diagonal zeros of U, causal token statistics."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Selective self-attention (spec 2 (6)): limit cases, row 0, entropy monotonicity, value temperature."""
+"""Selective self-attention: limit cases, row 0, entropy monotonicity, value temperature."""
 
 import torch
 

@@ -176,7 +176,7 @@ def test_grouped_shell_equals_explicit_repeat_interleave(num_kv_heads):
         o_bad = F.scaled_dot_product_attention(q, k.repeat(1, r, 1, 1), v.repeat(1, r, 1, 1), is_causal=True)
         wrong = mha.out_proj(o_bad.transpose(1, 2).reshape(B, T, H * D))
         assert not torch.allclose(y, wrong, atol=1e-3)
-    # parameters and cache shrink with num_kv_heads (spec 1.1 (e))
+    # parameters and cache shrink with num_kv_heads
     assert mha.k_proj.weight.shape == (num_kv_heads * D, 32)
     cache = mha.new_cache(batch_size=2, max_len=16)
     assert cache.k.shape == (2, num_kv_heads, 16, D) and cache.num_bytes == 2 * 2 * num_kv_heads * 16 * D * 4

@@ -1,4 +1,4 @@
-"""MHA -> GQA "uptraining" conversion by mean-pooling K/V projections (spec 1.1).
+"""MHA -> GQA "uptraining" conversion by mean-pooling K/V projections.
 
 Ainslie et al. 2023, "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head
 Checkpoints"; the pooling follows ``att_weight_conversion`` of the KDGQA reference code

@@ -1,1 +1,1 @@
-"""Compare attention variants on a task suite: ``attnlab compare`` (issue 6)."""
+"""Compare attention variants on a task suite: ``attnlab compare``."""

@@ -1,4 +1,4 @@
-"""Run a comparison grid: attention variants x tasks x seeds, one fair budget per task (issue 6).
+"""Run a comparison grid: attention variants x tasks x seeds, one fair budget per task.
 
 Every cell is built by the model registry and trained by the same :class:`~attnlab.train.trainer.Trainer`
 with its task's budget (``train.steps``, ``data.batch_size``, ``data.seq_len`` of the base recipe plus

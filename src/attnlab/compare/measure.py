@@ -1,5 +1,5 @@
 """What a comparison cell measures besides training: peak memory, inference speed, task quality on a whole
-split, the grokking accuracy curves and the in-context-regression error curve (issue 6).
+split, the grokking accuracy curves and the in-context-regression error curve.
 
 Peak memory (``peak_rss_mb``): on Linux the process's peak resident set size is reset at the start of
 each cell (``/proc/self/clear_refs`` = 5 resets ``VmHWM``) and read at its end, so it is the peak of this

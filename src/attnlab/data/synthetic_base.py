@@ -1,4 +1,4 @@
-"""Containers shared by every task generator and loader of the comparison suite (issue 6).
+"""Containers shared by every task generator and loader of the comparison suite.
 
 A task is a :class:`TaskDataset` holding a ``train`` and a ``test`` :class:`TaskSplit` plus what a model
 builder needs to know (``kind``, ``vocab_size`` or ``input_dim``, ``num_classes``, ``seq_len``) and how

@@ -1,4 +1,4 @@
-"""Typed, validated model configuration shared by every model family (house rule 3)."""
+"""Typed, validated model configuration shared by every model family (unknown keys are errors with a did-you-mean hint)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ register_model(
     num_layers=12, num_heads=12, max_seq_len=512, pooling="cls",
 )
 
-from .vit import ViT  # noqa: E402  (vision family, issue 5)
+from .vit import ViT  # noqa: E402  (vision family)
 
 register_model("vit", ViT, "ViT-B/16 (Dosovitskiy et al. 2021): 224px, 16px patches, [CLS] pooling, pre-norm",
                dim=768, num_layers=12, num_heads=12, max_seq_len=197, image_size=224, patch_size=16, pooling="cls",

@@ -1,5 +1,5 @@
 """Task heads around a Transformer body, so every family trains on the classification and regression tasks
-of the comparison suite (issue 6).
+of the comparison suite.
 
 - :class:`SequenceClassifier`: mean-pooled hidden states -> linear -> class logits (ListOps, Nangia & Bowman
   2018, and pixel-sequence classification as in Long Range Arena, Tay et al. 2021).

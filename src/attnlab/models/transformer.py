@@ -1,6 +1,6 @@
 """The Transformer body shared by every family: embeddings, blocks and the block stack.
 
-Blocks are composed from ready-made parts (house rule 2): ``Block(attn, mlp, attn_norm, mlp_norm)``.
+Blocks are composed from ready-made parts chosen by the builders below, not by flags inside the block: ``Block(attn, mlp, attn_norm, mlp_norm)``.
 Pre-norm (GPT-2, Radford et al. 2019) is :class:`Block`; post-norm (Vaswani et al. 2017, BERT) is
 :class:`PostNormBlock`. The builders below read a :class:`ModelConfig` and choose the parts.
 """

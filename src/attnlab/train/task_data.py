@@ -1,4 +1,4 @@
-"""Train the Trainer on a task of the comparison suite instead of a text corpus (issue 6).
+"""Train the Trainer on a task of the comparison suite instead of a text corpus.
 
 :class:`TaskLMData` adapts a ``kind="lm"`` :class:`~attnlab.data.synthetic_base.TaskDataset` (MQAR,
 selective copying, modular addition) to what :class:`~attnlab.train.trainer.Trainer` needs from its

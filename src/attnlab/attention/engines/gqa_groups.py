@@ -58,7 +58,7 @@ def minmax_allocation(n: Tensor, num_heads: int, eps: float = 1e-6) -> Tensor:
     """KDGQA allocation from norms ``n (..., G)``: min-max normalise, ``round(H * n / sum n)``, repair.
 
     Ties (``max - min <= eps * max``, where the reference divides 0 by 0) fall back to uniform
-    groups (spec 1.2 (5) [choice]).
+    groups [choice].
     """
     G = n.shape[-1]
     lo, hi = n.amin(-1, keepdim=True), n.amax(-1, keepdim=True)
@@ -74,7 +74,7 @@ def minmax_allocation(n: Tensor, num_heads: int, eps: float = 1e-6) -> Tensor:
 def random_repair(a: Tensor, num_heads: int, generator: torch.Generator | None) -> Tensor:
     """DGQA repair of one allocation ``(G,)``: random decrements (only where ``a > 0``), random increments.
 
-    Every draw comes from ``generator`` (the reference uses the global RNG, spec 1.3 (5) [choice]).
+    Every draw comes from ``generator`` (the reference uses the global RNG) [choice].
     """
     a = a.clone()
     G = a.shape[0]

@@ -2,7 +2,7 @@
 
 Katharopoulos et al., "Transformers are RNNs" (ICML 2020), causal form; chunked ("quadratic inside a
 chunk, a running state between chunks") as in Hua et al., "Transformer Quality in Linear Time"
-(ICML 2022). Spec: ``shared/specs/attention.md`` section 7, "Causal (LM) variant".
+(ICML 2022).
 
 Per head, with non-negative features ``q_i, k_j`` and ``v1_j = [v_j, 1]`` (the ones column carries the
 normaliser through the same products)::

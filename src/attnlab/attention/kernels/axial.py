@@ -1,5 +1,5 @@
 """Axial attention on a 2-D token grid (Ho et al. 2019, "Axial Attention in Multidimensional
-Transformers"; Wang et al. 2020, Axial-DeepLab). Spec: shared/specs/attention.md section 6.
+Transformers"; Wang et al. 2020, Axial-DeepLab).
 
 Row attention lets each token attend to its own row, column attention to its own column, at
 ``O(N (rows + cols))`` cost. ``mode`` picks how one kernel call uses them:

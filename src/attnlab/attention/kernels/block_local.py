@@ -1,5 +1,5 @@
 """HaloNet blocked local self-attention (Vaswani et al. 2021, "Scaling Local Self-Attention for Parameter
-Efficient Visual Backbones"). Spec: shared/specs/attention.md section 4.
+Efficient Visual Backbones").
 
 Queries are cut into non-overlapping blocks of ``b`` tokens (2-D: ``b x b`` tiles of the grid); all
 queries of a block attend to the same key window, the block grown by a halo of ``h`` on every side

@@ -2,7 +2,6 @@
 
 Ren, Dai, Dai, Yang, Leskovec, Schuurmans, Dai, "Combiner: Full Attention Transformer with Sparse
 Computation Cost" (NeurIPS 2021); official ``combiner/tf/approx_attention.py::sqrt_fixed_full``.
-Spec: ``shared/specs/attention.md`` section 8.
 
 The sequence is cut into segments of ``s`` tokens. A query attends **directly** to the keys of its own
 segment and **indirectly** to every other (causal: every earlier) segment through one summary key and

@@ -1,4 +1,4 @@
-"""Deconstructing Attention: controlled variants relaxing token mixing and the mathematical form (spec 15.1).
+"""Deconstructing Attention: controlled variants relaxing token mixing and the mathematical form.
 
 Xue, Moosavi, Aletras 2025, "Deconstructing Attention: Investigating Design Principles for Effective
 Language Modeling" (arXiv 2510.11602; code ``HUIYINXUE/DeconAttn``, not available to us). Every variant

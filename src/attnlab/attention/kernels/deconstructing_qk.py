@@ -1,4 +1,4 @@
-"""Deconstructing Attention: variants relaxing sequence dependency and current-QK (spec 15.1).
+"""Deconstructing Attention: variants relaxing sequence dependency and current-QK.
 
 Xue, Moosavi, Aletras 2025, "Deconstructing Attention: Investigating Design Principles for Effective
 Language Modeling" (arXiv 2510.11602). All three are softmax attention whose queries and keys come

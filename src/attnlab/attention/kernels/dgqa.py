@@ -1,4 +1,4 @@
-"""Dynamic Key-Distributed GQA (DGQA): allocation driven by how key norms evolve (spec 1.3).
+"""Dynamic Key-Distributed GQA (DGQA): allocation driven by how key norms evolve.
 
 Khan et al. 2024, "Beyond Uniform Query Distribution: Key-Driven Grouped Query Attention"
 (arXiv 2408.08454; official code ``zohaib-khan5040/key-driven-gqa``, ``modules/attention/dgqa.py``).

@@ -1,4 +1,4 @@
-"""Key-Distributed GQA (KDGQA): query heads per K/V head proportional to the key norms (spec 1.2).
+"""Key-Distributed GQA (KDGQA): query heads per K/V head proportional to the key norms.
 
 Khan et al. 2024, "Beyond Uniform Query Distribution: Key-Driven Grouped Query Attention"
 (arXiv 2408.08454; official code ``zohaib-khan5040/key-driven-gqa``, ``modules/attention/kdgqa.py``).

@@ -1,8 +1,7 @@
 """Simplified linear attention (SLAB) and its causal, recurrent form.
 
 Han, Wang, Guo, Chen, Wang, "SLAB: Efficient Transformers with Simplified Linear Attention and
-Progressive Re-parameterized Batch Normalization" (ICML 2024). Spec: ``shared/specs/attention.md``
-section 7. Causal prefix-sum form: Katharopoulos et al., "Transformers are RNNs" (ICML 2020).
+Progressive Re-parameterized Batch Normalization" (ICML 2024). Causal prefix-sum form: Katharopoulos et al., "Transformers are RNNs" (ICML 2020).
 
 Per head, with ``phi = ReLU`` and a learnable key position term ``P`` (zero-initialised)::
 

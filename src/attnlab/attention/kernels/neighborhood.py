@@ -1,7 +1,7 @@
 """Neighborhood attention (NA) and dilated neighborhood attention (DiNA) with NATTEN semantics.
 
 Hassani et al. 2023, "Neighborhood Attention Transformer" (CVPR); Hassani & Shi 2022, "Dilated
-Neighborhood Attention Transformer". Spec: shared/specs/attention.md section 5.
+Neighborhood Attention Transformer".
 
 Per axis of length ``L`` with odd kernel ``k`` and dilation ``d``, query ``i`` lives in dilation group
 ``g = i mod d`` at in-group index ``i' = i // d``; the group has ``L_g = ceil((L - g) / d)`` members and

@@ -1,7 +1,7 @@
 """Stochastically subsampled self-attention (SSA), a training-time wrapper around any kernel.
 
 Hussain, Zaki, Subramanian, "The Information Pathways Hypothesis: Transformers are Dynamic
-Self-Ensembles" (KDD 2023). Spec: ``shared/specs/attention.md`` section 11. The official repo has no
+Self-Ensembles" (KDD 2023). The official repo has no
 code; the structured sampler below is attnlab's design [choice] matching the paper's stated properties.
 
 In training mode every call draws a random partition of the ``N`` tokens into ``g = 1/keep`` groups of

@@ -1,4 +1,4 @@
-"""Perturbed GQA (PGQA): uniform GQA plus structured noise subtracted from each group's output (spec 1.4).
+"""Perturbed GQA (PGQA): uniform GQA plus structured noise subtracted from each group's output.
 
 Khan et al. 2024, "Beyond Uniform Query Distribution: Key-Driven Grouped Query Attention"
 (arXiv 2408.08454; official code ``zohaib-khan5040/key-driven-gqa``, ``modules/attention/pgqa.py``).

@@ -1,7 +1,7 @@
 """Routing attention: content-based sparse attention via online k-means.
 
 Roy, Saffar, Vaswani, Grangier, "Efficient Content-Based Sparse Attention with Routing Transformers"
-(TACL 2021, arXiv:2003.05997). Spec: ``shared/specs/attention.md`` section 3.
+(TACL 2021, arXiv:2003.05997).
 
 Routing heads compare parameter-free layer-normed queries and keys with ``k`` centroids per head (one
 shared routing space for queries and keys); attention then runs only among tokens routed to the same

@@ -54,7 +54,7 @@ class SoftmaxAttention(AttentionKernel):
         dropout_p = self.dropout if self.training else 0.0
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
         unbiased = T == S and ctx.key_padding_mask is None and ctx.attn_bias is None  # causal / documents at most
-        # packed sequences (spec 14): the runs of each document, None when ids repeat in separate runs
+        # packed sequences: the runs of each document, None when ids repeat in separate runs
         spans = document_spans(ctx.document_ids) if unbiased and ctx.document_ids is not None else None
         native_dtype = q.dtype in (torch.bfloat16, torch.float32)
         if unbiased and dropout_p == 0.0 and native_dtype and (spans or ctx.document_ids is None):
