@@ -349,7 +349,7 @@ def write_docs(rows: list[dict], meta: dict, tag: str, command: str) -> None:
     if meta.get("malloc_env"):
         head += f"Workers ran with `{' '.join(f'{k}={v}' for k, v in meta['malloc_env'].items())}`.\n\n"
     goals = targets(rows)
-    goals = "## Targets (issue 4)\n\n" + "\n".join(goals) + "\n\n" if goals else ""
+    goals = "## Targets\n\n" + "\n".join(goals) + "\n\n" if goals else ""
     (ROOT / "docs" / f"long_context{tag}.md").write_text(head + table(rows) + "\n\n" + goals + NOTES)
     plot(rows, ROOT / "docs" / f"long_context{tag}.png")
     print(f"wrote docs/long_context{tag}.md, docs/long_context{tag}.png")

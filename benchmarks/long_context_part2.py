@@ -14,7 +14,7 @@ Kernels:
     combiner    Combiner-Fixed, segment 128 (the official LM default)
     pathways    SSA around SDPA in training mode, keep = 1/4, per-head partitions
 
-Targets (issue 8): at N=16k ``linear`` >= 20x faster than dense with memory growing linearly and
+Targets: at N=16k ``linear`` >= 20x faster than dense with memory growing linearly and
 time(16k) / time(4k) <= 4.5; ``routing`` and ``combiner`` time(16k) / time(4k) <= 6. Ratios come from
 one run, so machine load (shared CPUs) hits every kernel alike only to the extent it is steady; check
 ``load_avg``. With 2 threads and another process busy on one core, every multi-threaded op can wait
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_docs(rows: list[dict], checks: list[dict], meta: dict, name: str, command: str) -> Path:
     """docs/{name}.md (setup, table, target verdicts) and docs/{name}.png (time and memory vs N, log-log)."""
-    lines = [f"# Long-context benchmark, part 2 (issue 8)\n",
+    lines = [f"# Long-context benchmark, part 2\n",
              f"B={lc.B}, H={lc.H}, Dh={lc.DH}, fp32, causal, forward + backward, torch threads = "
              f"{meta['torch_threads']}, load average {meta['load_avg_start'][0]:.1f} at start, "
              f"{meta['load_avg_end'][0]:.1f} at end. Regenerate: `python benchmarks/long_context_part2.py {command}`.\n",

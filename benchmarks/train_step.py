@@ -1,6 +1,6 @@
 """Training-step throughput: attnlab GPT vs Hugging Face GPT2LMHeadModel at the same shape.
 
-Full step = forward + backward + AdamW. Shape (issue 2): 6 layers, 6 heads, dim 384, context 256,
+Full step = forward + backward + AdamW. Shape: 6 layers, 6 heads, dim 384, context 256,
 vocab 256, batch 8; fp32 and bf16 autocast; runs alternate between the two models and we report
 medians, the ratio, and model FLOP utilisation (MFU) against a bf16/fp32 matmul peak (2048^3 GEMM) measured
 inside every repetition, next to the steps: ``MFU`` divides the median throughput by the median peak,

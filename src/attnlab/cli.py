@@ -227,7 +227,7 @@ def _list_rows(what: str) -> list[dict]:
 
         return [{"name": r["name"], "info": f"{r['kind']:<14} {'installed' if r['installed'] else 'missing':<9} "
                  f"{r['description']}" + ("" if r["installed"] else f"  ({r['install']})")} for r in describe_sources()]
-    from .tasks import get_task, list_tasks
+    from .objectives import get_task, list_tasks
 
     return [{"name": n, "info": ((get_task(n).__doc__ or "").strip().splitlines() or [""])[0]} for n in list_tasks()]
 

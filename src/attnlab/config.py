@@ -95,7 +95,7 @@ class TaskConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from .tasks import list_tasks
+        from .objectives import list_tasks
 
         if v not in list_tasks():
             close = difflib.get_close_matches(v, list_tasks(), n=3)

@@ -10,7 +10,7 @@ import pytest
 from attnlab.compare.config import compare_config_from_dict
 from attnlab.compare.grid import append_result, read_results, run_grid
 from attnlab.compare.report import publish, write_report
-from attnlab.data.synthetic import get_task_dataset
+from attnlab.data import get_task_dataset
 from attnlab.train.task_data import TaskLMData, TaskSampler
 
 MQAR = {"vocab_size": 32, "seq_len": 32, "num_kv_pairs": 4, "num_train": 256, "num_test": 64}

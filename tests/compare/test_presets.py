@@ -5,7 +5,7 @@ import pytest
 
 from attnlab.attention import list_attention
 from attnlab.compare.config import load_compare_config
-from attnlab.data.synthetic import list_task_datasets
+from attnlab.data import list_task_datasets
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "compare"
 

@@ -12,9 +12,9 @@ import yaml
 from attnlab.compare.config import compare_config_from_dict
 from attnlab.compare.grid import read_skipped, run_grid
 from attnlab.data.sources import locate
-from attnlab.data.synthetic import get_task_dataset
+from attnlab.data import get_task_dataset
 from attnlab.models import create_model
-from attnlab.models.task_heads import SequenceClassifier
+from attnlab.models.heads import SequenceClassifier
 from attnlab.train.task_data import TaskLMData
 from attnlab.train.trainer import train
 

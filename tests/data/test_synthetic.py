@@ -11,12 +11,10 @@ import math
 import pytest
 import torch
 
-from attnlab.data.synthetic import (
-    IGNORE_INDEX, TASK_DATASETS, get_task_dataset, list_task_datasets, make_modular_addition, make_mqar,
-    make_selective_copy, task_options,
-)
-from attnlab.tasks.baselines import majority_class_accuracy, position_frequency_predictions, run_baselines
-from attnlab.tasks.metrics import METRICS, accuracy, bits_per_token, mse, score, squared_error_by_position
+from attnlab.data import IGNORE_INDEX, TASK_DATASETS, get_task_dataset, list_task_datasets, task_options
+from attnlab.data.synthetic import make_modular_addition, make_mqar, make_selective_copy
+from attnlab.objectives.baselines import majority_class_accuracy, position_frequency_predictions, run_baselines
+from attnlab.objectives.metrics import METRICS, accuracy, bits_per_token, mse, score, squared_error_by_position
 
 
 def _tensors(task):
@@ -186,7 +184,7 @@ def test_sample_without_replacement_is_uniform_over_ordered_tuples(population, k
 
     import numpy as np
 
-    from attnlab.data.synthetic_base import sample_without_replacement
+    from attnlab.data.base import sample_without_replacement
 
     draws = sample_without_replacement(np.random.default_rng(0), 60_000, population, k, chunk_elements=1000)
     assert draws.shape == (60_000, k) and all(len(set(r)) == k for r in draws.tolist())
@@ -199,7 +197,7 @@ def test_sample_without_replacement_is_uniform_over_ordered_tuples(population, k
 
 
 def test_split_subset_keeps_rows_aligned_and_rejects_mismatched_rows():
-    from attnlab.data.synthetic import TaskSplit
+    from attnlab.data import TaskSplit
 
     split = make_selective_copy(context_len=16, num_tokens=3, num_train=20, num_test=5, seed=0).train
     sub = split.subset(torch.tensor([4, 2]))

@@ -9,7 +9,7 @@ import torch
 from attnlab.data import sources
 from attnlab.data.sources import Source, describe_sources, source_path
 from attnlab.data.text import WindowSampler, build_lm_data, load_text, sequential_batches, split_tokens
-from attnlab.data.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer, save_tokenizer
+from attnlab.data.text.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer, save_tokenizer
 
 
 def test_char_tokenizer_round_trip_and_unknown_characters(tmp_path):

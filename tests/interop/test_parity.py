@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from attnlab.interop import load_pretrained
 from attnlab.models import GPT, Encoder
-from attnlab.models.vit import ViT
+from attnlab.models.vision.vit import ViT
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

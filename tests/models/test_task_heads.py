@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention.capabilities import CapabilityError
-from attnlab.data.synthetic import get_task_dataset
+from attnlab.data import get_task_dataset
 from attnlab.models import create_model
-from attnlab.models.task_heads import InContextRegressor, SequenceClassifier, wrap_for_task
-from attnlab.tasks.metrics import squared_error_by_position
+from attnlab.models.heads import InContextRegressor, SequenceClassifier, wrap_for_task
+from attnlab.objectives.metrics import squared_error_by_position
 
 TINY = dict(dim=32, num_layers=2, num_heads=4, max_seq_len=16, vocab_size=20)
 

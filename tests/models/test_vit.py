@@ -7,7 +7,7 @@ import torch
 
 from attnlab.attention import list_attention
 from attnlab.models import create_model, model_config
-from attnlab.models.vit import ViT
+from attnlab.models.vision.vit import ViT
 
 
 def _grids_seen(model: ViT, pixels: torch.Tensor) -> list:

@@ -63,7 +63,7 @@ class VariantSpec(BaseModel):
 
 
 class TaskSpec(BaseModel):
-    """One task: ``char_lm`` or a name of :func:`attnlab.data.synthetic.get_task_dataset`, its generator
+    """One task: ``char_lm`` or a name of :func:`attnlab.data.get_task_dataset`, its generator
     ``options``, recipe ``overrides`` (nested dict merged into ``base`` for this task) and a ``label``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -76,7 +76,7 @@ class TaskSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ..data.synthetic import list_task_datasets
+        from ..data.registry import list_task_datasets
 
         valid = [CHAR_LM, *list_task_datasets()]
         if v not in valid:

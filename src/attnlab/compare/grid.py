@@ -12,7 +12,7 @@ followed by ``flush`` + ``os.fsync``; a torn last line (no trailing newline, e.g
 is cut off before the next append and ignored when reading.
 
 Task kinds: ``lm`` tasks train the base model itself; ``classify`` and ``regression`` tasks train it
-under the task's head (:func:`attnlab.models.task_heads.wrap_for_task`) with the ``classify`` /
+under the task's head (:func:`attnlab.models.heads.wrap_for_task`) with the ``classify`` /
 ``regression`` step, and the model's ``max_seq_len``/``vocab_size`` are the task's. Extra curves in the
 record: ``train_accuracy_curve`` / ``val_accuracy_curve`` (``[step, accuracy]`` at every evaluation) for
 the grokking task (``modular_addition``), and ``icl_curve`` (squared error after ``k`` in-context examples,
@@ -47,10 +47,10 @@ from tqdm.auto import tqdm
 from ..attention.base import AttentionKernel
 from ..attention.capabilities import CapabilityError
 from ..config import atomic_write_text
-from ..data.synthetic import get_task_dataset
+from ..data.registry import get_task_dataset
 from ..data.text import build_lm_data
-from ..tasks import model_outputs
-from ..tasks.metrics import HIGHER_IS_BETTER, score
+from ..objectives import model_outputs
+from ..objectives.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
 from ..train.task_data import CorpusData, TaskData, TaskLMData

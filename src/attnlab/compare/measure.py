@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data.synthetic_base import TaskDataset, TaskSplit
-from ..tasks import model_outputs
-from ..tasks.baselines import regression_baselines
-from ..tasks.metrics import score, squared_error_by_position
+from ..data.base import TaskDataset, TaskSplit
+from ..objectives import model_outputs
+from ..objectives.baselines import regression_baselines
+from ..objectives.metrics import score, squared_error_by_position
 from ..train.precision import autocast
 
 GROKKING_TASKS = ("modular_addition",)  # tasks whose cells record train/val accuracy at every evaluation
@@ -73,7 +73,7 @@ def _tokens(batch: dict[str, Tensor]) -> int:
 def inference_tokens_per_s(model: nn.Module, batches: list[dict], device: torch.device, precision: str,
                            num_batches: int, kind: str = "lm") -> float:
     """Sequence positions per second of a timed forward pass over ``num_batches`` eval batches (cycled),
-    after one warm-up; ``kind`` says how the task's model is called (:func:`attnlab.tasks.model_outputs`)."""
+    after one warm-up; ``kind`` says how the task's model is called (:func:`attnlab.objectives.model_outputs`)."""
     was_training = model.training
     model.eval()
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -139,7 +139,7 @@ class AccuracyCurves:
 
 def icl_curve(task: TaskDataset, pred: Tensor) -> dict[str, list[float]]:
     """Squared error after ``k`` in-context examples on the test split: the model's (``pred (N, T)``) next
-    to the least-squares, ridge and zero predictors of :func:`attnlab.tasks.baselines.regression_baselines`
+    to the least-squares, ridge and zero predictors of :func:`attnlab.objectives.baselines.regression_baselines`
     (Garg et al. 2022, Fig. 2; Akyürek et al. 2022)."""
     test = task.test
     model = squared_error_by_position(pred, test.targets, test.loss_mask)  # (K,)

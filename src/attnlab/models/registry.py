@@ -68,4 +68,4 @@ def _short(e: ValidationError) -> str:
 
 
 def _ensure_builtin() -> None:
-    from . import presets  # noqa: F401
+    from . import text, vision  # noqa: F401  (each family folder registers its presets)

@@ -15,7 +15,7 @@ def build_for_config(cfg: RunConfig, device: torch.device, task_data=None) -> tu
 
     ``task_data`` (a :class:`~attnlab.train.task_data.TaskData`) replaces the text corpus of ``cfg.data``; for a
     ``classify`` or ``regression`` task the model of ``cfg.model`` is wrapped in that task's head
-    (:func:`~attnlab.models.task_heads.wrap_for_task`) and ``task.name`` of the resolved config is the kind.
+    (:func:`~attnlab.models.heads.wrap_for_task`) and ``task.name`` of the resolved config is the kind.
 
     Raises:
         ValueError: ``data.seq_len > model.max_seq_len``, a non-causal model for the ``lm`` task, or for a
@@ -36,7 +36,7 @@ def build_for_config(cfg: RunConfig, device: torch.device, task_data=None) -> tu
                          "lower data.seq_len or raise model.max_seq_len")
     model = build_model(cfg.model.name, mcfg)
     if kind != "lm":
-        from ..models.task_heads import wrap_for_task
+        from ..models.heads import wrap_for_task
 
         model = wrap_for_task(model, data.task)
     model = model.to(device)

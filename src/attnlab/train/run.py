@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, load_config
 from ..data.text import build_lm_data, sequential_batches
-from ..data.tokenizers import Tokenizer, load_tokenizer
+from ..data.text.tokenizers import Tokenizer, load_tokenizer
 from ..infer.generate import generate
 from ..models.registry import build_model
-from ..tasks import get_task
+from ..objectives import get_task
 from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
 from .logs import write_json

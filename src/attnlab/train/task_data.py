@@ -1,6 +1,6 @@
 """Train the Trainer on a task of the comparison suite instead of a text corpus.
 
-:class:`TaskLMData` adapts a ``kind="lm"`` :class:`~attnlab.data.synthetic_base.TaskDataset` (MQAR,
+:class:`TaskLMData` adapts a ``kind="lm"`` :class:`~attnlab.data.base.TaskDataset` (MQAR,
 selective copying, modular addition) to what :class:`~attnlab.train.trainer.Trainer` needs from its
 data: ``vocab_size``, a ``tokenizer`` with a ``unit``, a resumable train sampler and fixed evaluation
 batches. Batches are ``{"idx" (B, T), "targets" (B, T), "loss_mask" (B, T)}``; the ``lm`` task step
@@ -8,7 +8,7 @@ works unchanged because unscored targets hold ``IGNORE_INDEX`` (-100), which cro
 
 :class:`TaskData` does the same for every kind: classification (``idx``, ``targets (B,)``,
 ``key_padding_mask``) and regression (``inputs (B, T, D)`` float, ``targets``, ``loss_mask``); the
-Trainer then wraps the model in the task's head (:mod:`attnlab.models.task_heads`) and trains with the
+Trainer then wraps the model in the task's head (:mod:`attnlab.models.heads`) and trains with the
 ``classify`` or ``regression`` step. The Trainer's ``tokens`` (and tokens/s) count ``batch_size x seq_len``
 sequence positions per step for every kind: padding included (the model computes over it), one position
 per ``[x, 0]`` / ``[0, y]`` vector for regression.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.synthetic_base import TaskDataset, TaskSplit
+from ..data.base import TaskDataset, TaskSplit
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from ..attention.base import pop_aux_loss
 from ..config import RunConfig
 from ..data.text import WindowSampler, eval_batches
-from ..data.tokenizers import save_tokenizer
-from ..tasks import get_task
+from ..data.text.tokenizers import save_tokenizer
+from ..objectives import get_task
 from ..viz.curves import plot_loss_curve, read_metrics
 from . import distributed as D
 from .build import build_for_config

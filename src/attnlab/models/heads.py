@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .encoder import pool
+from .pooling import pool
 from .transformer import Embeddings, TransformerBody
 
 BODY_HEADS = ("head", "mlm_head", "classifier")  # output heads of the families; unused under a task head
@@ -135,7 +135,7 @@ class InContextRegressor(nn.Module):
 
 
 def wrap_for_task(body: TransformerBody, task) -> nn.Module:
-    """The head a :class:`~attnlab.data.synthetic_base.TaskDataset` of ``kind`` classify or regression needs.
+    """The head a :class:`~attnlab.data.base.TaskDataset` of ``kind`` classify or regression needs.
 
     Raises:
         ValueError: an ``lm`` task (train the body itself), or interleaved in-context regression on a

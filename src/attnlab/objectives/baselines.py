@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.synthetic_base import IGNORE_INDEX, TaskDataset, TaskSplit
+from ..data.base import IGNORE_INDEX, TaskDataset, TaskSplit
 from .metrics import accuracy
 
 

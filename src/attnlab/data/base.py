@@ -66,7 +66,7 @@ class TaskSplit:
     def batch(self, index: Tensor) -> dict[str, Tensor]:
         """Rows ``index`` as a training batch: ``{"idx" | "inputs", "targets", ["loss_mask"], ["key_padding_mask"]}``.
 
-        Token inputs are under ``"idx"`` (the key of :func:`attnlab.tasks.lm.lm_step`, whose
+        Token inputs are under ``"idx"`` (the key of :func:`attnlab.objectives.lm.lm_step`, whose
         cross-entropy already skips ``IGNORE_INDEX`` targets), real-valued inputs under ``"inputs"``.
         """
         x = self.inputs[index]
@@ -87,7 +87,7 @@ class TaskDataset:
         kind: ``"lm"``, ``"classify"`` or ``"regression"`` (see module docstring).
         train, test: the splits (``test`` is the validation split of the grokking task).
         seq_len: ``T`` of ``inputs``.
-        metric: name in :data:`attnlab.tasks.metrics.METRICS`.
+        metric: name in :data:`attnlab.objectives.metrics.METRICS`.
         vocab_size: token vocabulary (``None`` for regression).
         num_classes: labels of a classification task, else ``None``.
         input_dim: feature width ``D`` of regression inputs, else ``None``.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.synthetic_base import IGNORE_INDEX, TaskDataset, TaskSplit
+from ..data.base import IGNORE_INDEX, TaskDataset, TaskSplit
 
 
 def _scored(targets: Tensor, mask: Tensor | None) -> Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import atomic_write_text
+from ...config import atomic_write_text
 
 
 class CharTokenizer:

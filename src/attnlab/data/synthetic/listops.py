@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .synthetic_base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
 
 PAD, CLS = 0, 1
 DIGIT0 = 2  # token of digit v is DIGIT0 + v

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .transformer import TransformerBody, init_weights
+from ..config import ModelConfig
+from ..transformer import TransformerBody, init_weights
 
 
 class PatchEmbeddings(nn.Module):

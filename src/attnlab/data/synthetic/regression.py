@@ -3,7 +3,7 @@
 Garg et al. 2022 ("What can Transformers learn in-context?"), Akyürek et al. 2022 ("What learning
 algorithm is in-context learning? Investigations with linear models") and von Oswald et al. 2023
 ("Transformers learn in-context by gradient descent"). Baselines (least squares, ridge) are in
-:mod:`attnlab.tasks.baselines`.
+:mod:`attnlab.objectives.baselines`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .synthetic_base import TaskDataset, TaskSplit, check_positive, split_rngs
+from ..base import TaskDataset, TaskSplit, check_positive, split_rngs
 
 FORMATS = ("interleaved", "concat")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .synthetic_base import IGNORE_INDEX, TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..base import IGNORE_INDEX, TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
 
 OPERATIONS = {
     "add": lambda a, b, p: (a + b) % p,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .transformer import TransformerBody, init_weights
+from ..config import ModelConfig
+from ..transformer import TransformerBody, init_weights
 
 
 class GPT(TransformerBody):

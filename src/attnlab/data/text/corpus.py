@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sources import SOURCES, list_sources, source_path
+from ..sources import SOURCES, list_sources, source_path
 from .tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
 
 EVAL_SEED = 20240917  # validation windows do not depend on train.seed, so runs compare on the same windows

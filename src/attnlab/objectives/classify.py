@@ -2,7 +2,7 @@
 
 The classification tasks of the suite (ListOps, Nangia & Bowman 2018 and Long Range Arena, Tay et al.
 2021; byte-level sentiment; Fashion-MNIST as a pixel sequence, LRA's "Image" task) train through this step
-with a :class:`~attnlab.models.task_heads.SequenceClassifier`.
+with a :class:`~attnlab.models.heads.SequenceClassifier`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     logits = classify_outputs(model, batch)
     if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
         raise ValueError(f"classify needs logits of shape (B, C) = ({targets.shape[0]}, C), got {tuple(logits.shape)}; "
-                         "wrap the body in attnlab.models.task_heads.SequenceClassifier")
+                         "wrap the body in attnlab.models.heads.SequenceClassifier")
     loss = F.cross_entropy(logits.float(), targets)  # fp32 even under bf16 autocast
     d = loss.detach()
     acc = (logits.detach().argmax(-1) == targets).float().mean()

@@ -49,7 +49,7 @@ register_task("lm")(lm_step)
 register_task("classify")(classify_step)
 register_task("regression")(regression_step)
 
-# what a model returns for a batch of each task kind of the suite (attnlab.data.synthetic_base)
+# what a model returns for a batch of each task kind of the suite (attnlab.data.base)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
     "classify": classify_outputs,  # (B, C) logits
@@ -58,7 +58,7 @@ OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
 
 
 def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """The outputs :func:`attnlab.tasks.metrics.score` takes, for a batch of a task of ``kind``.
+    """The outputs :func:`attnlab.objectives.metrics.score` takes, for a batch of a task of ``kind``.
 
     Raises:
         ValueError: unknown ``kind`` (names the valid ones).

@@ -2,7 +2,7 @@
 
 In-context linear regression (Garg et al. 2022, "What can Transformers learn in-context? A case study of
 simple function classes") trains through this step with an
-:class:`~attnlab.models.task_heads.InContextRegressor`: only the ``x`` positions of the interleaved
+:class:`~attnlab.models.heads.InContextRegressor`: only the ``x`` positions of the interleaved
 ``x_1, y_1, x_2, ...`` sequence are scored (``loss_mask``).
 """
 
@@ -36,7 +36,7 @@ def regression_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     pred = regression_outputs(model, batch)
     if pred.shape != targets.shape:
         raise ValueError(f"regression needs predictions of the targets' shape {tuple(targets.shape)}, got "
-                         f"{tuple(pred.shape)}; wrap the body in attnlab.models.task_heads.InContextRegressor")
+                         f"{tuple(pred.shape)}; wrap the body in attnlab.models.heads.InContextRegressor")
     mask = batch.get("loss_mask")
     mask = targets.new_ones(targets.shape) if mask is None else mask.to(targets.dtype)  # (B, T) 1 = scored
     count = mask.sum()

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from attnlab.data.synthetic import get_task_dataset
-from attnlab.tasks import get_task, model_outputs
-from attnlab.tasks.classify import classify_step
-from attnlab.tasks.regression import regression_step
+from attnlab.data import get_task_dataset
+from attnlab.objectives import get_task, model_outputs
+from attnlab.objectives.classify import classify_step
+from attnlab.objectives.regression import regression_step
 from attnlab.train.task_data import TaskData, TaskLMData
 
 

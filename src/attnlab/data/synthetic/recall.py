@@ -1,6 +1,6 @@
 """Recall tasks: multi-query associative recall (Zoology) and selective copying (Mamba).
 
-Both are ``kind="lm"`` tasks (see :mod:`attnlab.data.synthetic_base`): a causal model reads
+Both are ``kind="lm"`` tasks (see :mod:`attnlab.data.base`): a causal model reads
 ``inputs[:, :t + 1]`` and is scored on ``targets[:, t]`` where ``loss_mask`` is True.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .synthetic_base import (
+from ..base import (
     IGNORE_INDEX, TaskDataset, TaskSplit, check_positive, long_tensor, sample_without_replacement, split_rngs,
 )
 

