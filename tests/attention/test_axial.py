@@ -54,7 +54,7 @@ def test_modes_match_reference_compositions(grid, causal):
 
 
 def test_one_row_grid_is_full_attention():
-    """Spec 6(6a): on a 1 x N grid, row attention (and rows-then-columns) is full 1-D attention."""
+    """On a 1 x N grid, row attention (and rows-then-columns) is full 1-D attention."""
     q, k, v = qkv(1, 2, 2, 10, 10)
     for mode in ("row", "sequential"):
         out = build_attention("axial", mode=mode)(q, k, v, AttentionContext(grid=(1, 10)))

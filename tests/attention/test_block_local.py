@@ -20,7 +20,7 @@ def assert_matches(kernel, q, k, v, ctx, keep, valid_rows=None):
     """Forward and q/k/v gradients equal the reference with mask ``keep`` (fp32, atol 1e-5)."""
     out, (ref, _) = kernel(q, k, v, ctx), reference_attention(q, k, v, keep=keep)
     grad = torch.randn_like(out)
-    if valid_rows is not None:  # outputs of pad queries are unspecified (spec section 0)
+    if valid_rows is not None:  # outputs of pad queries are unspecified
         grad, out, ref = (t * valid_rows[:, None, :, None] for t in (grad, out, ref))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
@@ -94,7 +94,7 @@ def test_padding_documents_gqa_2d(recompute):
 
 
 def test_locality_of_gradients():
-    """Spec 4(6b): a block's output has zero gradient w.r.t. keys outside its halo window."""
+    """A block's output has zero gradient w.r.t. keys outside its halo window."""
     q, k, v = qkv(1, 1, 1, 24, 24)
     out = build_attention("block_local", block_size=4, halo=2)(q, k, v, AttentionContext())
     out[:, :, 8:12].sum().backward()  # block 2 -> window [6, 14)

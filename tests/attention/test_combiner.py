@@ -1,4 +1,4 @@
-"""Combiner-Fixed (spec section 8): properties (a)-(d), a loop reference, the own-summary option, the cache."""
+"""Combiner-Fixed: properties (a)-(d), a loop reference, the own-summary option, the cache."""
 
 from __future__ import annotations
 

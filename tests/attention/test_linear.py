@@ -1,4 +1,4 @@
-"""SLAB / causal linear attention (spec section 7): properties (a)-(e), chunked == naive formula (values and
+"""SLAB / causal linear attention: properties (a)-(e), chunked == naive formula (values and
 gradients), chunked == recurrent, the cache."""
 
 from __future__ import annotations

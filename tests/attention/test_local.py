@@ -31,7 +31,7 @@ def assert_matches(kernel, q, k, v, ctx, keep, valid_rows=None):
     out = kernel(q, k, v, ctx)
     ref, _ = reference_attention(q, k, v, keep=keep)
     grad = torch.randn_like(out)
-    if valid_rows is not None:  # outputs of pad queries are unspecified (spec section 0)
+    if valid_rows is not None:  # outputs of pad queries are unspecified
         grad = grad * valid_rows[:, None, :, None]
         out, ref = out * valid_rows[:, None, :, None], ref * valid_rows[:, None, :, None]
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
@@ -149,7 +149,7 @@ def test_plan_made_in_inference_mode_still_trains():
 
 
 def test_bfloat16_within_spec_tolerance():
-    """Spec section 0: bf16 within atol 2e-2 of the fp32 reference (softmax runs in fp32 inside)."""
+    """bf16 within atol 2e-2 of the fp32 reference (softmax runs in fp32 inside)."""
     q, k, v = qkv(2, 4, 2, 30, 30, D=16)
     ctx = AttentionContext(causal=True)
     out = build_attention("sliding_window", window=7)(q.bfloat16(), k.bfloat16(), v.bfloat16(), ctx)

@@ -21,7 +21,7 @@ def assert_matches(kernel, q, k, v, ctx, keep, valid_rows=None):
     """Forward and q/k/v gradients equal the reference with mask ``keep`` (fp32, atol 1e-5)."""
     out, (ref, _) = kernel(q, k, v, ctx), reference_attention(q, k, v, keep=keep)
     grad = torch.randn_like(out)
-    if valid_rows is not None:  # outputs of pad queries are unspecified (spec section 0)
+    if valid_rows is not None:  # outputs of pad queries are unspecified
         grad, out, ref = (t * valid_rows[:, None, :, None] for t in (grad, out, ref))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):

@@ -1,4 +1,4 @@
-"""Stochastically subsampled attention (spec section 11): properties (a)-(f), the wrapper contract."""
+"""Stochastically subsampled attention: properties (a)-(f), the wrapper contract."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routing attention (spec section 3): properties (a)-(e) plus EMA, local heads, cache and options."""
+"""Routing attention: properties (a)-(e) plus EMA, local heads, cache and options."""
 
 from __future__ import annotations
 

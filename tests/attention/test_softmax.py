@@ -1,6 +1,6 @@
 """The softmax kernel (fused SDPA) and the reference formula against an independent per-head loop.
 
-The masks here are rebuilt from their definitions (spec section 0, bottom-right alignment) instead of
+The masks here are rebuilt from their definitions (bottom-right alignment, see attnlab.attention.context) instead of
 reusing ``attnlab.attention.masks``, so a wrong mask in the library cannot hide behind itself.
 """
 
@@ -216,7 +216,7 @@ def test_bf16_close_to_fp32_reference():
     ref = naive_attention(q, k, v, naive_keep(2, 16, 16, True, kpm, None))
     out = build_attention("softmax")(q.bfloat16(), k.bfloat16(), v.bfloat16(), ctx)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)  # spec section 0: bf16 atol 2e-2
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)  # bf16 tolerance: atol 2e-2
 
 
 def test_call_errors_name_the_expected_shapes():

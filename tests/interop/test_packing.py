@@ -1,4 +1,4 @@
-"""Padding-free batches (spec section 14, ByteTransformer) and the embed API's contract."""
+"""Padding-free batches (ByteTransformer, Zhai et al. 2023) and the embed API's contract."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The naive O(N^2) attention formula with explicit masks — the ground truth every kernel is tested against.
 
 ``O = softmax(Q K^T * scale + bias, masked) V`` with grouped K/V heads expanded by
-``repeat_interleave`` (GQA paper, Ainslie et al. 2023; spec section 1.1). A query row whose keys are
-all masked outputs 0 (spec section 0), computed as ``softmax(where(any_keep, S, 0)) * any_keep``.
+``repeat_interleave`` (GQA paper, Ainslie et al. 2023). A query row whose keys are
+all masked outputs 0, computed as ``softmax(where(any_keep, S, 0)) * any_keep``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Sentence embeddings (Sentence-BERT, Reimers & Gurevych 2019): tokenise, encode, mean-pool over the
-real tokens, L2-normalise — with padding-free batches (ByteTransformer, spec section 14).
+real tokens, L2-normalise — with padding-free batches (ByteTransformer, Zhai et al. 2023).
 
 Each batch of texts is packed into one row of ``N = sum(lengths)`` tokens (:mod:`.packing`), so the
 projections and MLPs run on exactly the real tokens and the softmax kernel attends document by

@@ -1,4 +1,4 @@
-"""Padding-free variable-length batches (ByteTransformer, Zhai et al. 2023; spec section 14).
+"""Padding-free variable-length batches (ByteTransformer, Zhai et al. 2023).
 
 A batch of sequences of lengths ``len_b`` is packed into ONE row of ``N = sum_b len_b`` tokens. Every
 token-wise layer (projections, MLP, norms) then runs on ``N`` rows instead of ``B * max_len``; the

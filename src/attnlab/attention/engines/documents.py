@@ -1,4 +1,4 @@
-"""Per-document attention for packed sequences (ByteTransformer's grouped path; spec section 14).
+"""Per-document attention for packed sequences (ByteTransformer's grouped path).
 
 With ``document_ids`` a dense kernel would score every token against every other token of the packed
 row and mask most scores away (``N^2`` work for ``sum_b len_b^2`` useful). When each document occupies

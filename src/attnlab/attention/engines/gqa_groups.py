@@ -1,4 +1,4 @@
-"""Shared machinery of the key-driven GQA variants (KDGQA, DGQA, PGQA; spec sections 1.2-1.4).
+"""Shared machinery of the key-driven GQA variants (KDGQA, DGQA, PGQA).
 
 Source: Khan et al. 2024, "Beyond Uniform Query Distribution: Key-Driven Grouped Query Attention"
 (arXiv 2408.08454, official code ``zohaib-khan5040/key-driven-gqa``).

@@ -1,4 +1,4 @@
-"""ConViT gated positional self-attention (GPSA) on a 2-D token grid (spec section 10).
+"""ConViT gated positional self-attention (GPSA) on a 2-D token grid.
 
 d'Ascoli et al. 2021, "ConViT: Improving Vision Transformers with Soft Convolutional Inductive
 Biases" (official code ``facebookresearch/convit``, ``convit.py``: ``GPSA``).

@@ -1,4 +1,4 @@
-"""Kolmogorov-Arnold Attention (Fourier-KArAt): a learnable operator in place of softmax (spec section 9).
+"""Kolmogorov-Arnold Attention (Fourier-KArAt): a learnable operator in place of softmax.
 
 Maity et al. 2025, "Kolmogorov-Arnold Attention: Is Learnable Attention Better For Vision
 Transformers?" (project page ``MaitySubhajit/KArAt``, ``docs/index.html``; no code released).

@@ -1,4 +1,4 @@
-"""Selective Self-Attention (SSA): query and value inverse temperatures (spec section 2).
+"""Selective Self-Attention (SSA): query and value inverse temperatures.
 
 Zhang et al., "Selective Attention: Enhancing Transformer through Principled Context Control"
 (NeurIPS 2024; official code ``umich-sota/selective_attention``, which releases only the positional
