@@ -27,7 +27,7 @@ import torch
 
 from common import machine_info, print_table, write_json
 from attnlab import native
-from attnlab.attention.documents import per_document_attention
+from attnlab.attention.engines.documents import per_document_attention
 from attnlab.native.documents import MAX_DOC_LEN, documents_attention_bf16
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from common import machine_info, print_table, write_json
 from attnlab import native
-from attnlab.attention.documents import per_document_attention
+from attnlab.attention.engines.documents import per_document_attention
 from attnlab.native import documents_fp32
 from attnlab.native.documents_fp32 import documents_attention_fp32
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--name", default="native_attention_fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    status = native.native_status()
+    status = native.native_status("attention_fp32")
     print(f"native kernels: {status}; {args.threads} thread(s)")
     if not status.startswith("available"):
         raise SystemExit("the native kernel is not available here: nothing to compare")

@@ -58,7 +58,8 @@ class Capabilities:
                 have = [n for n in sorted(valid) if getattr(self, n) is True]
                 raise CapabilityError(
                     f"attention {kernel_name!r} does not support {need}; it supports {have}. "
-                    f"Pick a kernel that does (see `attnlab list attention`) or turn {need} off."
+                    f"Kernels that support {need}: {kernels_with(need)} (see `attnlab list attention`), "
+                    f"or turn {need} off."
                 )
 
     def check_context(self, kernel_name: str, ctx: AttentionContext) -> None:
@@ -76,3 +77,10 @@ class Capabilities:
                 f"attention {kernel_name!r} needs a 2-D token grid: pass grid=(rows, cols) "
                 "(models built on images do this for you)."
             )
+
+
+def kernels_with(capability: str) -> list[str]:
+    """Registered kernel names whose declared capabilities include ``capability`` (for error messages)."""
+    from .registry import get_attention_class, list_attention  # the registry imports this module
+
+    return [n for n in list_attention() if getattr(get_attention_class(n).capabilities, capability, False) is True]

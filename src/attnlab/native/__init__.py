@@ -1,55 +1,46 @@
 """Native CPU kernels, compiled on first use with the system C compiler and loaded through ctypes.
 
-One library, built from ``csrc/`` (``kernels.h``, ``common.c``, ``forward.c``, ``backward.c``,
-``attention_fp32.c``, ``pointwise.c``, ``transpose.c``): exact softmax attention over packed documents in
-bfloat16 and in float32, forward and backward (used by the ``softmax`` kernel through
-:mod:`attnlab.native.documents` and :mod:`attnlab.native.documents_fp32`), fused LayerNorm and bias + GELU
-for bf16-autocast training (used by the LayerNorm and MLP layers through :mod:`attnlab.native.pointwise`)
-and a bf16 transpose for weight gradients (:mod:`attnlab.native.linear`).
-It needs no PyTorch headers, so the build takes a couple of seconds, once (logged at INFO level); the
-shared library is cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) by a hash of its sources
-and flags, written atomically. It links
-libgomp.so.1, which resolves to PyTorch's own OpenMP runtime, so its threads are PyTorch's intra-op
-threads.
+Four kernel families, each its own shared library built from ``csrc/`` (:mod:`attnlab.native.build`)
+with only the instruction-set flags it needs, so each is available or not on its own:
 
-It uses AMX tiles where the CPU has AMX-BF16 (Sapphire Rapids and later) and AVX-512 BF16 otherwise
-(``ATTNLAB_NATIVE_AMX=0`` forces the latter). Everything falls back to PyTorch when the kernel is not
-available: no compiler, a CPU without AVX-512 BF16, a non-x86 machine, or ``ATTNLAB_NATIVE=0`` in the
-environment. :func:`native_status` says which.
+- ``attention_bf16`` (``common.c``, ``forward.c``, ``backward.c``): exact softmax attention over packed
+  documents in bfloat16, forward and backward, on AMX tiles where the CPU has AMX-BF16 (Sapphire Rapids
+  and later) and AVX-512 BF16 otherwise (``ATTNLAB_NATIVE_AMX=0`` forces the latter);
+- ``attention_fp32`` (``attention_fp32.c``): the same in float32 on AVX-512F and FMA;
+- ``pointwise`` (``pointwise.c``): fused LayerNorm and bias + GELU for bf16-autocast training (AVX-512 BF16);
+- ``transpose`` (``transpose.c``): a bf16 transpose for weight gradients (AVX-512F).
+
+The ``softmax`` kernel reaches the attention families through one call,
+:func:`attnlab.native.attention.documents_attention`; the LayerNorm and MLP layers use the pointwise family
+(:mod:`attnlab.native.pointwise`) and the linear layers the transpose (:mod:`attnlab.native.linear`).
+
+The exported C functions are declared once, in ``csrc/attnlab_native.h``, and their ctypes signatures are
+read from there (:mod:`attnlab.native.interface`).
+No PyTorch headers are needed, so a build takes a couple of seconds, once per family (logged at INFO level);
+the libraries are cached under ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``). They link libgomp.so.1,
+which resolves to PyTorch's own OpenMP runtime, so their threads are PyTorch's intra-op threads.
+
+Everything falls back to PyTorch where a family is not available: no compiler, a CPU without the family's
+features, a non-x86 machine, or ``ATTNLAB_NATIVE=0`` in the environment. :func:`native_status` says which.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
-CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("common.c", "forward.c", "backward.c", "attention_fp32.c", "pointwise.c",
-                                    "transpose.c")]
-HEADERS = [CSRC / "kernels.h"]
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16",
-         "-fopenmp", "-shared", "-fPIC"]
-LIBS = ["-lm"]
+from . import build, interface
+from .build import FAMILIES, cache_dir
 
-_log = logging.getLogger(__name__)
-_lock = threading.Lock()
-_state: dict = {}  # "lib": CDLL or None, "why": reason it is None
+__all__ = ["FAMILIES", "cache_dir", "disabled", "load", "native_status", "set_enabled", "status_by_family"]
+
+_lock = threading.RLock()  # reentrant: opening a family opens the probe library first
+_loaded: dict[str, tuple[ctypes.CDLL | None, str]] = {}  # family -> (library or None, status)
 _switch = {"on": True}  # process-wide (embed's worker threads must see it too)
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels live: ``$ATTNLAB_CACHE/native`` or ``~/.cache/attnlab/native``."""
-    root = os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab"
-    return Path(root) / "native"
+_SWITCHED_OFF = "switched off (attnlab.native.set_enabled(False) or attnlab.native.disabled())"
 
 
 def set_enabled(on: bool) -> None:
@@ -68,97 +59,95 @@ def disabled():
         _switch["on"] = before
 
 
-def load() -> ctypes.CDLL | None:
-    """The compiled attention library, building it on first use; ``None`` when unavailable or switched off."""
+def load(family: str = "attention_bf16") -> ctypes.CDLL | None:
+    """The library of kernel ``family`` (one of :data:`FAMILIES`; by default the bf16 attention, whose
+    library also has ``.amx``: whether its AMX path is used), building it on first use; ``None`` when it is
+    unavailable here or the native kernels are switched off.
+
+    Raises:
+        ValueError: ``family`` is not one of :data:`FAMILIES`.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"no native kernel family {family!r}; the families are {', '.join(FAMILIES)}")
+    return _open(family)[0] if _switch["on"] else None
+
+
+def native_status(family: str | None = None) -> str:
+    """Whether ``family`` (default: all) can run, or why not. The bf16 attention's status comes first:
+    ``"available (AMX-BF16)"`` or ``"available (AVX-512 BF16)"``, then ``"; <family>: <status>"`` for each
+    other family (``"available"``, or why not); a reason that holds for every family (switched off, no
+    compiler, ...) is given once, alone.
+
+    Raises:
+        ValueError: ``family`` is not one of :data:`FAMILIES`.
+    """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"no native kernel family {family!r}; the families are {', '.join(FAMILIES)}")
     if not _switch["on"]:
-        return None
-    if "lib" not in _state:
+        return _SWITCHED_OFF
+    if family is not None:
+        return _open(family)[1]
+    probe, why = _open("probe")
+    if probe is None:
+        return why
+    first, *others = status_by_family().items()
+    return "; ".join([first[1]] + [f"{name}: {status}" for name, status in others])
+
+
+def status_by_family() -> dict[str, str]:
+    """``{family: status}`` for every family in :data:`FAMILIES`, as :func:`native_status` gives them."""
+    return {name: native_status(name) for name in FAMILIES}
+
+
+def _open(name: str) -> tuple[ctypes.CDLL | None, str]:
+    """``(library, status)`` of a family or of the probe, opened once per process."""
+    if name not in _loaded:
         with _lock:
-            if "lib" not in _state:
-                _state["lib"], _state["why"] = _build_and_load()
-    return _state["lib"]
+            if name not in _loaded:
+                _loaded[name] = _open_uncached(name)
+    return _loaded[name]
 
 
-def native_status() -> str:
-    """``"available (AMX-BF16)"``, ``"available (AVX-512 BF16)"``, or why the native kernel is not used."""
-    if not _switch["on"]:
-        return "switched off (attnlab.native.set_enabled(False) or attnlab.native.disabled())"
-    load()
-    return _state["why"]
-
-
-def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
+def _open_uncached(name: str) -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("ATTNLAB_NATIVE", "1") == "0":
         return None, "disabled by ATTNLAB_NATIVE=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"needs x86-64 (this machine is {platform.machine()})"
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    compiler = build.find_compiler()
     if compiler is None:
         return None, "no C compiler found (install gcc, or set CC)"
-    text = b"".join(f.read_bytes() for f in HEADERS + SOURCES)
-    digest = hashlib.sha256(text + " ".join([compiler] + FLAGS + LIBS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"attention_bf16-{digest}.so"
-    if not target.exists():
-        _log.info("building attnlab's native kernels (first use, a few seconds) into %s", target)
-        error = _compile(compiler, target)
-        if error:
-            _log.warning("attnlab's native kernels are not used: %s", error)
-            return None, error
+    family = FAMILIES.get(name, build.PROBE)
+    features = 0
+    if family is not build.PROBE:
+        probe, why = _open("probe")
+        if probe is None:
+            return None, why
+        features = probe.features
+        bits = interface.interface().features
+        missing = [build.FEATURES[f][1] for f in family.needs if not features & bits[f]]
+        if missing:  # its code may use these instructions anywhere: do not even load it
+            return None, f"this CPU lacks {', '.join(missing)}"
+    lib, why = build.open_library(family, compiler)
+    if lib is None:
+        return None, why
     try:
-        lib = ctypes.CDLL(str(target))
-    except OSError as e:  # a damaged cache file: rebuild once
-        target.unlink(missing_ok=True)
-        error = _compile(compiler, target)
-        if error:
-            return None, error
-        try:
-            lib = ctypes.CDLL(str(target))
-        except OSError:
-            return None, f"could not load {target}: {e}"
-    caps = lib.attnlab_native_caps()
-    if not caps & 1:
-        return None, "this CPU lacks AVX-512 BF16"
-    lib.amx = bool(caps & 2) and os.environ.get("ATTNLAB_NATIVE_AMX", "1") != "0"
-    fn = lib.attnlab_attend_docs_bf16
-    ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    fn.argtypes = [ptr] * 9 + [i64, i32, i32, i32, ctypes.c_float, i32, i32, ptr, ptr, i32]
-    fn.restype = i32
-    bwd = lib.attnlab_attend_docs_bf16_backward
-    bwd.argtypes = [ptr] * 19 + [i64, i32, i32, i32, ctypes.c_float, i32, i32]
-    bwd.restype = i32
-    f32 = ctypes.c_float
-    signatures = {  # pointwise.c
-        "attnlab_layer_norm_fwd": [ptr, ptr, ptr, i64, i32, ptr, ptr, f32, ptr, ptr, ptr, i32],
-        "attnlab_layer_norm_bwd": [ptr] * 7 + [i64, i32, ptr, ptr, ptr, i32],
-        "attnlab_bias_gelu_fwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
-        "attnlab_bias_gelu_bwd": [ptr, ptr, i64, i32, ptr, ptr, i32],
-        "attnlab_transpose_bf16": [ptr, i64, i64, i64, ptr, i64, i32],  # transpose.c
-        "attnlab_attend_docs_f32": [ptr] * 9 + [i64, i32, i32, i32, f32, i32, ptr, ptr, i32],  # attention_fp32.c
-        "attnlab_attend_docs_f32_backward": [ptr] * 17 + [i64, i32, i32, i32, f32, i32, i32],
-    }
-    for name, args in signatures.items():
-        getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = i32
-    return lib, "available (AMX-BF16)" if lib.amx else "available (AVX-512 BF16)"
+        interface.bind(lib, family.name)
+    except AttributeError as e:
+        return None, f"the native {family.name} library does not match csrc/attnlab_native.h: {e}"
+    return lib, _ready(lib, family.name, features)
 
 
-def _compile(compiler: str, target: Path) -> str | None:
-    """Compile to a temporary file next to ``target`` and rename it into place; an error text or None."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create the kernel cache {target.parent}: {e} (set ATTNLAB_CACHE)"
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, *map(str, SOURCES), *LIBS], capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode != 0:
-            return f"compiling the native kernels ({CSRC}) failed: {done.stderr.strip()[-500:]}"
-        os.replace(tmp, target)
-        return None
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"compiling the native kernels ({CSRC}) failed: {e}"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _ready(lib: ctypes.CDLL, name: str, features: int) -> str:
+    """Record what a freshly opened library needs to know about this CPU on it; its status."""
+    if name == "probe":
+        lib.features = _cpu_features(lib)
+    elif name == "attention_bf16":
+        amx = bool(features & interface.interface().features["AMX_BF16"])
+        lib.amx = amx and os.environ.get("ATTNLAB_NATIVE_AMX", "1") != "0"
+        return "available (AMX-BF16)" if lib.amx else "available (AVX-512 BF16)"
+    return "available"
+
+
+def _cpu_features(probe: ctypes.CDLL) -> int:
+    """The probe's ATTNLAB_CPU_* bits for this CPU (a separate function so tests can simulate other CPUs)."""
+    return probe.attnlab_cpu_features()

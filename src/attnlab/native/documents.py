@@ -8,6 +8,10 @@ import torch
 from torch import Tensor
 
 from . import load
+from .marshal import (Spans, check_status, doc_table, fake_gradients, gradient_buffers, grad_wanted, score_scale,
+                      shapes_fit, strides, sum_kv_groups, threads, token_major_like)
+
+FAMILY = "attention_bf16"
 
 # Longest document each path takes; longer ones go to PyTorch's flash kernel, which tiles the keys and
 # wins there (benchmarks/native_attention.py: AMX still 1.3-1.5x SDPA at 512 tokens; AVX-512 1.1-2.5x
@@ -22,20 +26,9 @@ def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
     strides, 4-byte aligned data, and (``grad=False``) no gradient wanted."""
     if q.device.type != "cpu" or not all(t.dtype == torch.bfloat16 for t in (q, k, v)):
         return False
-    if not grad and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if not grad and grad_wanted(q, k, v):
         return False
     return shapes_fit(q, k, v) and all(_layout_ok(t) for t in (q, k, v))
-
-
-def shapes_fit(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """The shapes both native kernels (bf16 and fp32) take: 4-D ``(B, H, T, Dh)`` q and ``(B, Hkv, T, Dh)``
-    k, v with equal batch sizes and lengths, ``H`` a multiple of ``Hkv``, ``Dh % 16 == 0``, ``Dh <= 256``."""
-    if not all(t.dim() == 4 for t in (q, k, v)):
-        return False
-    dh = q.shape[3]
-    return dh % 16 == 0 and dh <= 256 and k.shape[3] == v.shape[3] == dh and k.shape[1] == v.shape[1] \
-        and q.shape[1] % k.shape[1] == 0 and q.shape[2] == k.shape[2] == v.shape[2] \
-        and q.shape[0] == k.shape[0] == v.shape[0]
 
 
 def _layout_ok(t: Tensor) -> bool:
@@ -46,40 +39,10 @@ def _kernel_layout(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t if _layout_ok(t) else t.contiguous() for t in tensors)
 
 
-def _doc_table(spans: list[list[tuple[int, int]]], batch: int, length: int) -> Tensor:
-    """``(docs, 3)`` int64: batch row, first token, length.
-
-    Raises:
-        ValueError: unless ``spans`` has one list per batch row whose ``[start, end)`` runs tile
-            ``[0, length)`` in order (what :func:`attnlab.attention.documents.document_spans` gives; the
-            kernels trust the table, and tokens outside every run would get no output).
-    """
-    if len(spans) != batch:
-        raise ValueError(f"spans has {len(spans)} rows for a batch of {batch}: give one list of (start, end) "
-                         "runs per batch row")
-    table = []
-    for b, row in enumerate(spans):
-        end = 0
-        for s, e in row:
-            if s != end or e <= s:
-                raise ValueError(f"spans[{b}] must be non-empty [start, end) runs, each starting where the last "
-                                 f"ended, covering 0..{length}; got {list(row)[:6]}")
-            table.append((b, s, e - s))
-            end = e
-        if end != length:
-            raise ValueError(f"spans[{b}] covers 0..{end}, not the {length} tokens of the row")
-    return torch.tensor(table, dtype=torch.int64)
-
-
-def _strides(*tensors: Tensor) -> list[Tensor]:
-    """The (batch, head, token) strides of each tensor as int64 tensors (keep them alive while in use)."""
-    return [torch.tensor(t.stride()[:3], dtype=torch.int64) for t in tensors]
-
-
-def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: Spans, *,
                              causal: bool, scale: float | None, amx: bool | None = None) -> Tensor | None:
     """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row), like
-    :func:`attnlab.attention.documents.per_document_attention`, on the native kernel.
+    :func:`attnlab.attention.engines.documents.per_document_attention`, on the native kernel.
 
     q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` (GQA heads are grouped, not expanded) -> ``(B, H, T, Dh)``
     (a transposed view of ``(B, T, H, Dh)`` memory). Returns ``None`` when the kernel cannot run these
@@ -95,11 +58,10 @@ def documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
     if plan is None:
         return None
     table, amx = plan
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    return attend_documents_op(q, k, v, table, bool(causal), scale, bool(amx), False)[0]
+    return attend_documents_op(q, k, v, table, bool(causal), score_scale(q, scale), bool(amx), False)[0]
 
 
-def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: Spans, *,
                                        causal: bool, scale: float | None) -> Tensor | None:
     """:func:`documents_attention_bf16` with a backward pass (AMX only, ``Dh % 32 == 0``): the forward
     keeps each row's log-sum-exp and the backward recomputes the probabilities from it (FlashAttention-2's
@@ -108,20 +70,19 @@ def trainable_documents_attention_bf16(q: Tensor, k: Tensor, v: Tensor, spans: l
     plan = _plan(q, k, v, spans, grad=True, amx=True)
     if plan is None:
         return None
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    return attend_documents_op(q, k, v, plan[0], bool(causal), scale, True, True)[0]
+    return attend_documents_op(q, k, v, plan[0], bool(causal), score_scale(q, scale), True, True)[0]
 
 
-def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *, grad: bool,
+def _plan(q: Tensor, k: Tensor, v: Tensor, spans: Spans, *, grad: bool,
           amx: bool | None) -> tuple | None:
     """``(doc table, use AMX)`` when the kernel can run these inputs (the backward needs AMX), else None."""
     if not usable(q, k, v, grad=grad) or not any(spans):
         return None
-    lib = load()
+    lib = load(FAMILY)
     if lib is None:
         return None
     amx = lib.amx and q.shape[3] % 32 == 0 and amx is not False
-    table = _doc_table(spans, q.shape[0], q.shape[2])
+    table = doc_table(spans, q.shape[0], q.shape[2])
     if (grad and not amx) or int(table[:, 2].max()) > MAX_DOC_LEN["amx" if amx else "avx512"]:
         return None
     return table, amx
@@ -130,13 +91,13 @@ def _plan(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *
 def _attend_into(lib, q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float, amx: bool,
                  lse: Tensor | None) -> Tensor:
     """Run the forward kernel; ``lse`` ``(B, H, T)`` float32 (AMX only) receives the base-2 log-sum-exp."""
-    B, H, T, Dh = q.shape
-    out = q.new_empty(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh) view of (B, T, H, Dh) memory
-    strides = _strides(q, k, v, out) + ([] if lse is None else _strides(lse))  # kept alive during the call
-    lse_args = (None, None) if lse is None else (lse.data_ptr(), strides[4].data_ptr())
-    ptrs = [t.data_ptr() for t in (q, k, v, out, *strides[:4], table)]
-    _check(lib.attnlab_attend_docs_bf16(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal), int(amx),
-                                        *lse_args, _threads(table, H)))
+    H, Dh = q.shape[1], q.shape[3]
+    out = token_major_like(q)
+    held = strides(q, k, v, out) + ([] if lse is None else strides(lse))  # kept alive during the call
+    lse_args = (None, None) if lse is None else (lse.data_ptr(), held[4].data_ptr())
+    ptrs = [t.data_ptr() for t in (q, k, v, out, *held[:4], table)]
+    check_status(lib.attnlab_attend_docs_bf16(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal), int(amx),
+                                        *lse_args, threads(table.shape[0] * H)))
     return out
 
 
@@ -150,60 +111,34 @@ def attend_documents_op(q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: 
     B, H, T, _ = q.shape
     q, k, v = _kernel_layout(q, k, v)  # a compiled graph may hand over other strides than eager did
     lse = torch.empty((B, H, T) if with_lse else (0,), dtype=torch.float32, device=q.device)
-    out = _attend_into(load(), q, k, v, table, causal, scale, amx, lse if with_lse else None)
+    out = _attend_into(load(FAMILY), q, k, v, table, causal, scale, amx, lse if with_lse else None)
     return out, lse
 
 
 @attend_documents_op.register_fake
 def _(q, k, v, table, causal, scale, amx, with_lse):
-    B, H, T, Dh = q.shape
-    lse = q.new_empty((B, H, T) if with_lse else (0,), dtype=torch.float32)
-    return q.new_empty(B, T, H, Dh).transpose(1, 2), lse
+    B, H, T, _ = q.shape
+    return token_major_like(q), q.new_empty((B, H, T) if with_lse else (0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("attnlab::attend_documents_bf16_backward", mutates_args=())
 def attend_documents_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor,
                                  table: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """FlashAttention-2's backward from the saved log-sum-exp -> ``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)``."""
-    lib = load()
     H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
     q, k, v, out, dout = _kernel_layout(q, k, v, out, dout)
-    dq, dk, dv = _gradient_buffers(q)
+    dq, dk, dv = gradient_buffers(q)
     tensors = (q, k, v, out, dout, lse, dq, dk, dv)
-    strides = _strides(*tensors)  # kept alive during the call
-    ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
-    _check(lib.attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
-                                                 _threads(table, H)))
-    return _sum_kv_groups(dq, dk, dv, Hkv)
-
-
-def _gradient_buffers(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv for the backward kernels: ``(B, H, T, Dh)`` views of ``(B, T, H, Dh)`` memory, dk and dv
-    per query head (:func:`_sum_kv_groups` folds them onto the KV heads)."""
-    B, H, T, Dh = q.shape
-    return tuple(q.new_empty(B, T, H, Dh).transpose(1, 2) for _ in range(3))
-
-
-def _sum_kv_groups(dq: Tensor, dk: Tensor, dv: Tensor, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-query-head dk, dv summed over each group of query heads sharing a KV head (repeat_interleave)."""
-    H = dq.shape[1]
-    if kv_heads == H:
-        return dq, dk, dv
-    return dq, dk.unflatten(1, (kv_heads, H // kv_heads)).sum(2), dv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
-
-
-def _fake_gradients(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Outputs of the backward operators for torch.compile's tracing (shapes and layouts only)."""
-    B, H, T, Dh = q.shape
-    grad = lambda: q.new_empty(B, T, H, Dh).transpose(1, 2)  # noqa: E731
-    if k.shape[1] != H:
-        return grad(), k.new_empty(k.shape), v.new_empty(v.shape)
-    return grad(), grad(), grad()
+    held = strides(*tensors)  # kept alive during the call
+    ptrs = [t.data_ptr() for t in (*tensors, *held, table)]
+    check_status(load(FAMILY).attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
+                                                          threads(table.shape[0] * H)))
+    return sum_kv_groups(dq, dk, dv, Hkv)
 
 
 @attend_documents_backward_op.register_fake
 def _(q, k, v, out, dout, lse, table, causal, scale):
-    return _fake_gradients(q, k, v)
+    return fake_gradients(q, k, v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -221,15 +156,3 @@ def _backward(ctx, dout: Tensor, _dlse: Tensor):
 
 
 attend_documents_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _threads(table: Tensor, heads: int) -> int:
-    """OpenMP threads for one call (PyTorch's intra-op count, at most one per (document, head) item). ctypes
-    releases the GIL meanwhile, so concurrent callers (embed's workers, one thread each) run in parallel."""
-    return max(1, min(torch.get_num_threads(), table.shape[0] * heads))
-
-
-def _check(status: int) -> None:
-    """The kernels return -1 when a thread's buffers could not be allocated."""
-    if status != 0:
-        raise MemoryError("the native attention kernel could not allocate its buffers")

@@ -4,7 +4,7 @@ exact softmax attention inside each document, forward and backward, on AVX-512 F
 PyTorch's CPU flash kernel is built for long sequences; this kernel does each (document, head) whole in
 cache and is 1.1-2.1x faster forward, 1.1-1.9x forward + backward from 64 to 1,024 tokens at GPT sizes
 (``benchmarks/native_attention_fp32.py``). Same semantics as
-:func:`attnlab.attention.documents.per_document_attention`, fp32 throughout (results agree with the
+:func:`attnlab.attention.engines.documents.per_document_attention`, fp32 throughout (results agree with the
 float64 formula to fp32 rounding).
 """
 
@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from . import load
-from .documents import (_check, _doc_table, _fake_gradients, _gradient_buffers, _strides, _sum_kv_groups,
-                        _threads, shapes_fit)
+from .marshal import (Spans, check_status, doc_table, fake_gradients, gradient_buffers, grad_wanted, score_scale,
+                      shapes_fit, strides, sum_kv_groups, threads, token_major_like)
+
+FAMILY = "attention_fp32"
 
 # Longest document the fp32 kernel takes: it keeps a document's probabilities whole (len^2 fp32 per
 # thread, twice in the backward: 8 MB at 1,024 tokens, where it is still 1.3x SDPA forward + backward);
@@ -31,10 +33,10 @@ def usable_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return shapes_fit(q, k, v) and all(t.stride(3) == 1 for t in (q, k, v))
 
 
-def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]], *,
+def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: Spans, *,
                              causal: bool, scale: float | None) -> Tensor | None:
     """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row; the runs tile the
-    row, as :func:`attnlab.attention.documents.document_spans` makes them) on the native fp32 kernel,
+    row, as :func:`attnlab.attention.engines.documents.document_spans` makes them) on the native fp32 kernel,
     differentiable (FlashAttention-2's backward from the saved log-sum-exp; no double backward).
 
     q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` (GQA heads grouped, not expanded) -> ``(B, H, T, Dh)`` (a
@@ -46,14 +48,12 @@ def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: list[list[t
         ValueError: ``spans`` does not tile each row (one list per batch row of consecutive runs over
             ``[0, T)``).
     """
-    if not usable_fp32(q, k, v) or not any(spans) or load() is None:
+    if not usable_fp32(q, k, v) or not any(spans) or load(FAMILY) is None:
         return None
-    table = _doc_table(spans, q.shape[0], q.shape[2])
+    table = doc_table(spans, q.shape[0], q.shape[2])
     if int(table[:, 2].max()) > MAX_DOC_LEN_FP32:
         return None
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return attend_documents_fp32_op(q, k, v, table, bool(causal), scale, with_lse)[0]
+    return attend_documents_fp32_op(q, k, v, table, bool(causal), score_scale(q, scale), grad_wanted(q, k, v))[0]
 
 
 def _contiguous_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -67,20 +67,20 @@ def attend_documents_fp32_op(q: Tensor, k: Tensor, v: Tensor, table: Tensor, cau
     """``(out (B, H, T, Dh) view of (B, T, H, Dh) memory, lse (B, H, T) base-2 log-sum-exp or (0,))``."""
     B, H, T, Dh = q.shape
     q, k, v = _contiguous_rows(q, k, v)
-    out = q.new_empty(B, T, H, Dh).transpose(1, 2)
+    out = token_major_like(q)
     lse = torch.empty((B, H, T) if with_lse else (0,), dtype=torch.float32, device=q.device)
-    strides = _strides(q, k, v, out, lse) if with_lse else _strides(q, k, v, out)  # alive during the call
-    lse_args = (lse.data_ptr(), strides[4].data_ptr()) if with_lse else (None, None)
-    ptrs = [t.data_ptr() for t in (q, k, v, out, *strides[:4], table)]
-    _check(load().attnlab_attend_docs_f32(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal), *lse_args,
-                                          _threads(table, H)))
+    held = strides(q, k, v, out, lse) if with_lse else strides(q, k, v, out)  # alive during the call
+    lse_args = (lse.data_ptr(), held[4].data_ptr()) if with_lse else (None, None)
+    ptrs = [t.data_ptr() for t in (q, k, v, out, *held[:4], table)]
+    check_status(load(FAMILY).attnlab_attend_docs_f32(*ptrs, table.shape[0], H, k.shape[1], Dh, scale, int(causal),
+                                                      *lse_args, threads(table.shape[0] * H)))
     return out, lse
 
 
 @attend_documents_fp32_op.register_fake
 def _(q, k, v, table, causal, scale, with_lse):
-    B, H, T, Dh = q.shape
-    return q.new_empty(B, T, H, Dh).transpose(1, 2), q.new_empty((B, H, T) if with_lse else (0,))
+    B, H, T, _ = q.shape
+    return token_major_like(q), q.new_empty((B, H, T) if with_lse else (0,))
 
 
 @torch.library.custom_op("attnlab::attend_documents_fp32_backward", mutates_args=())
@@ -90,18 +90,18 @@ def attend_documents_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Ten
     not needed: the kernel forms FlashAttention's ``dO . O`` as ``sum_j P dP``)."""
     H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
     q, k, v, dout = _contiguous_rows(q, k, v, dout)
-    dq, dk, dv = _gradient_buffers(q)
+    dq, dk, dv = gradient_buffers(q)
     tensors = (q, k, v, dout, lse, dq, dk, dv)
-    strides = _strides(*tensors)  # kept alive during the call
-    ptrs = [t.data_ptr() for t in (*tensors, *strides, table)]
-    _check(load().attnlab_attend_docs_f32_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
-                                                   _threads(table, H)))
-    return _sum_kv_groups(dq, dk, dv, Hkv)
+    held = strides(*tensors)  # kept alive during the call
+    ptrs = [t.data_ptr() for t in (*tensors, *held, table)]
+    check_status(load(FAMILY).attnlab_attend_docs_f32_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale,
+                                                               int(causal), threads(table.shape[0] * H)))
+    return sum_kv_groups(dq, dk, dv, Hkv)
 
 
 @attend_documents_fp32_backward_op.register_fake
 def _(q, k, v, dout, lse, table, causal, scale):
-    return _fake_gradients(q, k, v)
+    return fake_gradients(q, k, v)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -20,14 +20,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import load
+from .marshal import grad_wanted, threads
 from .pointwise import autocast_bf16_cpu
+
+FAMILY = "transpose"
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``(..., K) -> (..., N)``; see the module docstring for when the
     transposed-gradient backward is used."""
-    if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and weight.requires_grad
-            and weight.shape[1] > weight.shape[0] and torch.is_grad_enabled() and load() is not None):
+    if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
+            and weight.shape[1] > weight.shape[0] and load(FAMILY) is not None):
         if autocast_bf16_cpu() and weight.dtype == torch.float32 and x.dtype in (torch.float32, torch.bfloat16):
             with torch.autocast("cpu", enabled=False):  # the casts autocast would make, recorded by autograd
                 return _TransposedGradLinear.apply(x.to(torch.bfloat16), weight.to(torch.bfloat16),
@@ -49,8 +52,8 @@ def transpose_bf16(x: Tensor) -> Tensor:
     """``x (M, K)`` bf16 (unit stride along K) -> contiguous ``(K, M)``."""
     M, K = x.shape
     out = x.new_empty(K, M)
-    load().attnlab_transpose_bf16(x.data_ptr(), M, K, x.stride(0), out.data_ptr(), M,
-                                  max(1, min(torch.get_num_threads(), (M + 31) // 32)))  # 32-row blocks
+    load(FAMILY).attnlab_transpose_bf16(x.data_ptr(), M, K, x.stride(0), out.data_ptr(), M,
+                                        threads((M + 31) // 32))  # threads split 32-row blocks
     return out
 
 

@@ -20,19 +20,13 @@ import torch
 from torch import Tensor
 
 from . import load
+from .marshal import check_status, grad_wanted, pointer, threads
 
-
-def _threads(rows: int) -> int:
-    return max(1, min(torch.get_num_threads(), rows))
+FAMILY = "pointwise"
 
 
 def _check(status: int) -> None:
-    if status != 0:
-        raise MemoryError("a native pointwise kernel could not allocate its partial-sum buffers")
-
-
-def _ptr(t: Tensor | None):
-    return None if t is None else t.data_ptr()
+    check_status(status, "a native pointwise kernel", "its partial-sum buffers")
 
 
 def autocast_bf16_cpu() -> bool:
@@ -48,7 +42,7 @@ def _norm_params_ok(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bo
         return False
     if any(p is not None and (p.dtype != torch.float32 or p.shape != x.shape[-1:]) for p in (weight, bias)):
         return False
-    return load() is not None
+    return load(FAMILY) is not None
 
 
 def layer_norm_bf16(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
@@ -81,9 +75,10 @@ def layer_norm_op(x: Tensor, add: Tensor | None, weight: Tensor | None, bias: Te
     y = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
     mean, rstd = x.new_empty(rows), x.new_empty(rows)
     total = torch.empty_like(x) if add is not None else x.new_empty(0)
-    _check(load().attnlab_layer_norm_fwd(x.data_ptr(), _ptr(add), total.data_ptr() if add is not None else None,
-                                         rows, D, _ptr(weight), _ptr(bias), eps, y.data_ptr(), mean.data_ptr(),
-                                         rstd.data_ptr(), _threads(rows)))
+    total_ptr = total.data_ptr() if add is not None else None  # NULL: no residual add
+    _check(load(FAMILY).attnlab_layer_norm_fwd(x.data_ptr(), pointer(add), total_ptr, rows, D, pointer(weight),
+                                               pointer(bias), eps, y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                               threads(rows)))
     return y, mean, rstd, total
 
 
@@ -107,9 +102,9 @@ def layer_norm_backward_op(dy: Tensor, dtotal: Tensor | None, x: Tensor, mean: T
     dx = torch.empty_like(x)
     dadd = torch.empty_like(x, dtype=torch.bfloat16) if with_add else x.new_empty(0, dtype=torch.bfloat16)
     dw, db = x.new_empty(D), x.new_empty(D)
-    _check(load().attnlab_layer_norm_bwd(x.data_ptr(), dy.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
-                                         _ptr(dtotal), dadd.data_ptr() if with_add else None, rows, D, dx.data_ptr(),
-                                         dw.data_ptr(), db.data_ptr(), _threads(rows)))
+    _check(load(FAMILY).attnlab_layer_norm_bwd(x.data_ptr(), dy.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                               pointer(weight), pointer(dtotal), dadd.data_ptr() if with_add else None,
+                                               rows, D, dx.data_ptr(), dw.data_ptr(), db.data_ptr(), threads(rows)))
     return dx, dadd, dw, db
 
 
@@ -152,10 +147,9 @@ def bias_gelu_bf16(h: Tensor, bias: Tensor | None) -> Tensor | None:
         return None
     if bias is not None and (bias.shape != h.shape[-1:] or not bias.is_floating_point()):
         return None
-    if load() is None:
+    if load(FAMILY) is None:
         return None
-    grad = torch.is_grad_enabled() and (h.requires_grad or (bias is not None and bias.requires_grad))
-    return bias_gelu_op(h.contiguous(), None if bias is None else bias.float(), grad)[0]
+    return bias_gelu_op(h.contiguous(), None if bias is None else bias.float(), grad_wanted(h, bias))[0]
 
 
 @torch.library.custom_op("attnlab::bias_gelu_bf16", mutates_args=())
@@ -164,8 +158,8 @@ def bias_gelu_op(h: Tensor, bias: Tensor | None, with_slope: bool) -> tuple[Tens
     N = h.shape[-1]
     out = torch.empty_like(h)
     slope = torch.empty_like(h) if with_slope else h.new_empty(0)
-    _check(load().attnlab_bias_gelu_fwd(h.data_ptr(), _ptr(bias), h.numel() // N, N, out.data_ptr(),
-                                        slope.data_ptr() if with_slope else None, _threads(h.numel() // N)))
+    _check(load(FAMILY).attnlab_bias_gelu_fwd(h.data_ptr(), pointer(bias), h.numel() // N, N, out.data_ptr(),
+                                              slope.data_ptr() if with_slope else None, threads(h.numel() // N)))
     return out, slope
 
 
@@ -182,8 +176,8 @@ def bias_gelu_backward_op(dout: Tensor, slope: Tensor, with_bias: bool) -> tuple
     dout = dout.to(torch.bfloat16).contiguous()
     dh = torch.empty_like(slope)
     dbias = torch.empty(N if with_bias else 0, dtype=torch.float32, device=slope.device)
-    _check(load().attnlab_bias_gelu_bwd(slope.data_ptr(), dout.data_ptr(), rows, N, dh.data_ptr(),
-                                        dbias.data_ptr() if with_bias else None, _threads(rows)))
+    _check(load(FAMILY).attnlab_bias_gelu_bwd(slope.data_ptr(), dout.data_ptr(), rows, N, dh.data_ptr(),
+                                              dbias.data_ptr() if with_bias else None, threads(rows)))
     return dh, dbias
 
 

@@ -12,12 +12,10 @@ fp32 rounding. PyTorch's SDPA takes every other case.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...native.documents import documents_attention_bf16, trainable_documents_attention_bf16
-from ...native.documents_fp32 import documents_attention_fp32
+from ...native.attention import documents_attention
 from ..base import AttentionKernel, fully_masked_rows, zero_if_empty
 from ..capabilities import Capabilities
 from ..context import AttentionContext
@@ -56,9 +54,9 @@ class SoftmaxAttention(AttentionKernel):
         unbiased = T == S and ctx.key_padding_mask is None and ctx.attn_bias is None  # causal / documents at most
         # packed sequences: the runs of each document, None when ids repeat in separate runs
         spans = document_spans(ctx.document_ids) if unbiased and ctx.document_ids is not None else None
-        native_dtype = q.dtype in (torch.bfloat16, torch.float32)
-        if unbiased and dropout_p == 0.0 and native_dtype and (spans or ctx.document_ids is None):
-            out = self._native(q, k, v, ctx, spans)  # bf16 / fp32 on x86-64 CPUs (attnlab.native), when it can run
+        if unbiased and dropout_p == 0.0 and (spans or ctx.document_ids is None):
+            # bf16 / fp32 on x86-64 CPUs (attnlab.native picks the path); None when it cannot run here
+            out = documents_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale)
             if out is not None:
                 return out
         if spans is not None and per_document_pays(spans, T, q.shape[1] * q.shape[3]):
@@ -80,15 +78,3 @@ class SoftmaxAttention(AttentionKernel):
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=plain_causal, scale=self.scale
         )
         return zero_if_empty(out, empty)
-
-    def _native(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext,
-                spans: list[list[tuple[int, int]]] | None) -> Tensor | None:
-        """The native kernel over ``spans`` (without ``document_ids`` each row is one document). bf16:
-        forward only, or differentiable on AMX when gradients are wanted; fp32: differentiable on AVX-512.
-        None: use PyTorch."""
-        spans = spans if spans is not None else [[(0, q.shape[2])]] * q.shape[0]
-        if q.dtype == torch.float32:
-            return documents_attention_fp32(q, k, v, spans, causal=ctx.causal, scale=self.scale)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            return trainable_documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)
-        return documents_attention_bf16(q, k, v, spans, causal=ctx.causal, scale=self.scale)

@@ -1,26 +1,8 @@
-/* Shared pieces of the native attention kernels: CPU capabilities, operand packing, the fp32 softmax
- * row, AMX tile setup and score tiles. See kernels.h. */
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
+/* Shared pieces of the native bf16 attention kernels: operand packing, the fp32 softmax row, AMX tile
+ * setup and score tiles. See kernels.h. */
 #include "kernels.h"
 
-/* Bit 0: AVX-512 BF16 usable; bit 1: AMX-BF16 usable (asks Linux for the tile-data permission). */
-int attnlab_native_caps(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    int avx512 = (b >> 16) & 1 && (b >> 30) & 1;     /* AVX512F, AVX512BW */
-    int amx = (d >> 22) & 1 && (d >> 24) & 1;         /* AMX-BF16, AMX-TILE */
-    __get_cpuid_count(7, 1, &a, &b, &c, &d);
-    int avx512bf16 = avx512 && ((a >> 5) & 1);
-    if (!avx512bf16) return 0;                        /* the softmax and packing use AVX-512 */
-    if (amx && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) amx = 0;
-    return 1 | (amx ? 2 : 0);
-}
-
-/* y[i] = 2^x[i] for x[i] <= 0 with the kernels' polynomial, the bf16 kernels' (fp32 = 0) or the fp32
- * kernels' (fp32 = 1); exported for the accuracy tests. */
+/* Declared in attnlab_native.h. */
 void attnlab_native_exp2(const float *x, float *y, int64_t n, int fp32) {
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = first_n(n - i > 16 ? 16 : (int)(n - i));
@@ -91,14 +73,6 @@ INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float 
     return _mm512_reduce_add_ps(sum);
 }
 
-
-/* Longest document of the (batch row, first token, length) table. */
-INTERNAL int max_doc_len(const int64_t *docs, int64_t ndocs) {
-    int64_t longest = 0;
-    for (int64_t i = 0; i < ndocs; i++)
-        if (docs[i * 3 + 2] > longest) longest = docs[i * 3 + 2];
-    return (int)longest;
-}
 
 /* Every tile 16 rows x 64 bytes: Q (16 x 32 bf16), K pairs (16 x 16 pairs), scores / outputs (16 x 16 fp32),
  * P (16 x 32 bf16), V pairs (16 key pairs x 16 dims x 2). Tile state is per thread: set on every call. */

@@ -1,10 +1,11 @@
 /* Exact softmax attention for packed short documents, bf16 in and out, on x86-64 CPUs with AMX-BF16
  * (Sapphire Rapids and later; forward and backward) or AVX-512 BF16 (Cooper Lake, Zen 4; forward).
  *
- * Built from common.c, forward.c and backward.c (with pointwise.c, the LayerNorm and GELU kernels) by
- * attnlab/native/__init__.py (gcc -fopenmp, no torch headers) into one shared library, called through
- * ctypes on the data pointers of torch tensors.
- * Semantics are those of attnlab.attention.documents.per_document_attention:
+ * Built from common.c, forward.c and backward.c by attnlab/native/build.py (gcc -fopenmp, no torch headers)
+ * into the attention_bf16 library, called through ctypes on the data pointers of torch tensors; the other
+ * kernel families (attention_fp32.c, pointwise.c, transpose.c) share the inline helpers below. The exported
+ * functions are declared in attnlab_native.h.
+ * Semantics are those of attnlab.attention.engines.documents.per_document_attention:
  * every (document, query head) pair is one softmax attention, out = softmax(scale * q k^T [+ causal]) v.
  *
  * Why: PyTorch's CPU flash kernel reaches ~30 GFLOP/s on encoder-sized work (documents of ~80 tokens,
@@ -27,9 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INTERNAL __attribute__((visibility("hidden"))) /* shared between the files, not exported */
+#include "attnlab_native.h"
 
-typedef uint16_t bf16;
+#define INTERNAL __attribute__((visibility("hidden"))) /* shared between the files, not exported */
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -75,6 +76,14 @@ static inline int doc_item(const int64_t *docs, int64_t it, int heads, int group
     const int64_t *d = docs + (it / heads) * 3;
     *h = (int)(it % heads), *hk = *h / group, *b = d[0], *t0 = d[1];
     return (int)d[2];
+}
+
+/* Longest document of the (batch row, first token, length) table. */
+static inline int max_doc_len(const int64_t *docs, int64_t ndocs) {
+    int64_t longest = 0;
+    for (int64_t i = 0; i < ndocs; i++)
+        if (docs[i * 3 + 2] > longest) longest = docs[i * 3 + 2];
+    return (int)longest;
 }
 
 /* In-register transpose of a 16 x 16 block: r[i] row i in, column i out. Pairs of rows interleaved,
@@ -125,7 +134,6 @@ static inline __m512i word_rows(int64_t st) {
 INTERNAL void pack_k(const bf16 *k, int64_t st, int len, int dh, int lp, int32_t *kp);
 INTERNAL void pack_v(const bf16 *v, int64_t st, int len, int rows, int dh, bf16 *vp);
 INTERNAL float softmax_row(const float *s, int valid, int width, bf16 *p, float mult, float *row_max);
-INTERNAL int max_doc_len(const int64_t *docs, int64_t ndocs);
 INTERNAL void amx_configure(void);
 INTERNAL void amx_enter(tile_config *saved);
 INTERNAL void amx_leave(const tile_config *saved);
