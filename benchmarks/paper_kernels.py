@@ -13,9 +13,7 @@ import concurrent.futures as cf
 import importlib.util
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from attnlab.core.io import write_json
 from attnlab.models.registry import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "paper_kernels.json"
@@ -197,14 +196,6 @@ def run_grid(attention, seed, steps, n_train=256, n=8, B=32):
     with torch.no_grad():
         acc = float((model.classify(xt, grid=(n, n)).argmax(-1) == yt).float().mean())
     return {"grid_acc": acc, "seconds": time.perf_counter() - t0}
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def summarise(runs: list[dict], metric: str) -> tuple[float, float]:

@@ -103,6 +103,7 @@ def test_generate_rejects_unknown_characters(recipe, tmp_path, capsys):
 
 @pytest.mark.parametrize("what, expected", [
     ("attention", "softmax"), ("models", "gpt-char-small"), ("datasets", "kjv"), ("tasks", "lm"),
+    ("objectives", "lm"), ("datasets", "mqar"),
 ])
 def test_list(capsys, what, expected):
     assert main(["list", what]) == 0
@@ -110,6 +111,18 @@ def test_list(capsys, what, expected):
     assert any(line.split()[0] == expected for line in lines)
     assert main(["list", what, "--json"]) == 0
     assert expected in [r["name"] for r in json.loads(capsys.readouterr().out)]
+
+
+def test_list_tasks_is_the_old_name_of_list_objectives_and_datasets_have_a_kind(capsys):
+    assert main(["list", "objectives"]) == 0
+    objectives = capsys.readouterr().out
+    assert main(["list", "tasks"]) == 0
+    assert capsys.readouterr().out == objectives
+    assert main(["list", "datasets", "--json"]) == 0
+    rows = {(r["group"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows["source", "kjv"]["kind"] == "text" and rows["dataset", "mqar"]["kind"] == "lm"
+    assert rows["dataset", "listops"]["kind"] == "classify"
+    assert rows["dataset", "icl_regression"]["kind"] == "regression"
 
 
 def test_every_subcommand_has_help_with_examples(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from attnlab.config import RunConfig, build_config, config_reference, load_config, parse_overrides
 
@@ -15,7 +16,7 @@ RECIPE = ROOT / "configs" / "char-gpt.yaml"
 def test_default_recipe_loads():
     cfg = load_config(RECIPE)
     assert cfg.model.name == "gpt-char-small" and cfg.model.attention == "softmax"
-    assert cfg.data.dataset == "kjv" and cfg.task.name == "lm" and cfg.train.run_dir == "runs/char-gpt"
+    assert cfg.data.dataset == "kjv" and cfg.objective.name == "lm" and cfg.train.run_dir == "runs/char-gpt"
     assert cfg.data.seq_len <= cfg.model.max_seq_len
 
 
@@ -63,7 +64,7 @@ def test_unknown_keys_name_the_closest(override, fragments):
     ("model.dropout=[1]", ["model.dropout", "expected float"]),
     ("train.grad_clip=none", ["train.grad_clip", "float"]),
     ("model.name=gpt-chr-small", ["gpt-char-small"]),
-    ("task.name=lmm", ["unknown task 'lmm'", "lm"]),
+    ("task.name=lmm", ["unknown objective 'lmm'", "lm"]),
     ("model.attention=sofmax", ["unknown attention 'sofmax'"]),
 ])
 def test_wrong_values_name_the_expected_type(override, fragments):
@@ -99,6 +100,34 @@ def test_saved_config_round_trips(tmp_path):
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
     assert doc == config_reference(), "regenerate with: python -m attnlab.config docs/config.md"
-    for section in ("model", "data", "task", "train"):
+    for section in ("model", "data", "objective", "train"):
         for key in RunConfig.model_fields[section].annotation.model_fields:
             assert f"`{section}.{key}`" in doc
+
+
+def test_old_task_section_is_read_as_objective(tmp_path):
+    """Recipes and run directories written before `task` was renamed `objective` still load."""
+    raw = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
+    raw["task"] = {"name": "classify"}
+    del raw["objective"]
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    assert load_config(run).objective.name == "classify"  # a run directory's saved config.yaml
+    assert load_config(run, ["objective.name=regression"]).objective.name == "regression"  # old file, new override
+    assert load_config(RECIPE, ["task.name=classify"]).objective.name == "classify"  # new file, old override
+    assert build_config({"task": {"name": "regression"}}).objective.name == "regression"
+    resaved = tmp_path / "new.yaml"
+    load_config(run).save(resaved)
+    assert "task" not in yaml.safe_load(resaved.read_text()) and load_config(resaved) == load_config(run)
+
+
+def test_task_and_objective_together_is_an_error(tmp_path):
+    raw = {"task": {"name": "lm"}, "objective": {"name": "classify"}}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    for call in (lambda: load_config(tmp_path / "both.yaml"), lambda: build_config(raw),
+                 lambda: load_config(RECIPE, ["task.name=lm", "objective.name=lm"])):
+        with pytest.raises(ValueError) as err:
+            call()
+        msg = str(err.value)
+        assert "'task'" in msg and "'objective'" in msg and "\n" not in msg, msg

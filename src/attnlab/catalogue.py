@@ -8,12 +8,11 @@ defaults), so the catalogue cannot drift from the code::
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .attention import describe_attention
+from .core.io import write_text
 
 FLAGS = ("causal", "bidirectional", "key_padding_mask", "packed", "kv_cache", "attn_bias", "grid_2d", "exact")
 
@@ -44,14 +43,8 @@ def catalogue_markdown() -> str:
 
 
 def write_catalogue(path: str | Path) -> Path:
-    """Atomically write the catalogue to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(catalogue_markdown())
-    os.replace(tmp, path)
-    return path
+    """Atomically write the catalogue to ``path`` (parent folders are created); returns ``path``."""
+    return write_text(path, catalogue_markdown())
 
 
 if __name__ == "__main__":

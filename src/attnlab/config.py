@@ -1,10 +1,13 @@
-"""Typed run configuration (unknown keys and bad values are errors naming the key, with a did-you-mean hint): ``model`` / ``data`` / ``task`` / ``train`` sections.
+"""Typed run configuration: ``model`` / ``data`` / ``objective`` / ``train`` sections.
 
 A recipe is a YAML file with those four sections; dotted ``key=value`` overrides change single values
 (``model.attention=softmax train.lr=3e-4 data.seq_len=128``). Values are parsed as YAML scalars, lists
 or mappings. Unknown keys are errors naming the closest valid keys; values of the wrong type are
 errors naming the expected type. ``python -m attnlab.config docs/config.md`` regenerates the
 reference page from these models.
+
+Older recipes and run directories name the ``objective`` section ``task``; a ``task`` section (in a file,
+a saved ``config.yaml`` or a ``task.name=...`` override) is read as ``objective`` (see :func:`rename_old_sections`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +22,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .core.io import write_text
+from .core.yamlfile import load_yaml
 from .models.config import ModelConfig
 
-SECTIONS = ("model", "data", "task", "train")
+SECTIONS = ("model", "data", "objective", "train")
+OLD_SECTION_NAMES = {"task": "objective"}  # old name -> current name, still read in files and overrides
 
 
 class ModelSection(ModelConfig):
@@ -85,22 +90,19 @@ class DataConfig(BaseModel):
     )
 
 
-class TaskConfig(BaseModel):
-    """What the model is trained to do (`attnlab list tasks`)."""
+class ObjectiveConfig(BaseModel):
+    """What the model is trained to do (`attnlab list objectives`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = Field("lm", description="task step function: lm = next-token language modelling")
+    name: str = Field("lm", description="objective (training step function): lm = next-token language modelling")
 
     @field_validator("name")
     @classmethod
-    def _known_task(cls, v: str) -> str:
-        from .objectives import list_tasks
+    def _known_objective(cls, v: str) -> str:
+        from .objectives import get_objective
 
-        if v not in list_tasks():
-            close = difflib.get_close_matches(v, list_tasks(), n=3)
-            raise ValueError(f"unknown task {v!r}" + (f"; did you mean {close}?" if close else "")
-                             + f" Valid tasks: {list_tasks()}")
+        get_objective(v)  # raises for an unknown name, suggesting the closest
         return v
 
 
@@ -135,44 +137,21 @@ class TrainConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """A whole recipe: ``model``, ``data``, ``task`` and ``train`` sections."""
+    """A whole recipe: ``model``, ``data``, ``objective`` and ``train`` sections."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataConfig = Field(default_factory=DataConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the resolved config as YAML, atomically (temp file + ``os.replace``)."""
-        atomic_write_text(Path(path), self.to_yaml())
-
-
-def default_file_mode() -> int:
-    """``0o666`` minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        """Write the resolved config as YAML, atomically."""
+        write_text(path, self.to_yaml())
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -224,9 +203,12 @@ def deep_merge(base: dict, update: dict) -> dict:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a recipe (YAML file, a run directory holding ``config.yaml``, or ``None`` = defaults) and apply overrides.
 
+    The file and the overrides may each use the old section name ``task`` for ``objective``.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: bad YAML, unknown keys (with the closest valid ones) or wrong types (with the expected type).
+        ValueError: bad YAML, unknown keys (with the closest valid ones), wrong types (with the expected type),
+            or a file or override list giving both ``task`` and ``objective``.
     """
     raw: dict = {}
     if path is not None:
@@ -235,18 +217,33 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             p = p / "config.yaml"
         if not p.is_file():
             raise FileNotFoundError(f"config file {str(p)!r} not found; give a YAML recipe such as configs/char-gpt.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p} must be a mapping with sections {list(SECTIONS)}, got {type(raw).__name__}")
-    raw = deep_merge(raw, parse_overrides(overrides or []))
+        raw = rename_old_sections(load_yaml(p, f"a mapping with sections {list(SECTIONS)}"), str(p))
+    raw = deep_merge(raw, rename_old_sections(parse_overrides(overrides or []), "the overrides"))
     return build_config(raw)
 
 
+def rename_old_sections(raw: dict, where: str = "the config") -> dict:
+    """``raw`` with each old section name (``task``) replaced by the current one (``objective``).
+
+    Raises:
+        ValueError: ``raw`` has a section under both names (``where`` names the file or source in the message).
+    """
+    if not isinstance(raw, dict) or not any(old in raw for old in OLD_SECTION_NAMES):
+        return raw
+    out = dict(raw)
+    for old, new in OLD_SECTION_NAMES.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"both a {old!r} and an {new!r} section in {where}; {old!r} is the old name of "
+                                 f"{new!r}: keep only {new!r}")
+            out[new] = out.pop(old)
+    return out
+
+
 def build_config(raw: dict) -> RunConfig:
-    """Validate a nested dict into a :class:`RunConfig` with readable errors."""
+    """Validate a nested dict into a :class:`RunConfig` with readable errors (an old ``task`` section is read as
+    ``objective``; see :func:`rename_old_sections`)."""
+    raw = rename_old_sections(raw)
     check_keys(raw, RunConfig, "")
     try:
         return RunConfig.model_validate(raw)
@@ -315,7 +312,7 @@ def _type_name(annotation: Any) -> str:
 SECTION_TITLES = {
     "model": "the network (`attnlab.models.ModelConfig` plus the preset `name`)",
     "data": "where tokens come from and how batches are cut",
-    "task": "what the model is trained to do",
+    "objective": "what the model is trained to do (`attnlab list objectives`)",
     "train": "optimisation, evaluation, checkpoints, run directory",
 }
 
@@ -328,7 +325,9 @@ def config_reference() -> str:
            "A recipe (`configs/*.yaml`) has four sections. Override any key on the command line with",
            "`section.key=value`, e.g. `attnlab train configs/char-gpt.yaml model.attention=softmax train.lr=3e-4`.",
            "Values are YAML: `3e-4`, `true`, `null`, `[softmax, softmax]`, `{window: 64}`.",
-           "Unknown keys and wrong types are errors that name the closest valid key or the expected type.", "",
+           "Unknown keys and wrong types are errors that name the closest valid key or the expected type.",
+           "The `objective` section was called `task` before; a `task` section or `task.key=value` override is",
+           "still read as `objective`.", "",
            "The `model` section starts from the preset `model.name` (`attnlab list models`): keys you set replace",
            "the preset's values, and the defaults below apply only to keys the preset does not set.", ""]
     for section in SECTIONS:
@@ -348,6 +347,6 @@ def config_reference() -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1:
-        atomic_write_text(Path(sys.argv[1]), config_reference())
+        write_text(sys.argv[1], config_reference())
     else:
         print(config_reference())

@@ -10,8 +10,8 @@ import pytest
 from attnlab.compare.config import compare_config_from_dict
 from attnlab.compare.grid import append_result, read_results, run_grid
 from attnlab.compare.report import publish, write_report
-from attnlab.data import get_task_dataset
-from attnlab.train.task_data import TaskLMData, TaskSampler
+from attnlab.data import get_dataset
+from attnlab.train.feeds import LMDatasetFeed, SplitSampler
 
 MQAR = {"vocab_size": 32, "seq_len": 32, "num_kv_pairs": 4, "num_train": 256, "num_test": 64}
 
@@ -146,14 +146,14 @@ def test_config_errors_name_the_problem(tmp_path, text_file):
 
 
 def test_task_sampler_resumes_the_same_stream():
-    task = get_task_dataset("mqar", **MQAR)
-    a = TaskSampler(task.train, batch_size=4, seed=3)
+    task = get_dataset("mqar", **MQAR)
+    a = SplitSampler(task.train, batch_size=4, seed=3)
     first = [a.next()["idx"] for _ in range(5)]
-    b = TaskSampler(task.train, batch_size=4, seed=3)
+    b = SplitSampler(task.train, batch_size=4, seed=3)
     b.load_state_dict({**a.state_dict(), "position": 2})
     assert all((b.next()["idx"] == x).all() for x in first[2:])
     with pytest.raises(ValueError, match="rows"):
-        TaskSampler(task.train.subset(slice(0, 10)), 4, 3).load_state_dict(a.state_dict())
+        SplitSampler(task.train.subset(slice(0, 10)), 4, 3).load_state_dict(a.state_dict())
 
 
 @pytest.mark.slow
@@ -171,16 +171,16 @@ def test_softmax_transformer_learns_mqar(tmp_path):
 
 
 def test_task_data_rejects_non_lm_tasks():
-    listops = get_task_dataset("listops", num_train=8, num_test=4)
+    listops = get_dataset("listops", num_train=8, num_test=4)
     with pytest.raises(ValueError, match="kind 'classify'"):
-        TaskLMData(listops)
+        LMDatasetFeed(listops)
 
 
 def test_eval_batches_stop_at_the_end_of_the_test_split():
-    data = TaskLMData(get_task_dataset("mqar", **MQAR))  # 64 test rows
+    data = LMDatasetFeed(get_dataset("mqar", **MQAR))  # 64 test rows
     batches = data.eval_batches(batch_size=24, num_batches=20)
     assert [len(b["idx"]) for b in batches] == [24, 24, 16]
-    assert (batches[0]["idx"] == data.task.test.inputs[:24]).all()
+    assert (batches[0]["idx"] == data.dataset.test.inputs[:24]).all()
 
 
 def test_char_lm_cell_trains_exactly_like_attnlab_train(tmp_path, text_file):

@@ -12,10 +12,10 @@ import yaml
 from attnlab.compare.config import compare_config_from_dict
 from attnlab.compare.grid import read_skipped, run_grid
 from attnlab.data.sources import locate
-from attnlab.data import get_task_dataset
+from attnlab.data import get_dataset
 from attnlab.models import create_model
 from attnlab.models.heads import SequenceClassifier
-from attnlab.train.task_data import TaskLMData
+from attnlab.train.feeds import LMDatasetFeed
 from attnlab.train.trainer import train
 
 LISTOPS = {"max_length": 24, "min_length": 4, "num_train": 64, "num_test": 40}
@@ -47,7 +47,7 @@ def test_classify_regression_and_grokking_cells_end_to_end(tmp_path):
     assert lo["parameters"] == sum(p.numel() for p in expected.parameters())
     assert lo["train_tokens"] == 6 * 8 * 24 and lo["infer_tokens_per_s"] > 0
     saved = yaml.safe_load((tmp_path / "g" / "cells" / "listops__softmax__seed0" / "config.yaml").read_text())
-    assert saved["task"]["name"] == "classify" and saved["model"]["max_seq_len"] == 24
+    assert saved["objective"]["name"] == "classify" and saved["model"]["max_seq_len"] == 24
 
     # regression: quality is the mse over every scored position = the mean of the per-example curve
     icl = recs["icl_regression"]
@@ -92,9 +92,9 @@ def test_grokking_curves_are_monotone_in_step_and_do_not_change_training(tmp_pat
     steps = [s for s, _ in long["train_accuracy_curve"]]
     assert steps == sorted(set(steps)) == [3, 6, 9] == [s for s, _ in long["val_accuracy_curve"]]
     cfg = compare_config_from_dict(grid(tmp_path / "b", tasks, ("softmax",), steps=9))
-    task = get_task_dataset("modular_addition", **MODULAR)
+    task = get_dataset("modular_addition", **MODULAR)
     plain = cfg.cells()[0].run_config(task.seq_len, task.vocab_size)
-    result = train(plain, progress=False, task_data=TaskLMData(task))
+    result = train(plain, progress=False, feed=LMDatasetFeed(task))
     assert long["losses"] == [round(x, 5) for x in result.losses]  # curves did not disturb the RNG or the model
 
 
@@ -113,13 +113,13 @@ def test_real_data_tasks_train_in_the_grid(tmp_path):
 
 def test_trainer_names_a_task_step_that_does_not_fit_the_data():
     from attnlab.config import build_config
-    from attnlab.train.task_data import TaskData
+    from attnlab.train.feeds import DatasetFeed
     from attnlab.train.trainer import build_for_config
 
-    task = get_task_dataset("listops", **LISTOPS)
+    task = get_dataset("listops", **LISTOPS)
     cfg = build_config({"model": {**MODEL, "max_seq_len": 24}, "data": {"seq_len": 24}, "task": {"name": "regression"}})
-    with pytest.raises(ValueError, match="task.name='regression' does not fit the task data of kind 'classify'"):
-        build_for_config(cfg, torch.device("cpu"), TaskData(task))
-    cfg.task.name = "lm"  # the default: the data's kind decides
-    _, model, resolved = build_for_config(cfg, torch.device("cpu"), TaskData(task))
-    assert resolved.task.name == "classify" and isinstance(model, SequenceClassifier)
+    with pytest.raises(ValueError, match="objective.name='regression' does not fit the dataset of kind 'classify'"):
+        build_for_config(cfg, torch.device("cpu"), DatasetFeed(task))
+    cfg.objective.name = "lm"  # the default: the data's kind decides
+    _, model, resolved = build_for_config(cfg, torch.device("cpu"), DatasetFeed(task))
+    assert resolved.objective.name == "classify" and isinstance(model, SequenceClassifier)

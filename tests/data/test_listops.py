@@ -108,5 +108,5 @@ def test_bag_of_tokens_beats_majority_class():
     bag = bag_of_tokens_logistic(task, num_buckets=1 << 10, max_iter=20)
     assert majority < 0.15  # labels are spread over 0-9
     assert bag["test_accuracy"] > majority + 0.05
-    with pytest.raises(ValueError, match="classification task"):
+    with pytest.raises(ValueError, match="classification dataset"):
         bag_of_tokens_logistic(replace(task, kind="lm"))

@@ -142,5 +142,5 @@ def test_fashion_mnist_counts_balance_and_a_linear_baseline():
     result = pixel_logistic_regression(task, max_iter=40)
     assert result["test_accuracy"] > 0.7  # logistic regression on all 60k reaches ~0.845
     assert majority_class_accuracy(task.train.targets, task.test.targets) < 0.15
-    with pytest.raises(ValueError, match="classification task"):
+    with pytest.raises(ValueError, match="classification dataset"):
         pixel_logistic_regression(replace(task, kind="lm"))

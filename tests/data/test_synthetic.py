@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from attnlab.data import IGNORE_INDEX, TASK_DATASETS, get_task_dataset, list_task_datasets, task_options
+from attnlab.data import IGNORE_INDEX, DATASETS, get_dataset, list_datasets, dataset_options
 from attnlab.data.synthetic import make_modular_addition, make_mqar, make_selective_copy
 from attnlab.objectives.baselines import majority_class_accuracy, position_frequency_predictions, run_baselines
 from attnlab.objectives.metrics import METRICS, accuracy, bits_per_token, mse, score, squared_error_by_position
@@ -123,18 +123,18 @@ def test_modular_addition_rejects_bad_options():
 
 
 def test_registry_lists_the_suite_and_names_valid_choices():
-    names = list_task_datasets()
+    names = list_datasets()
     assert names == sorted(["mqar", "selective_copy", "icl_regression", "modular_addition", "listops", "sentiment",
                             "fashion_mnist"])
-    assert all(spec.metric in METRICS for spec in TASK_DATASETS.values())
-    with pytest.raises(ValueError, match=r"unknown task dataset 'mqr'.*Did you mean \['mqar'\].*selective_copy"):
-        get_task_dataset("mqr")
+    assert all(spec.metric in METRICS for spec in DATASETS.values())
+    with pytest.raises(ValueError, match=r"unknown dataset 'mqr'.*Did you mean \['mqar'\].*selective_copy"):
+        get_dataset("mqr")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['seqlen'\].*seq_len"):
-        get_task_dataset("mqar", seqlen=32)
-    assert task_options("modular_addition") == {"modulus": 97, "train_fraction": 0.3, "operation": "add", "seed": 0}
-    task = get_task_dataset("mqar", seq_len=32, num_kv_pairs=4, num_train=10, num_test=5, seed=9)
+        get_dataset("mqar", seqlen=32)
+    assert dataset_options("modular_addition") == {"modulus": 97, "train_fraction": 0.3, "operation": "add", "seed": 0}
+    task = get_dataset("mqar", seq_len=32, num_kv_pairs=4, num_train=10, num_test=5, seed=9)
     assert task.options["seq_len"] == 32 and task.train.inputs.shape == (10, 32)
-    assert _same(task, get_task_dataset("mqar", **task.options))
+    assert _same(task, get_dataset("mqar", **task.options))
 
 
 def test_accuracy_mse_and_bits_on_known_values():
@@ -197,7 +197,7 @@ def test_sample_without_replacement_is_uniform_over_ordered_tuples(population, k
 
 
 def test_split_subset_keeps_rows_aligned_and_rejects_mismatched_rows():
-    from attnlab.data import TaskSplit
+    from attnlab.data import SuiteSplit
 
     split = make_selective_copy(context_len=16, num_tokens=3, num_train=20, num_test=5, seed=0).train
     sub = split.subset(torch.tensor([4, 2]))
@@ -205,4 +205,4 @@ def test_split_subset_keeps_rows_aligned_and_rejects_mismatched_rows():
     assert torch.equal(sub.extras["positions"][0], split.extras["positions"][4])
     assert torch.equal(sub.to("cpu").targets, sub.targets)
     with pytest.raises(ValueError, match="targets has 3 rows but inputs has 2"):
-        TaskSplit(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+        SuiteSplit(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))

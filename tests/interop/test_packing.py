@@ -145,7 +145,7 @@ def _toy_tokenizer() -> TextTokenizer:
 def test_cli_embed_writes_npy(hf_checkpoint, tmp_path, capsys):
     import argparse
 
-    from attnlab.interop.cli_embed import add_embed_parser
+    from attnlab.cli.embed import add_embed_parser
 
     folder, _ = hf_checkpoint("BertModel")
     model = load_pretrained(folder)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention.capabilities import CapabilityError
-from attnlab.data import get_task_dataset
+from attnlab.data import get_dataset
 from attnlab.models import create_model
-from attnlab.models.heads import InContextRegressor, SequenceClassifier, wrap_for_task
+from attnlab.models.heads import InContextRegressor, SequenceClassifier, wrap_for_dataset
 from attnlab.objectives.metrics import squared_error_by_position
 
 TINY = dict(dim=32, num_layers=2, num_heads=4, max_seq_len=16, vocab_size=20)
@@ -87,12 +87,12 @@ def test_regressor_is_causal_and_drops_the_token_table():
 def test_heads_reject_what_the_task_cannot_use():
     with pytest.raises(CapabilityError, match="fixed_seq_qk"):
         InContextRegressor(create_model("gpt-tiny", attention="fixed_seq_qk", **TINY), input_dim=3)
-    task = get_task_dataset("icl_regression", dim=2, num_examples=4, num_train=8, num_test=4)
+    task = get_dataset("icl_regression", dim=2, num_examples=4, num_train=8, num_test=4)
     with pytest.raises(ValueError, match="causal body"):
-        wrap_for_task(create_model("encoder-tiny", **TINY), task)
-    mqar = get_task_dataset("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2, num_train=8, num_test=4)
+        wrap_for_dataset(create_model("encoder-tiny", **TINY), task)
+    mqar = get_dataset("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2, num_train=8, num_test=4)
     with pytest.raises(ValueError, match="kind 'lm'"):
-        wrap_for_task(create_model("gpt-tiny", **TINY), mqar)
+        wrap_for_dataset(create_model("gpt-tiny", **TINY), mqar)
 
 
 def test_regressor_learns_in_context_linear_regression():
@@ -100,7 +100,7 @@ def test_regressor_learns_in_context_linear_regression():
     the test error falls far below the zero predictor's (E[y^2] = dim = 2), most of all once the context
     holds >= 4 examples (least squares is exact from k = 2). Measured: mean 0.93, k >= 4: 0.56 (seeds 0-2:
     0.89-0.93 and 0.53-0.56) against 2.07 and 1.99 for the zero predictor, ~5 s."""
-    task = get_task_dataset("icl_regression", dim=2, num_examples=8, num_train=8192, num_test=512, seed=0)
+    task = get_dataset("icl_regression", dim=2, num_examples=8, num_train=8192, num_test=512, seed=0)
     torch.manual_seed(0)
     reg = InContextRegressor(create_model("gpt-tiny", dim=32, num_layers=2, num_heads=4, max_seq_len=16), input_dim=3)
     opt = torch.optim.Adam(reg.parameters(), lr=3e-3)

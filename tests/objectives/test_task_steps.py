@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from attnlab.data import get_task_dataset
-from attnlab.objectives import get_task, model_outputs
+from attnlab.data import get_dataset
+from attnlab.objectives import get_objective, model_outputs
 from attnlab.objectives.classify import classify_step
 from attnlab.objectives.regression import regression_step
-from attnlab.train.task_data import TaskData, TaskLMData
+from attnlab.train.feeds import DatasetFeed, LMDatasetFeed
 
 
 class Fixed(torch.nn.Module):
@@ -60,28 +60,28 @@ def test_classify_step_loss_and_accuracy_by_hand():
 
 
 def test_steps_are_registered_and_outputs_dispatch_by_kind():
-    assert get_task("classify") is classify_step and get_task("regression") is regression_step
-    with pytest.raises(ValueError, match="unknown task kind 'vision'"):
+    assert get_objective("classify") is classify_step and get_objective("regression") is regression_step
+    with pytest.raises(ValueError, match="unknown dataset kind 'vision'"):
         model_outputs("vision", Fixed(torch.zeros(1)), {})
 
 
 def test_task_data_for_classify_and_regression():
-    icl = TaskData(get_task_dataset("icl_regression", dim=3, num_examples=4, num_train=16, num_test=8))
+    icl = DatasetFeed(get_dataset("icl_regression", dim=3, num_examples=4, num_train=16, num_test=8))
     assert icl.kind == "regression" and icl.vocab_size is None and icl.tokenizer.unit == "position"
     batch = icl.sampler(batch_size=4, seed=0).next()
     assert batch["inputs"].shape == (4, 8, 4) and batch["targets"].shape == (4, 8) and batch["loss_mask"].shape == (4, 8)
-    lo = TaskData(get_task_dataset("listops", max_length=16, num_train=16, num_test=10))
+    lo = DatasetFeed(get_dataset("listops", max_length=16, num_train=16, num_test=10))
     assert lo.vocab_size == 17 and lo.tokenizer.unit == "example"
     evals = lo.eval_batches(batch_size=4, num_batches=5)
     assert [len(b["targets"]) for b in evals] == [4, 4, 2] and evals[0]["key_padding_mask"].shape == (4, 16)
     with pytest.raises(ValueError, match="kind 'regression'"):
-        TaskLMData(icl.task)
+        LMDatasetFeed(icl.dataset)
 
 
 def test_trainer_reports_regression_loss_as_squared_error_not_bits():
     from attnlab.train.trainer import _loss_text
 
-    icl = TaskData(get_task_dataset("icl_regression", dim=3, num_examples=4, num_train=16, num_test=8))
+    icl = DatasetFeed(get_dataset("icl_regression", dim=3, num_examples=4, num_train=16, num_test=8))
     assert _loss_text(0.5, icl) == "0.5000 (mean squared error)"
-    lo = TaskData(get_task_dataset("listops", max_length=16, num_train=16, num_test=10))
+    lo = DatasetFeed(get_dataset("listops", max_length=16, num_train=16, num_test=10))
     assert _loss_text(math.log(2), lo) == "0.6931 nats/example (1.000 bits/example)"

@@ -68,6 +68,20 @@ def test_resume_is_bit_exact(text_file, tmp_path):
     assert losses(split, "val_loss") == losses(straight, "val_loss")
 
 
+def test_run_saved_with_a_task_section_resumes(text_file, tmp_path):
+    """A run directory written before `task` became `objective` (its config.yaml says `task:`) resumes; the
+    config is saved again with the new name."""
+    run = tmp_path / "run"
+    train(tiny_config(text_file, run, steps=4, eval_every=2, checkpoint_every=2), progress=False)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    old = {("task" if k == "objective" else k): v for k, v in raw.items()}
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    cfg = load_config(run, ["train.steps=6"])  # what `attnlab train RUN --resume train.steps=6` does
+    result = train(cfg, resume=True, progress=False)
+    assert result.stopped == "completed" and result.step == 6 and len(result.losses) == 2
+    assert set(yaml.safe_load((run / "config.yaml").read_text())) == {"model", "data", "objective", "train"}
+
+
 def test_resume_after_metrics_outran_checkpoint(text_file, tmp_path):
     """Rows logged after the last checkpoint are dropped on resume, so each step appears once."""
     opts = dict(steps=10, eval_every=5, checkpoint_every=4)
@@ -154,4 +168,4 @@ def test_saved_config_is_plain_yaml(text_file, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(text_file, run, steps=1), progress=False)
     raw = yaml.safe_load((run / "config.yaml").read_text())
-    assert set(raw) == {"model", "data", "task", "train"} and raw["model"]["name"] == "gpt-tiny"
+    assert set(raw) == {"model", "data", "objective", "train"} and raw["model"]["name"] == "gpt-tiny"

@@ -144,7 +144,7 @@ def pop_aux_loss(model: nn.Module) -> Tensor | None:
 
     A kernel with a training-only objective of its own (the Routing Transformer's k-means commitment
     loss, Roy et al. 2021) stores it as a 0-dim tensor attached to the graph in ``self.aux_loss``; the
-    trainer adds the sum to the task loss before ``backward`` and this call resets each to ``None`` (so
+    trainer adds the sum to the objective's loss before ``backward`` and this call resets each to ``None`` (so
     a stale graph is never kept alive or counted twice). Returns ``None`` when no module holds one.
     """
     total = None

@@ -7,48 +7,46 @@ kernel's ``__init__`` accepts them, so kernels with their own parameters know th
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
+from ..core.registry import Registry
 from .base import AttentionKernel
 
 STRUCTURAL_ARGS = ("num_heads", "num_kv_heads", "head_dim", "max_seq_len")
 
-_REGISTRY: dict[str, type[AttentionKernel]] = {}
+
+def _load_builtin() -> None:
+    from . import kernels  # noqa: F401  (imports every built-in kernel file)
+
+
+_REGISTRY: Registry[type[AttentionKernel]] = Registry("attention", _load_builtin, plural="attention kernels")
 
 
 def register_attention(name: str):
     """Class decorator: make a kernel buildable by ``name``. A duplicate name is an error."""
 
     def deco(cls: type[AttentionKernel]) -> type[AttentionKernel]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"attention {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         if not (isinstance(cls, type) and issubclass(cls, AttentionKernel)):
             raise TypeError(f"@register_attention({name!r}) needs an AttentionKernel subclass, got {cls!r}")
+        _REGISTRY.register(name, cls)  # raises for a name another class holds
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
 
 
-def _ensure_builtin() -> None:
-    from . import kernels  # noqa: F401  (imports every built-in kernel file)
-
-
 def list_attention() -> list[str]:
     """Sorted names of every registered attention kernel."""
-    _ensure_builtin()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_attention_class(name: str) -> type[AttentionKernel]:
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown attention {name!r}.{hint} Valid names: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The kernel class registered as ``name``.
+
+    Raises:
+        ValueError: unknown name (the message suggests the closest and lists the valid ones).
+    """
+    return _REGISTRY.get(name)
 
 
 def attention_options(name: str) -> dict[str, object]:
@@ -91,8 +89,7 @@ def build_attention(name: str, structural: dict | None = None, **options) -> Att
 def describe_attention() -> list[dict]:
     """One row per kernel: name, first docstring line, capabilities, options (for docs and the CLI)."""
     rows = []
-    for name in list_attention():
-        cls = _REGISTRY[name]
+    for name, cls in _REGISTRY.items():
         doc = (inspect.getdoc(cls) or "").splitlines()
         rows.append({
             "name": name,

@@ -1,1 +1,1 @@
-"""Compare attention variants on a task suite: ``attnlab compare``."""
+"""Compare attention variants on a grid of tasks (suite datasets and the char LM): ``attnlab compare``."""

@@ -8,18 +8,21 @@ A compare file (``configs/compare/quick.yaml``) has two sections::
       variants:                      # attention kernels (`attnlab list attention`)
         - {name: softmax}
         - {name: sliding_window, options: {window: 16}, label: sliding_window-16}
-      tasks:                         # char_lm = the text corpus of base.data; others: get_task_dataset
+      tasks:                         # char_lm = the text corpus of base.data; others: a suite dataset
         - {name: char_lm}
         - {name: mqar, options: {vocab_size: 32, seq_len: 32, num_kv_pairs: 4}, overrides: {train: {steps: 800}}}
         - {name: listops, options: {max_length: 64}}   # kind classify: the base model under a SequenceClassifier
-    base:                            # a RunConfig recipe (model / data / task / train) shared by every cell
+    base:                            # a RunConfig recipe (model / data / objective / train) shared by every cell
       model: {name: gpt-tiny}
       train: {steps: 300, lr: 1e-3}
 
 Every cell of a task gets the same base recipe plus that task's ``overrides`` (the same budget for every
 variant and seed); only ``model.attention``/``model.attention_options`` (the variant) and ``train.seed``
-(the seed) differ. The task data itself is fixed per task (its ``seed`` option, default 0), so the
+(the seed) differ. A task's dataset is fixed per task (its ``seed`` option, default 0), so the
 spread over seeds is the spread of initialisation and batch order.
+
+A task is one entry of the grid: a dataset (``name``: ``char_lm`` or a name of :func:`attnlab.data.get_dataset`),
+its ``options``, budget ``overrides`` and a ``label``.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import RunConfig, build_config, deep_merge, parse_overrides
+from ..config import RunConfig, build_config, deep_merge, parse_overrides, rename_old_sections
+from ..core.yamlfile import load_yaml
 
-CHAR_LM = "char_lm"  # the text-corpus task: base.data's dataset, scored in bits per character
+CHAR_LM = "char_lm"  # the text-corpus task: base.data's corpus, scored in bits per character
 
 
 class VariantSpec(BaseModel):
@@ -63,8 +66,8 @@ class VariantSpec(BaseModel):
 
 
 class TaskSpec(BaseModel):
-    """One task: ``char_lm`` or a name of :func:`attnlab.data.get_task_dataset`, its generator
-    ``options``, recipe ``overrides`` (nested dict merged into ``base`` for this task) and a ``label``."""
+    """One task of the grid: a dataset (``char_lm`` or a name of :func:`attnlab.data.get_dataset`), its
+    generator ``options``, recipe ``overrides`` (nested dict merged into ``base`` for this task) and a ``label``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,9 +79,9 @@ class TaskSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ..data.registry import list_task_datasets
+        from ..data.registry import list_datasets
 
-        valid = [CHAR_LM, *list_task_datasets()]
+        valid = [CHAR_LM, *list_datasets()]
         if v not in valid:
             raise ValueError(f"unknown task {v!r}; valid tasks: {valid}")
         return v
@@ -146,13 +149,14 @@ class Cell:
 
     def run_config(self, seq_len: int | None = None, vocab_size: int | None = None,
                    max_seq_len: int | None = None) -> RunConfig:
-        """The recipe of this cell (``seq_len``/``vocab_size`` from a suite task's data; ``max_seq_len``, when
-        given, sizes the model to the task: classify/regression tasks set it to their own sequence length).
+        """The recipe of this cell (``seq_len``/``vocab_size`` from the task's suite dataset; ``max_seq_len``, when
+        given, sizes the model to it: classify/regression datasets set it to their own sequence length).
 
         Raises:
             ValueError: the merged recipe is invalid (the message names the key).
         """
-        raw = deep_merge(self.cfg.base, self.task.overrides)
+        raw = deep_merge(rename_old_sections(self.cfg.base, "base"),
+                         rename_old_sections(self.task.overrides, f"the overrides of task {self.task.label!r}"))
         model = {"attention": self.variant.name, "attention_options": self.variant.options}
         if vocab_size is not None:
             model["vocab_size"] = vocab_size
@@ -164,7 +168,8 @@ class Cell:
         return build_config(raw)
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the cell's result (recipe, task options); changes invalidate it."""
+        """Hash of everything that determines the cell's result (recipe, task options); changes invalidate it.
+        The recipe is hashed as written (an old ``task`` section is not renamed), so earlier results still match."""
         blob = json.dumps({"base": deep_merge(self.cfg.base, self.task.overrides), "task": self.task.model_dump(),
                            "variant": self.variant.model_dump(), "seed": self.seed}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -180,12 +185,7 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"compare config {str(p)!r} not found; see configs/compare/quick.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p} must be a mapping with sections 'compare' and 'base'")
+    raw = load_yaml(p, "a mapping with sections 'compare' and 'base'")
     return compare_config_from_dict(deep_merge(raw, parse_overrides(overrides or [])), source=str(p))
 
 

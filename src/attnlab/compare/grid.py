@@ -3,7 +3,7 @@
 Every cell is built by the model registry and trained by the same :class:`~attnlab.train.trainer.Trainer`
 with its task's budget (``train.steps``, ``data.batch_size``, ``data.seq_len`` of the base recipe plus
 the task's overrides); only the attention kernel and the seed change within a task. After training the
-cell is scored (task metric on the whole test split; bits/char for ``char_lm``), its inference speed is
+cell is scored (the dataset's metric on its whole test split; bits/char for ``char_lm``), its inference speed is
 timed, and one JSON line is appended to ``out_dir/results.jsonl``.
 
 Resuming: cells whose key is already in ``results.jsonl`` are skipped, so an interrupted grid loses at
@@ -11,16 +11,16 @@ most the cell in progress (it restarts from scratch). Appends are one ``write`` 
 followed by ``flush`` + ``os.fsync``; a torn last line (no trailing newline, e.g. power loss mid-write)
 is cut off before the next append and ignored when reading.
 
-Task kinds: ``lm`` tasks train the base model itself; ``classify`` and ``regression`` tasks train it
-under the task's head (:func:`attnlab.models.heads.wrap_for_task`) with the ``classify`` /
-``regression`` step, and the model's ``max_seq_len``/``vocab_size`` are the task's. Extra curves in the
-record: ``train_accuracy_curve`` / ``val_accuracy_curve`` (``[step, accuracy]`` at every evaluation) for
-the grokking task (``modular_addition``), and ``icl_curve`` (squared error after ``k`` in-context examples,
-with the least-squares / ridge / zero baselines) for regression tasks.
+Dataset kinds: on an ``lm`` dataset the base model itself trains; on a ``classify`` or ``regression`` dataset
+it trains under the dataset's head (:func:`attnlab.models.heads.wrap_for_dataset`) with the ``classify`` /
+``regression`` objective, and the model's ``max_seq_len``/``vocab_size`` are the dataset's. Extra curves in
+the record: ``train_accuracy_curve`` / ``val_accuracy_curve`` (``[step, accuracy]`` at every evaluation) for
+the grokking dataset (``modular_addition``), and ``icl_curve`` (squared error after ``k`` in-context examples,
+with the least-squares / ridge / zero baselines) for regression datasets.
 
 Skipped cells: a kernel that cannot run a task (a ``CapabilityError`` or ``ValueError`` while building the
 model, or in a probe forward of one evaluation batch before training; e.g. ``gpsa`` in a causal model, or
-``axial`` on a task without a 2-D grid), or a task whose data is not installed, is not an error: the cell
+``axial`` on a dataset without a 2-D grid), or a task whose data is not installed, is not an error: the cell
 is listed in ``out_dir/skipped.json`` with the reason (and in the report), nothing is trained, and the next
 invocation tries it again (so installing the data, or changing the recipe, needs no cleanup).
 Measurements (memory, speed, curves) are described in :mod:`attnlab.compare.measure`.
@@ -46,18 +46,18 @@ from tqdm.auto import tqdm
 
 from ..attention.base import AttentionKernel
 from ..attention.capabilities import CapabilityError
-from ..config import atomic_write_text
-from ..data.registry import get_task_dataset
+from ..core.io import write_json, write_text
+from ..data.registry import get_dataset
 from ..data.text import build_lm_data
 from ..objectives import model_outputs
 from ..objectives.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
-from ..train.task_data import CorpusData, TaskData, TaskLMData
+from ..train.feeds import CorpusFeed, DatasetFeed, LMDatasetFeed
 from ..train.trainer import Trainer
 from .config import CHAR_LM, Cell, CompareConfig
-from .measure import (GROKKING_TASKS, AccuracyCurves, PeakMemory, icl_curve, inference_tokens_per_s,  # noqa: F401
-                      predict, task_quality)
+from .measure import (GROKKING_DATASETS, AccuracyCurves, PeakMemory, dataset_quality,  # noqa: F401
+                      icl_curve, inference_tokens_per_s, predict)
 
 RESULTS = "results.jsonl"
 SKIPPED = "skipped.json"  # cells that cannot run (kernel x task, or data missing), with the reason
@@ -129,39 +129,59 @@ def _corpus(dataset: str, tokenizer: str, seq_len: int, val_fraction: float, spl
 
 
 @functools.lru_cache(maxsize=2)
-def _task(name: str, options_json: str):
-    """A suite task, built once per grid (every variant and seed of a task trains on the same data)."""
-    return get_task_dataset(name, **json.loads(options_json))
+def _dataset(name: str, options_json: str):
+    """A suite dataset, built once per grid (every variant and seed of a task trains on the same data)."""
+    return get_dataset(name, **json.loads(options_json))
 
 
-def _build_trainer(cell: Cell, cfg, info, task_data, on_step) -> Trainer:
+def _build_trainer(cell: Cell, cfg, info, feed, on_step) -> Trainer:
     """The cell's Trainer, after a probe forward (eval mode, on a copy) of one evaluation batch: a kernel that
     cannot run the task fails here, before training, and the cell is skipped instead of crashing the grid."""
     try:
-        trainer = Trainer(cfg, info, progress=False, on_step=on_step, task_data=task_data)
+        trainer = Trainer(cfg, info, progress=False, on_step=on_step, feed=feed)
         probe = copy.deepcopy(trainer.raw_model)  # stateful kernels (DGQA) must not see the probe
         grid = getattr(probe, "grid", None)
         for m in probe.modules():
             if isinstance(m, AttentionKernel) and m.capabilities.requires_grid and grid is None:
-                raise CapabilityError(f"attention {m.name!r} needs a 2-D token grid and task "
+                raise CapabilityError(f"attention {m.name!r} needs a 2-D token grid and dataset "
                                       f"{cell.task.name!r} has none")
         batch = {k: v[:2].to(info.device) for k, v in trainer.val[0].items()}
         with torch.no_grad(), torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
             probe.eval()
-            model_outputs(getattr(task_data, "kind", "lm"), probe, batch)
+            model_outputs(getattr(feed, "kind", "lm"), probe, batch)
     except (CapabilityError, ValueError) as e:
         raise CellSkipped(cell.key, str(e).splitlines()[0]) from None
     return trainer
 
 
-def _task_records(task, trainer: Trainer, info, batch_size: int) -> dict:
-    """Quality on the whole test split and, for regression, the error-vs-examples curve."""
+def _dataset_records(dataset, trainer: Trainer, info, batch_size: int) -> dict:
+    """Quality on the dataset's whole test split and, for regression, the error-vs-examples curve."""
     model = trainer.raw_model
-    pred = predict(model, task.test, task.kind, info.device, batch_size)
-    out = {"metric": task.metric, "quality": score(task, pred)}
-    if task.kind == "regression" and task.test.loss_mask is not None:
-        out["icl_curve"] = icl_curve(task, pred)
+    pred = predict(model, dataset.test, dataset.kind, info.device, batch_size)
+    out = {"metric": dataset.metric, "quality": score(dataset, pred)}
+    if dataset.kind == "regression" and dataset.test.loss_mask is not None:
+        out["icl_curve"] = icl_curve(dataset, pred)
     return out
+
+
+def _cell_data(cell: Cell):
+    """``(dataset, feed, run config)`` of a cell; ``dataset`` is ``None`` for ``char_lm``.
+
+    Raises:
+        CellSkipped: the task's dataset is not installed.
+    """
+    if cell.task.name == CHAR_LM:  # the text corpus, tokenized once per grid (identical batches to `attnlab train`)
+        cfg = cell.run_config()
+        d = cfg.data
+        return None, CorpusFeed(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)), cfg
+    try:
+        dataset = _dataset(cell.task.name, json.dumps(cell.task.options, sort_keys=True))
+    except FileNotFoundError as e:
+        raise CellSkipped(cell.key, f"data missing: {e}") from None
+    feed = LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
+    # classify/regression models are sized to the dataset; lm datasets keep the base model's max_seq_len
+    cfg = cell.run_config(dataset.seq_len, dataset.vocab_size, None if dataset.kind == "lm" else dataset.seq_len)
+    return dataset, feed, cfg
 
 
 def run_cell(cell: Cell, device: str | None = None) -> dict:
@@ -172,26 +192,13 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
         KeyboardInterrupt: training was interrupted (nothing is recorded for this cell).
         ValueError: an invalid recipe (message names it).
     """
-    task, task_data = None, None
-    if cell.task.name != CHAR_LM:
-        try:
-            task = _task(cell.task.name, json.dumps(cell.task.options, sort_keys=True))
-        except FileNotFoundError as e:
-            raise CellSkipped(cell.key, f"data missing: {e}") from None
-        task_data = TaskLMData(task) if task.kind == "lm" else TaskData(task)
-    if task is None:
-        cfg = cell.run_config()
-    else:  # classify/regression models are sized to the task; lm tasks keep the base model's max_seq_len
-        cfg = cell.run_config(task.seq_len, task.vocab_size, None if task.kind == "lm" else task.seq_len)
-    if task is None:  # the text corpus, tokenized once per grid (identical batches to the plain text path)
-        d = cfg.data
-        task_data = CorpusData(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split))
+    dataset, feed, cfg = _cell_data(cell)
     if device is not None:
         cfg.train.device = device
     info = D.init_distributed(cfg.train.device)
-    kind = "lm" if task is None else task.kind
+    kind = "lm" if dataset is None else dataset.kind
     val_curve: list[list[float]] = []
-    curves = AccuracyCurves(task, info.device, cfg.data.batch_size) if cell.task.name in GROKKING_TASKS else None
+    curves = AccuracyCurves(dataset, info.device, cfg.data.batch_size) if cell.task.name in GROKKING_DATASETS else None
 
     def on_step(step: int, row: dict) -> None:
         if "val_loss" in row:
@@ -202,17 +209,17 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
     mem = PeakMemory(info.device)
     mem.reset()
     try:
-        trainer = _build_trainer(cell, cfg, info, task_data, on_step)
+        trainer = _build_trainer(cell, cfg, info, feed, on_step)
         if curves is not None:
             curves.model = trainer.raw_model
         trainer.prepare(resume=False, overwrite=True)
         result = trainer.fit()
         if result.stopped == "interrupted":
             raise KeyboardInterrupt(f"cell {cell.key} was interrupted; rerun the grid to redo it")
-        if task is None:
+        if dataset is None:
             quality = {"metric": "bits_per_char", "quality": result.final_val_loss / math.log(2)}
         else:
-            quality = _task_records(task, trainer, info, cfg.data.batch_size)
+            quality = _dataset_records(dataset, trainer, info, cfg.data.batch_size)
         infer = inference_tokens_per_s(trainer.raw_model, trainer.val, info.device, trainer.precision,
                                        cell.cfg.compare.inference_batches, kind)
         memory = mem.peak()
@@ -288,7 +295,7 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
     """
     out = Path(cfg.compare.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "compare.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text(out / "compare.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     results = out / RESULTS
     done = {r["key"]: r for r in read_results(results)}
     cells = cfg.cells()
@@ -299,7 +306,7 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
     todo = [c for c in cells if c.key not in done]
     pending = {c.key for c in todo}
     skipped = {r["key"]: r for r in read_skipped(out) if r["key"] in pending}
-    atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
+    write_json(out / SKIPPED, list(skipped.values()), indent=1)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, desc="compare", unit="cell",
                dynamic_ncols=True)
     budget = todo if max_cells is None else todo[:max_cells]
@@ -312,14 +319,14 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
             if reason is not None:
                 skipped[cell.key] = {"key": cell.key, "task": cell.task.label, "variant": cell.variant.label,
                                      "attention": cell.variant.name, "seed": cell.seed, "reason": reason}
-                atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
+                write_json(out / SKIPPED, list(skipped.values()), indent=1)
                 if progress:
                     bar.write(f"skipped {cell.key}: {reason}")
                 continue
             append_result(results, record)
             done[cell.key] = record
             if skipped.pop(cell.key, None) is not None:
-                atomic_write_text(out / SKIPPED, json.dumps(list(skipped.values()), indent=1))
+                write_json(out / SKIPPED, list(skipped.values()), indent=1)
             if progress:
                 bar.write(f"{cell.key}: {record['metric']} {record['quality']:.4f}, "
                           f"{record['train_tokens_per_s']:,.0f} train tok/s")

@@ -1,5 +1,5 @@
-"""What a comparison cell measures besides training: peak memory, inference speed, task quality on a whole
-split, the grokking accuracy curves and the in-context-regression error curve.
+"""What a comparison cell measures besides training: peak memory, inference speed, quality on a whole
+split of its dataset, the grokking accuracy curves and the in-context-regression error curve.
 
 Peak memory (``peak_rss_mb``): on Linux the process's peak resident set size is reset at the start of
 each cell (``/proc/self/clear_refs`` = 5 resets ``VmHWM``) and read at its end, so it is the peak of this
@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data.base import TaskDataset, TaskSplit
+from ..data.base import SuiteDataset, SuiteSplit
 from ..objectives import model_outputs
 from ..objectives.baselines import regression_baselines
 from ..objectives.metrics import score, squared_error_by_position
 from ..train.precision import autocast
 
-GROKKING_TASKS = ("modular_addition",)  # tasks whose cells record train/val accuracy at every evaluation
+GROKKING_DATASETS = ("modular_addition",)  # datasets whose cells record train/val accuracy at every evaluation
 CURVE_TRAIN_ROWS = 2048  # the fixed training subset (first rows) of the train-accuracy curve
 
 
@@ -73,7 +73,8 @@ def _tokens(batch: dict[str, Tensor]) -> int:
 def inference_tokens_per_s(model: nn.Module, batches: list[dict], device: torch.device, precision: str,
                            num_batches: int, kind: str = "lm") -> float:
     """Sequence positions per second of a timed forward pass over ``num_batches`` eval batches (cycled),
-    after one warm-up; ``kind`` says how the task's model is called (:func:`attnlab.objectives.model_outputs`)."""
+    after one warm-up; ``kind`` (the dataset's kind) says how the model is called
+    (:func:`attnlab.objectives.model_outputs`)."""
     was_training = model.training
     model.eval()
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -91,7 +92,7 @@ def inference_tokens_per_s(model: nn.Module, batches: list[dict], device: torch.
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: TaskSplit, kind: str, device: torch.device, batch_size: int) -> Tensor:
+def predict(model: nn.Module, split: SuiteSplit, kind: str, device: torch.device, batch_size: int) -> Tensor:
     """The model's outputs for every row of ``split`` in order, on the CPU in fp32 (computed in batches,
     eval mode; the model's mode is restored)."""
     was_training = model.training
@@ -104,11 +105,11 @@ def predict(model: nn.Module, split: TaskSplit, kind: str, device: torch.device,
     return torch.cat(outs)
 
 
-def task_quality(model: nn.Module, task: TaskDataset, device: torch.device, batch_size: int,
-                 split: str | TaskSplit = "test") -> float:
-    """``task.metric`` of the model on the whole ``split`` (default: the test split)."""
-    rows = getattr(task, split) if isinstance(split, str) else split
-    return score(task, predict(model, rows, task.kind, device, batch_size), rows)
+def dataset_quality(model: nn.Module, dataset: SuiteDataset, device: torch.device, batch_size: int,
+                    split: str | SuiteSplit = "test") -> float:
+    """``dataset.metric`` of the model on the whole ``split`` (default: the test split)."""
+    rows = getattr(dataset, split) if isinstance(split, str) else split
+    return score(dataset, predict(model, rows, dataset.kind, device, batch_size), rows)
 
 
 class AccuracyCurves:
@@ -117,9 +118,9 @@ class AccuracyCurves:
     split. Set ``model`` before training. The evaluation runs under :func:`torch.random.fork_rng`, so the
     training stream of random numbers is the same with or without it."""
 
-    def __init__(self, task: TaskDataset, device: torch.device, batch_size: int):
-        self.task, self.device, self.batch_size = task, device, batch_size
-        self.train_rows = task.train.subset(slice(0, CURVE_TRAIN_ROWS))
+    def __init__(self, dataset: SuiteDataset, device: torch.device, batch_size: int):
+        self.dataset, self.device, self.batch_size = dataset, device, batch_size
+        self.train_rows = dataset.train.subset(slice(0, CURVE_TRAIN_ROWS))
         self.model: nn.Module | None = None
         self.train_curve: list[list[float]] = []  # [step, accuracy]
         self.val_curve: list[list[float]] = []
@@ -129,20 +130,20 @@ class AccuracyCurves:
             return
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            self.train_curve.append([step, task_quality(self.model, self.task, self.device, self.batch_size,
-                                                        self.train_rows)])
-            self.val_curve.append([step, task_quality(self.model, self.task, self.device, self.batch_size)])
+            self.train_curve.append([step, dataset_quality(self.model, self.dataset, self.device, self.batch_size,
+                                                           self.train_rows)])
+            self.val_curve.append([step, dataset_quality(self.model, self.dataset, self.device, self.batch_size)])
 
     def record(self) -> dict:
         return {"train_accuracy_curve": self.train_curve, "val_accuracy_curve": self.val_curve}
 
 
-def icl_curve(task: TaskDataset, pred: Tensor) -> dict[str, list[float]]:
+def icl_curve(dataset: SuiteDataset, pred: Tensor) -> dict[str, list[float]]:
     """Squared error after ``k`` in-context examples on the test split: the model's (``pred (N, T)``) next
     to the least-squares, ridge and zero predictors of :func:`attnlab.objectives.baselines.regression_baselines`
     (Garg et al. 2022, Fig. 2; Akyürek et al. 2022)."""
-    test = task.test
+    test = dataset.test
     model = squared_error_by_position(pred, test.targets, test.loss_mask)  # (K,)
-    base = regression_baselines(task)
+    base = regression_baselines(dataset)
     return {"num_examples": [int(k) for k in base["num_examples"]], "model": [float(x) for x in model],
             **{name: [float(x) for x in base[name]] for name in ("least_squares", "ridge", "zero")}}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..core.io import write_with
+
 
 def _panels(n: int, width: float = 5.0):
     import matplotlib
@@ -27,11 +29,12 @@ def _panels(n: int, width: float = 5.0):
 
 
 def _save(plt, fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    """Write ``fig`` to ``path`` as PNG, atomically, and close it."""
+    try:
+        fig.tight_layout()
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _by_task_variant(records: list[dict]) -> dict[str, dict[str, list[dict]]]:

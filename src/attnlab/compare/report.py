@@ -13,7 +13,7 @@ import io
 import statistics
 from pathlib import Path
 
-from ..config import atomic_write_text
+from ..core.io import write_text
 from .grid import RESULTS, read_results, read_skipped
 from .plots import plot_grokking, plot_icl_regression, plot_loss_curves, plot_quality_vs_throughput
 
@@ -163,13 +163,13 @@ def write_report(run_dir: str | Path) -> str:
     if not records:
         if not skipped:
             raise FileNotFoundError(f"{run_dir / RESULTS} is missing or empty; run `attnlab compare CONFIG` first")
-        atomic_write_text(run_dir / "results.md", skipped)  # every cell so far was skipped
+        write_text(run_dir / "results.md", skipped)  # every cell so far was skipped
         return skipped
     rows = summarize(records)
     overview = overview_table(rows)
     md = (overview + "\n" if overview else "") + markdown_table(rows) + ("\n" + skipped if skipped else "")
-    atomic_write_text(run_dir / "results.md", md)
-    atomic_write_text(run_dir / "results.csv", csv_table(rows))
+    write_text(run_dir / "results.md", md)
+    write_text(run_dir / "results.csv", csv_table(rows))
     plot_quality_vs_throughput(rows, run_dir / "quality_vs_throughput.png")
     plot_loss_curves(records, run_dir / "loss_curves.png")
     plot_grokking(records, run_dir / "grokking.png")
@@ -200,7 +200,7 @@ def publish(run_dir: str | Path, doc: str | Path) -> str:
         text = head + section + rest.split(PUBLISH_END, 1)[1]
     else:
         text = text.rstrip() + "\n\n## Latest full grid\n\n" + section + "\n"
-    atomic_write_text(doc, text)
+    write_text(doc, text)
     return section
 
 

@@ -1,6 +1,6 @@
-"""Containers shared by every task generator and loader of the comparison suite.
+"""Containers shared by every dataset generator and loader of the comparison suite.
 
-A task is a :class:`TaskDataset` holding a ``train`` and a ``test`` :class:`TaskSplit` plus what a model
+A suite dataset is a :class:`SuiteDataset` holding a ``train`` and a ``test`` :class:`SuiteSplit` plus what a model
 builder needs to know (``kind``, ``vocab_size`` or ``input_dim``, ``num_classes``, ``seq_len``) and how
 it is scored (``metric``). Three kinds exist:
 
@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: unscored target positions hold it
-TaskKind = Literal["lm", "classify", "regression"]
+DatasetKind = Literal["lm", "classify", "regression"]
 
 
 @dataclass(frozen=True)
-class TaskSplit:
-    """One split of a task. Shapes are listed in the module docstring; ``extras`` holds per-example
+class SuiteSplit:
+    """One split of a suite dataset. Shapes are listed in the module docstring; ``extras`` holds per-example
     tensors a baseline or an analysis needs (regression ``xs``/``ys``/``w``, ListOps depths, ...)."""
 
     inputs: Tensor
@@ -49,14 +49,14 @@ class TaskSplit:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def subset(self, index: Tensor | slice | list[int]) -> "TaskSplit":
+    def subset(self, index: Tensor | slice | list[int]) -> "SuiteSplit":
         """Rows ``index`` of every tensor (extras included)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return replace(self, inputs=self.inputs[index], targets=self.targets[index],
                        loss_mask=pick(self.loss_mask), key_padding_mask=pick(self.key_padding_mask),
                        extras={k: v[index] for k, v in self.extras.items()})
 
-    def to(self, device: torch.device | str) -> "TaskSplit":
+    def to(self, device: torch.device | str) -> "SuiteSplit":
         """A copy with every tensor on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, inputs=self.inputs.to(device), targets=self.targets.to(device),
@@ -79,28 +79,28 @@ class TaskSplit:
 
 
 @dataclass(frozen=True)
-class TaskDataset:
-    """A task of the suite: splits, model-facing sizes, metric and vocabulary layout.
+class SuiteDataset:
+    """A dataset of the suite: splits, model-facing sizes, metric and vocabulary layout.
 
     Attributes:
-        name: registry name (``get_task_dataset(name)``).
+        name: registry name (``get_dataset(name)``).
         kind: ``"lm"``, ``"classify"`` or ``"regression"`` (see module docstring).
-        train, test: the splits (``test`` is the validation split of the grokking task).
+        train, test: the splits (``test`` is the validation split of the grokking dataset).
         seq_len: ``T`` of ``inputs``.
         metric: name in :data:`attnlab.objectives.metrics.METRICS`.
         vocab_size: token vocabulary (``None`` for regression).
-        num_classes: labels of a classification task, else ``None``.
+        num_classes: labels of a classification dataset, else ``None``.
         input_dim: feature width ``D`` of regression inputs, else ``None``.
-        label_names: class names of a classification task, indexed by label.
+        label_names: class names of a classification dataset, indexed by label.
         grid: ``(rows, cols)`` when the ``T`` tokens are a row-major 2-D grid (pixel sequences).
         vocab: token name -> id (special tokens and layout), for docs and decoding.
-        options: the resolved generator options (reproduce with ``get_task_dataset(name, **options)``).
+        options: the resolved generator options (reproduce with ``get_dataset(name, **options)``).
     """
 
     name: str
-    kind: TaskKind
-    train: TaskSplit
-    test: TaskSplit
+    kind: DatasetKind
+    train: SuiteSplit
+    test: SuiteSplit
     seq_len: int
     metric: str
     vocab_size: int | None = None

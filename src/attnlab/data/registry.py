@@ -1,8 +1,8 @@
-"""The dataset suite of ``attnlab compare`` by name: ``get_task_dataset("mqar", seq_len=128, seed=1)``.
+"""The dataset suite of ``attnlab compare`` by name: ``get_dataset("mqar", seq_len=128, seed=1)``.
 
-Each entry builds a :class:`TaskDataset` (train/test splits, sizes, metric, vocabulary layout; see
+Each entry builds a :class:`SuiteDataset` (train/test splits, sizes, metric, vocabulary layout; see
 :mod:`attnlab.data.base`). Synthetic generators are seeded and deterministic; the two real
-data sets read embedded files and raise ``FileNotFoundError`` naming the install command when absent.
+datasets read embedded files and raise ``FileNotFoundError`` naming the install command when absent.
 
 =================  ==========  ========  ==========================================================
 name               kind        metric    source
@@ -19,69 +19,86 @@ fashion_mnist      classify    accuracy  Fashion-MNIST pixels (``apt-get install
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from .base import TaskDataset
+from ..core.registry import Registry
+from .base import DatasetKind, SuiteDataset
+from .sources import describe_sources
+
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A registered task: its builder (keyword options only), a one-line description, its metric."""
+class DatasetSpec:
+    """A registered dataset: its builder (keyword options only), a one-line description, its metric, its
+    kind and the embedded source it reads (``None`` for generated data)."""
 
-    builder: Callable[..., TaskDataset]
+    builder: Callable[..., SuiteDataset]
     description: str
     metric: str
+    kind: DatasetKind
+    source: str | None = None
 
 
-TASK_DATASETS: dict[str, TaskSpec] = {}
+def _load_builtin() -> None:
+    from . import synthetic, text, vision  # noqa: F401  (each modality registers its datasets)
 
 
-def register_task_dataset(name: str, builder: Callable[..., TaskDataset], description: str, metric: str) -> None:
-    """Add a task to the suite. Raises ``ValueError`` if ``name`` is taken."""
-    if name in TASK_DATASETS:
-        raise ValueError(f"task dataset {name!r} is already registered")
-    TASK_DATASETS[name] = TaskSpec(builder, description, metric)
+DATASETS: Registry[DatasetSpec] = Registry("dataset", _load_builtin)
 
 
-def list_task_datasets() -> list[str]:
-    _ensure_builtin()
-    return sorted(TASK_DATASETS)
+def register_dataset(name: str, builder: Callable[..., SuiteDataset], description: str, metric: str,
+                     kind: DatasetKind, source: str | None = None) -> None:
+    """Add a dataset to the suite (``source``: the embedded dataset of :mod:`.sources` it reads, if any).
+
+    Raises:
+        ValueError: ``name`` is taken.
+    """
+    DATASETS.register(name, DatasetSpec(builder, description, metric, kind, source))
 
 
-def _spec(name: str) -> TaskSpec:
-    _ensure_builtin()
-    if name not in TASK_DATASETS:
-        close = difflib.get_close_matches(name, list(TASK_DATASETS), n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown task dataset {name!r}.{hint} Valid names: {list_task_datasets()}")
-    return TASK_DATASETS[name]
+def list_datasets() -> list[str]:
+    """Sorted names of the suite's datasets."""
+    return DATASETS.names()
 
 
-def task_options(name: str) -> dict[str, object]:
-    """Option name -> default value of task ``name`` (what :func:`get_task_dataset` accepts)."""
-    params = inspect.signature(_spec(name).builder).parameters
+def dataset_options(name: str) -> dict[str, object]:
+    """Option name -> default value of dataset ``name`` (what :func:`get_dataset` accepts).
+
+    Raises:
+        ValueError: unknown name (lists the valid ones).
+    """
+    params = inspect.signature(DATASETS.get(name).builder).parameters
     return {k: p.default for k, p in params.items()}
 
 
-def get_task_dataset(name: str, **options) -> TaskDataset:
-    """Build task ``name`` with ``options`` (see :func:`task_options`).
+def get_dataset(name: str, **options) -> SuiteDataset:
+    """Build dataset ``name`` with ``options`` (see :func:`dataset_options`).
 
     Raises:
         ValueError: unknown name (lists the valid ones), unknown option (lists the valid ones), or an
             invalid option value (raised by the builder).
-        FileNotFoundError: a real-data task whose source is not installed (names the install command).
+        FileNotFoundError: a real dataset whose source is not installed (names the install command).
     """
-    spec = _spec(name)
-    valid = task_options(name)
+    spec = DATASETS.get(name)
+    valid = dataset_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for task {name!r}; valid options: {valid}")
+        raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; valid options: {valid}")
     return spec.builder(**options)
 
 
-
-
-def _ensure_builtin() -> None:
-    from . import synthetic, text, vision  # noqa: F401  (each modality registers its datasets)
+def describe_datasets() -> list[dict]:
+    """One row per name ``attnlab list datasets`` shows: the embedded sources (``group`` ``source``, ``kind`` what
+    they hold: text, image, ...), then the suite's datasets (``group`` ``dataset``, ``kind`` lm, classify or
+    regression). Each row has ``name``, ``group``, ``kind``, ``installed``, ``description`` and ``install`` (the
+    command that provides a missing source, else ``""``)."""
+    rows = [{"group": "source", **r} for r in describe_sources()]
+    sources = {r["name"]: r for r in rows}
+    for name, spec in DATASETS.items():
+        src = sources.get(spec.source) if spec.source else None
+        rows.append({"name": name, "group": "dataset", "kind": spec.kind,
+                     "installed": src["installed"] if src else True,
+                     "description": f"{spec.description} (metric {spec.metric})",
+                     "install": src["install"] if src else ""})
+    return rows

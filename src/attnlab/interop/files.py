@@ -1,4 +1,5 @@
-"""Reading and writing Hugging Face checkpoint folders safely: no pickle code runs, writes are atomic.
+"""Reading and writing Hugging Face checkpoint folders safely: no pickle code runs, writes are atomic
+(:mod:`attnlab.core.io`).
 
 A folder holds ``config.json`` and weights as ``model.safetensors`` (or sharded with
 ``model.safetensors.index.json``), or legacy ``pytorch_model.bin`` (or its index), which is read with
@@ -11,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from ..core.io import write_with
 
 CONFIG = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -99,46 +100,7 @@ def load_bin(path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file + ``os.replace``)."""
-    tmp = _atomic_target(path)
-    try:
-        Path(tmp).write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
     """Write a safetensors file atomically, with the ``format: pt`` metadata transformers expects."""
-    tmp = _atomic_target(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy one file atomically."""
-    tmp = _atomic_target(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}))

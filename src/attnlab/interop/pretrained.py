@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..core.io import copy_file, write_json, write_text
 from ..models.config import ModelConfig
 from ..models.text.encoder import Encoder, MLMHead
 from ..models.text.gpt import GPT
 from ..models.vision.vit import ViT
-from .files import check_folder, copy_file, read_config, read_weights, write_json, write_safetensors, write_text
+from .files import check_folder, read_config, read_weights, write_safetensors
 from .heads import AbsentHead, PooledClassifier, Pooler
 from .hf_config import check_representable, from_hf, to_hf
 from .keymaps import SPECS, TRANSFORMS, Architecture, ArchSpec, expand_rules
@@ -234,7 +235,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
     folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / "model.safetensors", tensors)
-    write_json(folder / "config.json", hf)
+    write_json(folder / "config.json", hf, sort_keys=True)
     _copy_aux(model, info, folder)
     return folder
 

@@ -1,4 +1,4 @@
-"""Task heads around a Transformer body, so every family trains on the classification and regression tasks
+"""Heads around a Transformer body, so every family trains on the classification and regression datasets
 of the comparison suite.
 
 - :class:`SequenceClassifier`: mean-pooled hidden states -> linear -> class logits (ListOps, Nangia & Bowman
@@ -8,8 +8,8 @@ of the comparison suite.
 
 Both take an already built :class:`~attnlab.models.transformer.TransformerBody` (a GPT from the base recipe,
 or an Encoder) and drop the heads the body brought with it (GPT ``head``, Encoder ``mlm_head`` /
-``classifier``), so ``parameters()`` counts exactly what the task uses. :func:`wrap_for_task` picks the head
-from a task's ``kind``.
+``classifier``), so ``parameters()`` counts exactly what the dataset needs. :func:`wrap_for_dataset` picks the
+head from a dataset's ``kind``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from .pooling import pool
 from .transformer import Embeddings, TransformerBody
 
-BODY_HEADS = ("head", "mlm_head", "classifier")  # output heads of the families; unused under a task head
+BODY_HEADS = ("head", "mlm_head", "classifier")  # output heads of the families; unused under these heads
 
 
 def _strip_heads(body: nn.Module) -> TransformerBody:
     if not isinstance(body, TransformerBody):
-        raise TypeError(f"a task head needs a TransformerBody model (GPT, Encoder), got {type(body).__name__}")
+        raise TypeError(f"a classification/regression head needs a TransformerBody model (GPT, Encoder), "
+                        f"got {type(body).__name__}")
     for name in BODY_HEADS:
         if name in body._modules:
             del body._modules[name]  # unregistered: no parameters, not in the state dict
@@ -134,23 +135,25 @@ class InContextRegressor(nn.Module):
         return self.read_out(hidden).squeeze(-1)  # (B, T)
 
 
-def wrap_for_task(body: TransformerBody, task) -> nn.Module:
-    """The head a :class:`~attnlab.data.base.TaskDataset` of ``kind`` classify or regression needs.
+def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
+    """``body`` under the head a :class:`~attnlab.data.base.SuiteDataset` of ``kind`` classify or regression needs.
 
     Raises:
-        ValueError: an ``lm`` task (train the body itself), or interleaved in-context regression on a
+        ValueError: an ``lm`` dataset (train the body itself), or interleaved in-context regression on a
             bidirectional body (it would read ``y_i``, the token after ``x_i``).
-        CapabilityError: the body's kernel cannot run the task (see the heads).
+        CapabilityError: the body's kernel cannot run the dataset (see the heads).
     """
-    if task.kind == "classify":
-        return SequenceClassifier(body, task.num_classes, grid=task.grid,
-                                  padded=task.train.key_padding_mask is not None)
-    if task.kind == "regression":
-        if not body.causal and task.options.get("format", "interleaved") == "interleaved":
-            raise ValueError(f"task {task.name!r} (interleaved x_i, y_i tokens) needs a causal body: a bidirectional "
-                             "one reads each answer y_i next to x_i; use a gpt preset or the option format=concat")
-        return InContextRegressor(body, task.input_dim)
-    raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only classify and regression tasks take a head")
+    if dataset.kind == "classify":
+        return SequenceClassifier(body, dataset.num_classes, grid=dataset.grid,
+                                  padded=dataset.train.key_padding_mask is not None)
+    if dataset.kind == "regression":
+        if not body.causal and dataset.options.get("format", "interleaved") == "interleaved":
+            raise ValueError(f"dataset {dataset.name!r} (interleaved x_i, y_i tokens) needs a causal body: a "
+                             "bidirectional one reads each answer y_i next to x_i; use a gpt preset or the option "
+                             "format=concat")
+        return InContextRegressor(body, dataset.input_dim)
+    raise ValueError(f"dataset {dataset.name!r} is of kind {dataset.kind!r}; only classify and regression datasets "
+                     "take a head")
 
 
-__all__ = ["InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_task"]
+__all__ = ["InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]

@@ -1,55 +1,57 @@
-"""Task step functions by name: ``(model, batch) -> (loss, metrics)``.
+"""Objectives by name: training step functions ``(model, batch) -> (loss, metrics)``.
 
-Add a task with ``@register_task("name")`` on a function of that signature; the trainer looks it up
-from ``task.name`` in the run config. Unknown or duplicate names are errors.
+Add one with ``@register_objective("name")`` on a function of that signature; the trainer looks it up
+from ``objective.name`` in the run config (`attnlab list objectives`). Unknown or duplicate names are errors.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 from torch import Tensor, nn
 
+from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
 from .lm import lm_step
 from .regression import regression_outputs, regression_step
 
 StepFn = Callable[..., tuple]
 
-_TASKS: dict[str, StepFn] = {}
+_OBJECTIVES: Registry[StepFn] = Registry("objective")
 
 
-def register_task(name: str):
-    """Decorator: make ``fn(model, batch) -> (loss, metrics)`` selectable as ``task.name``."""
+def register_objective(name: str):
+    """Decorator: make ``fn(model, batch) -> (loss, metrics)`` selectable as ``objective.name``.
+
+    Raises:
+        ValueError: ``name`` is registered to another function.
+    """
 
     def deco(fn: StepFn) -> StepFn:
-        if name in _TASKS and _TASKS[name] is not fn:
-            raise ValueError(f"task {name!r} is already registered by {_TASKS[name].__qualname__}")
-        _TASKS[name] = fn
-        return fn
+        return _OBJECTIVES.register(name, fn)
 
     return deco
 
 
-def get_task(name: str) -> StepFn:
-    """The step function of task ``name``; raises ``ValueError`` naming the valid tasks."""
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=3)
-        raise ValueError(f"unknown task {name!r}" + (f"; did you mean {close}?" if close else "")
-                         + f" Valid tasks: {list_tasks()}")
-    return _TASKS[name]
+def get_objective(name: str) -> StepFn:
+    """The step function of objective ``name``.
+
+    Raises:
+        ValueError: unknown name (suggests the closest and lists the valid ones).
+    """
+    return _OBJECTIVES.get(name)
 
 
-def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+def list_objectives() -> list[str]:
+    """Sorted names of every objective."""
+    return _OBJECTIVES.names()
 
 
-register_task("lm")(lm_step)
-register_task("classify")(classify_step)
-register_task("regression")(regression_step)
+register_objective("lm")(lm_step)
+register_objective("classify")(classify_step)
+register_objective("regression")(regression_step)
 
-# what a model returns for a batch of each task kind of the suite (attnlab.data.base)
+# what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
     "classify": classify_outputs,  # (B, C) logits
@@ -58,15 +60,15 @@ OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
 
 
 def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """The outputs :func:`attnlab.objectives.metrics.score` takes, for a batch of a task of ``kind``.
+    """The outputs :func:`attnlab.objectives.metrics.score` takes, for a batch of a dataset of ``kind``.
 
     Raises:
         ValueError: unknown ``kind`` (names the valid ones).
     """
     if kind not in OUTPUTS:
-        raise ValueError(f"unknown task kind {kind!r}; valid: {sorted(OUTPUTS)}")
+        raise ValueError(f"unknown dataset kind {kind!r}; valid: {sorted(OUTPUTS)}")
     return OUTPUTS[kind](model, batch)
 
 
-__all__ = ["OUTPUTS", "classify_step", "get_task", "list_tasks", "lm_step", "model_outputs", "register_task",
-           "regression_step"]
+__all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "model_outputs",
+           "register_objective", "regression_step"]

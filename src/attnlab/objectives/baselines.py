@@ -1,5 +1,5 @@
-"""Non-Transformer baselines for the task suite: the floor (or, for regression, the optimum) every
-attention variant is compared against. ``run_baselines(task)`` runs the ones that fit a task.
+"""Non-Transformer baselines for the suite's datasets: the floor (or, for regression, the optimum) every
+attention variant is compared against. ``run_baselines(dataset)`` runs the ones that fit a dataset.
 
 - majority class / per-position most frequent target (chance level for recall, copying, grokking);
 - least squares and ridge regression fitted on each prefix of in-context examples (numpy; Akyürek
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.base import IGNORE_INDEX, TaskDataset, TaskSplit
+from ..data.base import IGNORE_INDEX, SuiteDataset, SuiteSplit
 from .metrics import accuracy
 
 
@@ -29,14 +29,14 @@ def majority_class_accuracy(train_labels: Tensor, test_labels: Tensor) -> float:
     return (test_labels == majority).float().mean().item()
 
 
-def position_frequency_predictions(train: TaskSplit, test: TaskSplit) -> Tensor:
+def position_frequency_predictions(train: SuiteSplit, test: SuiteSplit) -> Tensor:
     """``(N_test, T)`` predictions: at each position, the target most frequent there in ``train``.
 
-    A chance-level reference for ``lm`` tasks (it ignores the input). Positions never scored in
+    A chance-level reference for ``lm`` datasets (it ignores the input). Positions never scored in
     training predict ``IGNORE_INDEX``. Raises ``ValueError`` for a split without ``loss_mask``.
     """
     if train.loss_mask is None or train.targets.dim() != 2:
-        raise ValueError("position_frequency_predictions needs an 'lm' task split (targets and loss_mask (N, T))")
+        raise ValueError("position_frequency_predictions needs an 'lm' dataset split (targets and loss_mask (N, T))")
     targets = train.targets.clone()
     targets[~train.loss_mask] = IGNORE_INDEX
     t = targets.shape[1]
@@ -88,18 +88,18 @@ def least_squares_predictions(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return prefix_ridge_predictions(xs, ys, (0.0,))[0]
 
 
-def regression_baselines(task: TaskDataset, ridge_lambda: float | None = None) -> dict[str, np.ndarray]:
-    """Squared-error curves on ``task.test`` of an in-context regression task.
+def regression_baselines(dataset: SuiteDataset, ridge_lambda: float | None = None) -> dict[str, np.ndarray]:
+    """Squared-error curves on ``dataset.test`` of an in-context regression dataset.
 
     Returns ``{"num_examples": (K,), "zero": (K,), "least_squares": (K,), "ridge": (K,)}``: mean over
     test rows of the squared error after ``num_examples`` in-context pairs (interleaved format: every
     ``k``; concat format: only the query's ``k``). ``ridge_lambda`` defaults to ``noise_std**2``, or
     0.01 without noise. Least squares spikes at ``k = dim`` with noise (interpolation threshold).
     """
-    noise = float(task.options.get("noise_std", 0.0))
+    noise = float(dataset.options.get("noise_std", 0.0))
     lam = (noise ** 2 if noise > 0 else 0.01) if ridge_lambda is None else ridge_lambda
-    xs, ys = task.test.extras["xs"].numpy(), task.test.extras["ys"].numpy()
-    interleaved = task.options.get("format", "interleaved") == "interleaved"
+    xs, ys = dataset.test.extras["xs"].numpy(), dataset.test.extras["ys"].numpy()
+    interleaved = dataset.options.get("format", "interleaved") == "interleaved"
     ks = np.arange(xs.shape[1]) if interleaved else np.array([xs.shape[1] - 1])
     ls, ridge = prefix_ridge_predictions(xs, ys, (0.0, lam))
     curves = {"num_examples": ks, "zero": (ys ** 2).mean(0)[ks]}
@@ -108,7 +108,7 @@ def regression_baselines(task: TaskDataset, ridge_lambda: float | None = None) -
     return curves
 
 
-def ngram_features(split: TaskSplit, vocab_size: int, ngram: int = 2, num_buckets: int = 1 << 16) -> Tensor:
+def ngram_features(split: SuiteSplit, vocab_size: int, ngram: int = 2, num_buckets: int = 1 << 16) -> Tensor:
     """Sparse COO ``(N, vocab_size [+ num_buckets])``: n-gram counts of each row's real tokens, each row
     scaled to unit L2 norm. Unigram ``a`` -> column ``a``; with ``ngram=2`` also bigram ``(a, b)`` ->
     column ``vocab_size + (a * vocab_size + b) % num_buckets`` (hashing trick).
@@ -172,60 +172,62 @@ def fit_linear_softmax(x_train: Tensor, y_train: Tensor, num_classes: int, l2: f
     return w.detach(), b.detach()
 
 
-def _linear_accuracies(task: TaskDataset, x: dict[str, Tensor], l2: float, max_iter: int) -> dict[str, float]:
-    w, b = fit_linear_softmax(x["train"], task.train.targets.to(x["train"].device), task.num_classes, l2, max_iter)
+def _linear_accuracies(dataset: SuiteDataset, x: dict[str, Tensor], l2: float, max_iter: int) -> dict[str, float]:
+    labels = dataset.train.targets.to(x["train"].device)
+    w, b = fit_linear_softmax(x["train"], labels, dataset.num_classes, l2, max_iter)
     out = {}
     for s in ("train", "test"):
         xs = _csr(x[s]) if x[s].is_sparse else x[s]
-        out[f"{s}_accuracy"] = accuracy(xs @ w + b, getattr(task, s).targets.to(w.device))
+        out[f"{s}_accuracy"] = accuracy(xs @ w + b, getattr(dataset, s).targets.to(w.device))
     return out
 
 
-def _check_classify(task: TaskDataset, who: str) -> None:
-    if task.kind != "classify" or task.num_classes is None:
-        raise ValueError(f"{who} needs a classification task, got {task.name!r} ({task.kind})")
+def _check_classify(dataset: SuiteDataset, who: str) -> None:
+    if dataset.kind != "classify" or dataset.num_classes is None:
+        raise ValueError(f"{who} needs a classification dataset, got {dataset.name!r} ({dataset.kind})")
 
 
-def bag_of_tokens_logistic(task: TaskDataset, ngram: int = 2, num_buckets: int = 1 << 14, l2: float = 1e-5,
+def bag_of_tokens_logistic(dataset: SuiteDataset, ngram: int = 2, num_buckets: int = 1 << 14, l2: float = 1e-5,
                            max_iter: int = 50, device: str | torch.device = "cpu") -> dict[str, float]:
     """Logistic regression on bag-of-n-gram features (:func:`ngram_features`; linear, fastText-like).
 
     For classification over tokens (byte sentiment: "bag of bytes"; ListOps). Returns
-    ``{"train_accuracy", "test_accuracy"}``. Raises ``ValueError`` for a task that is not ``classify``.
+    ``{"train_accuracy", "test_accuracy"}``. Raises ``ValueError`` for a dataset that is not ``classify``.
     """
-    _check_classify(task, "bag_of_tokens_logistic")
-    x = {s: ngram_features(getattr(task, s), task.vocab_size, ngram, num_buckets).to(device) for s in ("train", "test")}
-    return _linear_accuracies(task, x, l2, max_iter)
+    _check_classify(dataset, "bag_of_tokens_logistic")
+    x = {s: ngram_features(getattr(dataset, s), dataset.vocab_size, ngram, num_buckets).to(device)
+         for s in ("train", "test")}
+    return _linear_accuracies(dataset, x, l2, max_iter)
 
 
-def pixel_logistic_regression(task: TaskDataset, l2: float = 1e-4, max_iter: int = 100,
+def pixel_logistic_regression(dataset: SuiteDataset, l2: float = 1e-4, max_iter: int = 100,
                               device: str | torch.device = "cpu") -> dict[str, float]:
     """Multinomial logistic regression on pixel intensities (token / (vocab_size - 1)).
 
     The linear baseline of Fashion-MNIST (Xiao et al. 2017 report ~84% for logistic regression).
     Returns ``{"train_accuracy", "test_accuracy"}``.
     """
-    _check_classify(task, "pixel_logistic_regression")
-    scale = float(max(task.vocab_size - 1, 1))
-    x = {s: getattr(task, s).inputs.to(device, torch.float32) / scale for s in ("train", "test")}
-    return _linear_accuracies(task, x, l2, max_iter)
+    _check_classify(dataset, "pixel_logistic_regression")
+    scale = float(max(dataset.vocab_size - 1, 1))
+    x = {s: getattr(dataset, s).inputs.to(device, torch.float32) / scale for s in ("train", "test")}
+    return _linear_accuracies(dataset, x, l2, max_iter)
 
 
-def _lm_frequency(task: TaskDataset) -> dict[str, float]:
-    pred = position_frequency_predictions(task.train, task.test)
-    return {"test_accuracy": accuracy(pred, task.test.targets, task.test.loss_mask)}
+def _lm_frequency(dataset: SuiteDataset) -> dict[str, float]:
+    pred = position_frequency_predictions(dataset.train, dataset.test)
+    return {"test_accuracy": accuracy(pred, dataset.test.targets, dataset.test.loss_mask)}
 
 
-def _majority(task: TaskDataset) -> dict[str, float]:
-    return {"test_accuracy": majority_class_accuracy(task.train.targets, task.test.targets)}
+def _majority(dataset: SuiteDataset) -> dict[str, float]:
+    return {"test_accuracy": majority_class_accuracy(dataset.train.targets, dataset.test.targets)}
 
 
-def _regression(task: TaskDataset) -> dict[str, float]:
-    curves = regression_baselines(task)
+def _regression(dataset: SuiteDataset) -> dict[str, float]:
+    curves = regression_baselines(dataset)
     return {f"{name}_mse": float(curves[name].mean()) for name in ("zero", "least_squares", "ridge")}
 
 
-BASELINES: dict[str, dict[str, Callable[[TaskDataset], dict[str, float]]]] = {
+BASELINES: dict[str, dict[str, Callable[[SuiteDataset], dict[str, float]]]] = {
     "mqar": {"position_frequency": _lm_frequency},
     "selective_copy": {"position_frequency": _lm_frequency},
     "modular_addition": {"position_frequency": _lm_frequency},
@@ -236,6 +238,6 @@ BASELINES: dict[str, dict[str, Callable[[TaskDataset], dict[str, float]]]] = {
 }
 
 
-def run_baselines(task: TaskDataset) -> dict[str, dict[str, float]]:
-    """Every baseline registered for ``task.name``: ``{baseline: {metric: value}}`` (empty if none)."""
-    return {name: fn(task) for name, fn in BASELINES.get(task.name, {}).items()}
+def run_baselines(dataset: SuiteDataset) -> dict[str, dict[str, float]]:
+    """Every baseline registered for ``dataset.name``: ``{baseline: {metric: value}}`` (empty if none)."""
+    return {name: fn(dataset) for name, fn in BASELINES.get(dataset.name, {}).items()}

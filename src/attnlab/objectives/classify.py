@@ -1,7 +1,7 @@
 """Sequence classification: ``(model, batch) -> (loss, metrics)`` with one label per sequence.
 
-The classification tasks of the suite (ListOps, Nangia & Bowman 2018 and Long Range Arena, Tay et al.
-2021; byte-level sentiment; Fashion-MNIST as a pixel sequence, LRA's "Image" task) train through this step
+The classification datasets of the suite (ListOps, Nangia & Bowman 2018 and Long Range Arena, Tay et al.
+2021; byte-level sentiment; Fashion-MNIST as a pixel sequence, LRA's "Image" benchmark) train through this step
 with a :class:`~attnlab.models.heads.SequenceClassifier`.
 """
 
@@ -36,7 +36,7 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     idx, targets = batch["idx"], batch["targets"]
     if targets.dim() != 1 or idx.dim() != 2 or targets.shape[0] != idx.shape[0]:
         raise ValueError(f"classify needs idx (B, T) and targets (B,), got {tuple(idx.shape)} and "
-                         f"{tuple(targets.shape)}; per-token targets belong to the lm task")
+                         f"{tuple(targets.shape)}; per-token targets belong to the lm objective")
     logits = classify_outputs(model, batch)
     if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
         raise ValueError(f"classify needs logits of shape (B, C) = ({targets.shape[0]}, C), got {tuple(logits.shape)}; "

@@ -32,7 +32,8 @@ def lm_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[st
         raise ValueError(f"idx {tuple(idx.shape)} and targets {tuple(targets.shape)} must both be (batch, tokens)")
     logits = model(idx)
     if logits.dim() != 3 or logits.shape[:2] != idx.shape:
-        raise ValueError(f"lm task needs logits of shape (B, T, V) = {(*idx.shape, 'V')}, got {tuple(logits.shape)}")
+        raise ValueError(f"lm objective needs logits of shape (B, T, V) = {(*idx.shape, 'V')}, "
+                         f"got {tuple(logits.shape)}")
     # cross-entropy in fp32 even under bf16 autocast: (B*T, V) logits, (B*T,) targets
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     d = loss.detach()

@@ -1,8 +1,8 @@
-"""Metrics of the task suite: accuracy on scored positions, squared error (overall and per number of
+"""Metrics of the suite's datasets: accuracy on scored positions, squared error (overall and per number of
 in-context examples), bits per character. All take model outputs and the split's targets/mask.
 
-Shapes: ``lm`` tasks give logits ``(B, T, V)`` with targets ``(B, T)`` and ``loss_mask (B, T)``;
-``classify`` tasks give logits ``(B, C)`` with labels ``(B,)``; ``regression`` tasks give predictions
+Shapes: ``lm`` datasets give logits ``(B, T, V)`` with targets ``(B, T)`` and ``loss_mask (B, T)``;
+``classify`` datasets give logits ``(B, C)`` with labels ``(B,)``; ``regression`` datasets give predictions
 ``(B, T)`` or ``(B, T, 1)`` with targets ``(B, T)`` and ``loss_mask``.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.base import IGNORE_INDEX, TaskDataset, TaskSplit
+from ..data.base import IGNORE_INDEX, SuiteDataset, SuiteSplit
 
 
 def _scored(targets: Tensor, mask: Tensor | None) -> Tensor:
@@ -95,18 +95,18 @@ METRICS: dict[str, Callable[[Tensor, Tensor, Tensor | None], float]] = {
 HIGHER_IS_BETTER = {"accuracy": True, "mse": False, "bits_per_char": False}
 
 
-def score(task: TaskDataset, outputs: Tensor, split: str | TaskSplit = "test") -> float:
-    """``task.metric`` of ``outputs`` (model outputs for every row of ``split``, same order).
+def score(dataset: SuiteDataset, outputs: Tensor, split: str | SuiteSplit = "test") -> float:
+    """``dataset.metric`` of ``outputs`` (model outputs for every row of ``split``, same order).
 
     Raises:
         ValueError: unknown metric or split, or shapes that do not match the split.
     """
-    if task.metric not in METRICS:
-        raise ValueError(f"unknown metric {task.metric!r}; valid: {sorted(METRICS)}")
+    if dataset.metric not in METRICS:
+        raise ValueError(f"unknown metric {dataset.metric!r}; valid: {sorted(METRICS)}")
     if isinstance(split, str):
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; valid: ['train', 'test']")
-        split = getattr(task, split)
+        split = getattr(dataset, split)
     targets = split.targets.to(outputs.device)
     mask = None if split.loss_mask is None else split.loss_mask.to(outputs.device)
-    return METRICS[task.metric](outputs, targets, mask)
+    return METRICS[dataset.metric](outputs, targets, mask)

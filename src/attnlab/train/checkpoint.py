@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from ..config import default_file_mode
+from ..core.io import write_text, write_with
 
 FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -68,14 +68,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def capture_rng(rank_states: list[torch.Tensor] | None = None) -> tuple[dict, dict]:
@@ -148,18 +140,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_model(model, str(tmp / "model.safetensors"))
         opt_tensors, opt_json = optimizer_to_files(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        files = {}
-        for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
-            os.chmod(tmp / name, default_file_mode())
-            _fsync(tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        # each file is complete, flushed and has the umask's mode before the directory is renamed into place
+        write_with(tmp / "model.safetensors", lambda p: save_model(model, str(p)))
+        write_with(tmp / "optimizer.safetensors", lambda p: save_file(opt_tensors, str(p)))
+        write_with(tmp / "rng.safetensors", lambda p: save_file(rng_tensors, str(p)))
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                 for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors")}
         meta = {"format": FORMAT, "step": step, "files": files, "optimizer": opt_json, **state}
-        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-        _fsync(tmp / "state.json")
+        write_text(tmp / "state.json", json.dumps(meta))
         if final.exists():
             try:
                 verify_checkpoint(final)

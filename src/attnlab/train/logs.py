@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ..config import atomic_write_text
+from ..core.io import write_text
 from ..viz.curves import read_metrics
 
 RUN_FILES = ("config.yaml", "tokenizer.json", "metrics.jsonl", "summary.json", "loss_curve.png", "eval.json")
@@ -43,11 +43,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     if not p.exists():
         return
     rows = [r for r in read_metrics(p) if r.get("step", 0) <= last_step]
-    atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+    write_text(p, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def format_seconds(s: float) -> str:

@@ -11,14 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, load_config
+from ..core.io import write_json
 from ..data.text import build_lm_data, sequential_batches
 from ..data.text.tokenizers import Tokenizer, load_tokenizer
 from ..infer.generate import generate
 from ..models.registry import build_model
-from ..objectives import get_task
+from ..objectives import get_objective
 from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
-from .logs import write_json
 from .precision import autocast, resolve_precision
 
 
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
     d = run.config.data
     data = build_lm_data(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)
     tokens = data.val if split == "val" else data.train
-    step_fn = get_task(run.config.task.name)
+    step_fn = get_objective(run.config.objective.name)
     precision = resolve_precision(run.config.train.precision, run.device)
     bs = batch_size or d.batch_size
     n_windows = math.ceil((len(tokens) - 1) / d.seq_len)

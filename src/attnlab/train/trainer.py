@@ -24,15 +24,16 @@ from tqdm.auto import tqdm
 
 from ..attention.base import pop_aux_loss
 from ..config import RunConfig
+from ..core.io import write_json
 from ..data.text import WindowSampler, eval_batches
 from ..data.text.tokenizers import save_tokenizer
-from ..objectives import get_task
+from ..objectives import get_objective
 from ..viz.curves import plot_loss_curve, read_metrics
 from . import distributed as D
 from .build import build_for_config
 from .checkpoint import (capture_rng, checkpoint_root, latest_checkpoint, list_checkpoints, load_training_state,
                          load_weights, restore_rng, save_checkpoint)
-from .logs import MetricsLog, format_seconds, truncate_metrics, write_json
+from .logs import MetricsLog, format_seconds, truncate_metrics
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
 from .precision import autocast, resolve_precision
@@ -72,23 +73,23 @@ class Trainer:
     """Holds the pieces of one run; :meth:`fit` is the loop. Use :func:`train` rather than this class."""
 
     def __init__(self, cfg: RunConfig, info: D.DistInfo, progress: bool = True,
-                 on_step: Callable[[int, dict], None] | None = None, task_data=None):
+                 on_step: Callable[[int, dict], None] | None = None, feed=None):
         self.info, self.progress, self.on_step = info, progress, on_step
         t = cfg.train
         seed_everything(t.seed)
-        self.data, model, self.cfg = build_for_config(cfg, info.device, task_data)
+        self.data, model, self.cfg = build_for_config(cfg, info.device, feed)
         self.raw_model = model
         self.model = D.wrap_model(model, info)
-        self.step_fn = get_task(self.cfg.task.name)  # the resolved name: the task data's kind
+        self.step_fn = get_objective(self.cfg.objective.name)  # the resolved name: a suite dataset's kind
         self.precision = resolve_precision(t.precision, info.device)
         if t.retain_memory and info.device.type == "cpu":
             retain_freed_memory()  # no page faults on every step's fresh activations (attnlab.train.memory)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.scheduler = WarmupCosine(self.optimizer, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
         d = cfg.data
-        if task_data is not None:  # a task of the comparison suite (attnlab.train.task_data)
-            self.sampler = task_data.sampler(d.batch_size, t.seed, info.rank, info.world_size, t.grad_accum)
-            self.val = task_data.eval_batches(d.batch_size, t.eval_batches, info.rank, info.world_size)
+        if feed is not None:  # a suite dataset or a shared corpus (attnlab.train.feeds)
+            self.sampler = feed.sampler(d.batch_size, t.seed, info.rank, info.world_size, t.grad_accum)
+            self.val = feed.eval_batches(d.batch_size, t.eval_batches, info.rank, info.world_size)
         else:
             self.sampler = WindowSampler(self.data.train, d.seq_len, d.batch_size, t.seed, info.rank, info.world_size,
                                          t.grad_accum)
@@ -119,7 +120,7 @@ class Trainer:
                     (self.run_dir / name).unlink(missing_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.run_dir / "config.yaml")
-            if hasattr(self.data.tokenizer, "to_dict"):  # text tokenizers; suite tasks' token ids have no file
+            if hasattr(self.data.tokenizer, "to_dict"):  # text tokenizers; suite datasets' token ids have no file
                 save_tokenizer(self.data.tokenizer, self.run_dir / "tokenizer.json")
             if resume:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -317,7 +318,7 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          on_step: Callable[[int, dict], None] | None = None, task_data=None) -> TrainResult:
+          on_step: Callable[[int, dict], None] | None = None, feed=None) -> TrainResult:
     """Train ``cfg`` (under ``torchrun`` this joins the process group and trains with DDP).
 
     Args:
@@ -327,8 +328,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         progress: show the tqdm bar (rank 0).
         on_step: called as ``on_step(step, row)`` after every optimizer step (raising KeyboardInterrupt there
             stops the run like Ctrl-C: a checkpoint is saved).
-        task_data: train on a task of the comparison suite (:class:`~attnlab.train.task_data.TaskData`)
-            instead of the text corpus of ``cfg.data``.
+        feed: train on a dataset of the comparison suite (:class:`~attnlab.train.feeds.DatasetFeed`) or an
+            already tokenized corpus (:class:`~attnlab.train.feeds.CorpusFeed`) instead of the text corpus
+            of ``cfg.data``.
 
     Raises:
         FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
@@ -338,7 +340,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     """
     info = D.init_distributed(cfg.train.device)
     try:
-        trainer = Trainer(cfg, info, progress=progress, on_step=on_step, task_data=task_data)
+        trainer = Trainer(cfg, info, progress=progress, on_step=on_step, feed=feed)
         trainer.prepare(resume=resume, overwrite=overwrite)
         if info.is_main:
             n = sum(p.numel() for p in trainer.raw_model.parameters())
@@ -370,7 +372,7 @@ def _is_regression(data) -> bool:
 
 
 def _loss_text(val: float, data) -> str:
-    """Cross-entropy in nats and bits per unit, or the squared error of a regression task."""
+    """Cross-entropy in nats and bits per unit, or the squared error of a regression dataset."""
     if _is_regression(data):
         return f"{val:.4f} (mean squared error)"
     unit = data.tokenizer.unit

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ..core.io import write_with
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -27,12 +27,6 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
         avg = weight * avg + (1 - weight) * v
         out.append(avg / (1 - weight ** (i + 1)))
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def plot_loss_curve(rows: list[dict], out_path: str | Path, title: str = "", unit: str = "token") -> Path:
@@ -63,15 +57,7 @@ def plot_loss_curve(rows: list[dict], out_path: str | Path, title: str = "", uni
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        return write_with(out_path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out

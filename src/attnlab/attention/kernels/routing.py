@@ -98,7 +98,7 @@ class RoutingAttention(AttentionKernel):
         scale: score scale (default ``1/sqrt(Dh)``, or 1 with ``qk_norm``).
 
     After a training-mode forward, :attr:`aux_loss` holds ``beta * mean ||x - sg(mu(x))||^2`` over
-    queries and keys (add it to the task loss); it is ``None`` in eval mode.
+    queries and keys (add it to the objective's loss); it is ``None`` in eval mode.
 
     Raises:
         ValueError: bad option values, ``local_heads > num_heads``, mismatched shapes or masks.

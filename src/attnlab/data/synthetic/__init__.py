@@ -1,7 +1,7 @@
 """Seeded synthetic datasets of the comparison suite: recall, copying, modular arithmetic, ListOps and
 in-context regression. Each generator is deterministic given its ``seed`` (see :mod:`attnlab.data.base`)."""
 
-from ..registry import register_task_dataset
+from ..registry import register_dataset
 from .listops import make_listops
 from .modular import make_modular_addition
 from .recall import make_mqar, make_selective_copy
@@ -9,10 +9,12 @@ from .regression import make_icl_regression
 
 __all__ = ["make_icl_regression", "make_listops", "make_modular_addition", "make_mqar", "make_selective_copy"]
 
-register_task_dataset("mqar", make_mqar, "multi-query associative recall: key-value pairs, then queries", "accuracy")
-register_task_dataset("selective_copy", make_selective_copy, "copy tokens scattered among noise, in order",
-                      "accuracy")
-register_task_dataset("icl_regression", make_icl_regression, "in-context linear regression, error vs examples", "mse")
-register_task_dataset("modular_addition", make_modular_addition, "a + b mod p with a small train fraction (grokking)",
-                      "accuracy")
-register_task_dataset("listops", make_listops, "nested MAX/MIN/MED/SM expressions, value 0-9", "accuracy")
+register_dataset("mqar", make_mqar, "multi-query associative recall: key-value pairs, then queries", "accuracy",
+                 "lm")
+register_dataset("selective_copy", make_selective_copy, "copy tokens scattered among noise, in order", "accuracy",
+                 "lm")
+register_dataset("icl_regression", make_icl_regression, "in-context linear regression, error vs examples", "mse",
+                 "regression")
+register_dataset("modular_addition", make_modular_addition, "a + b mod p with a small train fraction (grokking)",
+                 "accuracy", "lm")
+register_dataset("listops", make_listops, "nested MAX/MIN/MED/SM expressions, value 0-9", "accuracy", "classify")

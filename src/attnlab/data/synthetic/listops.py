@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..base import SuiteDataset, SuiteSplit, check_positive, long_tensor, split_rngs
 
 PAD, CLS = 0, 1
 DIGIT0 = 2  # token of digit v is DIGIT0 + v
@@ -104,7 +104,7 @@ def tokenize(text: str) -> list[int]:
 
 
 def _split(rng: np.random.Generator, n: int, max_depth: int, max_args: int, max_length: int, min_length: int,
-           branch_prob: float, add_cls: bool) -> TaskSplit:
+           branch_prob: float, add_cls: bool) -> SuiteSplit:
     off = int(add_cls)
     inputs = np.full((n, max_length + off), PAD, dtype=np.int64)
     inputs[:, 0] = CLS if add_cls else PAD
@@ -114,13 +114,13 @@ def _split(rng: np.random.Generator, n: int, max_depth: int, max_args: int, max_
         inputs[i, off:off + len(ids)] = ids
         lengths[i] = len(ids)
     real = np.arange(max_length + off)[None, :] < (lengths + off)[:, None]  # (N, T) True = token
-    return TaskSplit(long_tensor(inputs), long_tensor(labels), key_padding_mask=torch.from_numpy(real),
+    return SuiteSplit(long_tensor(inputs), long_tensor(labels), key_padding_mask=torch.from_numpy(real),
                      extras={"depth": long_tensor(depths), "length": long_tensor(lengths)})
 
 
 def make_listops(max_depth: int = 4, max_args: int = 5, max_length: int = 128, min_length: int = 8,
                  branch_prob: float = 0.25, add_cls: bool = False, num_train: int = 10_000, num_test: int = 1_000,
-                 seed: int = 0) -> TaskDataset:
+                 seed: int = 0) -> SuiteDataset:
     """Seeded ListOps classification (labels 0-9; LRA used max_depth=10, max_args=10, lengths 500-2000).
 
     Vocabulary layout (``VOCAB``, 17 tokens): 0 ``<pad>``, 1 ``<cls>``, 2-11 digits 0-9, 12-15 ``[MIN
@@ -144,7 +144,7 @@ def make_listops(max_depth: int = 4, max_args: int = 5, max_length: int = 128, m
     args = (max_depth, max_args, max_length, min_length, branch_prob, bool(add_cls))
     options = dict(max_depth=max_depth, max_args=max_args, max_length=max_length, min_length=min_length,
                    branch_prob=branch_prob, add_cls=add_cls, num_train=num_train, num_test=num_test, seed=seed)
-    return TaskDataset(
+    return SuiteDataset(
         name="listops", kind="classify", train=_split(r_train, num_train, *args), test=_split(r_test, num_test, *args),
         seq_len=max_length + int(add_cls), metric="accuracy", vocab_size=VOCAB_SIZE, num_classes=10,
         vocab=dict(VOCAB), options=options,

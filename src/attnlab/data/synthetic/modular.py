@@ -1,11 +1,11 @@
-"""Modular arithmetic with a small training fraction: the grokking task (Power et al. 2022)."""
+"""Modular arithmetic with a small training fraction: the grokking dataset (Power et al. 2022)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..base import IGNORE_INDEX, TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..base import IGNORE_INDEX, SuiteDataset, SuiteSplit, check_positive, long_tensor, split_rngs
 
 OPERATIONS = {
     "add": lambda a, b, p: (a + b) % p,
@@ -14,18 +14,18 @@ OPERATIONS = {
 }
 
 
-def _split(a: np.ndarray, b: np.ndarray, c: np.ndarray, eq: int) -> TaskSplit:
+def _split(a: np.ndarray, b: np.ndarray, c: np.ndarray, eq: int) -> SuiteSplit:
     n = a.shape[0]
     inputs = np.stack([a, b, np.full(n, eq)], axis=1)  # (N, 3): "a b ="
     targets = np.full((n, 3), IGNORE_INDEX, dtype=np.int64)
     targets[:, 2] = c  # read the answer at "="
     mask = np.zeros((n, 3), dtype=bool)
     mask[:, 2] = True
-    return TaskSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(mask))
+    return SuiteSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(mask))
 
 
 def make_modular_addition(modulus: int = 97, train_fraction: float = 0.3, operation: str = "add",
-                          seed: int = 0) -> TaskDataset:
+                          seed: int = 0) -> SuiteDataset:
     """All pairs ``(a, b)`` of ``[0, modulus)^2`` with answer ``a op b mod modulus``, split at random.
 
     Power et al. 2022, "Grokking: generalization beyond overfitting on small algorithmic datasets":
@@ -54,7 +54,7 @@ def make_modular_addition(modulus: int = 97, train_fraction: float = 0.3, operat
     n_train = min(max(int(round(train_fraction * modulus * modulus)), 1), modulus * modulus - 1)
     tr, te = perm[:n_train], perm[n_train:]
     options = dict(modulus=modulus, train_fraction=train_fraction, operation=operation, seed=seed)
-    return TaskDataset(
+    return SuiteDataset(
         name="modular_addition", kind="lm", train=_split(a[tr], b[tr], c[tr], modulus),
         test=_split(a[te], b[te], c[te], modulus), seq_len=3, metric="accuracy", vocab_size=modulus + 1,
         vocab={"first_number": 0, "=": modulus}, options=options,

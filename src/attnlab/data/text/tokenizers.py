@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...config import atomic_write_text
+from ...core.io import write_text
 
 
 class CharTokenizer:
@@ -93,7 +93,8 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
-    atomic_write_text(Path(path), json.dumps(tok.to_dict(), ensure_ascii=False))
+    """Write ``tok`` as JSON to ``path``, atomically."""
+    write_text(path, json.dumps(tok.to_dict(), ensure_ascii=False))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

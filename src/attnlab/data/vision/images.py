@@ -1,6 +1,6 @@
 """Fashion-MNIST as a pixel sequence (Xiao et al. 2017), from the Debian package ``dataset-fashion-mnist``.
 
-Sequential image classification in the style of sequential MNIST and LRA's "Image" task: the
+Sequential image classification in the style of sequential MNIST and LRA's "Image" benchmark: the
 28x28 grey image is read row-major as a sequence of 784 pixel tokens. Files (IDX format, gzip) live in
 ``/usr/share/datasets/fashion-mnist/``: ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
 ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``. Install with
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..sources import source_path
-from ..base import TaskDataset, TaskSplit, long_tensor, split_rngs
+from ..base import SuiteDataset, SuiteSplit, long_tensor, split_rngs
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 APT_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
@@ -74,7 +74,7 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
 
 @functools.lru_cache(maxsize=4)
 def _read_pair(images_path: str, labels_path: str, *mtimes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read once per process (a grid builds the task once per seed); arrays are read-only."""
+    """Read once per process (a grid builds the dataset once per seed); arrays are read-only."""
     images, labels = read_idx(images_path), read_idx(labels_path).astype(np.int64)
     images.flags.writeable = False
     labels.flags.writeable = False
@@ -101,7 +101,7 @@ def _subset(rng: np.random.Generator, n_total: int, n: int | None) -> np.ndarray
 
 
 def make_fashion_mnist(levels: int = 256, size: int = 28, num_train: int | None = None, num_test: int | None = None,
-                       seed: int = 0, root: str | Path | None = None) -> TaskDataset:
+                       seed: int = 0, root: str | Path | None = None) -> SuiteDataset:
     """Fashion-MNIST pixel-sequence classification (10 classes, ``CLASSES``), metric accuracy.
 
     Vocabulary: the ``levels`` pixel tokens ``0 .. levels - 1`` (``vocab_size = levels``; no padding:
@@ -124,9 +124,9 @@ def make_fashion_mnist(levels: int = 256, size: int = 28, num_train: int | None 
     for split, rng, n in (("train", r_train, num_train), ("test", r_test, num_test)):
         images, labels = load_fashion_mnist(split, root)
         idx = _subset(rng, len(labels), n)
-        splits[split] = TaskSplit(long_tensor(pixels_to_tokens(images[idx], levels, size)), long_tensor(labels[idx]))
+        splits[split] = SuiteSplit(long_tensor(pixels_to_tokens(images[idx], levels, size)), long_tensor(labels[idx]))
     options = dict(levels=levels, size=size, num_train=num_train, num_test=num_test, seed=seed,
                    root=None if root is None else str(root))
-    return TaskDataset(name="fashion_mnist", kind="classify", train=splits["train"], test=splits["test"],
+    return SuiteDataset(name="fashion_mnist", kind="classify", train=splits["train"], test=splits["test"],
                        seq_len=size * size, metric="accuracy", vocab_size=levels, num_classes=10, grid=(size, size),
                        label_names=CLASSES, options=options)

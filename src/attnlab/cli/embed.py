@@ -5,9 +5,9 @@ a ``(lines, dim)`` float32 ``.npy`` of L2-normalised embeddings. Parsing only; t
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
+
+from ..core.io import write_with
 
 EXAMPLES = [
     "attnlab embed --input sentences.txt --output emb.npy               # all-MiniLM-L6-v2 from its package",
@@ -60,14 +60,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     lines = src.read_text(encoding="utf-8").splitlines()
     vectors = embed(lines, args.model, batch_size=args.batch_size, dtype=getattr(torch, args.dtype),
                     normalize=not args.no_normalize, progress=not args.no_progress, workers=args.workers)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, vectors.cpu().numpy())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    array = vectors.cpu().numpy()  # (lines, dim) float32
+    write_with(dst, lambda tmp: np.save(tmp, array))
     print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {dst}")
     return 0

@@ -1,5 +1,8 @@
 """``attnlab`` command line: parse, then call one library function per subcommand (the CLI holds no logic of its own).
 
+``attnlab.cli:main`` is the script's entry point; ``python -m attnlab.cli`` runs it too. Subcommands with many
+options have their own module (:mod:`.embed`).
+
 Add a subcommand with one decorated function that declares its arguments and returns the handler::
 
     @command("embed", "embed sentences with a trained encoder", examples=["attnlab embed RUN --text hi"])
@@ -46,8 +49,8 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from .config import load_config
-        from .train.trainer import train
+        from ..config import load_config
+        from ..train.trainer import train
 
         config, overrides = _split_config_args(args.args)
         cfg = load_config(config, overrides)
@@ -76,7 +79,7 @@ def _generate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
 
     def run(args: argparse.Namespace) -> None:
-        from .train.run import generate_text, load_run
+        from ..train.run import generate_text, load_run
 
         loaded = load_run(args.run_dir, args.device)
         texts = generate_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
@@ -103,7 +106,7 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--no-progress", action="store_true")
 
     def run(args: argparse.Namespace) -> None:
-        from .train.run import evaluate_run
+        from ..train.run import evaluate_run
 
         r = evaluate_run(args.run_dir, args.split, args.batch_size, args.max_batches, args.device,
                          progress=not args.no_progress)
@@ -117,11 +120,14 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("list", "list registered attention kernels, model presets, embedded datasets or tasks", examples=[
-    "attnlab list attention", "attnlab list models", "attnlab list datasets", "attnlab list tasks",
+@command("list", "list registered attention kernels, model presets, datasets or objectives", examples=[
+    "attnlab list attention", "attnlab list models", "attnlab list datasets", "attnlab list objectives",
 ])
 def _list(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("what", choices=["attention", "models", "datasets", "tasks"])
+    p.add_argument("what", choices=["attention", "models", "datasets", "objectives", "tasks"],
+                   help="datasets: the embedded sources (data.dataset takes the text ones) and the comparison "
+                        "suite's datasets (the name of a compare task); objectives: the training steps objective.name "
+                        "takes (`tasks` is their old name and lists the same)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def run(args: argparse.Namespace) -> None:
@@ -141,7 +147,7 @@ def _list(p: argparse.ArgumentParser) -> Handler:
     "attnlab embed --model path/to/hf-bert --input s.txt --output e.npy --dtype bfloat16 --batch-size 64",
 ])
 def _embed(p: argparse.ArgumentParser) -> Handler:
-    from .interop.cli_embed import add_embed_arguments, cmd_embed  # argparse only; torch loads in cmd_embed
+    from .embed import add_embed_arguments, cmd_embed  # argparse only; torch loads in cmd_embed
 
     add_embed_arguments(p)
     return cmd_embed
@@ -164,15 +170,15 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--prompt", default="And God said", help="prompt for --samples (default: 'And God said')")
 
     def run(args: argparse.Namespace) -> int:
-        from .compare.report import write_report
+        from ..compare.report import write_report
 
         if args.report:
             if args.args:
                 raise ValueError(f"--report takes no CONFIG or overrides, got {args.args}")
             print(write_report(args.report))
             return 0
-        from .compare.config import load_compare_config
-        from .compare.grid import run_grid
+        from ..compare.config import load_compare_config
+        from ..compare.grid import run_grid
 
         config, overrides = _split_config_args(args.args)
         if config is None:
@@ -191,9 +197,9 @@ def _print_best_lm_samples(cfg, num_samples: int, prompt: str) -> None:
     """Samples from the char_lm cell with the lowest bits/char (its checkpoint must have been kept)."""
     from pathlib import Path
 
-    from .compare.config import CHAR_LM
-    from .compare.grid import RESULTS, read_results
-    from .train.run import generate_text, load_run
+    from ..compare.config import CHAR_LM
+    from ..compare.grid import RESULTS, read_results
+    from ..train.run import generate_text, load_run
 
     records = [r for r in read_results(Path(cfg.compare.out_dir) / RESULTS) if r.get("task_name") == CHAR_LM
                and r.get("quality") is not None]
@@ -214,22 +220,25 @@ def _print_best_lm_samples(cfg, num_samples: int, prompt: str) -> None:
 
 def _list_rows(what: str) -> list[dict]:
     if what == "attention":
-        from .attention import describe_attention
+        from ..attention import describe_attention
 
         return [{"name": r["name"], "info": f"{r['summary']}  [{r['capabilities'].get('complexity', '')}]",
                  "options": r["options"]} for r in describe_attention()]
     if what == "models":
-        from .models import describe_models
+        from ..models import describe_models
 
         return [{"name": r["name"], "info": f"{r['family']}: {r['description']}"} for r in describe_models()]
     if what == "datasets":
-        from .data.sources import describe_sources
+        from ..data.registry import describe_datasets
 
-        return [{"name": r["name"], "info": f"{r['kind']:<14} {'installed' if r['installed'] else 'missing':<9} "
-                 f"{r['description']}" + ("" if r["installed"] else f"  ({r['install']})")} for r in describe_sources()]
-    from .objectives import get_task, list_tasks
+        return [{"name": r["name"], "group": r["group"], "kind": r["kind"], "installed": r["installed"],
+                 "info": f"{r['group']:<8} {r['kind']:<14} {'installed' if r['installed'] else 'missing':<9} "
+                         f"{r['description']}" + ("" if r["installed"] else f"  ({r['install']})")}
+                for r in describe_datasets()]
+    from ..objectives import get_objective, list_objectives  # `tasks` is the old name of `objectives`
 
-    return [{"name": n, "info": ((get_task(n).__doc__ or "").strip().splitlines() or [""])[0]} for n in list_tasks()]
+    return [{"name": n, "info": ((get_objective(n).__doc__ or "").strip().splitlines() or [""])[0]}
+            for n in list_objectives()]
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -283,6 +292,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return int(code or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

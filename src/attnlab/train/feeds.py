@@ -1,19 +1,21 @@
-"""Train the Trainer on a task of the comparison suite instead of a text corpus.
+"""Feeds: what the Trainer draws its batches from, when it is not the text corpus of ``cfg.data``.
 
-:class:`TaskLMData` adapts a ``kind="lm"`` :class:`~attnlab.data.base.TaskDataset` (MQAR,
-selective copying, modular addition) to what :class:`~attnlab.train.trainer.Trainer` needs from its
-data: ``vocab_size``, a ``tokenizer`` with a ``unit``, a resumable train sampler and fixed evaluation
-batches. Batches are ``{"idx" (B, T), "targets" (B, T), "loss_mask" (B, T)}``; the ``lm`` task step
-works unchanged because unscored targets hold ``IGNORE_INDEX`` (-100), which cross-entropy skips.
+A feed gives the :class:`~attnlab.train.trainer.Trainer` what it needs from its data: ``vocab_size``, a
+``tokenizer`` with a ``unit``, a resumable train sampler and fixed evaluation batches.
 
-:class:`TaskData` does the same for every kind: classification (``idx``, ``targets (B,)``,
+:class:`LMDatasetFeed` feeds a ``kind="lm"`` :class:`~attnlab.data.base.SuiteDataset` (MQAR, selective
+copying, modular addition). Batches are ``{"idx" (B, T), "targets" (B, T), "loss_mask" (B, T)}``; the ``lm``
+objective works unchanged because unscored targets hold ``IGNORE_INDEX`` (-100), which cross-entropy skips.
+
+:class:`DatasetFeed` does the same for every kind: classification (``idx``, ``targets (B,)``,
 ``key_padding_mask``) and regression (``inputs (B, T, D)`` float, ``targets``, ``loss_mask``); the
-Trainer then wraps the model in the task's head (:mod:`attnlab.models.heads`) and trains with the
-``classify`` or ``regression`` step. The Trainer's ``tokens`` (and tokens/s) count ``batch_size x seq_len``
+Trainer then wraps the model in the dataset's head (:mod:`attnlab.models.heads`) and trains with the
+``classify`` or ``regression`` objective. The Trainer's ``tokens`` (and tokens/s) count ``batch_size x seq_len``
 sequence positions per step for every kind: padding included (the model computes over it), one position
 per ``[x, 0]`` / ``[0, y]`` vector for regression.
 
-Pass it as ``train(cfg, task_data=TaskData(task))``; ``data.seq_len`` must equal ``task.seq_len``.
+Pass one as ``train(cfg, feed=DatasetFeed(dataset))``; ``data.seq_len`` must equal ``dataset.seq_len``.
+:class:`CorpusFeed` feeds a text corpus that is already tokenized (a comparison grid shares one between cells).
 """
 
 from __future__ import annotations
@@ -24,19 +26,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.base import TaskDataset, TaskSplit
+from ..data.base import SuiteDataset, SuiteSplit
 
 
 @dataclass(frozen=True)
 class TokenIds:
-    """The "tokenizer" of a suite task: inputs already are ids in ``[0, vocab_size)`` (``None``: real-valued)."""
+    """The "tokenizer" of a suite dataset: inputs already are ids in ``[0, vocab_size)`` (``None``: real-valued)."""
 
     vocab_size: int | None
     unit: str = "token"
 
 
-class TaskSampler:
-    """Random training rows of a :class:`TaskSplit`, a pure function of ``(seed, step)`` like
+class SplitSampler:
+    """Random training rows of a :class:`SuiteSplit`, a pure function of ``(seed, step)`` like
     :class:`~attnlab.data.text.WindowSampler`, so resuming at ``position`` replays the same stream.
 
     ``next()`` returns ``split.batch(rows)`` with ``B = batch_size`` rows for this rank; rows are drawn
@@ -44,10 +46,10 @@ class TaskSampler:
     rows per step and takes its own slice). ``state_dict()`` is JSON.
     """
 
-    def __init__(self, split: TaskSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, split: SuiteSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  grad_accum: int = 1):
         if len(split) < 1:
-            raise ValueError("the task's train split is empty; raise num_train")
+            raise ValueError("the dataset's train split is empty; raise num_train")
         self.split, self.batch_size = split, batch_size
         self.seed, self.rank, self.world_size, self.grad_accum = seed, rank, world_size, grad_accum
         self.position = 0  # micro-batches consumed
@@ -75,68 +77,69 @@ class TaskSampler:
                 raise ValueError(f"checkpoint sampler has {key}={state.get(key)} but this run has {getattr(self, key)}; "
                                  "resume with the same data settings and number of processes")
         if state.get("rows") != len(self.split):
-            raise ValueError(f"checkpoint sampler drew from {state.get('rows')} rows but this task has "
-                             f"{len(self.split)}; resume with the same task options")
+            raise ValueError(f"checkpoint sampler drew from {state.get('rows')} rows but this dataset has "
+                             f"{len(self.split)}; resume with the same dataset options")
         self.position = int(state["position"])
 
 
 UNITS = {"lm": "token", "classify": "example", "regression": "position"}  # what one loss value averages over
 
 
-class TaskData:
-    """Any task of the suite (kind ``lm``, ``classify`` or ``regression``) as the Trainer's data source.
+class DatasetFeed:
+    """Any dataset of the suite (kind ``lm``, ``classify`` or ``regression``) as the Trainer's data source.
 
     ``kind`` tells :func:`~attnlab.train.build.build_for_config` which head to put on the model and which
-    step to train with (``task.name`` = ``kind``); ``vocab_size`` is ``None`` for regression (real-valued
-    inputs). Batches are ``TaskSplit.batch`` dicts: ``idx`` or ``inputs``, ``targets`` and, when the task has
-    them, ``loss_mask`` / ``key_padding_mask``.
+    objective to train with (``objective.name`` = ``kind``); ``vocab_size`` is ``None`` for regression
+    (real-valued inputs). Batches are ``SuiteSplit.batch`` dicts: ``idx`` or ``inputs``, ``targets`` and, when
+    the dataset has them, ``loss_mask`` / ``key_padding_mask``.
     """
 
-    def __init__(self, task: TaskDataset):
-        self.task, self.kind = task, task.kind
-        self.tokenizer = TokenIds(task.vocab_size, UNITS[task.kind])
-        self.seq_len = task.seq_len
+    def __init__(self, dataset: SuiteDataset):
+        self.dataset, self.kind = dataset, dataset.kind
+        self.tokenizer = TokenIds(dataset.vocab_size, UNITS[dataset.kind])
+        self.seq_len = dataset.seq_len
 
     @property
     def vocab_size(self) -> int | None:
-        return self.task.vocab_size
+        return self.dataset.vocab_size
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                grad_accum: int = 1) -> TaskSampler:
-        return TaskSampler(self.task.train, batch_size, seed, rank, world_size, grad_accum)
+                grad_accum: int = 1) -> SplitSampler:
+        return SplitSampler(self.dataset.train, batch_size, seed, rank, world_size, grad_accum)
 
     def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
                      world_size: int = 1) -> list[dict[str, Tensor]]:
         """The first ``num_batches * batch_size * world_size`` test rows (fewer if the split is smaller),
         in order, this rank's share of each batch."""
         out = []
-        n = len(self.task.test)
+        n = len(self.dataset.test)
         per = batch_size * world_size
         for b in range(num_batches):
             if b * per >= n:
                 break
             rows = torch.arange(b * per, min((b + 1) * per, n))[rank::world_size]  # (<= B,)
             if len(rows):
-                out.append(self.task.test.batch(rows))
+                out.append(self.dataset.test.batch(rows))
         return out
 
 
-class TaskLMData(TaskData):
-    """A ``kind="lm"`` task as the Trainer's data source (see module docstring).
+class LMDatasetFeed(DatasetFeed):
+    """A ``kind="lm"`` dataset as the Trainer's data source (see module docstring).
 
     Raises:
-        ValueError: the task is not of kind ``"lm"`` (use :class:`TaskData` for classify/regression).
+        ValueError: the dataset is not of kind ``"lm"`` (use :class:`DatasetFeed` for classify/regression).
     """
 
-    def __init__(self, task: TaskDataset):
-        if task.kind != "lm":
-            raise ValueError(f"task {task.name!r} is of kind {task.kind!r}; only kind 'lm' tasks train through the "
-                             "lm step (choose mqar, selective_copy or modular_addition, or use TaskData)")
-        super().__init__(task)
+    def __init__(self, dataset: SuiteDataset):
+        if dataset.kind != "lm":
+            raise ValueError(f"dataset {dataset.name!r} is of kind {dataset.kind!r}; only kind 'lm' datasets train "
+                             "through the lm objective (choose mqar, selective_copy or modular_addition, or use "
+                             "DatasetFeed)")
+        super().__init__(dataset)
 
 
-class CorpusData:
-    """A text corpus (:class:`~attnlab.data.text.LMData`) behind the same interface as :class:`TaskLMData`,
+class CorpusFeed:
+    """A text corpus (:class:`~attnlab.data.text.LMData`) behind the same interface as :class:`LMDatasetFeed`,
     so a comparison grid can tokenize the corpus once and share it between cells. Batches and evaluation
     windows are exactly those of the default text path (:class:`~attnlab.data.text.WindowSampler`,
     :func:`~attnlab.data.text.eval_batches`)."""

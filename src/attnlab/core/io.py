@@ -1,0 +1,81 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a half-written one.
+
+Every writer puts the data in a temporary file next to the target (same directory, so the rename stays on
+one file system), gives it the mode a plain ``open()`` would (``0o666`` minus the process umask; the
+temporary file starts at ``0o600``), flushes it to disk and renames it over the target with ``os.replace``.
+On any error the temporary file is removed and the target is untouched. Parent directories are created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def default_file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Atomically create ``path`` by calling ``write(tmp)``, which writes the whole file at ``tmp``.
+
+    For writers that take a file name: ``numpy.save``, ``matplotlib``'s ``savefig``, ``safetensors``'
+    ``save_file``. ``tmp`` lies in the target's directory and ends with the target's suffix (``numpy.save``
+    would otherwise append ``.npy``). Returns ``path`` as a ``Path``.
+
+    Raises:
+        whatever ``write`` or the file system raises (``OSError``); the target is then unchanged.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_file_mode())
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``text`` to ``path`` as UTF-8."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Atomically write ``obj`` as JSON (``indent`` spaces, ``sort_keys``) plus a final newline.
+
+    Raises:
+        TypeError: ``obj`` holds something JSON cannot encode (nothing is written).
+    """
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy the contents of ``src`` to ``dst``."""
+    return write_with(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
