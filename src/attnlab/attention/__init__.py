@@ -1,7 +1,7 @@
 """The attention contract: registry, shell, context, masks, reference formula and the kernels."""
 
 from . import kernels  # noqa: F401  (registers the built-in kernels)
-from .base import AttentionKernel, pop_aux_loss
+from .base import AttentionKernel, MixingMapKernel, pop_aux_loss
 from .cache import DenseKVCache, RollingKVCache
 from .capabilities import Capabilities, CapabilityError
 from .context import AttentionContext
@@ -18,7 +18,7 @@ from .registry import (
 from .shell import MultiHeadAttention
 
 __all__ = [
-    "AttentionContext", "AttentionKernel", "Capabilities", "CapabilityError", "DenseKVCache",
+    "AttentionContext", "AttentionKernel", "MixingMapKernel", "Capabilities", "CapabilityError", "DenseKVCache",
     "MultiHeadAttention", "RollingKVCache", "attention_options", "build_attention", "causal_mask",
     "combine_masks", "context_mask", "describe_attention", "document_mask", "get_attention_class",
     "list_attention", "padding_mask", "pop_aux_loss", "reference_attention", "register_attention",

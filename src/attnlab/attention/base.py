@@ -16,7 +16,7 @@ from .cache import DenseKVCache
 from .capabilities import Capabilities
 from .context import AttentionContext
 from .masks import check_context_shapes, context_mask
-from .reference import reference_attention
+from .reference import expand_kv_heads, reference_attention
 
 
 class AttentionKernel(nn.Module):
@@ -122,6 +122,25 @@ class AttentionKernel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+class MixingMapKernel(AttentionKernel):
+    """A kernel whose output is an explicit ``(B, H, T, S)`` mixing map applied to the values.
+
+    Subclasses implement :meth:`mixing_weights`; :meth:`attend` is ``map @ v`` (grouped K/V heads expanded)
+    and :meth:`attention_map` is the map itself, so the two can never disagree.
+    """
+
+    def mixing_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
+        """The ``(B, H, T, S)`` map for queries ``q (B, H, T, Dh)`` and keys ``k (B, Hkv, S, Dh)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement mixing_weights(q, k, ctx)")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        w = self.mixing_weights(q, k, ctx).to(v.dtype)
+        return torch.einsum("bhts,bhsd->bhtd", w, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
+
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        return self.mixing_weights(q, k, ctx).to(q.dtype)
 
 
 def as_context(ctx: AttentionContext | None) -> AttentionContext:

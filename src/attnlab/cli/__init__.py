@@ -34,6 +34,12 @@ def command(name: str, help: str, examples: list[str]):
     return deco
 
 
+def _config_and_overrides(p: argparse.ArgumentParser, what: str) -> None:
+    """The positional ``[CONFIG] [key=value ...]`` and ``--no-progress`` of the commands that train."""
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]", help=what)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 @command("train", "train a model from a YAML recipe (or continue a run with --resume)", examples=[
     "attnlab train configs/char-gpt.yaml",
     "attnlab train configs/char-gpt.yaml model.attention=softmax train.lr=3e-4 train.steps=500",
@@ -42,11 +48,9 @@ def command(name: str, help: str, examples: list[str]):
     "torchrun --nproc_per_node=2 -m attnlab.cli train configs/char-gpt.yaml   # DDP",
 ])
 def _train(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
-                   help="a YAML recipe or a run directory, then dotted overrides (see docs/config.md)")
+    _config_and_overrides(p, "a YAML recipe or a run directory, then dotted overrides (see docs/config.md)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.run_dir")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run in train.run_dir and start again")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
         from ..config import load_config
@@ -161,10 +165,8 @@ def _embed(p: argparse.ArgumentParser) -> Handler:
              "attnlab compare configs/compare/quick.yaml --samples 2   # then sample from the best char LM",
          ])
 def _compare(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
-                   help="a compare YAML file, then dotted overrides (compare.out_dir=..., base.train.steps=...)")
+    _config_and_overrides(p, "a compare YAML file, then dotted overrides (compare.out_dir=..., base.train.steps=...)")
     p.add_argument("--report", metavar="RUN_DIR", help="only rebuild the report of RUN_DIR (no training)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--samples", type=int, default=0, metavar="N",
                    help="after the grid, print N samples from the best char_lm cell (needs compare.keep_checkpoints)")
     p.add_argument("--prompt", default="And God said", help="prompt for --samples (default: 'And God said')")

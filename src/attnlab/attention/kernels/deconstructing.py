@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..base import AttentionKernel
+from ..base import AttentionKernel, MixingMapKernel
 from ..capabilities import Capabilities
 from ..context import AttentionContext
 from ..masks import context_mask
@@ -60,7 +60,7 @@ def _signed_clamp(den: Tensor, eps: float) -> Tensor:
 
 
 @register_attention("approximate")
-class TaylorApproximateAttention(AttentionKernel):
+class TaylorApproximateAttention(MixingMapKernel):
     """"Approximate" variant (math form kept in spirit): 2nd-order Taylor expansion of ``exp`` (Based).
 
     With ``s_ij = q_i.k_j / sqrt(Dh)`` over the keys ``j`` query ``i`` may see:
@@ -86,7 +86,7 @@ class TaylorApproximateAttention(AttentionKernel):
             raise ValueError(f"approximate: eps must be > 0, got {eps}")
         self.joint_norm, self.eps = joint_norm, eps
 
-    def mixing(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
+    def mixing_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
         """The implied ``(B, H, T, S)`` mixing matrix (rows sum to 3, or 1 with ``joint_norm``)."""
         T, S = q.shape[2], k.shape[2]
         keep = context_mask(ctx, T, S, q.device)
@@ -103,12 +103,6 @@ class TaylorApproximateAttention(AttentionKernel):
             out = out + torch.where(any_key, t / den, torch.zeros_like(t))
         return out
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        m = self.mixing(q, k, ctx).to(v.dtype)
-        return torch.einsum("bhts,bhsd->bhtd", m, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
-
-    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        return self.mixing(q, k, ctx).to(q.dtype)
 
 
 def taylor_recurrent(q: Tensor, k: Tensor, v: Tensor, scale: float, joint_norm: bool = False,
@@ -140,7 +134,7 @@ def taylor_recurrent(q: Tensor, k: Tensor, v: Tensor, scale: float, joint_norm: 
 
 
 @register_attention("non_approximate")
-class NonApproximateAttention(AttentionKernel):
+class NonApproximateAttention(MixingMapKernel):
     """"Non-approximate" variant (math form broken): query-independent softmax-weighted running mean.
 
     ``q = SiLU(q)``; one score per **key position** ``e_j = q_j . k_j / sqrt(Dh)`` (the query and key of
@@ -156,7 +150,7 @@ class NonApproximateAttention(AttentionKernel):
 
     capabilities = Capabilities(kv_cache=False, attn_bias=False, exact=False, complexity="O(N) recurrent; O(N^2) here")
 
-    def weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
+    def mixing_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
         T, S = q.shape[2], k.shape[2]
         if S != T:
             raise ValueError(f"non_approximate needs one query per key (got {T} queries, {S} keys); no KV cache")
@@ -164,12 +158,6 @@ class NonApproximateAttention(AttentionKernel):
         keep = context_mask(ctx, T, S, q.device)
         return masked_softmax(e[:, :, None, :].expand(-1, -1, T, -1), keep)  # (B, H, T, S)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        w = self.weights(q, k, ctx).to(v.dtype)
-        return torch.einsum("bhts,bhsd->bhtd", w, expand_kv_heads(v, q.shape[1]))
-
-    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        return self.weights(q, k, ctx).to(q.dtype)
 
 
 def non_approximate_recurrent(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

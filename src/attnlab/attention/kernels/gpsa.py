@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import AttentionKernel
+from ..base import MixingMapKernel
 from ..capabilities import Capabilities, CapabilityError
 from ..context import AttentionContext
 from ..masks import context_mask
@@ -42,7 +42,7 @@ def local_init_(pos_proj: nn.Linear, num_heads: int, locality_strength: float) -
 
 
 @register_attention("gpsa")
-class GatedPositionalSelfAttention(AttentionKernel):
+class GatedPositionalSelfAttention(MixingMapKernel):
     """ConViT gated positional self-attention (d'Ascoli et al. 2021) on a row-major ``(rows, cols)`` grid.
 
     ``C_h = softmax(q k^T / sqrt(Dh))`` (content), ``P_h = softmax(v_h . r_ij + b_h)`` (positional, from
@@ -88,7 +88,7 @@ class GatedPositionalSelfAttention(AttentionKernel):
             self._rel = {key: relative_indices(grid[0], grid[1], device)}  # rebuilt when the grid changes
         return self._rel[key]
 
-    def mixed_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
+    def mixing_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
         """The gated map ``A (B, H, T, T)``; rows sum to 1 (0 for fully masked rows)."""
         B, H, T, D = q.shape
         rows, cols = ctx.grid
@@ -110,12 +110,6 @@ class GatedPositionalSelfAttention(AttentionKernel):
         total = attn.sum(-1, keepdim=True)
         return attn / torch.where(total > 0, total, torch.ones_like(total))
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        attn = self.mixed_weights(q, k, ctx).to(v.dtype)
-        return torch.einsum("bhts,bhsd->bhtd", attn, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
-
-    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        return self.mixed_weights(q, k, ctx).to(q.dtype)
 
 
 def init_value_identity_(model: nn.Module) -> int:

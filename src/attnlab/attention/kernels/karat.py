@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..base import AttentionKernel
+from ..base import MixingMapKernel
 from ..capabilities import Capabilities
 from ..context import AttentionContext
 from ..masks import context_mask
@@ -67,7 +67,7 @@ class FourierOperator(nn.Module):
 
 
 @register_attention("karat")
-class KArAttention(AttentionKernel):
+class KArAttention(MixingMapKernel):
     """Fourier-KArAt (Maity et al. 2025): ``O = sigma(Q K^T / sqrt(Dh)) V`` with a learnable row operator.
 
     Each score row ``a (S,)`` goes through ``r`` learnable Fourier KAN units and a learnable ``N x r``
@@ -121,7 +121,7 @@ class KArAttention(AttentionKernel):
             if k.mode == "universal":
                 k.operator = shared.setdefault(k.operator.signature(), k.operator)
 
-    def activation(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
+    def mixing_weights(self, q: Tensor, k: Tensor, ctx: AttentionContext) -> Tensor:
         """``sigma(A)`` ``(B, H, T, S)`` with masked columns zeroed and the chosen normalisation."""
         T, S = q.shape[2], k.shape[2]
         if S > self.seq_len:
@@ -139,9 +139,3 @@ class KArAttention(AttentionKernel):
             sig = masked_softmax(sig, keep)
         return sig
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        sig = self.activation(q, k, ctx).to(v.dtype)
-        return torch.einsum("bhts,bhsd->bhtd", sig, expand_kv_heads(v, q.shape[1]))  # (B, H, T, Dh)
-
-    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        return self.activation(q, k, ctx).to(q.dtype)
