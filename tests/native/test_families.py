@@ -109,3 +109,25 @@ def test_each_family_is_compiled_with_only_its_features_flags():
     assert build.PROBE.flags() == build.BASE_FLAGS  # runs on any x86-64 CPU
     assert "-mamx-tile" in build.FAMILIES["attention_bf16"].flags()
     assert "-mamx-tile" not in build.FAMILIES["pointwise"].flags()
+
+
+def test_build_compiles_the_bytes_it_hashed(tmp_path, monkeypatch):
+    """The cache name and the build come from one snapshot of the sources: a source edited on disk after the
+    snapshot was taken cannot end up in a library cached under the snapshot's name."""
+    import ctypes
+
+    from attnlab.native import build
+
+    compiler = build.find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler on this machine (install gcc)")
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    family = build.PROBE
+    snapshot = build._snapshot(family)
+    marker = b'__attribute__((visibility("default"))) int attnlab_snapshot_marker(void) { return 42; }'
+    snapshot[family.sources[0]] += b"\n" + marker + b"\n"
+    target = build.library_path(family, compiler, snapshot)
+    assert target != build.library_path(family, compiler)  # the name follows the bytes
+    assert build._compile(family, compiler, target, snapshot) is None
+    lib = ctypes.CDLL(str(target))
+    assert ctypes.cast(lib.attnlab_snapshot_marker, ctypes.c_void_p).value is not None

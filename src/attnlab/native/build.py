@@ -80,9 +80,15 @@ def find_compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def library_path(family: Family, compiler: str) -> Path:
+def _snapshot(family: Family) -> dict[str, bytes]:
+    """The bytes of every file ``family`` is built from, read once: the cache name and the build both come
+    from this snapshot, so sources edited in between can never be cached under the wrong name."""
+    return {name: (CSRC / name).read_bytes() for name in HEADERS + family.sources}
+
+
+def library_path(family: Family, compiler: str, snapshot: dict[str, bytes] | None = None) -> Path:
     """The cache file of ``family`` built by ``compiler``: ``<family>-<hash>.so``."""
-    text = b"".join((CSRC / name).read_bytes() for name in HEADERS + family.sources)
+    text = b"".join((snapshot or _snapshot(family)).values())
     digest = hashlib.sha256(text + " ".join([compiler] + family.flags() + LIBS).encode()).hexdigest()[:16]
     return cache_dir() / f"{family.name}-{digest}.so"
 
@@ -90,10 +96,11 @@ def library_path(family: Family, compiler: str) -> Path:
 def open_library(family: Family, compiler: str) -> tuple[ctypes.CDLL | None, str]:
     """``(library, "")`` for ``family``, compiled first when not cached (and again once when the cached file
     will not load); ``(None, why)`` when it cannot be built or loaded."""
-    target = library_path(family, compiler)
+    snapshot = _snapshot(family)
+    target = library_path(family, compiler, snapshot)
     if not target.exists():
         _log.info("building attnlab's native %s kernels (first use, a few seconds) into %s", family.name, target)
-        error = _compile(family, compiler, target)
+        error = _compile(family, compiler, target, snapshot)
         if error:
             _log.warning("attnlab's native %s kernels are not used: %s", family.name, error)
             return None, error
@@ -101,7 +108,7 @@ def open_library(family: Family, compiler: str) -> tuple[ctypes.CDLL | None, str
         return ctypes.CDLL(str(target)), ""
     except OSError as first:  # a damaged cache file: rebuild once
         target.unlink(missing_ok=True)
-        error = _compile(family, compiler, target)
+        error = _compile(family, compiler, target, snapshot)
         if error:
             return None, error
         try:
@@ -110,8 +117,9 @@ def open_library(family: Family, compiler: str) -> tuple[ctypes.CDLL | None, str
             return None, f"could not load {target}: {first}"
 
 
-def _compile(family: Family, compiler: str, target: Path) -> str | None:
-    """Compile to a temporary file next to ``target`` and rename it into place; an error text or None."""
+def _compile(family: Family, compiler: str, target: Path, snapshot: dict[str, bytes]) -> str | None:
+    """Compile ``snapshot`` (copied into a temporary folder) to a temporary file next to ``target`` and rename
+    it into place; an error text or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -120,9 +128,12 @@ def _compile(family: Family, compiler: str, target: Path) -> str | None:
     os.close(fd)
     where = f"{family.name}, {CSRC}"
     try:
-        sources = [str(CSRC / name) for name in family.sources]
-        done = subprocess.run([compiler, *family.flags(), "-o", tmp, *sources, *LIBS], capture_output=True,
-                              text=True, timeout=120)
+        with tempfile.TemporaryDirectory() as src_dir:
+            for name, data in snapshot.items():
+                Path(src_dir, name).write_bytes(data)
+            sources = [str(Path(src_dir, name)) for name in family.sources]
+            done = subprocess.run([compiler, *family.flags(), "-o", tmp, *sources, *LIBS], capture_output=True,
+                                  text=True, timeout=120)
         if done.returncode != 0:
             return f"compiling the native kernels ({where}) failed: {done.stderr.strip()[-500:]}"
         os.replace(tmp, target)
