@@ -14,7 +14,8 @@ from pathlib import Path
 from .attention import describe_attention
 from .core.io import write_text
 
-FLAGS = ("causal", "bidirectional", "key_padding_mask", "packed", "kv_cache", "attn_bias", "grid_2d", "exact")
+FLAGS = ("causal", "bidirectional", "key_padding_mask", "packed", "kv_cache", "attn_bias", "grid_2d", "cross_attention",
+         "exact")
 
 
 def catalogue_markdown() -> str:

@@ -342,6 +342,7 @@ _CAP_REQUESTS = {
     "key_padding_mask": lambda T: dict(key_padding_mask=pad_mask(T)),
     "packed": lambda T: dict(document_ids=doc_ids(T)),
     "attn_bias": lambda T: dict(attn_bias=torch.zeros(1, H, T, T)),
+    "cross_attention": lambda T: dict(causal=False, cross=True),
 }
 
 
@@ -364,3 +365,34 @@ def test_capabilities_are_honest(name: str):
     if c.requires_grid:
         with pytest.raises(CapabilityError, match="grid"):
             kernel(q, k, v, AttentionContext(causal=base.causal))
+
+
+CROSS_NAMES = [n for n in list_attention() if capabilities_of(n).cross_attention]
+
+
+@pytest.mark.parametrize("name", CROSS_NAMES)
+def test_cross_attention_equals_reference(name: str):
+    """Queries attend to a memory of another length, with the memory's padding and packed documents (each
+    query sees only the memory of its own document; a query whose document has no memory outputs 0)."""
+
+    @settings(max_examples=20)
+    @given(T=st.integers(1, 20), S=st.integers(1, 30), num_kv_heads=st.sampled_from([H, 2, 1]),
+           pad=st.booleans(), docs=st.booleans(), seed=st.integers(0, 2**16))
+    def check(T, S, num_kv_heads, pad, docs, seed):
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(B, H, T, DH, generator=g)
+        k, v = (torch.randn(B, num_kv_heads, S, DH, generator=g) for _ in range(2))
+        kw = {}
+        if pad:
+            kw["key_padding_mask"] = torch.rand(B, S, generator=g) > 0.3
+        if docs:
+            kw["document_ids"] = (torch.rand(B, S, generator=g) < 0.2).long().cumsum(-1)
+            kw["query_document_ids"] = (torch.rand(B, T, generator=g) < 0.2).long().cumsum(-1)
+        ctx = AttentionContext(cross=True, **kw)
+        kernel = Case(name, False, None).kernel(num_kv_heads=num_kv_heads).eval()
+        out = kernel(q, k, v, ctx)
+        keep = kernel.full_mask(T, S, ctx)
+        ref, _ = reference_attention(q, k, v, keep=keep, scale=kernel.softmax_scale(DH))
+        torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
+
+    check()

@@ -2,7 +2,7 @@
 
 from . import kernels  # noqa: F401  (registers the built-in kernels)
 from .base import AttentionKernel, MixingMapKernel, pop_aux_loss
-from .cache import DenseKVCache, RollingKVCache
+from .cache import CrossKVCache, DenseKVCache, RollingKVCache
 from .capabilities import Capabilities, CapabilityError
 from .context import AttentionContext
 from .masks import causal_mask, combine_masks, context_mask, document_mask, padding_mask
@@ -18,7 +18,8 @@ from .registry import (
 from .shell import MultiHeadAttention
 
 __all__ = [
-    "AttentionContext", "AttentionKernel", "MixingMapKernel", "Capabilities", "CapabilityError", "DenseKVCache",
+    "AttentionContext", "AttentionKernel", "MixingMapKernel", "Capabilities", "CapabilityError", "CrossKVCache",
+    "DenseKVCache",
     "MultiHeadAttention", "RollingKVCache", "attention_options", "build_attention", "causal_mask",
     "combine_masks", "context_mask", "describe_attention", "document_mask", "get_attention_class",
     "list_attention", "padding_mask", "pop_aux_loss", "reference_attention", "register_attention",

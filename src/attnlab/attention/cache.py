@@ -70,6 +70,34 @@ class RollingKVCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
+class CrossKVCache:
+    """The memory's projected keys and values for cross-attention, computed once per generation.
+
+    The memory (an encoder's output) does not change while a decoder generates, so its ``(B, Hkv, S, Dh)``
+    keys and values are projected on the first decoding step and reused on every later one. ``seen`` counts
+    the decoder tokens that have queried it (cross-attention itself ignores positions).
+    """
+
+    def __init__(self):
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.seen = 0
+
+    @property
+    def filled(self) -> bool:
+        return self.k is not None
+
+    def store(self, k: Tensor, v: Tensor) -> None:
+        """Keep the memory's keys and values ``(B, Hkv, S, Dh)``; raises ``ValueError`` if already filled."""
+        if self.filled:
+            raise ValueError("this cross-attention cache already holds a memory; create a new cache per generation")
+        self.k, self.v = k.detach(), v.detach()
+
+    @property
+    def num_bytes(self) -> int:
+        return 0 if self.k is None else self.k.numel() * self.k.element_size() * 2
+
+
 def keys_after_update(cache, new_tokens: int) -> int:
     """How many keys the kernel will see once ``new_tokens`` are added to ``cache`` (None = no cache)."""
     if cache is None:

@@ -28,6 +28,8 @@ class Capabilities:
         complexity: time complexity in the sequence length, for docs and reports.
         batch_independent: each sequence's output depends only on that sequence (its batch row and
             document); False for kernels that pool statistics over the batch (KDGQA, DGQA).
+        cross_attention: queries may attend to another sequence (``ctx.cross``, the memory of an
+            encoder-decoder), with the memory's own length, padding and packing.
     """
 
     causal: bool = True
@@ -41,6 +43,7 @@ class Capabilities:
     exact: bool = True
     complexity: str = "O(N^2)"
     batch_independent: bool = True
+    cross_attention: bool = False
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -64,6 +67,7 @@ class Capabilities:
 
     def check_context(self, kernel_name: str, ctx: AttentionContext) -> None:
         """Raise if a call's context asks for something this kernel does not declare."""
+        self.require(kernel_name, cross_attention=ctx.cross)  # first: a causal-only kernel fails on this
         self.require(
             kernel_name,
             causal=ctx.causal,

@@ -27,13 +27,14 @@ def padding_mask(key_padding_mask: Tensor, T: int) -> Tensor:
     return key_padding_mask[:, None, None, :].expand(B, 1, T, S)
 
 
-def document_mask(document_ids: Tensor, T: int) -> Tensor:
+def document_mask(document_ids: Tensor, T: int, query_ids: Tensor | None = None) -> Tensor:
     """``(B, S)`` document ids over keys -> block-diagonal ``(B, 1, T, S)``.
 
-    The queries are the last ``T`` key positions, so their ids are ``document_ids[:, S-T:]``.
+    In self-attention the queries are the last ``T`` key positions, so their ids are ``document_ids[:, S-T:]``;
+    in cross-attention the queries' own ids ``query_ids (B, T)`` are given.
     """
     S = document_ids.shape[-1]
-    q_ids = document_ids[:, S - T :]  # (B, T)
+    q_ids = document_ids[:, S - T :] if query_ids is None else query_ids  # (B, T)
     return (q_ids[:, :, None] == document_ids[:, None, :])[:, None]  # (B, 1, T, S)
 
 
@@ -48,11 +49,18 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
 
 
 def context_mask(ctx: AttentionContext, T: int, S: int, device=None) -> Tensor | None:
-    """The keep mask a dense kernel applies for ``ctx``: causal & padding & documents."""
+    """The keep mask a dense kernel applies for ``ctx``: causal & padding & documents.
+
+    Cross-attention (``ctx.cross``) is never causal; its document mask compares ``ctx.query_document_ids``
+    with the memory's ``ctx.document_ids`` (without query ids, each query sees every memory document).
+    """
+    docs = None
+    if ctx.document_ids is not None and (not ctx.cross or ctx.query_document_ids is not None):
+        docs = document_mask(ctx.document_ids, T, ctx.query_document_ids if ctx.cross else None)
     return combine_masks(
         causal_mask(T, S, device) if ctx.causal else None,
         padding_mask(ctx.key_padding_mask, T) if ctx.key_padding_mask is not None else None,
-        document_mask(ctx.document_ids, T) if ctx.document_ids is not None else None,
+        docs,
     )
 
 
@@ -64,3 +72,6 @@ def check_context_shapes(ctx: AttentionContext, B: int, T: int, S: int) -> None:
             raise ValueError(
                 f"{name} must have shape (batch, keys) = ({B}, {S}), got {tuple(m.shape)}"
             )
+    q_ids = ctx.query_document_ids
+    if q_ids is not None and (q_ids.dim() != 2 or q_ids.shape[0] != B or q_ids.shape[1] != T):
+        raise ValueError(f"query_document_ids must have shape (batch, queries) = ({B}, {T}), got {tuple(q_ids.shape)}")

@@ -1,4 +1,5 @@
-"""The attention shell: projections, heads, GQA grouping, RoPE and the KV cache around any kernel.
+"""The attention shell: projections, heads, GQA grouping, RoPE and the KV cache around any kernel, for
+self-attention and for cross-attention to a memory.
 
 Every mechanism shares these parameter names (``q_proj, k_proj, v_proj, out_proj``), so pretrained
 softmax weights load into any variant and a softmax teacher can seed a sparse student.
@@ -6,12 +7,15 @@ softmax weights load into any variant and a softmax teacher can seed a sparse st
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
 from ..layers.positional import RotaryEmbedding
 from ..native.linear import Linear, linear
 from .base import AttentionKernel
+from .cache import CrossKVCache
 from .context import AttentionContext
 from .registry import build_attention
 
@@ -119,21 +123,37 @@ class MultiHeadAttention(nn.Module):
         positions: Tensor | None = None,
         cache=None,
         return_weights: bool = False,
+        memory: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Args:
             x: ``(B, T, dim)``.
             ctx: masks and the rest of the attention context (see :class:`AttentionContext`).
             positions: ``(T,)`` or ``(B, T)`` absolute positions for RoPE.
-            cache: this layer's KV cache (from ``kernel.new_cache``); new k/v are appended to it.
+            cache: this layer's KV cache (from ``kernel.new_cache``); new k/v are appended to it. For
+                cross-attention a :class:`CrossKVCache` (from :meth:`new_cross_cache`) keeps the memory's k/v.
             return_weights: also return the ``(B, H, T, S)`` attention map, recomputed by the reference path.
+            memory: ``(B, S, dim)``: cross-attention: queries from ``x``, keys and values from ``memory``
+                (Vaswani et al. 2017's encoder-decoder attention). The context is made a cross context
+                (``ctx.cross``; its ``key_padding_mask``/``document_ids`` describe the memory); no RoPE across
+                the two sequences. With a filled cross cache, ``memory`` may be omitted.
+
+        Raises:
+            ValueError: ``x`` or ``memory`` of the wrong shape, a causal cross-attention context, or a cross
+                cache that is empty and no memory.
+            CapabilityError: the kernel does not declare what the context asks for (e.g. cross-attention).
         """
         ctx = AttentionContext() if ctx is None else ctx
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
         B, T, _ = x.shape
-        q, k, v = self.project(x, positions, ctx)
+        if memory is not None or isinstance(cache, CrossKVCache):
+            ctx = dataclasses.replace(ctx, cross=True)  # raises for a causal context
+            q, k, v = self._cross_qkv(x, memory, cache)
+        else:
+            q, k, v = self.project(x, positions, ctx)
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, Hkv, S, Dh), the new tokens last
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, Hkv, S, Dh), the new tokens last
             ctx.cache = cache
         out = self.kernel(q, k, v, ctx)  # (B, H, T, Dh)
         y = self.dropout(self.out_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)))
@@ -141,8 +161,35 @@ class MultiHeadAttention(nn.Module):
             return y, self.kernel.attention_weights(q, k, v, ctx)
         return y
 
+    def _cross_qkv(self, x: Tensor, memory: Tensor | None, cache: CrossKVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries from ``x``; keys and values from ``memory`` or from a filled cross cache."""
+        q = self.split_heads(self.q_proj(x), self.num_heads)
+        if cache is not None and cache.filled:
+            if memory is not None and memory.shape[1] != cache.k.shape[2]:
+                raise ValueError(f"memory of {memory.shape[1]} tokens, but the cross cache holds {cache.k.shape[2]}; "
+                                 "use a new cache for a new memory")
+            cache.seen += x.shape[1]
+            return q, cache.k.to(q.dtype), cache.v.to(q.dtype)
+        if memory is None:
+            raise ValueError("cross-attention needs memory=(batch, memory tokens, dim) on its first call")
+        if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[-1] != self.dim:
+            raise ValueError(f"expected memory of shape ({x.shape[0]}, memory tokens, {self.dim}), "
+                             f"got {tuple(memory.shape)}")
+        weight = torch.cat([self.k_proj.weight, self.v_proj.weight])  # one GEMM for k and v
+        bias = None if self.k_proj.bias is None else torch.cat([self.k_proj.bias, self.v_proj.bias])
+        k, v = linear(memory, weight, bias).split(self.num_kv_heads * self.head_dim, dim=-1)
+        k, v = self.split_heads(k, self.num_kv_heads), self.split_heads(v, self.num_kv_heads)
+        if cache is not None:
+            cache.store(k, v)
+            cache.seen += x.shape[1]
+        return q, k, v
+
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
         """A decoding cache for this layer, shaped by the kernel (dense, rolling, recurrent ...)."""
         return self.kernel.new_cache(batch_size, self.num_kv_heads, self.head_dim, max_len,
                                      device=device if device is not None else self.q_proj.weight.device,
                                      dtype=dtype if dtype is not None else self.q_proj.weight.dtype)
+
+    def new_cross_cache(self) -> CrossKVCache:
+        """A cache for this layer used as cross-attention: the memory's k/v, projected once per generation."""
+        return CrossKVCache()

@@ -3,8 +3,9 @@
 Runs on PyTorch's fused ``scaled_dot_product_attention`` (Flash / memory-efficient / math backends
 chosen by PyTorch) for MHA, GQA and MQA (GQA paper, Ainslie et al. 2023: contiguous head groups,
 ``repeat_interleave`` semantics), with causal, padding and packed-sequence masks and an optional
-additive position bias (ALiBi, T5 relative bias). On x86-64 CPUs, causal, full and packed-document
-attention without other masks, bias or dropout runs on attnlab's native kernels (:mod:`attnlab.native`):
+additive position bias (ALiBi, T5 relative bias), and cross-attention to a memory of another length
+(``ctx.cross``, with the memory's padding and packing). On x86-64 CPUs, causal, full and packed-document
+self-attention without other masks, bias or dropout runs on attnlab's native kernels (:mod:`attnlab.native`):
 in bfloat16 on AMX tiles, forward and backward (AVX-512 BF16 for inference), same result to bf16
 precision; in float32 on AVX-512 FMA, forward and backward, for documents up to 1,024 tokens, same result to
 fp32 rounding. PyTorch's SDPA takes every other case.
@@ -39,7 +40,7 @@ class SoftmaxAttention(AttentionKernel):
         ValueError: mismatched shapes or masks (message names the expected shape).
     """
 
-    capabilities = Capabilities(complexity="O(N^2)")
+    capabilities = Capabilities(complexity="O(N^2)", cross_attention=True)
 
     def __init__(self, dropout: float = 0.0, scale: float | None = None):
         super().__init__(scale=scale)
@@ -51,7 +52,8 @@ class SoftmaxAttention(AttentionKernel):
         T, S = q.shape[2], k.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         plain_causal = ctx.causal and T == S and not ctx.has_masks and ctx.attn_bias is None
-        unbiased = T == S and ctx.key_padding_mask is None and ctx.attn_bias is None  # causal / documents at most
+        # causal / documents at most, queries aligned with keys (not cross-attention): the native and per-document paths
+        unbiased = T == S and not ctx.cross and ctx.key_padding_mask is None and ctx.attn_bias is None
         # packed sequences: the runs of each document, None when ids repeat in separate runs
         spans = document_spans(ctx.document_ids) if unbiased and ctx.document_ids is not None else None
         if unbiased and dropout_p == 0.0 and (spans or ctx.document_ids is None):
