@@ -46,6 +46,11 @@ class ModelConfig(BaseModel):
     patch_size: int = Field(16, ge=1, description="square patch side in pixels (ViT)")
     num_channels: int = Field(3, ge=1, description="image channels (ViT)")
     init_std: float = 0.02
+    num_decoder_layers: int | None = Field(
+        None, ge=1, description="decoder blocks of an encoder-decoder; None = num_layers (an attention list then "
+                                "schedules the decoder's self-attention too, so the two must match)")
+    cross_attention: str = Field("softmax", description="kernel of an encoder-decoder's cross-attention")
+    cross_attention_options: dict = Field(default_factory=dict, description="options of the cross-attention kernel")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -73,6 +78,13 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"attention_options list has {len(self.attention_options)} entries but num_layers={self.num_layers}"
             )
+        if self.cross_attention not in valid:
+            raise ValueError(f"unknown cross_attention {self.cross_attention!r}; valid names: {sorted(valid)}")
+        listed = isinstance(self.attention, list) or isinstance(self.attention_options, list)
+        if listed and self.num_decoder_layers not in (None, self.num_layers):
+            raise ValueError(f"a per-layer attention schedule serves the encoder and the decoder alike: "
+                             f"num_decoder_layers={self.num_decoder_layers} must equal num_layers={self.num_layers} "
+                             "(or give one kernel name)")
         for i in range(self.num_layers):
             name, opts = self.layer_attention(i)
             unknown = sorted(set(opts) - set(attention_options(name)))

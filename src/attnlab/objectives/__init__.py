@@ -14,6 +14,7 @@ from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
 from .lm import lm_step
 from .regression import regression_outputs, regression_step
+from .seq2seq import seq2seq_step
 
 StepFn = Callable[..., tuple]
 
@@ -70,5 +71,5 @@ def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tens
     return OUTPUTS[kind](model, batch)
 
 
-__all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "model_outputs",
+__all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "model_outputs", "seq2seq_step",
            "register_objective", "regression_step"]

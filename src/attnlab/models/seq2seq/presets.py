@@ -1,0 +1,14 @@
+"""Encoder-decoder presets. Add a line to register another."""
+
+from ..registry import register_model
+from .model import EncoderDecoder
+
+register_model("seq2seq-tiny", EncoderDecoder, "tiny encoder-decoder for tests: 2 + 2 layers, dim 64",
+               dim=64, num_layers=2, num_heads=4, max_seq_len=64, vocab_size=32)
+register_model("seq2seq-small", EncoderDecoder, "CPU-sized encoder-decoder: 4 + 4 layers, dim 256, 4 heads",
+               dim=256, num_layers=4, num_heads=4, max_seq_len=256)
+register_model("transformer-base", EncoderDecoder,
+               "the original Transformer base (Vaswani et al. 2017): 6 + 6 post-norm layers, dim 512, 8 heads, "
+               "MLP 2048, ReLU, sinusoidal positions",
+               dim=512, num_layers=6, num_heads=8, mlp_dim=2048, activation="relu", prenorm=False,
+               position="sinusoidal", max_seq_len=512, vocab_size=37000, dropout=0.1)
