@@ -78,8 +78,13 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     dataset: str = Field("kjv", description="embedded dataset name (`attnlab list datasets`) or a text file path")
-    tokenizer: Literal["char", "byte"] = Field(
-        "char", description="char: vocabulary = the characters present; byte: UTF-8 bytes, vocabulary 256")
+    tokenizer: str = Field(
+        "char", description="char: vocabulary = the characters present; byte: UTF-8 bytes, vocabulary 256; "
+                            "bpe | wordpiece | unigram | word: trained on the training split with at most "
+                            "data.vocab_size ids (word: one id per whitespace-separated word, e.g. event codes); "
+                            "or the path of an existing tokenizer.json")
+    vocab_size: int = Field(8000, ge=2, description="vocabulary size of a trained tokenizer (bpe, wordpiece, "
+                                                    "unigram, word)")
     batch_size: int = Field(32, ge=1, description="sequences per micro-batch per process")
     seq_len: int = Field(256, ge=1, description="tokens per training window")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of the text held out for validation")
@@ -89,6 +94,17 @@ class DataConfig(BaseModel):
                     "tail: the last val_fraction of the text",
     )
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, v: str) -> str:
+        from .data.text.subword import SUBWORD_KINDS
+
+        kinds = ["char", "byte", *SUBWORD_KINDS]
+        if v in kinds or Path(v).is_file():
+            return v
+        close = difflib.get_close_matches(v, kinds, n=2)
+        raise ValueError(f"unknown tokenizer {v!r}" + (f"; did you mean {close}?" if close else "")
+                         + f" Valid: {kinds} or the path of an existing tokenizer.json")
 
 class ObjectiveConfig(BaseModel):
     """What the model is trained to do (`attnlab list objectives`)."""

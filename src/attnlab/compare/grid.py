@@ -124,8 +124,8 @@ class CellSkipped(Exception):
 
 
 @functools.lru_cache(maxsize=2)
-def _corpus(dataset: str, tokenizer: str, seq_len: int, val_fraction: float, split: str):
-    return build_lm_data(dataset, tokenizer, seq_len, val_fraction, split)
+def _corpus(dataset: str, tokenizer: str, seq_len: int, val_fraction: float, split: str, vocab_size: int):
+    return build_lm_data(dataset, tokenizer, seq_len, val_fraction, split, vocab_size)
 
 
 @functools.lru_cache(maxsize=2)
@@ -173,7 +173,7 @@ def _cell_data(cell: Cell):
     if cell.task.name == CHAR_LM:  # the text corpus, tokenized once per grid (identical batches to `attnlab train`)
         cfg = cell.run_config()
         d = cfg.data
-        return None, CorpusFeed(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)), cfg
+        return None, CorpusFeed(_corpus(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split, d.vocab_size)), cfg
     try:
         dataset = _dataset(cell.task.name, json.dumps(cell.task.options, sort_keys=True))
     except FileNotFoundError as e:

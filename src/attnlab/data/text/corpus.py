@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ..sources import SOURCES, list_sources, source_path
-from .tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
+from .subword import SUBWORD_KINDS, SubwordTokenizer
+from .tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 EVAL_SEED = 20240917  # validation windows do not depend on train.seed, so runs compare on the same windows
 NUM_SPLIT_CHUNKS = 100
@@ -99,32 +100,55 @@ class LMData:
 
 
 def build_lm_data(dataset: str, tokenizer: str = "char", seq_len: int = 256, val_fraction: float = 0.1,
-                  split: str = "interleaved") -> LMData:
+                  split: str = "interleaved", vocab_size: int = 8000) -> LMData:
     """Load, tokenize and split a text.
 
+    ``tokenizer``: ``char`` (the characters present), ``byte`` (UTF-8 bytes), a kind trained on the training
+    split only with at most ``vocab_size`` ids (``bpe``, ``wordpiece``, ``unigram``, ``word``; see
+    :mod:`.subword`), or the path of an existing ``tokenizer.json``.
+
     Raises:
-        FileNotFoundError / ValueError: see :func:`load_text`; unknown tokenizer; a split shorter than
-            ``seq_len + 1`` tokens (the message says how long the text is and what to change).
+        FileNotFoundError / ValueError: see :func:`load_text`; an unknown tokenizer (neither a kind nor a file);
+            a split shorter than ``seq_len + 1`` tokens (the message says how long the text is and what to change).
     """
     if tokenizer == "char":
         text = load_text(dataset)
         tok: Tokenizer = CharTokenizer.fit(text)
-        tokens = tok.encode(text).astype(np.int32)
+        train, val = split_tokens(tok.encode(text).astype(np.int32), val_fraction, split)
     elif tokenizer == "byte":
         tok = ByteTokenizer()
-        tokens = tok.encode(load_text(dataset, as_bytes=True)).astype(np.int32)
+        train, val = split_tokens(tok.encode(load_text(dataset, as_bytes=True)).astype(np.int32), val_fraction, split)
     else:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; valid: ['byte', 'char']")
-    train, val = split_tokens(tokens, val_fraction, split)
+        tok, train, val = _trained_or_loaded(dataset, tokenizer, val_fraction, split, vocab_size)
     need = seq_len + 1
     for name, part in (("train", train), ("validation", val)):
         if len(part) < need:
             raise ValueError(
-                f"dataset {dataset!r} is too short: {len(tokens)} tokens give a {name} split of {len(part)} tokens, "
-                f"but data.seq_len={seq_len} needs at least {need}; use a longer text, a smaller data.seq_len"
+                f"dataset {dataset!r} is too short: {len(train) + len(val)} tokens give a {name} split of {len(part)} "
+                f"tokens, but data.seq_len={seq_len} needs at least {need}; use a longer text, a smaller data.seq_len"
                 + (" or a larger data.val_fraction" if name == "validation" else "")
             )
     return LMData(train=train, val=val, tokenizer=tok, seq_len=seq_len)
+
+
+def _trained_or_loaded(dataset: str, tokenizer: str, val_fraction: float, split: str,
+                       vocab_size: int) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
+    """Split the text by characters first, then train the tokenizer on the training part only (or load one)."""
+    if tokenizer not in SUBWORD_KINDS and not Path(tokenizer).is_file():
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; valid: {['char', 'byte', *SUBWORD_KINDS]} or the path of "
+                         "an existing tokenizer.json")
+    codes = np.frombuffer(load_text(dataset).encode("utf-32-le"), dtype=np.uint32)
+    train_text, val_text = (part.tobytes().decode("utf-32-le") for part in split_tokens(codes, val_fraction, split))
+    if tokenizer in SUBWORD_KINDS:
+        tok = SubwordTokenizer.fit(tokenizer, train_text.splitlines(), vocab_size)
+    else:
+        tok = load_tokenizer(tokenizer)
+
+    def encode(text: str) -> np.ndarray:
+        ids = tok.encode_lines(text) if isinstance(tok, SubwordTokenizer) else tok.encode(text)
+        return ids.astype(np.int32)
+
+    return tok, encode(train_text), encode(val_text)
 
 
 class WindowSampler:

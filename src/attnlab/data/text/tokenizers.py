@@ -1,4 +1,6 @@
-"""Character- and byte-level tokenizers, saved as JSON in the run directory so generation can decode."""
+"""Tokenizers of text runs, saved as ``tokenizer.json`` in the run directory so evaluation and generation decode
+with the same vocabulary: character and byte level here, subword and word level trained on the corpus in
+:mod:`.subword` (saved in the standard ``tokenizers`` format)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.io import write_text
+from .subword import SubwordTokenizer, is_tokenizer_file
 
 
 class CharTokenizer:
@@ -75,7 +78,7 @@ class ByteTokenizer:
         return {"kind": self.kind}
 
 
-Tokenizer = CharTokenizer | ByteTokenizer
+Tokenizer = CharTokenizer | ByteTokenizer | SubwordTokenizer
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -84,12 +87,19 @@ def _code_points(text: str) -> np.ndarray:
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     """Inverse of ``to_dict``; raises ``ValueError`` for an unknown ``kind``."""
+    if is_tokenizer_file(d):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return SubwordTokenizer(HFTokenizer.from_str(json.dumps(d)))
+        except Exception as e:  # the library raises a bare Exception for malformed content
+            raise ValueError(f"not a tokenizer the tokenizers library can read: {e}") from None
     kind = d.get("kind")
     if kind == "char":
         return CharTokenizer(d["chars"])
     if kind == "byte":
         return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer kind {kind!r}; valid: ['byte', 'char']")
+    raise ValueError(f"unknown tokenizer kind {kind!r}; valid: ['byte', 'char'] or a tokenizers tokenizer.json")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
@@ -104,5 +114,5 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"tokenizer file {str(p)!r} not found; is this a run directory written by `attnlab train`?")
     try:
         return tokenizer_from_dict(json.loads(p.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"{p} is not a valid tokenizer file: {e}") from None
