@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import stat
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnlab.interop import load_pretrained
+from attnlab.interop import load_pretrained, save_pretrained
 
 pytest.importorskip("transformers")
 
@@ -108,3 +111,113 @@ def test_bin_that_is_not_a_state_dict_is_refused(hf_checkpoint, tmp_path):
     torch.save([torch.zeros(2)], bad / "pytorch_model.bin")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_pretrained(bad)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_truncated_or_empty_safetensors_names_the_file(hf_checkpoint, tmp_path, damage):
+    bad = _copy(hf_checkpoint("BertModel")[0], tmp_path / damage)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{bad / 'model.safetensors'} is not a readable safetensors file \(.*\); "
+                                         "it is truncated or corrupt: copy or export it again"):
+        load_pretrained(bad)
+
+
+def _sharded(folder, dst, shard: str):
+    """A copy of ``folder`` whose weights come through an index naming ``shard`` for every tensor."""
+    dst.mkdir()
+    (dst / "config.json").write_text((folder / "config.json").read_text())
+    names = load_file(str(folder / "model.safetensors"))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: shard for k in names}}))
+    return dst
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "link_out"])
+def test_shard_index_pointing_outside_the_folder_is_refused(hf_checkpoint, tmp_path, where):
+    folder, _ = hf_checkpoint("BertModel")
+    other = _copy(folder, tmp_path / "other")
+    shard = {"dotdot": "../other/model.safetensors", "absolute": str(other / "model.safetensors"),
+             "link_out": "linked/model.safetensors"}[where]
+    bad = _sharded(folder, tmp_path / "model", shard)
+    if where == "link_out":  # a linked folder leading out
+        (bad / "linked").symlink_to(other, target_is_directory=True)
+    with pytest.raises(ValueError, match=rf"names the weight file '{re.escape(shard)}', which is outside the "
+                                         "checkpoint folder .*copy the shard into the folder"):
+        load_pretrained(bad)
+
+
+def test_a_shard_linked_to_a_blob_loads_like_the_hugging_face_cache(hf_checkpoint, tmp_path):
+    """The cache's snapshot folders hold links to blobs elsewhere: a linked shard *file* is fine."""
+    folder, _ = hf_checkpoint("BertModel")
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    shutil.copy(folder / "model.safetensors", blobs / "abc123")
+    snapshot = _sharded(folder, tmp_path / "snapshot", "model-00001-of-00001.safetensors")
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to(blobs / "abc123")
+    reference = load_pretrained(folder)
+    for (k1, v1), (k2, v2) in zip(reference.state_dict().items(), load_pretrained(snapshot).state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_shards_and_links_inside_the_folder_load(hf_checkpoint, tmp_path):
+    folder, _ = hf_checkpoint("BertModel")
+    good = _sharded(folder, tmp_path / "model", "sub/link.safetensors")
+    (good / "sub").mkdir()
+    shutil.copy(folder / "model.safetensors", good / "weights.safetensors")
+    (good / "sub" / "link.safetensors").symlink_to(good / "weights.safetensors")
+    reference = load_pretrained(folder)
+    for (k1, v1), (k2, v2) in zip(reference.state_dict().items(), load_pretrained(good).state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_name_the_tensor(hf_checkpoint, tmp_path, value):
+    bad = _copy(hf_checkpoint("BertModel")[0], tmp_path / "g")
+    tensors = load_file(str(bad / "model.safetensors"))
+    tensors["encoder.layer.1.output.dense.weight"][3, :2] = value
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"holds NaN or infinite weights in 'encoder\.layer\.1\.output\.dense\.weight' "
+                                         r"\(2 of 1184 values\); the weights are unusable"):
+        load_pretrained(bad)
+
+
+def test_damaged_config_and_tokenizer_name_the_file(hf_checkpoint, tmp_path):
+    bad = _copy(hf_checkpoint("BertModel")[0], tmp_path / "h")
+    good_config = (bad / "config.json").read_bytes()
+    (bad / "config.json").write_bytes(b"\xff" + good_config)
+    with pytest.raises(ValueError, match=rf"{bad / 'config.json'} is not UTF-8 text"):
+        load_pretrained(bad)
+    (bad / "config.json").write_bytes(good_config)
+    (bad / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{bad / 'tokenizer.json'} is not a readable tokenizer"):
+        load_pretrained(bad)
+    with pytest.raises(ValueError, match=r"is a file; give the folder that holds config\.json"):
+        load_pretrained(bad / "config.json")
+    with pytest.raises(TypeError, match=r"the checkpoint folder must be a path \(str or os\.PathLike\), got NoneType"):
+        load_pretrained(None)
+
+
+def test_save_pretrained_onto_a_file_is_refused(hf_checkpoint, tmp_path):
+    model = load_pretrained(hf_checkpoint("BertModel")[0])
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(ValueError, match=rf"checkpoint folder '{tmp_path / 'afile'}' is a file, not a folder; "
+                                         "remove or rename the file, or choose another path"):
+        save_pretrained(model, tmp_path / "afile")
+    with pytest.raises(ValueError, match=rf"cannot be created: '{tmp_path / 'afile'}' is a file, not a folder"):
+        save_pretrained(model, tmp_path / "afile" / "out")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_saved_files_follow_the_umask(hf_checkpoint, tmp_path):
+    folder, _ = hf_checkpoint("BertModel")
+    source = _copy(folder, tmp_path / "src")
+    (source / "tokenizer_config.json").write_text("{}")
+    os.chmod(source / "tokenizer_config.json", 0o600)  # a copied file takes the umask, not its source's mode
+    model = load_pretrained(source)
+    old = os.umask(0o027)
+    try:
+        save_pretrained(model, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640, "tokenizer_config.json": 0o640}

@@ -3,6 +3,10 @@
 ``attnlab.cli:main`` is the script's entry point; ``python -m attnlab.cli`` runs it too. Subcommands with many
 options have their own module (:mod:`.embed`).
 
+Numeric options take their ``type=`` from :mod:`.numbers` (ranges and finiteness checked while parsing); the
+handler runs inside :func:`.errors.run_handler`, which turns bad input into one line on stderr. A parse error is
+one line too (no usage block), exit code 2.
+
 Add a subcommand with one decorated function that declares its arguments and returns the handler::
 
     @command("embed", "embed sentences with a trained encoder", examples=["attnlab embed RUN --text hi"])
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Callable
+
+from .errors import run_handler
+from .numbers import finite_float, integer, non_negative_int, positive_int, probability
 
 Handler = Callable[[argparse.Namespace], "int | None"]
 _COMMANDS: list[tuple[str, str, list[str], Callable[[argparse.ArgumentParser], Handler]]] = []
@@ -74,12 +80,14 @@ def _train(p: argparse.ArgumentParser) -> Handler:
 def _generate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("run_dir", help="run directory written by `attnlab train`")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=300, help="tokens to generate (default 300)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default 1)")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=300,
+                   help="tokens to generate (default 300; 0 prints the prompt)")
+    p.add_argument("--temperature", type=finite_float(min=0), default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample only from the k most likely tokens")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help="nucleus sampling: smallest set with this mass, in (0, 1]")
+    p.add_argument("--seed", type=integer, default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="independent samples, 1 or more (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
 
     def run(args: argparse.Namespace) -> None:
@@ -103,8 +111,10 @@ def _generate(p: argparse.ArgumentParser) -> Handler:
 def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("run_dir", help="run directory written by `attnlab train`")
     p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: data.batch_size)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="windows per batch, 1 or more (default: the run's data.batch_size)")
+    p.add_argument("--max-batches", type=positive_int, default=None,
+                   help="stop after this many batches, 1 or more (default: the whole split)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -167,8 +177,9 @@ def _embed(p: argparse.ArgumentParser) -> Handler:
 def _compare(p: argparse.ArgumentParser) -> Handler:
     _config_and_overrides(p, "a compare YAML file, then dotted overrides (compare.out_dir=..., base.train.steps=...)")
     p.add_argument("--report", metavar="RUN_DIR", help="only rebuild the report of RUN_DIR (no training)")
-    p.add_argument("--samples", type=int, default=0, metavar="N",
-                   help="after the grid, print N samples from the best char_lm cell (needs compare.keep_checkpoints)")
+    p.add_argument("--samples", type=non_negative_int, default=0, metavar="N",
+                   help="after the grid, print N samples from the best char_lm cell (default 0: none; needs "
+                        "compare.keep_checkpoints)")
     p.add_argument("--prompt", default="And God said", help="prompt for --samples (default: 'And God said')")
 
     def run(args: argparse.Namespace) -> int:
@@ -262,8 +273,16 @@ def _is_run_dir(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block) pointing at ``--help``; exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``attnlab`` parser: one subparser per registered subcommand, all of them :class:`_Parser`."""
+    parser = _Parser(
         prog="attnlab", description="attnlab: every attention mechanism behind one interface.",
         epilog="Run `attnlab COMMAND --help` for examples.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -276,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``attnlab`` script; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
+    """Entry point of the ``attnlab`` script; returns the exit code (2 for bad input, 1 when the file system
+    refuses, 130 for Ctrl-C; see :mod:`.errors`). ``ATTNLAB_DEBUG=1`` shows tracebacks.
+
+    Raises:
+        SystemExit: a parse error (one line, code 2) or ``--help`` (code 0).
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -284,13 +308,5 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(getattr(args, "args", None), list) or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.args += extra
-    try:
-        code = args.handler(args)
-    except KeyboardInterrupt as e:
-        print(f"attnlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"attnlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return int(code or 0)
+    return run_handler(args.command, lambda: args.handler(args))
 

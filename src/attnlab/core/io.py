@@ -4,10 +4,14 @@ Every writer puts the data in a temporary file next to the target (same director
 one file system), gives it the mode a plain ``open()`` would (``0o666`` minus the process umask; the
 temporary file starts at ``0o600``), flushes it to disk and renames it over the target with ``os.replace``.
 On any error the temporary file is removed and the target is untouched. Parent directories are created.
+
+:func:`writable_folder` checks a folder can be made before anything is computed for it (a file in the way is a
+``ValueError`` naming it, a folder this process may not write a ``PermissionError``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -47,6 +51,41 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder, or ``None`` when ``path`` is a
+    folder or can be created as one (as far as files are concerned: permissions are not checked)."""
+    existing = _first_existing(Path(path))
+    return None if existing is None or existing.is_dir() else existing
+
+
+def _first_existing(path: Path) -> Path | None:
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+def writable_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``path`` (``~`` expanded) when it is a folder or can be created as one; nothing is created.
+
+    Args:
+        what: how messages name the folder (``"output folder"``, ``"run folder"``).
+
+    Raises:
+        ValueError: ``path`` or one of its parents is a file (the message names it and the fix).
+        PermissionError: the folder (or the parent it would be created in) is not writable for this process.
+    """
+    folder = Path(path).expanduser()
+    blocker = file_in_the_way(folder)
+    if blocker == folder:
+        raise ValueError(f"{what} {str(folder)!r} is a file, not a folder; remove or rename the file, or choose "
+                         "another path")
+    if blocker is not None:
+        raise ValueError(f"{what} {str(folder)!r} cannot be created: {str(blocker)!r} is a file, not a folder; "
+                         "choose a path under a folder")
+    existing = _first_existing(folder)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", str(existing))
+    return folder
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

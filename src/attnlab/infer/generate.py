@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from typing import Iterable
 
 import torch
 from torch import Tensor
+
+from ..layers.embeddings import check_token_ids
 
 
 def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -13,10 +17,15 @@ def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = No
     """``logits (B, V)`` -> next token ids ``(B,)``. ``temperature == 0`` is greedy (argmax).
 
     Raises:
-        ValueError: negative temperature, ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
+        ValueError: a temperature that is negative, NaN or infinite, ``top_k`` not an integer >= 1, or ``top_p``
+            outside ``(0, 1]`` (NaN included).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real):
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {type(temperature).__name__}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral)):
+        raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -46,11 +55,23 @@ def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 0.0, 
 
     Uses the model's KV cache (one forward over the prompt, then one token at a time). When the
     sequence would outgrow ``max_seq_len`` the window slides: the last ``max_seq_len`` tokens are
-    re-encoded at every step without the cache (exactly what a cache-free loop computes). Generation stops early once every row has produced a stop token.
-    Same ``generator`` seed -> same tokens.
+    re-encoded at every step without the cache (exactly what a cache-free loop computes). Generation stops early
+    once every row has produced a stop token. Same ``generator`` seed -> same tokens.
+
+    Raises:
+        ValueError: a model that is not a causal decoder (an encoder, a ViT), a prompt that is not
+            ``(batch, tokens)`` with at least one row and one token, ``max_new_tokens`` not an integer >= 0, or
+            a bad sampling argument (see :func:`sample_next`).
+        TypeError: a prompt that is not a tensor of integers (names its type or dtype).
     """
+    _check_decoder(model)
+    check_token_ids(idx)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"prompt must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
+    if idx.shape[0] == 0:
+        raise ValueError("prompt has no rows (batch of 0): give at least one sequence to continue")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral):
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was_training = model.training
@@ -80,3 +101,11 @@ def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 0.0, 
     finally:
         model.train(was_training)
     return out
+
+
+def _check_decoder(model) -> None:
+    """Raises ``ValueError`` unless ``model`` is a causal decoder with a KV cache (a GPT)."""
+    if not getattr(model, "causal", False) or not callable(getattr(model, "new_cache", None)):
+        raise ValueError(f"generate needs a causal decoder such as GPT (it predicts the next token); "
+                         f"{type(model).__name__} is not one: for an encoder use attnlab.embed or model(ids), for an "
+                         "encoder-decoder attnlab.infer.seq2seq.generate_seq2seq")

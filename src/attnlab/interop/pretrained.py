@@ -8,7 +8,6 @@ swapped-in attention kernel, which keep their initialisation (listed in ``model.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -16,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..core.io import copy_file, write_json, write_text
+from ..core.io import copy_file, writable_folder, write_json, write_text
 from ..models.config import ModelConfig
 from ..models.text.encoder import Encoder, MLMHead
 from ..models.text.gpt import GPT
 from ..models.vision.vit import ViT
-from .files import check_folder, read_config, read_weights, write_safetensors
+from .files import check_finite, check_folder, read_config, read_json, read_weights, write_safetensors
 from .heads import AbsentHead, PooledClassifier, Pooler
 from .hf_config import check_representable, from_hf, to_hf
 from .keymaps import SPECS, TRANSFORMS, Architecture, ArchSpec, expand_rules
@@ -61,9 +60,10 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         ``model.hf_info`` (model_type, architecture, config, source, initialised, skipped).
 
     Raises:
-        ValueError: missing folder / config / weights, unsupported ``model_type`` (lists the supported),
-            unsupported config features, missing or unexpected tensors, shape mismatches, a refused
-            pickle, an unknown attention kernel or option.
+        ValueError: missing folder / config / weights, a truncated or corrupt weight file, a shard index naming a
+            file outside the folder, weights holding NaN or infinity (names the tensors), unsupported
+            ``model_type`` (lists the supported), unsupported config features, missing or unexpected tensors,
+            shape mismatches, a refused pickle, an unknown attention kernel or option.
     """
     if attention is None and attention_options:
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
@@ -71,7 +71,9 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
     hf = read_config(folder)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
-    weights = _normalise_keys(spec, read_weights(folder))
+    raw = read_weights(folder)
+    check_finite(raw, folder)
+    weights = _normalise_keys(spec, raw)
     tied = spec.model_type != "vit" and bool(hf.get("tie_word_embeddings", True))
     arch, rules, missing, unexpected = _match_architecture(spec, hf, weights, tied, num_layers)
     if strict and (missing or unexpected):
@@ -135,7 +137,7 @@ def _model_config(spec: ArchSpec, hf: dict, arch: Architecture, folder: Path, at
     elif attention is None:
         attention, options = "softmax", {"dropout": attn_dropout}
     pooling_cfg = folder / "1_Pooling" / "config.json"
-    if pooling_cfg.is_file() and json.loads(pooling_cfg.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
+    if pooling_cfg.is_file() and read_json(pooling_cfg).get("pooling_mode_mean_tokens"):
         kwargs["pooling"] = "mean"  # a sentence-transformers model with mean pooling
     return ModelConfig(**kwargs, attention=attention, attention_options=options)
 
@@ -208,8 +210,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
 
     Raises:
         ValueError: unsupported model class, a config Hugging Face cannot express (the fields are named),
-            a non-softmax kernel without ``allow_attention_change``, or kernel parameters.
+            a non-softmax kernel without ``allow_attention_change``, kernel parameters, or ``path`` (or one of
+            its parents) is an existing file.
+        OSError: the folder cannot be written (permission denied, disk full).
     """
+    folder = writable_folder(path, "checkpoint folder")
     model_type = _family_of(model)
     spec, cfg = SPECS[model_type], model.cfg
     arch = _architecture_of(model, model_type)
@@ -232,7 +237,6 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
     hf["dtype"] = hf["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")  # v5 / v4 names
     if not extra:
         hf.pop("attnlab_attention", None)
-    folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / "model.safetensors", tensors)
     write_json(folder / "config.json", hf, sort_keys=True)

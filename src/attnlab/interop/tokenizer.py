@@ -44,11 +44,18 @@ class TextTokenizer:
 
         ``max_length`` = the smallest of ``model_max_len``, sentence-transformers' ``max_seq_length``
         (``sentence_bert_config.json``) and ``model_max_length`` in ``tokenizer_config.json``.
+
+        Raises:
+            ValueError: ``tokenizer.json`` is not a tokenizer the ``tokenizers`` library can read (names it).
         """
         folder = Path(folder)
         if not (folder / TOKENIZER_FILE).is_file():
             return None
-        tok = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        try:
+            tok = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for any bad file
+            raise ValueError(f"{folder / TOKENIZER_FILE} is not a readable tokenizer ({e}); it is damaged or from "
+                             "an unsupported tokenizers version: copy or export it again") from None
         limits = [model_max_len]
         for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
             value = _json_field(folder / name, key)
@@ -92,5 +99,5 @@ def _json_field(path: Path, key: str):
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return None

@@ -17,7 +17,7 @@ from ..attention.cache import keys_after_update
 from ..attention.context import AttentionContext
 from ..attention.shell import MultiHeadAttention
 from ..attention.stack import build_stack_hooks, link_kernels
-from ..layers.embeddings import TokenEmbedding
+from ..layers.embeddings import TokenEmbedding, check_token_ids
 from ..layers.mlp import build_mlp
 from ..layers.norms import build_norm
 from ..layers.positional import (
@@ -169,7 +169,13 @@ class TransformerBody(nn.Module):
         """``ids (B, T)`` -> hidden states ``(B, T, D)`` after the final norm.
 
         ``inputs_embeds (B, T, D)`` replaces ``ids`` when the input is embedded elsewhere (ViT patches).
+
+        Raises:
+            TypeError: ``ids`` is not an integer tensor (names the dtype).
+            ValueError: ``ids`` not ``(B, T)``, longer than ``max_seq_len``, or outside the vocabulary.
         """
+        if inputs_embeds is None:
+            check_token_ids(ids)
         if inputs_embeds is None and ids.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, tokens), got {tuple(ids.shape)}")
         offset = cache[0].seen if cache is not None else 0

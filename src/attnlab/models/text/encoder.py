@@ -47,6 +47,7 @@ class Encoder(TransformerBody):
     Raises:
         CapabilityError: the attention kernel cannot run bidirectionally, at build time.
         ValueError: input longer than ``max_seq_len``, mask of the wrong shape.
+        TypeError: token ids that are not an integer tensor (names the dtype).
     """
 
     causal = False

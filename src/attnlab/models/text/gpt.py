@@ -18,6 +18,7 @@ class GPT(TransformerBody):
         CapabilityError: the attention kernel cannot run causally (or lacks a feature the
             positional encoding needs), at build time.
         ValueError: input longer than ``max_seq_len`` or token ids outside the vocabulary.
+        TypeError: token ids that are not an integer tensor (names the dtype).
     """
 
     causal = True
