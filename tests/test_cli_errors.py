@@ -113,8 +113,6 @@ def _decode_error() -> UnicodeDecodeError:
     raise AssertionError("decoding should fail")
 
 
-@pytest.mark.xfail(strict=True, reason="needs attnlab/train/run.py to print the result when eval.json cannot be "
-                                       "written (owned by the train/ work); remove this mark once it does")
 def test_eval_on_a_read_only_run_folder_still_prints_the_loss(tiny, tmp_path, monkeypatch, capsys):
     import attnlab.train.run
 

@@ -28,6 +28,12 @@ from .models.config import ModelConfig
 
 SECTIONS = ("model", "data", "objective", "train")
 OLD_SECTION_NAMES = {"task": "objective"}  # old name -> current name, still read in files and overrides
+# train keys that may change when a run resumes: everything else must match what its checkpoint was trained with
+RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+                               "early_stopping_patience", "device", "run_dir"})
+# keys a resume accepts a new value for when train.allow_changes names them (the value applies from the resumed step)
+CHANGES_ON_REQUEST = ("train.lr", "train.min_lr_ratio", "train.warmup_steps", "train.weight_decay", "train.beta1",
+                      "train.beta2", "train.grad_clip", "train.precision", "train.retain_memory", "model.dropout")
 
 
 class ModelSection(ModelConfig):
@@ -150,6 +156,25 @@ class TrainConfig(BaseModel):
         None, ge=1, description="stop after N evaluations without a new best val_loss; None = off")
     seed: int = Field(0, ge=0, description="seeds model init, data windows and dropout")
     run_dir: str = Field("runs/run", description="directory for config, metrics, checkpoints, plots")
+    allow_changes: list[str] = Field(
+        [], description="keys a resume (`--resume`) may change although its checkpoint was trained with other values "
+                        f"(see Resuming above), from: {', '.join(CHANGES_ON_REQUEST)}")
+
+    @field_validator("allow_changes", mode="before")
+    @classmethod
+    def _changeable(cls, keys: Any) -> Any:
+        keys = [keys] if isinstance(keys, str) else keys  # train.allow_changes=train.lr
+        for key in keys if isinstance(keys, list) else []:
+            if key in CHANGES_ON_REQUEST or key in {f"train.{k}" for k in RESUMABLE_CHANGES}:
+                continue
+            valid = [f"{s}.{k}" for s in SECTIONS for k in _model_type(RunConfig.model_fields[s].annotation).model_fields]
+            if key not in valid:
+                close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.5)
+                raise ValueError(f"{key!r} is not a config key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise ValueError(f"{key} cannot change when a run resumes (the checkpoint's weights, tokenizer or data "
+                             f"depend on it): start a new train.run_dir to change it; train.allow_changes may name "
+                             f"{', '.join(CHANGES_ON_REQUEST)}")
+        return keys
 
 
 class RunConfig(BaseModel):
@@ -345,7 +370,15 @@ def config_reference() -> str:
            "The `objective` section was called `task` before; a `task` section or `task.key=value` override is",
            "still read as `objective`.", "",
            "The `model` section starts from the preset `model.name` (`attnlab list models`): keys you set replace",
-           "the preset's values, and the defaults below apply only to keys the preset does not set.", ""]
+           "the preset's values, and the defaults below apply only to keys the preset does not set.", "",
+           "**Resuming** (`attnlab train RUN --resume`) compares the config with the one the newest checkpoint was",
+           "trained with (stored in the checkpoint, so an edited `config.yaml` does not slip through) and refuses any",
+           "difference, listing each changed key as `old -> new`. " + ", ".join(f"`train.{k}`" for k in
+                                                                                 sorted(RESUMABLE_CHANGES)),
+           "may always change; the keys `train.allow_changes` names may change too, e.g.",
+           "`attnlab train RUN --resume train.lr=3e-4 'train.allow_changes=[train.lr]'` (the new value applies from the",
+           "resumed step on). The allowance holds for that resume only: `config.yaml` is saved without it. The tokenizer",
+           "must be the one the checkpoint was trained with.", ""]
     for section in SECTIONS:
         cls = _model_type(RunConfig.model_fields[section].annotation)
         fields = dict(cls.model_fields)

@@ -41,3 +41,50 @@ def tiny_config(text_file, run_dir, **train):
         section, name = key.split(".", 1)
         raw[section][name] = raw["train"].pop(key)
     return build_config(raw)
+
+
+# ---------------------------------------------------------------- the command line in real processes
+
+def cli_command(*argv) -> list[str]:
+    """``attnlab ARGV...`` as a subprocess command line."""
+    import sys
+
+    return [sys.executable, "-m", "attnlab.cli", *map(str, argv)]
+
+
+def cli_env(**extra) -> dict:
+    """The environment of a CLI subprocess: one thread (the cores are shared), no stray torchrun variables."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT", "ATTNLAB_DEBUG")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_cli(*argv, env: dict | None = None, **kwargs):
+    """Run ``attnlab ARGV...`` to the end; returns the ``CompletedProcess`` (text output captured)."""
+    import subprocess
+
+    return subprocess.run(cli_command(*argv), capture_output=True, text=True, timeout=300,
+                          env=env if env is not None else cli_env(), **kwargs)
+
+
+def start_training(*argv):
+    """Start ``attnlab train ARGV...`` in the background (``Popen``, text pipes)."""
+    import subprocess
+
+    return subprocess.Popen(cli_command("train", *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+
+
+def wait_for_steps(proc, metrics, n: int) -> None:
+    """Block until ``metrics`` (a ``metrics.jsonl``) has ``n`` rows, which means the training process holds its run
+    folder; fails if the process ends first. Polls the file, at most two minutes."""
+    import time
+
+    for _ in range(1200):
+        if proc.poll() is not None or (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before the test could use it: " + "".join(proc.communicate())
+    assert len(metrics.read_text().splitlines()) >= n

@@ -3,7 +3,8 @@
 Every writer puts the data in a temporary file next to the target (same directory, so the rename stays on
 one file system), gives it the mode a plain ``open()`` would (``0o666`` minus the process umask; the
 temporary file starts at ``0o600``), flushes it to disk and renames it over the target with ``os.replace``.
-On any error the temporary file is removed and the target is untouched. Parent directories are created.
+On any error the temporary file is removed and the target is untouched. Parent directories are created. Only a
+killed process leaves its temporary file behind; :func:`unfinished_writes` finds those.
 
 :func:`writable_folder` checks a folder can be made before anything is computed for it (a file in the way is a
 ``ValueError`` naming it, a folder this process may not write a ``PermissionError``).
@@ -14,10 +15,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+# the temporary name write_with gives a file: ".<target name>.<8 random characters>.tmp<target suffix>"
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
 
 
 def default_file_mode() -> int:
@@ -51,6 +57,15 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def unfinished_writes(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files :func:`write_with` left in ``folder`` when its process was killed mid-write (a writer that
+    fails removes its own), sorted; ``[]`` for a folder that does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name))
 
 
 def file_in_the_way(path: str | os.PathLike) -> Path | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -10,8 +12,12 @@ from ..data.text import LMData, build_lm_data
 from ..models.registry import build_model
 
 
-def build_for_config(cfg: RunConfig, device: torch.device, feed=None) -> tuple[LMData, nn.Module, RunConfig]:
+def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
+                     tokenizer_file: str | Path | None = None) -> tuple[LMData, nn.Module, RunConfig]:
     """Data, model (on ``device``) and the resolved config (``model.vocab_size`` filled in from the tokenizer).
+
+    ``tokenizer_file`` (a ``tokenizer.json``) replaces training the tokenizer ``data.tokenizer`` names: a resumed run
+    keeps the tokenizer its model was trained with (the resolved config still says ``data.tokenizer``).
 
     ``feed`` (a :mod:`~attnlab.train.feeds` object) replaces the text corpus of ``cfg.data``; for a dataset of
     kind ``classify`` or ``regression`` the model of ``cfg.model`` is wrapped in that dataset's head
@@ -23,7 +29,8 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None) -> tuple[L
         CapabilityError: the attention kernel cannot run this model or head.
     """
     d = cfg.data
-    data = feed if feed is not None else build_lm_data(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)
+    tok = d.tokenizer if tokenizer_file is None else str(tokenizer_file)
+    data = feed if feed is not None else build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
     kind = getattr(data, "kind", "lm")  # a suite dataset of kind classify/regression decides its own objective
     objective = cfg.objective.name
     if kind != "lm" and objective not in ("lm", kind):

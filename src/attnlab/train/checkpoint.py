@@ -9,12 +9,14 @@ Layout of one checkpoint (``RUN_DIR/checkpoints/step-0000500/``)::
                            trainer counters, and the size + SHA-256 of every file above
 
 The directory is assembled under a temporary name and renamed into place, so a crash never leaves a
-half-written checkpoint under a real name and never touches an older one. Loading verifies sizes and
-hashes first: a truncated or corrupt checkpoint is a clear :class:`CheckpointError`.
+half-written checkpoint under a real name and never touches an older one; what a killed writer leaves
+(``checkpoints/.tmp-step-*``) is removed by :func:`remove_unfinished_writes` when the run starts again. Loading
+verifies sizes and hashes first: a truncated or corrupt checkpoint is a clear :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,14 +32,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from ..core.io import write_text, write_with
+from ..core.io import unfinished_writes, write_text, write_with
 
 FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
+TMP_PREFIX = ".tmp-"  # a checkpoint being written: ".tmp-step-0000500-<pid>"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupt or does not fit the model."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (read-only folder, full disk, ...); the message says where, why and which
+    checkpoint is the newest intact one. ``errno`` is the file system's error number when there is one."""
 
 
 @dataclass
@@ -60,6 +68,22 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_unfinished_writes(run_dir: str | Path) -> list[Path]:
+    """Delete what writers killed mid-write left in a run: checkpoint folders still under their temporary name
+    (``checkpoints/.tmp-step-*``) and the temporary files of atomic writes in the run folder. Call it only while
+    holding the run's lock (:mod:`.lock`): a live writer's temporaries look the same. Returns what was removed.
+    """
+    root = checkpoint_root(run_dir)
+    found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(TMP_PREFIX)) if root.is_dir() else []
+    found += unfinished_writes(run_dir)
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def _sha256(path: Path) -> str:
@@ -136,7 +160,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -164,6 +188,28 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_failure(run_dir: str | Path, step: int, error: Exception) -> CheckpointWriteError:
+    """The one-line error for checkpoint ``step`` that could not be written because of ``error`` (an ``OSError`` or a
+    ``SafetensorError``): where, why, the newest intact checkpoint and what to do."""
+    final = checkpoint_root(run_dir) / f"step-{step:07d}"
+    if isinstance(error, OSError) and error.strerror:
+        reason, number = error.strerror + (f": {str(error.filename)!r}" if error.filename else ""), error.errno
+    else:  # safetensors reports the file system's error as text: "... I/O error: File too large (os error 27)"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        found = re.search(r"os error (\d+)", reason)
+        number = int(found.group(1)) if found else None
+    fix = {errno.EACCES: "make the run folder writable", errno.EPERM: "make the run folder writable",
+           errno.EROFS: "make the file system writable", errno.ENOSPC: "free some space",
+           errno.EDQUOT: "free some space", errno.EFBIG: "free some space or raise the file size limit"
+           }.get(number, "fix the cause")
+    intact = list_checkpoints(run_dir)
+    then = (f"the newest intact checkpoint is {intact[-1]}: {fix}, then continue with `attnlab train {run_dir} --resume`"
+            if intact else f"no checkpoint was written before: {fix}, then start again with --overwrite")
+    err = CheckpointWriteError(f"cannot write checkpoint {final} ({reason}); training stopped at step {step} and {then}")
+    err.errno = number
+    return err
 
 
 def verify_checkpoint(path: str | Path) -> Checkpoint:

@@ -1,10 +1,13 @@
-"""Run-directory bookkeeping: ``metrics.jsonl`` (one JSON row per optimizer step), ``summary.json``."""
+"""Run-directory bookkeeping: ``metrics.jsonl`` (one JSON row per optimizer step), ``summary.json``, and the lines a
+run prints about its losses."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from ..core.io import write_text
 from ..viz.curves import read_metrics
@@ -49,3 +52,27 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
 def format_seconds(s: float) -> str:
     m, sec = divmod(int(round(s)), 60)
     return f"{m}m{sec:02d}s" if m else f"{s:.1f}s"
+
+
+def print_summary(result, trainer) -> None:
+    """The closing lines of a run (rank 0): how it stopped, speed, final loss, how to resume an interrupted run."""
+    rate = trainer.tokens / max(trainer.elapsed, 1e-9)
+    msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} in training steps "
+           f"({rate:,.0f} tokens/s); this invocation took {format_seconds(result.wall_seconds)} with evaluation")
+    if result.final_val_loss is not None:
+        msg += f"; final val loss {loss_text(result.final_val_loss, trainer.data)}"
+    tqdm.write(msg + f"; run directory {trainer.run_dir}")
+    if result.stopped == "interrupted":
+        tqdm.write(f"resume with: attnlab train {trainer.run_dir} --resume")
+
+
+def is_regression(data) -> bool:
+    return getattr(data, "kind", None) == "regression"
+
+
+def loss_text(val: float, data) -> str:
+    """Cross-entropy in nats and bits per unit, or the squared error of a regression dataset."""
+    if is_regression(data):
+        return f"{val:.4f} (mean squared error)"
+    unit = data.tokenizer.unit
+    return f"{val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})"

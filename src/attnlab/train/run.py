@@ -1,8 +1,13 @@
-"""Use a finished (or interrupted) run directory: load its model and tokenizer, evaluate, generate."""
+"""Use a finished (or interrupted) run directory: load its model and tokenizer, evaluate, generate.
+
+Reading a run takes no lock; :func:`evaluate_run` writes ``eval.json`` and so holds the run's lock (:mod:`.lock`)
+while it evaluates: it does not run while ``attnlab train`` writes into the same folder.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,8 @@ from ..models.registry import build_model
 from ..objectives import get_objective
 from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
+from .lock import RunLock, RunLockedError
+from .rundir import kept_tokenizer
 from .precision import autocast, resolve_precision
 
 
@@ -40,9 +47,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
         FileNotFoundError: not a run directory, or no checkpoint yet.
         CheckpointError: the newest checkpoint is corrupt or does not fit the config.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); train one with `attnlab train`")
+    run_dir = _require_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     tok = load_tokenizer(run_dir / "tokenizer.json")
     dev = resolve_device(device)
@@ -51,6 +56,13 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     load_weights(model, ckpt)
     model.eval()
     return LoadedRun(model=model, tokenizer=tok, config=cfg, checkpoint=ckpt, device=dev)
+
+
+def _require_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); train one with `attnlab train`")
+    return run_dir
 
 
 def generate_text(run: LoadedRun, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -72,21 +84,69 @@ def generate_text(run: LoadedRun, prompt: str, max_new_tokens: int = 200, temper
     return [run.tokenizer.decode(row[idx.shape[1]:].tolist()) for row in out]
 
 
-@torch.no_grad()
 def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None = None,
-                 max_batches: int | None = None, device: str = "auto", progress: bool = True) -> dict:
+                 max_batches: int | None = None, device: str = "auto", progress: bool = True,
+                 save: bool = True) -> dict:
     """Loss over a whole split in non-overlapping windows of ``data.seq_len`` (each token scored once).
 
-    Writes ``eval.json`` into the run directory and returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}``.
+    Returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}`` and, with ``save``, writes it to ``eval.json`` in
+    the run directory, holding the run's lock meanwhile. A run folder that cannot be written (read-only) still gives
+    the result; a line on stderr says ``eval.json`` was not written.
 
     Raises:
         ValueError: ``split`` not ``val`` or ``train``.
+        FileNotFoundError: not a run directory, or no checkpoint yet.
+        RunLockedError: ``save`` and another process writes into the run directory (``attnlab train``); the message
+            names it (``save=False`` evaluates without writing, so without the lock).
     """
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
-    run = load_run(run_dir, device)
+    run_dir = _require_run_dir(run_dir)
+    lock = _lock_for_writing(run_dir) if save else None
+    try:
+        result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
+        if lock is not None:
+            _write_eval(run_dir, result)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_for_writing(run_dir: Path) -> RunLock | None:
+    """The run's lock, or ``None`` (with a line on stderr) when the folder cannot be written at all.
+
+    Raises:
+        RunLockedError: another process holds the lock.
+    """
+    try:
+        return RunLock(run_dir).acquire()
+    except RunLockedError:
+        raise
+    except OSError as e:
+        _not_saved(run_dir, e)
+        return None
+
+
+def _write_eval(run_dir: Path, result: dict) -> None:
+    try:
+        write_json(run_dir / "eval.json", result)
+    except OSError as e:
+        _not_saved(run_dir, e)
+
+
+def _not_saved(run_dir: Path, e: OSError) -> None:
+    reason = f"{e.strerror}: {str(e.filename)!r}" if e.strerror and e.filename is not None else str(e)
+    print(f"attnlab: cannot write {run_dir / 'eval.json'} ({reason}); the result is not saved", file=sys.stderr)
+
+
+@torch.no_grad()
+def _evaluate(run_dir: Path, run: LoadedRun, split: str, batch_size: int | None, max_batches: int | None,
+              progress: bool) -> dict:
     d = run.config.data
-    data = build_lm_data(d.dataset, d.tokenizer, d.seq_len, d.val_fraction, d.split)
+    kept = kept_tokenizer(run_dir, d.tokenizer)  # a trained kind: the vocabulary the model has, not a new one
+    data = build_lm_data(d.dataset, d.tokenizer if kept is None else str(kept), d.seq_len, d.val_fraction, d.split,
+                         d.vocab_size)
     tokens = data.val if split == "val" else data.train
     step_fn = get_objective(run.config.objective.name)
     precision = resolve_precision(run.config.train.precision, run.device)
@@ -106,7 +166,5 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
         count += n
     unit = run.tokenizer.unit
     mean = loss_sum / count
-    result = {"split": split, "loss": mean, f"bits_per_{unit}": mean / math.log(2), "tokens": count,
-              "step": run.checkpoint.step, "precision": precision, "seq_len": d.seq_len}
-    write_json(Path(run_dir) / "eval.json", result)
-    return result
+    return {"split": split, "loss": mean, f"bits_per_{unit}": mean / math.log(2), "tokens": count,
+            "step": run.checkpoint.step, "precision": precision, "seq_len": d.seq_len}

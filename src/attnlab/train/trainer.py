@@ -3,7 +3,9 @@
 AdamW with decay groups, linear warmup + cosine decay, gradient accumulation and clipping, bf16
 autocast, periodic evaluation, optional early stopping, atomic checkpoints with bit-exact resume,
 Ctrl-C = save and stop. Rank 0 writes ``config.yaml``, ``tokenizer.json``, ``metrics.jsonl``,
-checkpoints, ``summary.json`` and ``loss_curve.png`` into ``train.run_dir``.
+checkpoints, ``summary.json`` and ``loss_curve.png`` into ``train.run_dir``, holding the folder's lock
+(:mod:`.lock`) from :meth:`Trainer.prepare` until the run ends. A resume continues only the run its checkpoint
+recorded (:mod:`.fingerprint`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,29 +20,28 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..attention.base import pop_aux_loss
-from ..config import RunConfig
+from ..config import RESUMABLE_CHANGES, RunConfig  # noqa: F401  (RESUMABLE_CHANGES: re-exported)
 from ..core.io import write_json
 from ..data.text import WindowSampler, eval_batches
-from ..data.text.tokenizers import save_tokenizer
 from ..objectives import get_objective
 from ..viz.curves import plot_loss_curve, read_metrics
 from . import distributed as D
 from .build import build_for_config
-from .checkpoint import (capture_rng, checkpoint_root, latest_checkpoint, list_checkpoints, load_training_state,
-                         load_weights, restore_rng, save_checkpoint)
-from .logs import MetricsLog, format_seconds, truncate_metrics
+from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_training_state,
+                         load_weights, restore_rng, save_checkpoint, write_failure)
+from .fingerprint import check_resume, fingerprint
+from .logs import MetricsLog, print_summary, truncate_metrics
+from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
 from .precision import autocast, resolve_precision
+from .rundir import check_flags, clear_run, kept_tokenizer, lock_run_dir, write_run_files
 from .signals import Abort, install_stop_handlers, restore_handlers
-
-# keys that may change when a run is resumed (everything else must match the saved config.yaml)
-RESUMABLE_CHANGES = {"steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                     "early_stopping_patience", "device", "run_dir"}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -73,11 +73,11 @@ class Trainer:
     """Holds the pieces of one run; :meth:`fit` is the loop. Use :func:`train` rather than this class."""
 
     def __init__(self, cfg: RunConfig, info: D.DistInfo, progress: bool = True,
-                 on_step: Callable[[int, dict], None] | None = None, feed=None):
+                 on_step: Callable[[int, dict], None] | None = None, feed=None, tokenizer_file: Path | None = None):
         self.info, self.progress, self.on_step = info, progress, on_step
         t = cfg.train
         seed_everything(t.seed)
-        self.data, model, self.cfg = build_for_config(cfg, info.device, feed)
+        self.data, model, self.cfg = build_for_config(cfg, info.device, feed, tokenizer_file)
         self.raw_model = model
         self.model = D.wrap_model(model, info)
         self.step_fn = get_objective(self.cfg.objective.name)  # the resolved name: a suite dataset's kind
@@ -100,52 +100,63 @@ class Trainer:
         self.tokens_per_step = d.batch_size * d.seq_len * t.grad_accum * info.world_size
         self.stop_requested = False
         self.mid_step = False  # True while a step is half done (a checkpoint now would not be consistent)
+        self.lock = None  # the run directory's lock (rank 0, from prepare until fit ends)
 
     # ------------------------------------------------------------ run directory
     def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Check the run directory (all ranks), clean or restore it, then write config and tokenizer (rank 0)."""
+        """Lock the run directory (rank 0; held until :meth:`fit` ends or :meth:`close`), check it (all ranks),
+        clean or restore it, then write config and tokenizer (rank 0).
+
+        Raises:
+            ValueError: ``resume`` and ``overwrite`` together; a resume whose config or tokenizer differs from what
+                its checkpoint was trained with (:func:`~attnlab.train.fingerprint.check_resume`).
+            RunLockedError: another process is writing into the run directory.
+            FileExistsError: the directory holds a run and neither flag is set.
+            FileNotFoundError / CheckpointError: nothing (intact) to resume from.
+        """
+        check_flags(resume, overwrite, self.run_dir)
+        if resume and not list_checkpoints(self.run_dir):
+            latest_checkpoint(self.run_dir)  # raises: nothing to resume (before the lock creates the folder)
+        self.lock = lock_run_dir(self.run_dir, self.info)
+        try:
+            self._prepare_locked(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare_locked(self, resume: bool, overwrite: bool) -> None:
         existing = list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists()
         if resume:
             ckpt = latest_checkpoint(self.run_dir)  # raises for a missing or corrupt checkpoint
-            self._check_resume_config()
+            check_resume(ckpt, self.cfg, self.data.tokenizer, self.run_dir, note=self.info.is_main)
             self.restore(ckpt)
         elif existing and not overwrite:
             raise FileExistsError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it, "
                                   "--overwrite to start again, or set train.run_dir=... for a new one")
         D.barrier(self.info)
         if self.info.is_main:
-            if overwrite and not resume:
-                shutil.rmtree(checkpoint_root(self.run_dir), ignore_errors=True)
-                for name in ("metrics.jsonl", "summary.json", "loss_curve.png", "eval.json"):
-                    (self.run_dir / name).unlink(missing_ok=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.run_dir / "config.yaml")
-            if hasattr(self.data.tokenizer, "to_dict"):  # text tokenizers; suite datasets' token ids have no file
-                save_tokenizer(self.data.tokenizer, self.run_dir / "tokenizer.json")
+            if overwrite:
+                clear_run(self.run_dir)
+            write_run_files(self.run_dir, self.cfg, self.data.tokenizer)  # on resume: the checked tokenizer
             if resume:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         D.barrier(self.info)
 
-    def _check_resume_config(self) -> None:
-        from ..config import load_config
-
-        saved = load_config(self.run_dir / "config.yaml").model_dump(mode="json")
-        given = self.cfg.model_dump(mode="json")
-        for section, values in given.items():
-            for key, value in values.items():
-                if section == "train" and key in RESUMABLE_CHANGES:
-                    continue
-                if saved.get(section, {}).get(key) != value:
-                    raise ValueError(
-                        f"cannot resume: {section}.{key} is {value!r} but the run in {self.run_dir} used "
-                        f"{saved.get(section, {}).get(key)!r}; resume with the saved config "
-                        f"(`attnlab train {self.run_dir} --resume`) or start a new train.run_dir")
+    def close(self) -> None:
+        """Let go of the run directory's lock (idempotent; :meth:`fit` calls it when the run ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------ checkpoints
     def restore(self, ckpt) -> None:
         load_weights(self.raw_model, ckpt)
         rng_tensors, state = load_training_state(ckpt, self.optimizer)
         restore_rng(rng_tensors, state["rng"], self.info.rank)
+        t = self.cfg.train
+        for group in self.optimizer.param_groups:  # values train.allow_changes may have changed since the checkpoint
+            group["betas"] = (t.beta1, t.beta2)
+            if group.get("name") == "decay":
+                group["weight_decay"] = t.weight_decay
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         tr = state["trainer"]
@@ -154,19 +165,29 @@ class Trainer:
         self.bad_evals, self.last_val = tr["bad_evals"], tr["last_val"]
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (every rank contributes its RNG state; rank 0 writes)."""
+        """Checkpoint the current step (every rank contributes its RNG state; rank 0 writes).
+
+        Raises:
+            CheckpointWriteError: the checkpoint could not be written (on every rank; the message says where, why
+                and which checkpoint is the newest intact one, which is kept).
+        """
         cpu_state = torch.get_rng_state()
         states = [s.cpu() for s in D.all_gather_tensor(cpu_state.to(self.info.device), self.info)]
         rng_tensors, rng_json = capture_rng(states)
-        path = None
+        path, error = None, None
         if self.info.is_main:
             state = {"rng": rng_json, "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                      "trainer": {"elapsed": self.elapsed, "tokens": self.tokens,
                                  "best_val": None if math.isinf(self.best_val) else self.best_val,
-                                 "bad_evals": self.bad_evals, "last_val": self.last_val}}
-            path = save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, state, rng_tensors,
-                                   keep=self.cfg.train.keep_checkpoints)
-        D.barrier(self.info)
+                                 "bad_evals": self.bad_evals, "last_val": self.last_val},
+                     "fingerprint": fingerprint(self.cfg, self.data.tokenizer)}
+            try:
+                path = save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, state, rng_tensors,
+                                       keep=self.cfg.train.keep_checkpoints)
+            except (OSError, SafetensorError) as e:
+                error = write_failure(self.run_dir, self.step, e)
+        if D.broadcast_flag(error is not None, self.info):  # also the barrier after the write
+            raise error if error is not None else write_failure(self.run_dir, self.step, OSError("rank 0 failed"))
         return path
 
     # ------------------------------------------------------------ evaluation
@@ -221,6 +242,20 @@ class Trainer:
             + (f"Last checkpoint: {last[-1]}." if last else "No checkpoint was written yet."))
 
     def fit(self) -> TrainResult:
+        """Train to ``train.steps`` (or a stop), save the last checkpoint, write the summary, then let go of the run
+        directory's lock.
+
+        Raises:
+            TrainingDiverged: the loss became NaN/inf.
+            CheckpointWriteError: a checkpoint could not be written (the newest intact one is kept).
+            KeyboardInterrupt: a second Ctrl-C, or one in the middle of a step (nothing is saved).
+        """
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         t = self.cfg.train
         log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
         bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and self.info.is_main),
@@ -321,9 +356,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
           on_step: Callable[[int, dict], None] | None = None, feed=None) -> TrainResult:
     """Train ``cfg`` (under ``torchrun`` this joins the process group and trains with DDP).
 
+    The run directory is locked for the whole call (:mod:`attnlab.train.lock`): one writer at a time.
+
     Args:
         resume: continue from the newest checkpoint in ``train.run_dir`` (bit-exact: same losses as an
-            uninterrupted run).
+            uninterrupted run). The config and tokenizer must be the ones that checkpoint was trained with, except
+            :data:`RESUMABLE_CHANGES` and the keys ``train.allow_changes`` names.
         overwrite: start afresh in a ``run_dir`` that already holds a run (its checkpoints and logs are deleted).
         progress: show the tqdm bar (rank 0).
         on_step: called as ``on_step(step, row)`` after every optimizer step (raising KeyboardInterrupt there
@@ -333,14 +371,22 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
             of ``cfg.data``.
 
     Raises:
+        ValueError: ``resume`` and ``overwrite`` together; inconsistent settings (message names the keys); a resume
+            whose config or tokenizer differs from its checkpoint's (message lists the changes); partial or
+            inconsistent distributed variables (``DistEnvError``).
+        RunLockedError: another process writes into ``run_dir`` (a ``FileExistsError``; message names it).
         FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         FileNotFoundError / CheckpointError: nothing (intact) to resume from.
+        CheckpointWriteError: a checkpoint could not be written (an ``OSError``; the newest intact one is kept).
+        PeersTimeout: the other processes of a distributed job did not join in time.
         TrainingDiverged: the loss became NaN/inf (message has the step and what to change).
-        ValueError: inconsistent settings (message names the keys).
     """
+    check_flags(resume, overwrite, cfg.train.run_dir)
     info = D.init_distributed(cfg.train.device)
+    trainer = None
     try:
-        trainer = Trainer(cfg, info, progress=progress, on_step=on_step, feed=feed)
+        kept = kept_tokenizer(cfg.train.run_dir, cfg.data.tokenizer) if resume and feed is None else None
+        trainer = Trainer(cfg, info, progress=progress, on_step=on_step, feed=feed, tokenizer_file=kept)
         trainer.prepare(resume=resume, overwrite=overwrite)
         if info.is_main:
             n = sum(p.numel() for p in trainer.raw_model.parameters())
@@ -350,30 +396,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
                        + (f", resuming at step {trainer.step}" if resume else ""))
         result = trainer.fit()
         if info.is_main:
-            _print_summary(result, trainer)
+            print_summary(result, trainer)
         return result
     finally:
+        if trainer is not None:
+            trainer.close()
         D.cleanup(info)
-
-
-def _print_summary(result: TrainResult, trainer: Trainer) -> None:
-    rate = trainer.tokens / max(trainer.elapsed, 1e-9)
-    msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} in training steps "
-           f"({rate:,.0f} tokens/s); this invocation took {format_seconds(result.wall_seconds)} with evaluation")
-    if result.final_val_loss is not None:
-        msg += f"; final val loss {_loss_text(result.final_val_loss, trainer.data)}"
-    tqdm.write(msg + f"; run directory {trainer.run_dir}")
-    if result.stopped == "interrupted":
-        tqdm.write(f"resume with: attnlab train {trainer.run_dir} --resume")
-
-
-def _is_regression(data) -> bool:
-    return getattr(data, "kind", None) == "regression"
-
-
-def _loss_text(val: float, data) -> str:
-    """Cross-entropy in nats and bits per unit, or the squared error of a regression dataset."""
-    if _is_regression(data):
-        return f"{val:.4f} (mean squared error)"
-    unit = data.tokenizer.unit
-    return f"{val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})"

@@ -14,7 +14,6 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..sources import source_path
 from ..base import SuiteDataset, SuiteSplit, long_tensor, split_rngs

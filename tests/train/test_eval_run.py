@@ -1,0 +1,57 @@
+"""evaluate_run writes eval.json under the run's lock; a folder it cannot write still gives the result (and one line
+on stderr); save=False neither writes nor locks; a trained tokenizer is read from the run, not trained again."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from attnlab.train import evaluate_run, train
+from attnlab.train.lock import RunLock, RunLockedError
+
+from trainkit import text_file, tiny_config  # noqa: F401  (text_file is a fixture)
+
+
+@pytest.fixture
+def run(text_file, tmp_path):
+    path = tmp_path / "run"
+    train(tiny_config(text_file, path, steps=2), progress=False)
+    return path
+
+
+def test_writes_eval_json_and_refuses_a_folder_in_use(run):
+    result = evaluate_run(run, max_batches=2, progress=False)
+    assert json.loads((run / "eval.json").read_text()) == result and result["step"] == 2
+    (run / "eval.json").unlink()
+    with RunLock(run):
+        with pytest.raises(RunLockedError, match="is in use by pid"):
+            evaluate_run(run, max_batches=2, progress=False)
+        assert evaluate_run(run, max_batches=2, progress=False, save=False) == result  # reads only: no lock needed
+    assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("where", ["lock", "eval.json"])
+def test_a_folder_that_cannot_be_written_still_gives_the_result(run, monkeypatch, capsys, where):
+    import attnlab.train.run as R
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run / "eval.json"))
+
+    if where == "lock":
+        monkeypatch.setattr(R.RunLock, "acquire", lambda self: refuse(self.path))
+    else:
+        monkeypatch.setattr(R, "write_json", refuse)
+    result = evaluate_run(run, max_batches=2, progress=False)
+    assert result["loss"] > 0 and not (run / "eval.json").exists()
+    assert capsys.readouterr().err == (f"attnlab: cannot write {run / 'eval.json'} (Permission denied: "
+                                       f"'{run / 'eval.json'}'); the result is not saved\n")
+
+
+def test_a_trained_tokenizer_is_read_from_the_run(text_file, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(text_file, run, steps=2, **{"data.tokenizer": "wordpiece", "data.vocab_size": 60}),
+          progress=False)
+    first = evaluate_run(run, max_batches=3, progress=False)
+    assert evaluate_run(run, max_batches=3, progress=False) == first  # the same ids every time, none unknown
