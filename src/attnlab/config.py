@@ -45,6 +45,9 @@ class ModelSection(ModelConfig):
 
     name: str = Field("gpt-char-small", description="model preset (`attnlab list models`)")
     vocab_size: int | None = Field(None, ge=1, description="token vocabulary size; None = from the dataset")
+    init_from: str | None = Field(
+        None, description="a run folder (`attnlab train`) whose newest checkpoint initialises this model: every tensor "
+                          "of the same name and shape (e.g. an mlm-pretrained encoder under a new classification head)")
 
     @model_validator(mode="before")
     @classmethod
@@ -66,7 +69,7 @@ class ModelSection(ModelConfig):
         Raises:
             ValueError: the configured ``vocab_size`` is smaller than the tokenizer's.
         """
-        values = self.model_dump(exclude={"name", "vocab_size"})
+        values = self.model_dump(exclude={"name", "vocab_size", "init_from"})
         if self.vocab_size is not None and vocab_size is not None and self.vocab_size < vocab_size:
             raise ValueError(
                 f"model.vocab_size={self.vocab_size} is smaller than the dataset's vocabulary ({vocab_size}); "
@@ -94,6 +97,8 @@ class DataConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="sequences per micro-batch per process")
     seq_len: int = Field(256, ge=1, description="tokens per training window")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of the text held out for validation")
+    options: dict[str, Any] = Field({}, description="options of a suite dataset named by data.dataset "
+                                                    "(`attnlab list datasets`), e.g. {max_len: 8}")
     split: Literal["interleaved", "tail"] = Field(
         "interleaved",
         description="interleaved: every k-th of 100 equal chunks is validation (covers the whole text); "
@@ -117,7 +122,14 @@ class ObjectiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = Field("lm", description="objective (training step function): lm = next-token language modelling")
+    name: str = Field("lm", description="objective (training step function): lm = next-token language modelling, "
+                                        "mlm = masked tokens (encoders), seq2seq = teacher forcing (encoder-decoders "
+                                        "on a seq2seq dataset); `attnlab list objectives`")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq and mlm: share of the target "
+                                                                     "probability spread over the vocabulary")
+    mask_prob: float = Field(0.15, gt=0.0, le=1.0, description="mlm: share of tokens (or words) picked; 80% "
+                                                                "become [MASK], 10% a random token, 10% stay")
+    whole_word: bool = Field(False, description="mlm: pick whole words (all pieces of a word together)")
 
     @field_validator("name")
     @classmethod

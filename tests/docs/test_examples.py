@@ -70,6 +70,14 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub("configs/compare/quick.yaml", "num_test: 1000", "num_test: 64", "a 1,000-sequence test set: same"),
     Sub("configs/compare/quick.yaml", "seeds: [0, 1]", "seeds: [0]", "half the cells; the table and "
         "plots are the same code with one seed"),
+    # the encoder-decoder and masked-pretraining recipes the README trains
+    Sub("configs/seq2seq-reversal.yaml", "steps: 600", "steps: 20", "600 steps take ~25 s; 20 train, evaluate and "
+        "checkpoint"),
+    Sub("configs/text2text-sentiment.yaml", "steps: 1500", "steps: 3", "1,500 steps of a 6.8M-parameter model "
+        "take ~20 min"),
+    Sub("configs/text2text-sentiment.yaml", "name: seq2seq-small", "name: seq2seq-tiny", "same: a smaller model"),
+    Sub("configs/mlm-kjv.yaml", "steps: 1000", "steps: 5", "1,000 steps take ~6 min"),
+    Sub("configs/finetune-sentiment.yaml", "steps: 600", "steps: 5", "600 steps take ~3 min"),
     # README.md: step counts given on the command line or in Python override the (already small) config
     Sub("README.md", "train.steps=300", "train.steps=5", "Python API example: 300 steps take ~3 min"),
     Sub("README.md", "train.steps=500", "train.steps=5", "command-line example: 500 steps take ~5 min"),

@@ -107,6 +107,7 @@ def _generate(p: argparse.ArgumentParser) -> Handler:
 @command("eval", "evaluate a trained run on its whole validation (or training) split", examples=[
     "attnlab eval runs/char-gpt",
     "attnlab eval runs/char-gpt --split train --max-batches 50",
+    "attnlab eval runs/seq2seq-reversal   # greedy decoding of the test split: exact match, character error rate",
 ])
 def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("run_dir", help="run directory written by `attnlab train`")
@@ -126,6 +127,12 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
                          progress=not args.no_progress)
         if args.json:
             print(json.dumps(r))
+            return
+        if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
+            print(f"{r['split']} ({r['objective']}): {scores}; checkpoint step {r['step']}")
+            for s in r.get("samples", []):
+                print(f"  {s['source'][:60]!r} -> {s['prediction']!r} (reference {s['reference']!r})")
             return
         unit = next(k for k in r if k.startswith("bits_per_")).removeprefix("bits_per_")
         print(f"{args.split} loss {r['loss']:.4f} nats/{unit} ({r[f'bits_per_{unit}']:.3f} bits/{unit}) "

@@ -79,9 +79,13 @@ class TaskSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ..data.registry import list_datasets
+        from ..data.registry import DATASETS, list_datasets
 
-        valid = [CHAR_LM, *list_datasets()]
+        valid = [CHAR_LM, *(n for n in list_datasets() if DATASETS.get(n).kind != "seq2seq")]
+        if v in list_datasets() and v not in valid:
+            raise ValueError(f"task {v!r} is a seq2seq dataset: the grid trains one body for every task, and an "
+                             f"encoder-decoder is trained with `attnlab train` (objective.name: seq2seq); grid tasks: "
+                             f"{valid}")
         if v not in valid:
             raise ValueError(f"unknown task {v!r}; valid tasks: {valid}")
         return v

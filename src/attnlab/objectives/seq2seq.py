@@ -15,8 +15,13 @@ from torch import Tensor, nn
 IGNORE_INDEX = -100
 
 
-def seq2seq_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+def seq2seq_step(model: nn.Module, batch: dict[str, Tensor],
+                 label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Cross-entropy of the decoder's next-token logits, in nats per scored target token.
+
+    With ``label_smoothing`` ``eps`` the target distribution is ``(1 - eps)`` on the right token plus ``eps / V``
+    on every token (Szegedy et al. 2016; the Transformer used 0.1); the ``loss`` metric stays the plain
+    cross-entropy, so runs with and without smoothing compare.
 
     Args:
         model: an encoder-decoder mapping ``(src (B, S), tgt_in (B, T), src_key_padding_mask)`` to logits
@@ -38,12 +43,51 @@ def seq2seq_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, di
     logits = model(src, tgt_in, src_key_padding_mask=batch.get("src_key_padding_mask"))
     if logits.shape[:2] != tgt_out.shape or logits.dim() != 3:
         raise ValueError(f"seq2seq needs logits (B, T, V) with (B, T) = {tuple(tgt_out.shape)}, got {tuple(logits.shape)}")
-    loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=IGNORE_INDEX)
+    loss, d = smoothed_cross_entropy(logits, tgt_out, label_smoothing)
     scored = tgt_out != IGNORE_INDEX
     right = (logits.detach().argmax(-1) == tgt_out) | ~scored
-    d = loss.detach()
     return loss, {"loss": d, "bits_per_token": d / math.log(2), "token_accuracy": right[scored].float().mean(),
                   "exact_match": right.all(dim=1).float().mean(), "tokens": scored.sum()}
+
+
+def smoothed_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """``logits (B, T, V)``, ``targets (B, T)`` (``IGNORE_INDEX`` unscored) -> (the loss to train, smoothed when
+    ``label_smoothing > 0``; the detached plain cross-entropy to report).
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    flat, target = logits.float().flatten(0, 1), targets.flatten()
+    loss = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+    if label_smoothing == 0.0:
+        return loss, loss.detach()
+    with torch.no_grad():
+        return loss, F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def character_error_rate(predicted: list[list[int]], reference: list[list[int]]) -> float:
+    """Levenshtein distance between each predicted and reference sequence, summed, over the summed reference
+    lengths (the character error rate when tokens are characters or bytes; the token error rate otherwise).
+
+    Raises:
+        ValueError: the lists differ in length.
+    """
+    if len(predicted) != len(reference):
+        raise ValueError(f"{len(predicted)} predictions for {len(reference)} references")
+    edits = sum(_levenshtein(p, r) for p, r in zip(predicted, reference))
+    return edits / max(sum(len(r) for r in reference), 1)
+
+
+def _levenshtein(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))  # distances from a[:0] to every prefix of b
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
 
 
 @torch.no_grad()

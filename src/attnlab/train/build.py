@@ -11,6 +11,14 @@ from ..config import RunConfig
 from ..data.text import LMData, build_lm_data
 from ..models.registry import build_model
 
+# which models a feed's kind trains: (test, what to use instead)
+MODEL_FOR_KIND = {
+    "seq2seq": (lambda m: hasattr(m, "decode") and hasattr(m, "encode"),
+                "an encoder-decoder: set model.name to a seq2seq preset (seq2seq-tiny, seq2seq-small, ...)"),
+    "mlm": (lambda m: hasattr(m, "mlm_logits"), "an encoder with a masked-LM head: set model.name to an encoder "
+                                                 "preset (encoder-tiny, encoder, bert)"),
+}
+
 
 def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
                      tokenizer_file: str | Path | None = None) -> tuple[LMData, nn.Module, RunConfig]:
@@ -21,37 +29,59 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
 
     ``feed`` (a :mod:`~attnlab.train.feeds` object) replaces the text corpus of ``cfg.data``; for a dataset of
     kind ``classify`` or ``regression`` the model of ``cfg.model`` is wrapped in that dataset's head
-    (:func:`~attnlab.models.heads.wrap_for_dataset`) and ``objective.name`` of the resolved config is the kind.
+    (:func:`~attnlab.models.heads.wrap_for_dataset`); the resolved ``objective.name`` is the feed's kind
+    (``classify``, ``regression``, ``seq2seq``, ``mlm``) and ``data.seq_len`` its sequence length.
 
     Raises:
-        ValueError: ``data.seq_len > model.max_seq_len``, a non-causal model for the ``lm`` objective, or for a
-            classify/regression dataset an ``objective.name`` other than ``lm`` (the default) or the dataset's kind.
+        ValueError: a sequence length above ``model.max_seq_len``, a non-causal model for the ``lm`` objective, a
+            model of another family than the feed's kind trains, an ``objective.name`` other than ``lm`` (the
+            default) or the dataset's kind, or a ``model.init_from`` that does not fit.
         CapabilityError: the attention kernel cannot run this model or head.
     """
     d = cfg.data
     tok = d.tokenizer if tokenizer_file is None else str(tokenizer_file)
     data = feed if feed is not None else build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
-    kind = getattr(data, "kind", "lm")  # a suite dataset of kind classify/regression decides its own objective
+    kind = getattr(data, "kind", "lm")  # a suite dataset or a masked corpus decides its own objective
     objective = cfg.objective.name
     if kind != "lm" and objective not in ("lm", kind):
         raise ValueError(f"objective.name={objective!r} does not fit the dataset of kind {kind!r}; "
                          f"remove objective.name or set it to {kind!r}")
     # regression inputs are vectors: the body gets a 1-row token table that its head replaces
     mcfg = cfg.model.to_model_config(data.vocab_size if data.vocab_size is not None else 1)
-    if d.seq_len > mcfg.max_seq_len:
-        raise ValueError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={mcfg.max_seq_len}; "
-                         "lower data.seq_len or raise model.max_seq_len")
-    model = build_model(cfg.model.name, mcfg)
-    if kind != "lm":
-        from ..models.heads import wrap_for_dataset
-
-        model = wrap_for_dataset(model, data.dataset)
-    model = model.to(device)
-    if objective == "lm" and kind == "lm" and not getattr(model, "causal", False):
-        raise ValueError(f"objective lm needs a causal decoder, but model.name={cfg.model.name!r} is not one; "
-                         "use a gpt preset (`attnlab list models`)")
+    seq_len = getattr(data, "seq_len", d.seq_len) if feed is not None else d.seq_len
+    if seq_len > mcfg.max_seq_len:
+        what = "data.seq_len" if seq_len == d.seq_len else f"the dataset's longest sequence ({seq_len} tokens)"
+        raise ValueError(f"{what} exceeds model.max_seq_len={mcfg.max_seq_len}; raise model.max_seq_len or use "
+                         "shorter sequences (data.seq_len, or data.options for a suite dataset)")
+    model = _model_for(cfg, mcfg, data, kind).to(device)
     resolved = cfg.model_copy(deep=True)
     resolved.model = cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})
     if kind != "lm":
         resolved.objective = cfg.objective.model_copy(update={"name": kind})
+    if feed is not None:
+        resolved.data = cfg.data.model_copy(update={"seq_len": seq_len})
     return data, model, resolved
+
+
+def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
+    """The preset's model, under the dataset's head for classify/regression; checked against what ``kind`` trains."""
+    model = build_model(cfg.model.name, mcfg)
+    if kind in ("classify", "regression"):
+        from ..models.heads import wrap_for_dataset
+
+        return wrap_for_dataset(model, data.dataset)
+    if kind in MODEL_FOR_KIND and not MODEL_FOR_KIND[kind][0](model):
+        raise ValueError(f"the {kind} objective trains {MODEL_FOR_KIND[kind][1]}; model.name={cfg.model.name!r} "
+                         f"is a {type(model).__name__}")
+    if cfg.objective.name == "lm" and kind == "lm" and not getattr(model, "causal", False):
+        raise ValueError(f"objective lm needs a causal decoder, but model.name={cfg.model.name!r} is not one; "
+                         "use a gpt preset (`attnlab list models`)")
+    return model
+
+
+def step_options(objective) -> dict:
+    """The options of ``objective`` (an :class:`~attnlab.config.ObjectiveConfig`) its step function takes: those set
+    away from their default (``mask_prob`` and ``whole_word`` shape the data, not the step)."""
+    data_side = {"name", "mask_prob", "whole_word"}
+    fields = type(objective).model_fields
+    return {k: v for k, v in objective.model_dump().items() if k not in data_side and v != fields[k].default}

@@ -82,7 +82,7 @@ class SplitSampler:
         self.position = int(state["position"])
 
 
-UNITS = {"lm": "token", "classify": "example", "regression": "position"}  # what one loss value averages over
+UNITS = {"lm": "token", "classify": "example", "regression": "position", "seq2seq": "token"}  # what one loss value averages over
 
 
 class DatasetFeed:

@@ -76,3 +76,12 @@ def loss_text(val: float, data) -> str:
         return f"{val:.4f} (mean squared error)"
     unit = data.tokenizer.unit
     return f"{val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})"
+
+
+def opening_line(cfg, trainer, num_parameters: int, resume: bool) -> str:
+    """What ``attnlab train`` prints before the first step: model, data, precision, processes, run folder."""
+    tokens = "its own token ids" if hasattr(trainer.data, "dataset") else cfg.data.tokenizer  # a suite dataset
+    return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "
+            f"{cfg.data.dataset} ({tokens}, vocab {trainer.data.vocab_size}), {trainer.precision}, "
+            f"{trainer.info.world_size} process(es), device {trainer.info.device} -> {trainer.run_dir}"
+            + (f", resuming at step {trainer.step}" if resume else ""))

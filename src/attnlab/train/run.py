@@ -26,6 +26,8 @@ from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
 from .lock import RunLock, RunLockedError
 from .rundir import kept_tokenizer
+from .run_tasks import evaluate_task_run
+from .task_feeds import feed_for_config
 from .precision import autocast, resolve_precision
 
 
@@ -46,9 +48,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     Raises:
         FileNotFoundError: not a run directory, or no checkpoint yet.
         CheckpointError: the newest checkpoint is corrupt or does not fit the config.
+        ValueError: a seq2seq, masked-LM or suite dataset run (evaluate it with :func:`evaluate_run`).
     """
     run_dir = _require_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml")
+    if feed_for_config(cfg) is not None:
+        raise ValueError(f"{run_dir} trained {cfg.model.name} with objective {cfg.objective.name} on "
+                         f"{cfg.data.dataset!r}; `attnlab generate` continues the text of language-model runs: score "
+                         f"this run with `attnlab eval {run_dir}`")
     tok = load_tokenizer(run_dir / "tokenizer.json")
     dev = resolve_device(device)
     model = build_model(cfg.model.name, cfg.model.to_model_config(tok.vocab_size)).to(dev)
@@ -87,7 +94,9 @@ def generate_text(run: LoadedRun, prompt: str, max_new_tokens: int = 200, temper
 def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None = None,
                  max_batches: int | None = None, device: str = "auto", progress: bool = True,
                  save: bool = True) -> dict:
-    """Loss over a whole split in non-overlapping windows of ``data.seq_len`` (each token scored once).
+    """Loss over a whole split in non-overlapping windows of ``data.seq_len`` (each token scored once); a run of a
+    seq2seq, masked-LM or suite dataset is scored on its test split instead (:mod:`.run_tasks`: greedy decoding
+    with exact match and character error rate for seq2seq, the objective's metrics otherwise).
 
     Returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}`` and, with ``save``, writes it to ``eval.json`` in
     the run directory, holding the run's lock meanwhile. A run folder that cannot be written (read-only) still gives
@@ -104,7 +113,11 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
     run_dir = _require_run_dir(run_dir)
     lock = _lock_for_writing(run_dir) if save else None
     try:
-        result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
+        cfg = load_config(run_dir / "config.yaml")
+        if feed_for_config(cfg) is not None:  # seq2seq, masked LM or a suite dataset: scored on its own split
+            result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress)
+        else:
+            result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
         if lock is not None:
             _write_eval(run_dir, result)
         return result

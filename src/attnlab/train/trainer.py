@@ -28,14 +28,17 @@ from ..attention.base import pop_aux_loss
 from ..config import RESUMABLE_CHANGES, RunConfig  # noqa: F401  (RESUMABLE_CHANGES: re-exported)
 from ..core.io import write_json
 from ..data.text import WindowSampler, eval_batches
-from ..objectives import get_objective
+from ..objectives import objective_step
 from ..viz.curves import plot_loss_curve, read_metrics
 from . import distributed as D
-from .build import build_for_config
+from .build import build_for_config, step_options
+from .init_from import init_from_run
+from .task_feeds import feed_for_config
 from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_training_state,
                          load_weights, restore_rng, save_checkpoint, write_failure)
 from .fingerprint import check_resume, fingerprint
-from .logs import MetricsLog, print_summary, truncate_metrics
+from .evaluation import evaluate_batches
+from .logs import MetricsLog, opening_line, print_summary, truncate_metrics
 from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
@@ -78,15 +81,16 @@ class Trainer:
         t = cfg.train
         seed_everything(t.seed)
         self.data, model, self.cfg = build_for_config(cfg, info.device, feed, tokenizer_file)
+        self.feed_kind = getattr(self.data, "kind", "lm")
         self.raw_model = model
         self.model = D.wrap_model(model, info)
-        self.step_fn = get_objective(self.cfg.objective.name)  # the resolved name: a suite dataset's kind
+        self.step_fn = objective_step(self.cfg.objective.name, **step_options(self.cfg.objective))
         self.precision = resolve_precision(t.precision, info.device)
         if t.retain_memory and info.device.type == "cpu":
             retain_freed_memory()  # no page faults on every step's fresh activations (attnlab.train.memory)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.scheduler = WarmupCosine(self.optimizer, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
-        d = cfg.data
+        d = self.cfg.data  # resolved: a feed's own sequence length
         if feed is not None:  # a suite dataset or a shared corpus (attnlab.train.feeds)
             self.sampler = feed.sampler(d.batch_size, t.seed, info.rank, info.world_size, t.grad_accum)
             self.val = feed.eval_batches(d.batch_size, t.eval_batches, info.rank, info.world_size)
@@ -97,6 +101,7 @@ class Trainer:
         self.run_dir = Path(t.run_dir)
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.best_val, self.bad_evals, self.last_val = math.inf, 0, None
+        self.val_metrics: dict[str, float] = {}
         self.tokens_per_step = d.batch_size * d.seq_len * t.grad_accum * info.world_size
         self.stop_requested = False
         self.mid_step = False  # True while a step is half done (a checkpoint now would not be consistent)
@@ -133,6 +138,9 @@ class Trainer:
         elif existing and not overwrite:
             raise FileExistsError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it, "
                                   "--overwrite to start again, or set train.run_dir=... for a new one")
+        elif self.cfg.model.init_from is not None:
+            init_from_run(self.raw_model, self.cfg.model.init_from, self.cfg.data.tokenizer if self.feed_kind in
+                          ("lm", "mlm") else None)
         D.barrier(self.info)
         if self.info.is_main:
             if overwrite:
@@ -193,16 +201,10 @@ class Trainer:
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches, averaged over ranks."""
-        self.raw_model.eval()
-        total = torch.zeros((), device=self.info.device)
-        for batch in self.val:
-            batch = {k: v.to(self.info.device) for k, v in batch.items()}
-            with autocast(self.precision, self.info.device):
-                loss, _ = self.step_fn(self.raw_model, batch)
-            total += loss.float()
-        self.raw_model.train()
-        return float(D.all_reduce_mean(total / len(self.val), self.info))
+        """Mean loss over the fixed validation batches, averaged over ranks (the plain cross-entropy the step reports
+        as its ``loss`` metric, unsmoothed); the means of the step's accuracy metrics go to ``self.val_metrics``."""
+        loss, self.val_metrics = evaluate_batches(self.step_fn, self.raw_model, self.val, self.precision, self.info)
+        return loss
 
     # ------------------------------------------------------------ the loop
     def train_step(self) -> tuple[float, float | None, bool]:
@@ -328,10 +330,12 @@ class Trainer:
         else:
             self.bad_evals += 1
         row["val_loss"] = val
+        row.update({f"val_{k}": v for k, v in self.val_metrics.items()})
         if not _is_regression(self.data):
             row[f"val_bits_per_{self.data.tokenizer.unit}"] = val / math.log(2)
         if self.info.is_main:
-            bar.write(f"step {self.step:>6}: val_loss {_loss_text(val, self.data)}")
+            extra = "".join(f", {k} {v:.4f}" for k, v in self.val_metrics.items())
+            bar.write(f"step {self.step:>6}: val_loss {_loss_text(val, self.data)}{extra}")
 
     def _finish(self, result: TrainResult) -> TrainResult:
         path = self.save()
@@ -386,14 +390,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     trainer = None
     try:
         kept = kept_tokenizer(cfg.train.run_dir, cfg.data.tokenizer) if resume and feed is None else None
+        feed = feed if feed is not None else feed_for_config(cfg, kept)  # seq2seq, mlm, a suite dataset
         trainer = Trainer(cfg, info, progress=progress, on_step=on_step, feed=feed, tokenizer_file=kept)
         trainer.prepare(resume=resume, overwrite=overwrite)
         if info.is_main:
             n = sum(p.numel() for p in trainer.raw_model.parameters())
-            tqdm.write(f"training {cfg.model.name} ({n / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "
-                       f"{cfg.data.dataset} ({cfg.data.tokenizer}, vocab {trainer.data.vocab_size}), {trainer.precision}, "
-                       f"{info.world_size} process(es), device {info.device} -> {trainer.run_dir}"
-                       + (f", resuming at step {trainer.step}" if resume else ""))
+            tqdm.write(opening_line(cfg, trainer, n, resume))
         result = trainer.fit()
         if info.is_main:
             print_summary(result, trainer)
@@ -402,3 +404,4 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         if trainer is not None:
             trainer.close()
         D.cleanup(info)
+

@@ -1,0 +1,85 @@
+"""``attnlab eval`` for runs that trained on a feed (:mod:`.task_feeds`): a seq2seq, masked-LM or suite dataset run.
+
+A seq2seq run is scored by greedy decoding of the test split (exact match and character error rate, plus the
+teacher-forced loss); the other kinds by their objective's metrics over the test split (masked LM: fixed masked
+validation windows).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..objectives import objective_step
+from ..objectives.seq2seq import character_error_rate
+from .build import build_for_config, step_options
+from .checkpoint import latest_checkpoint, load_weights
+from .distributed import resolve_device
+from .precision import autocast, resolve_precision
+from .rundir import kept_tokenizer
+from .task_feeds import feed_for_config
+
+MLM_EVAL_BATCHES = 50  # masked validation windows scored by default
+
+
+@torch.no_grad()
+def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max_batches: int | None,
+                      device: str, progress: bool) -> dict:
+    """The evaluation of a feed run (see the module docstring) as a JSON-ready dict.
+
+    Raises:
+        FileNotFoundError / CheckpointError: no (intact) checkpoint.
+    """
+    feed = feed_for_config(cfg, kept_tokenizer(run_dir, cfg.data.tokenizer))
+    dev = resolve_device(device)
+    _, model, resolved = build_for_config(cfg, dev, feed)
+    ckpt = latest_checkpoint(run_dir)
+    load_weights(model, ckpt)
+    model.eval()
+    precision = resolve_precision(cfg.train.precision, dev)
+    bs = batch_size or cfg.data.batch_size
+    head = {"split": "test" if feed.kind != "mlm" else "val", "step": ckpt.step, "precision": precision,
+            "objective": resolved.objective.name}
+    if feed.kind == "seq2seq":
+        return {**head, **_decode_split(model, feed.dataset, bs, max_batches, dev, precision, progress)}
+    step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
+    n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
+    sums: dict[str, float] = {}
+    batches = feed.eval_batches(bs, n)
+    for batch in tqdm(batches, desc="eval", disable=not progress, dynamic_ncols=True):
+        with autocast(precision, dev):
+            _, metrics = step_fn(model, {k: v.to(dev) for k, v in batch.items()})
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    means = {k: v / len(batches) for k, v in sums.items() if not k.endswith(("tokens", "positions", "examples"))}
+    return {**head, **means, "batches": len(batches)}
+
+
+def _decode_split(model, dataset, bs: int, max_batches: int | None, dev, precision: str, progress: bool) -> dict:
+    """Greedy decoding of ``dataset.test`` (``max_batches`` batches of ``bs`` rows at most)."""
+    from ..infer.seq2seq import generate_seq2seq
+
+    split = dataset.test
+    rows = len(split) if max_batches is None else min(len(split), max_batches * bs)
+    steps = split.tgt_out.shape[1]
+    predictions, references, loss_sum = [], [], 0.0
+    step_fn = objective_step("seq2seq")
+    for start in tqdm(range(0, rows, bs), desc="decode test", disable=not progress, dynamic_ncols=True):
+        batch = {k: v.to(dev) for k, v in split.batch(slice(start, min(start + bs, rows))).items()}
+        with autocast(precision, dev):
+            _, metrics = step_fn(model, batch)
+            out = generate_seq2seq(model, batch["src"], bos_id=dataset.bos_id, eos_id=dataset.eos_id,
+                                   max_new_tokens=steps, src_key_padding_mask=batch["src_key_padding_mask"])
+        loss_sum += float(metrics["loss"]) * batch["src"].shape[0]
+        for row in out.tolist():
+            predictions.append(row[: row.index(dataset.eos_id)] if dataset.eos_id in row else row)
+        references.extend(split.targets(slice(start, min(start + bs, rows))))
+    exact = sum(p == r for p, r in zip(predictions, references)) / max(rows, 1)
+    samples = [{"source": dataset.decode(split.src[i].tolist()), "prediction": dataset.decode(predictions[i]),
+                "reference": dataset.decode(references[i])} for i in range(min(3, rows))]
+    return {"loss": loss_sum / max(rows, 1), "exact_match": exact,
+            "cer": character_error_rate(predictions, references), "examples": rows, "samples": samples}
