@@ -101,3 +101,22 @@ def test_encoder_learns_masked_characters_of_the_bible():
     with torch.no_grad():
         _, metrics = mlm_step(model, batch(val, 256))
     assert float(metrics["masked_accuracy"]) > unigram + 0.15, (float(metrics["masked_accuracy"]), unigram)
+
+
+def test_mlm_step_projects_only_the_picked_positions_and_equals_the_full_logits():
+    torch.manual_seed(0)
+    model = create_model("encoder-tiny", vocab_size=50, dim=32, num_layers=2, max_seq_len=16).eval()
+    ids = torch.randint(0, 49, (3, 16))
+    inputs, labels = mask_tokens(ids, mask_id=49, vocab_size=50, generator=torch.Generator().manual_seed(1))
+    picked = labels != IGNORE_INDEX
+    full = model.mlm_logits(inputs)  # (B, T, V)
+    gathered = model(inputs, mlm_positions=picked)  # (N, V)
+    assert gathered.shape == (int(picked.sum()), 50)
+    torch.testing.assert_close(gathered, full[picked], rtol=1e-6, atol=1e-6)
+    loss, metrics = mlm_step(model, {"idx": inputs, "labels": labels})
+    expected = torch.nn.functional.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert metrics["masked_accuracy"].item() == pytest.approx((full.argmax(-1)[picked] == labels[picked]).float().mean().item())
+    nothing = {"idx": inputs, "labels": torch.full_like(labels, IGNORE_INDEX)}
+    zero, m = mlm_step(model, nothing)
+    assert zero.item() == 0.0 and m["masked_tokens"].item() == 0

@@ -51,7 +51,7 @@ def seq2seq_step(model: nn.Module, batch: dict[str, Tensor],
 
 
 def smoothed_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
-    """``logits (B, T, V)``, ``targets (B, T)`` (``IGNORE_INDEX`` unscored) -> (the loss to train, smoothed when
+    """``logits (..., V)``, ``targets (...)`` (``IGNORE_INDEX`` unscored) -> (the loss to train, smoothed when
     ``label_smoothing > 0``; the detached plain cross-entropy to report).
 
     Raises:
@@ -59,7 +59,7 @@ def smoothed_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: flo
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    flat, target = logits.float().flatten(0, 1), targets.flatten()
+    flat, target = logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
     loss = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     if label_smoothing == 0.0:
         return loss, loss.detach()

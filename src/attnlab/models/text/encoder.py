@@ -61,9 +61,13 @@ class Encoder(TransformerBody):
             self.mlm_head.decoder.weight = self.embed.tok_emb.weight
 
     def forward(self, ids: Tensor, key_padding_mask: Tensor | None = None, *, token_type_ids=None,
-                positions=None, document_ids=None, grid=None) -> Tensor:
-        return self.encode(ids, key_padding_mask=key_padding_mask, token_type_ids=token_type_ids,
-                           positions=positions, document_ids=document_ids, grid=grid)
+                positions=None, document_ids=None, grid=None, mlm_positions: Tensor | None = None) -> Tensor:
+        """Hidden states ``(B, T, dim)``; with ``mlm_positions`` (``(B, T)`` bool) the masked-LM logits of just
+        those positions, ``(N, vocab)`` in row-major order (BERT's ``gather_indexes``, Devlin et al. 2019: the
+        vocabulary projection only where a loss is taken). Through ``forward`` so that DDP sees the call."""
+        hidden = self.encode(ids, key_padding_mask=key_padding_mask, token_type_ids=token_type_ids,
+                             positions=positions, document_ids=document_ids, grid=grid)
+        return hidden if mlm_positions is None else self.mlm_head(hidden[mlm_positions])
 
     def mlm_logits(self, ids: Tensor, key_padding_mask: Tensor | None = None, **kwargs) -> Tensor:
         """``(B, T, vocab)`` masked-LM logits."""
