@@ -78,6 +78,10 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub("configs/text2text-sentiment.yaml", "name: seq2seq-small", "name: seq2seq-tiny", "same: a smaller model"),
     Sub("configs/mlm-kjv.yaml", "steps: 1000", "steps: 5", "1,000 steps take ~6 min"),
     Sub("configs/finetune-sentiment.yaml", "steps: 600", "steps: 5", "600 steps take ~3 min"),
+    Sub("README.md", "train.steps=300            #", "train.steps=20             #",
+        "vision example: 300 steps take ~15 s; 20 train, evaluate and draw the confusion matrix"),
+    Sub("README.md", "train.steps=300 train.run_dir=runs/vision-digits-na", "train.steps=5 train.run_dir="
+        "runs/vision-digits-na", "same, with neighbourhood attention"),
     # README.md: step counts given on the command line or in Python override the (already small) config
     Sub("README.md", "train.steps=300", "train.steps=5", "Python API example: 300 steps take ~3 min"),
     Sub("README.md", "train.steps=500", "train.steps=5", "command-line example: 500 steps take ~5 min"),

@@ -66,13 +66,16 @@ class SuiteSplit:
                        extras={k: v.to(device) for k, v in self.extras.items()})
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
-        """Rows ``index`` as a training batch: ``{"idx" | "inputs", "targets", ["loss_mask"], ["key_padding_mask"]}``.
+        """Rows ``index`` as a training batch: ``{"idx" | "inputs" | "pixels", "targets", ["loss_mask"],
+        ["key_padding_mask"]}``.
 
-        Token inputs are under ``"idx"`` (the key of :func:`attnlab.objectives.lm.lm_step`, whose
-        cross-entropy already skips ``IGNORE_INDEX`` targets), real-valued inputs under ``"inputs"``.
+        Images ``(B, C, H, W)`` are under ``"pixels"``, token inputs under ``"idx"`` (the key of
+        :func:`attnlab.objectives.lm.lm_step`, whose cross-entropy already skips ``IGNORE_INDEX`` targets),
+        real-valued inputs under ``"inputs"``.
         """
         x = self.inputs[index]
-        out = {"inputs" if x.is_floating_point() else "idx": x, "targets": self.targets[index]}
+        key = "pixels" if x.dim() == 4 else "inputs" if x.is_floating_point() else "idx"
+        out = {key: x, "targets": self.targets[index]}
         if self.loss_mask is not None:
             out["loss_mask"] = self.loss_mask[index]
         if self.key_padding_mask is not None:
@@ -97,6 +100,9 @@ class SuiteDataset:
         grid: ``(rows, cols)`` when the ``T`` tokens are a row-major 2-D grid (pixel sequences).
         vocab: token name -> id (special tokens and layout), for docs and decoding.
         options: the resolved generator options (reproduce with ``get_dataset(name, **options)``).
+        image_shape: ``(C, H, W)`` of an image dataset, whose inputs are ``(N, C, H, W)`` float pixels normalised
+            per channel with ``image_norm`` = (means, stds) of the training split; ``seq_len`` is then 1 (one
+            example: tokens/s of a run read as images/s).
     """
 
     name: str
@@ -112,6 +118,8 @@ class SuiteDataset:
     label_names: tuple[str, ...] = ()
     vocab: dict[str, int] = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    image_shape: tuple[int, int, int] | None = None
+    image_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def split_rngs(seed: int, n: int = 2) -> list[np.random.Generator]:

@@ -43,6 +43,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "gensim", "test/test_data/lee.cor", "pip install --no-deps gensim"),
     Source("fashion_mnist", "image", "Fashion-MNIST 60k train + 10k test, 28x28 grayscale (IDX)",
            None, "/usr/share/datasets/fashion-mnist", "apt-get install dataset-fashion-mnist"),
+    Source("digits", "image", "UCI handwritten digits, 1,797 images, 8x8, 17 grey levels (CSV)",
+           "sklearn", "datasets/data/digits.csv.gz", "pip install scikit-learn"),
     Source("taylor", "series", "electricity demand, 4,032 half-hourly values (literal array)",
            "pmdarima", "datasets/taylor.py", "pip install --no-deps pmdarima"),
     Source("weather", "series", "hourly weather, 8,760 x ~70 columns (CSV, skip the first line)",

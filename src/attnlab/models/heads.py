@@ -3,6 +3,7 @@ of the comparison suite.
 
 - :class:`SequenceClassifier`: mean-pooled hidden states -> linear -> class logits (ListOps, Nangia & Bowman
   2018, and pixel-sequence classification as in Long Range Arena, Tay et al. 2021).
+- :class:`ImageClassifier`: an image body's pooled representation -> linear -> class logits (ViT family).
 - :class:`InContextRegressor`: real-valued tokens -> linear read-in -> body -> scalar read-out per position
   (in-context linear regression, Garg et al. 2022, "What can Transformers learn in-context?").
 
@@ -77,6 +78,40 @@ class SequenceClassifier(nn.Module):
         return self.head(self.dropout(pool(hidden, key_padding_mask, "mean")))  # (B, C)
 
 
+class ImageClassifier(nn.Module):
+    """``pixels (B, C, H, W)`` -> logits ``(B, num_classes)``: an image body (ViT family), its pooled
+    representation (``pooling``: [CLS] or mean over patches), dropout, linear.
+
+    Raises:
+        ValueError: ``num_classes < 1``; a body that does not read images, or reads another image shape than
+            ``image_shape`` (the message names the model settings to change).
+    """
+
+    def __init__(self, body: TransformerBody, num_classes: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not hasattr(body, "pooled"):
+            raise ValueError(f"an image dataset needs an image model (a vit preset, `attnlab list models`), not a "
+                             f"{type(body).__name__}")
+        cfg = body.cfg
+        if (cfg.num_channels, cfg.image_size, cfg.image_size) != tuple(image_shape):
+            C, H, W = image_shape
+            fits = [p for p in range(1, H + 1) if H % p == 0 and W % p == 0 and p < H]
+            raise ValueError(f"the dataset's images are {C}x{H}x{W} but the model reads {cfg.num_channels}x"
+                             f"{cfg.image_size}x{cfg.image_size}: set model.image_size={H} model.num_channels={C}"
+                             + (f" (and model.patch_size one of {fits})" if H % cfg.patch_size else ""))
+        self.body = _strip_heads(body)
+        self.causal = False
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.dim, num_classes)
+        nn.init.normal_(self.head.weight, std=cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.head(self.dropout(self.body.pooled(pixels)))  # (B, C)
+
+
 class VectorEmbeddings(nn.Module):
     """Real-valued tokens ``(B, T, input_dim)`` -> ``(B, T, D)``: linear read-in plus the body's absolute
     position embedding, embedding norm and dropout (the parts of :class:`Embeddings` that are not tokens)."""
@@ -143,6 +178,11 @@ def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
             bidirectional body (it would read ``y_i``, the token after ``x_i``).
         CapabilityError: the body's kernel cannot run the dataset (see the heads).
     """
+    if dataset.kind == "classify" and getattr(dataset, "image_shape", None) is not None:
+        return ImageClassifier(body, dataset.num_classes, dataset.image_shape)
+    if hasattr(body, "pooled"):
+        raise ValueError(f"dataset {dataset.name!r} holds tokens, not images: an image model (ViT) cannot read it; "
+                         "use a gpt or encoder preset, or an image dataset (fashion_images, digits, image_folder)")
     if dataset.kind == "classify":
         return SequenceClassifier(body, dataset.num_classes, grid=dataset.grid,
                                   padded=dataset.train.key_padding_mask is not None)
@@ -156,4 +196,4 @@ def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
                      "take a head")
 
 
-__all__ = ["InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]
+__all__ = ["ImageClassifier", "InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]

@@ -14,7 +14,10 @@ from torch import Tensor, nn
 
 
 def classify_outputs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Logits ``(B, C)`` of ``model(idx, key_padding_mask=...)`` (the mask only when the batch has one)."""
+    """Logits ``(B, C)`` of ``model(idx, key_padding_mask=...)`` (the mask only when the batch has one), or of
+    ``model(pixels)`` for images."""
+    if "pixels" in batch:
+        return model(batch["pixels"])
     mask = batch.get("key_padding_mask")
     return model(batch["idx"]) if mask is None else model(batch["idx"], key_padding_mask=mask)
 
@@ -23,8 +26,10 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     """Sequence classification: cross-entropy of ``(B, C)`` logits against one label per sequence.
 
     Args:
-        model: maps ``idx (B, T)`` (and ``key_padding_mask (B, T)``, True = real token) to logits ``(B, C)``.
-        batch: ``{"idx": (B, T) int64, "targets": (B,) int64, ["key_padding_mask": (B, T) bool]}``.
+        model: maps ``idx (B, T)`` (and ``key_padding_mask (B, T)``, True = real token), or ``pixels``, to
+            logits ``(B, C)``.
+        batch: ``{"idx": (B, T) int64 | "pixels": (B, C, H, W) float, "targets": (B,) int64,
+            ["key_padding_mask": (B, T) bool]}``.
 
     Returns:
         ``loss`` (scalar, nats per example, differentiable) and detached metrics
@@ -33,9 +38,10 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     Raises:
         ValueError: ``targets`` are not ``(B,)`` labels, or the logits are not ``(B, C)``.
     """
-    idx, targets = batch["idx"], batch["targets"]
-    if targets.dim() != 1 or idx.dim() != 2 or targets.shape[0] != idx.shape[0]:
-        raise ValueError(f"classify needs idx (B, T) and targets (B,), got {tuple(idx.shape)} and "
+    idx, targets = batch["pixels"] if "pixels" in batch else batch["idx"], batch["targets"]
+    if targets.dim() != 1 or idx.dim() != (4 if "pixels" in batch else 2) or targets.shape[0] != idx.shape[0]:
+        raise ValueError(f"classify needs idx (B, T) or pixels (B, C, H, W), and targets (B,), got "
+                         f"{tuple(idx.shape)} and "
                          f"{tuple(targets.shape)}; per-token targets belong to the lm objective")
     logits = classify_outputs(model, batch)
     if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:

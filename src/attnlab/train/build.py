@@ -49,11 +49,13 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     # regression inputs are vectors: the body gets a 1-row token table that its head replaces
     mcfg = cfg.model.to_model_config(data.vocab_size if data.vocab_size is not None else 1)
     seq_len = getattr(data, "seq_len", d.seq_len) if feed is not None else d.seq_len
-    if seq_len > mcfg.max_seq_len:
+    model = _model_for(cfg, mcfg, data, kind)  # first: a model of the wrong family is the clearer message
+    images = getattr(getattr(data, "dataset", None), "image_shape", None) is not None  # the ViT checks its tokens
+    if seq_len > mcfg.max_seq_len and not images:
         what = "data.seq_len" if seq_len == d.seq_len else f"the dataset's longest sequence ({seq_len} tokens)"
         raise ValueError(f"{what} exceeds model.max_seq_len={mcfg.max_seq_len}; raise model.max_seq_len or use "
                          "shorter sequences (data.seq_len, or data.options for a suite dataset)")
-    model = _model_for(cfg, mcfg, data, kind).to(device)
+    model = model.to(device)
     resolved = cfg.model_copy(deep=True)
     resolved.model = cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})
     if kind != "lm":

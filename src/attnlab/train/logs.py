@@ -80,8 +80,12 @@ def loss_text(val: float, data) -> str:
 
 def opening_line(cfg, trainer, num_parameters: int, resume: bool) -> str:
     """What ``attnlab train`` prints before the first step: model, data, precision, processes, run folder."""
-    tokens = "its own token ids" if hasattr(trainer.data, "dataset") else cfg.data.tokenizer  # a suite dataset
+    dataset = getattr(trainer.data, "dataset", None)  # a suite dataset: its own ids, or images
+    shape = getattr(dataset, "image_shape", None)
+    what = ("x".join(map(str, shape)) + " images" if shape is not None else f"its own token ids, vocab "
+            f"{trainer.data.vocab_size}" if dataset is not None else f"{cfg.data.tokenizer}, vocab "
+            f"{trainer.data.vocab_size}")
     return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "
-            f"{cfg.data.dataset} ({tokens}, vocab {trainer.data.vocab_size}), {trainer.precision}, "
+            f"{cfg.data.dataset} ({what}), {trainer.precision}, "
             f"{trainer.info.world_size} process(es), device {trainer.info.device} -> {trainer.run_dir}"
             + (f", resuming at step {trainer.step}" if resume else ""))

@@ -115,7 +115,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
     try:
         cfg = load_config(run_dir / "config.yaml")
         if feed_for_config(cfg) is not None:  # seq2seq, masked LM or a suite dataset: scored on its own split
-            result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress)
+            result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress, save=lock is not None)
         else:
             result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
         if lock is not None:

@@ -1,8 +1,9 @@
 """``attnlab eval`` for runs that trained on a feed (:mod:`.task_feeds`): a seq2seq, masked-LM or suite dataset run.
 
 A seq2seq run is scored by greedy decoding of the test split (exact match and character error rate, plus the
-teacher-forced loss); the other kinds by their objective's metrics over the test split (masked LM: fixed masked
-validation windows).
+teacher-forced loss); a classifier by loss, accuracy, top-5 accuracy (more than 5 classes) and its confusion
+matrix (also drawn as ``confusion_matrix.png``); the other kinds by their objective's metrics over the test split
+(masked LM: fixed masked validation windows).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from .rundir import kept_tokenizer
 from .task_feeds import feed_for_config
 
 MLM_EVAL_BATCHES = 50  # masked validation windows scored by default
+CONFUSION_PNG = "confusion_matrix.png"
 
 
 @torch.no_grad()
 def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max_batches: int | None,
-                      device: str, progress: bool) -> dict:
-    """The evaluation of a feed run (see the module docstring) as a JSON-ready dict.
+                      device: str, progress: bool, save: bool = True) -> dict:
+    """The evaluation of a feed run (see the module docstring) as a JSON-ready dict; with ``save`` a classifier's
+    confusion matrix is drawn into ``RUN/confusion_matrix.png``.
 
     Raises:
         FileNotFoundError / CheckpointError: no (intact) checkpoint.
@@ -46,6 +49,9 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
             "objective": resolved.objective.name}
     if feed.kind == "seq2seq":
         return {**head, **_decode_split(model, feed.dataset, bs, max_batches, dev, precision, progress)}
+    if feed.kind == "classify":
+        plot = run_dir / CONFUSION_PNG if save else None
+        return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot)}
     step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
     n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
     sums: dict[str, float] = {}
@@ -57,6 +63,36 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
             sums[k] = sums.get(k, 0.0) + float(v)
     means = {k: v / len(batches) for k, v in sums.items() if not k.endswith(("tokens", "positions", "examples"))}
     return {**head, **means, "batches": len(batches)}
+
+
+def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precision: str, progress: bool,
+                    plot: Path | None) -> dict:
+    """Loss, accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix over the test split."""
+    from ..objectives import model_outputs
+    from ..viz.confusion import confusion_matrix, plot_confusion_matrix
+
+    dataset = feed.dataset
+    n = max_batches or math.ceil(len(dataset.test) / bs)
+    logits, targets = [], []
+    for batch in tqdm(feed.eval_batches(bs, n), desc="eval test", disable=not progress, dynamic_ncols=True):
+        with autocast(precision, dev):
+            logits.append(model_outputs("classify", model, {k: v.to(dev) for k, v in batch.items()}).float().cpu())
+        targets.append(batch["targets"])
+    z, y = torch.cat(logits), torch.cat(targets)
+    out = {"loss": float(torch.nn.functional.cross_entropy(z, y)), "accuracy": float((z.argmax(-1) == y).float().mean()),
+           "examples": int(y.numel())}
+    if z.shape[1] > 5:
+        out["top5_accuracy"] = float((z.topk(5, dim=-1).indices == y[:, None]).any(-1).float().mean())
+    counts = confusion_matrix(y.numpy(), z.argmax(-1).numpy(), z.shape[1])
+    out["confusion_matrix"] = counts.tolist()
+    if plot is not None:
+        try:
+            plot_confusion_matrix(counts, dataset.label_names, plot, title=f"{dataset.name}: accuracy "
+                                                                             f"{out['accuracy']:.3f}")
+            out["confusion_png"] = str(plot)
+        except OSError:
+            pass  # a read-only run folder: the numbers are still returned (and printed)
+    return out
 
 
 def _decode_split(model, dataset, bs: int, max_batches: int | None, dev, precision: str, progress: bool) -> dict:

@@ -4,8 +4,9 @@
   ``addition``, ``sentiment_t2t``; ``attnlab list datasets``) through :class:`~attnlab.train.feeds.DatasetFeed`.
 - ``objective.name: mlm`` trains an encoder on the text corpus of ``data`` with BERT's masking (Devlin et al.
   2019) applied to each window by :class:`MLMFeed`: one extra id, ``[MASK]`` = the tokenizer's vocabulary size.
-- ``data.dataset`` naming a suite dataset (``sentiment``, ``listops``, ``mqar``, ...) trains on it through a
-  :class:`~attnlab.train.feeds.DatasetFeed` (the model gets that dataset's head).
+- ``data.dataset`` naming a suite dataset (``sentiment``, ``listops``, ``mqar``, ``digits``, ...) trains on it through
+  a :class:`~attnlab.train.feeds.DatasetFeed` (the model gets that dataset's head); an image dataset with the
+  ``crop_padding`` / ``flip`` options through :class:`AugmentedImageFeed`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 from ..config import RunConfig
 from ..data.registry import get_dataset, list_datasets
 from ..data.text import LMData, WindowSampler, build_lm_data, eval_batches
+from ..data.vision.augment import augment_images
 from ..objectives.mlm import mask_tokens
 from .feeds import DatasetFeed, LMDatasetFeed
 
@@ -111,6 +113,35 @@ class MaskingSampler:
         self.windows.load_state_dict(state)
 
 
+class AugmentedImageFeed(DatasetFeed):
+    """An image dataset whose training batches are augmented (``crop_padding``, ``flip`` options of the dataset) as
+    a pure function of ``(seed, step, micro-batch, rank)``; evaluation batches are not augmented."""
+
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                grad_accum: int = 1) -> "AugmentingSampler":
+        return AugmentingSampler(super().sampler(batch_size, seed, rank, world_size, grad_accum),
+                                 self.dataset.options["crop_padding"], self.dataset.options["flip"])
+
+
+class AugmentingSampler:
+    """A :class:`~attnlab.train.feeds.SplitSampler` whose ``pixels`` are augmented; same state and resume."""
+
+    def __init__(self, rows, crop_padding: int, flip: bool):
+        self.rows, self.crop_padding, self.flip = rows, crop_padding, flip
+
+    def next(self) -> dict[str, Tensor]:
+        step, micro = divmod(self.rows.position, self.rows.grad_accum)
+        b = self.rows.next()
+        g = _generator(self.rows.seed, step, micro, self.rows.rank)
+        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g)}
+
+    def state_dict(self) -> dict:
+        return self.rows.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows.load_state_dict(state)
+
+
 def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
     """The feed ``cfg`` trains on, or ``None`` for plain text language modelling (see the module docstring).
 
@@ -132,6 +163,9 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
                          f"to one of {seq2seq}")
     if suite:
         dataset = get_dataset(d.dataset, **d.options)
+        if getattr(dataset, "image_shape", None) is not None and (dataset.options.get("crop_padding")
+                                                                or dataset.options.get("flip")):
+            return AugmentedImageFeed(dataset)
         return LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
     if d.options:
         raise ValueError(f"data.options {sorted(d.options)} apply to suite datasets (`attnlab list datasets`), not to "

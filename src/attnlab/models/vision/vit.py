@@ -108,6 +108,15 @@ class ViT(TransformerBody):
         """``(B, C, H, W)`` -> ``(B, T, dim)`` after the final norm (token 0 is [CLS] when present)."""
         return self.encode(None, inputs_embeds=self.embed(pixels), grid=self.grid)
 
+    def attention_maps(self, pixels: Tensor, **kwargs) -> list[Tensor]:
+        """Per-layer ``(B, H, T, T)`` attention maps of ``pixels (B, C, H, W)`` (token 0 is [CLS] when present,
+        then the patches row-major), recomputed through the reference path of each kernel.
+
+        Raises:
+            ValueError: images of the wrong shape. CapabilityError: a kernel that has no attention weights.
+        """
+        return super().attention_maps(None, inputs_embeds=self.embed(pixels), grid=self.grid, **kwargs)
+
     def pooled(self, pixels: Tensor) -> Tensor:
         """``(B, dim)``: the [CLS] token (``pooling="cls"``) or the mean over patch tokens."""
         h = self(pixels)

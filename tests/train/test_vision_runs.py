@@ -1,0 +1,95 @@
+"""Image classification through `attnlab train` / `attnlab eval`: a ViT on image datasets, augmentation that resumes
+exactly, the confusion matrix, attention maps from pixels, and the errors for models that do not fit the data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.config import build_config
+from attnlab.models import create_model
+from attnlab.train import evaluate_run, train
+from attnlab.train.task_feeds import AugmentedImageFeed, feed_for_config
+from attnlab.viz.confusion import confusion_matrix
+
+MODEL = {"name": "vit-digits", "dim": 32, "num_layers": 2, "num_heads": 2}
+TRAIN = {"lr": 3e-3, "warmup_steps": 10, "eval_batches": 3, "precision": "fp32", "weight_decay": 0.0}
+
+
+def digits_config(run_dir, steps=150, model=None, **options):
+    return build_config({"model": {**MODEL, **(model or {})}, "data": {"dataset": "digits", "options": options,
+                                                                       "batch_size": 64},
+                         "train": {"steps": steps, "eval_every": 50, "checkpoint_every": steps,
+                                   "run_dir": str(run_dir), **TRAIN}})
+
+
+def test_vit_trains_on_digits_and_eval_draws_the_confusion_matrix(tmp_path):
+    run = tmp_path / "vit"
+    train(digits_config(run), progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_accuracy" in r]
+    assert evals[-1]["val_loss"] < 0.8 * evals[0]["val_loss"] and evals[-1]["val_accuracy"] > 0.4
+    result = evaluate_run(run, progress=False)
+    counts = np.asarray(result["confusion_matrix"])
+    assert counts.shape == (10, 10) and counts.sum() == result["examples"] == 359
+    assert result["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
+    assert result["accuracy"] <= result["top5_accuracy"] <= 1.0
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_augmented_batches_are_a_function_of_seed_and_step():
+    cfg = digits_config("unused", crop_padding=1, flip=True)
+    feed = feed_for_config(cfg)
+    assert isinstance(feed, AugmentedImageFeed)
+    a, b = feed.sampler(16, seed=5), feed.sampler(16, seed=5)
+    first = [a.next() for _ in range(3)]
+    b.load_state_dict({**a.state_dict(), "position": 1})
+    assert torch.equal(b.next()["pixels"], first[1]["pixels"])
+    plain = feed_for_config(digits_config("unused")).sampler(16, seed=5)
+    plain_first = plain.next()
+    assert torch.equal(plain_first["targets"], first[0]["targets"])  # same rows...
+    assert not torch.equal(plain_first["pixels"], first[0]["pixels"])  # ...shifted and flipped
+
+
+def test_confusion_matrix_counts():
+    counts = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
+    assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        confusion_matrix(np.array([3]), np.array([0]), 3)
+
+
+def test_attention_maps_from_pixels_are_the_softmax_of_the_first_layer():
+    torch.manual_seed(0)
+    model = create_model("vit-tiny").eval()
+    pixels = torch.rand(2, 3, 32, 32)
+    maps = model.attention_maps(pixels)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 64, 64)
+    block = model.blocks[0]
+    x = block.attn_norm(model.embed(pixels))  # (B, 64, 64): pre-norm input of the first attention
+    q = block.attn.q_proj(x).view(2, 64, 4, 16).transpose(1, 2)
+    k = block.attn.k_proj(x).view(2, 64, 4, 16).transpose(1, 2)
+    torch.testing.assert_close(maps[0], (q @ k.transpose(-1, -2) / 4.0).softmax(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 4, 64))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"image_size": 16, "max_seq_len": 64}}, r"the dataset's images are 1x8x8 but the model reads "
+                                                       r"1x16x16: set model.image_size=8 model.num_channels=1"),
+    ({"model": {"num_channels": 3}}, r"images are 1x8x8 but the model reads 3x8x8: set model.image_size=8 "
+                                     r"model.num_channels=1"),
+    ({"model": {"name": "encoder-tiny"}}, "an image dataset needs an image model"),
+])
+def test_models_that_do_not_fit_images_are_refused(tmp_path, change, message):
+    cfg = digits_config(tmp_path / "r", steps=1, model=change["model"])
+    with pytest.raises(ValueError, match=message):
+        train(cfg, progress=False)
+
+
+def test_an_image_model_on_tokens_is_refused(tmp_path):
+    cfg = build_config({"model": MODEL, "data": {"dataset": "listops", "options": {"num_train": 20, "num_test": 4}},
+                        "train": {"steps": 1, "run_dir": str(tmp_path / "r"), **TRAIN}})
+    with pytest.raises(ValueError, match="holds tokens, not images: an image model"):
+        train(cfg, progress=False)
