@@ -29,7 +29,11 @@ from attnlab.attention import (
 
 # Options this suite passes instead of a kernel's defaults. Keep it tiny and explain every entry:
 # defaults should already work at T = 16..40 (if they do not, fix the default rather than add here).
-KERNEL_OPTIONS: dict[str, dict] = {}
+KERNEL_OPTIONS: dict[str, dict] = {
+    # Swin windows must tile the grid: one 5x7 window over GRID, shifted by 2 so the 3x3 band mask is exercised
+    # (several windows: tests/attention/test_window.py)
+    "window": {"window_size": [5, 7], "shift": 2},
+}
 
 B, H, DH = 2, 4, 8
 T1D = 21  # odd on purpose: not a multiple of the usual block / window / chunk sizes
@@ -279,7 +283,7 @@ def test_attention_maps_on_request(case: Case):
         q, k, v = mha.project(x, None, case.ctx(**kw))
         ctx = case.ctx(**kw)
         _, ref = reference_attention(q, k, v, keep=mha.kernel.full_mask(case.T, case.T, ctx),
-                                     scale=mha.kernel.softmax_scale(DH))
+                                     bias=mha.kernel.full_bias(case.T, case.T, ctx), scale=mha.kernel.softmax_scale(DH))
         torch.testing.assert_close(w, ref, atol=ATOL, rtol=RTOL)
 
 
@@ -315,7 +319,7 @@ def test_exact_kernel_equals_reference(case: Case):
         ctx = case.ctx(T=T, **kw)
         out = kernel(q, k, v, ctx)
         keep = kernel.full_mask(T, T, ctx)
-        ref, _ = reference_attention(q, k, v, keep=keep, bias=ctx.attn_bias, scale=kernel.softmax_scale(DH))
+        ref, _ = reference_attention(q, k, v, keep=keep, bias=kernel.full_bias(T, T, ctx), scale=kernel.softmax_scale(DH))
         torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
     check()

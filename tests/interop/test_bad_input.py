@@ -39,9 +39,9 @@ def test_missing_folder_config_or_weights(hf_checkpoint, tmp_path):
 def test_unsupported_model_type_lists_supported(hf_checkpoint, tmp_path):
     bad = _copy(hf_checkpoint("BertModel")[0], tmp_path / "c")
     cfg = json.loads((bad / "config.json").read_text())
-    cfg["model_type"] = "t5"
+    cfg["model_type"] = "mamba"
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"unsupported model_type 't5'.*\['bert', 'gpt2', 'vit'\]"):
+    with pytest.raises(ValueError, match=r"unsupported model_type 'mamba'.*\['bert', 'gpt2', .*'swin', 'vit'\]"):
         load_pretrained(bad)
 
 

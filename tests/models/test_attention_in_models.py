@@ -16,7 +16,9 @@ from attnlab.attention import CapabilityError, build_attention, list_attention
 from attnlab.models import create_model
 
 # Options passed instead of a kernel's defaults (keep tiny, explain each entry; prefer fixing defaults).
-KERNEL_OPTIONS: dict[str, dict] = {}
+KERNEL_OPTIONS: dict[str, dict] = {
+    "window": {"window_size": [5, 7], "shift": 2},  # Swin windows must tile GRID (5, 7)
+}
 
 V = 37
 T1D = 21

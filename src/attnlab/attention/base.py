@@ -66,6 +66,18 @@ class AttentionKernel(nn.Module):
         """The kernel's own sparsity pattern as a keep mask ``(1|B, 1, T, S)``; ``None`` = dense."""
         return None
 
+    def pattern_bias(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
+        """The kernel's own additive score bias ``(1|B, 1|H, T, S)`` (a learned relative position bias, as in Swin's
+        window attention), dense; ``None`` = none. Exact kernels equal the reference under ``full_mask`` plus it."""
+        return None
+
+    def full_bias(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
+        """``ctx.attn_bias`` plus :meth:`pattern_bias` (``None`` when neither)."""
+        own = self.pattern_bias(T, S, ctx, device)
+        if own is None or ctx.attn_bias is None:
+            return ctx.attn_bias if own is None else own
+        return ctx.attn_bias + own
+
     def full_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
         """Context masks (causal, padding, documents) AND the kernel's pattern."""
         base = context_mask(ctx, T, S, device)
@@ -86,7 +98,8 @@ class AttentionKernel(nn.Module):
         Kernels whose map is not softmax under a keep mask (linear, routing, ...) override this.
         """
         keep = self.full_mask(q.shape[2], k.shape[2], ctx, q.device)
-        _, w = reference_attention(q, k, v, keep=keep, bias=ctx.attn_bias, scale=self.softmax_scale(q.shape[-1]))
+        bias = self.full_bias(q.shape[2], k.shape[2], ctx, q.device)
+        _, w = reference_attention(q, k, v, keep=keep, bias=bias, scale=self.softmax_scale(q.shape[-1]))
         return w
 
     def new_cache(self, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,

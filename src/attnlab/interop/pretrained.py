@@ -69,6 +69,10 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
+    if hf.get("model_type") == "swin":  # hierarchical: its own key map (interop/swin.py)
+        from .swin import load_swin
+
+        return load_swin(folder, attention, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
     raw = read_weights(folder)
@@ -93,7 +97,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
 
 def _spec(model_type) -> ArchSpec:
     if model_type not in SPECS:
-        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted(SPECS)}")
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted([*SPECS, 'swin'])}")
     return SPECS[model_type]
 
 
@@ -214,6 +218,12 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
             its parents) is an existing file.
         OSError: the folder cannot be written (permission denied, disk full).
     """
+    from ..models.vision.swin import Swin
+
+    if isinstance(model, Swin):  # hierarchical: its own key map (interop/swin.py)
+        from .swin import save_swin
+
+        return save_swin(model, path)
     folder = writable_folder(path, "checkpoint folder")
     model_type = _family_of(model)
     spec, cfg = SPECS[model_type], model.cfg

@@ -1,5 +1,7 @@
-"""Building blocks shared by every model family: norms, MLPs, positional encodings, embeddings."""
+"""Building blocks shared by every model family: norms, MLPs, positional encodings, embeddings,
+stochastic depth."""
 
+from .droppath import DropPath
 from .embeddings import ByteEmbedding, TokenEmbedding
 from .mlp import MLP, SwiGLU, build_mlp
 from .norms import RMSNorm, build_norm
@@ -12,6 +14,6 @@ from .positional import (
 )
 
 __all__ = [
-    "ALiBi", "ByteEmbedding", "LearnedPositionalEmbedding", "MLP", "RMSNorm", "RelativePositionBias",
+    "ALiBi", "ByteEmbedding", "DropPath", "LearnedPositionalEmbedding", "MLP", "RMSNorm", "RelativePositionBias",
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "SwiGLU", "TokenEmbedding", "build_mlp", "build_norm",
 ]

@@ -51,6 +51,27 @@ class ModelConfig(BaseModel):
                                 "schedules the decoder's self-attention too, so the two must match)")
     cross_attention: str = Field("softmax", description="kernel of an encoder-decoder's cross-attention")
     cross_attention_options: dict = Field(default_factory=dict, description="options of the cross-attention kernel")
+    depths: list[int] = Field(default_factory=list, description="blocks per stage of a hierarchical vision model "
+                                                                "(Swin); num_layers is then their sum")
+    stage_heads: list[int] = Field(default_factory=list, description="attention heads per stage (Swin); the width "
+                                                                     "doubles at every stage, starting at dim")
+    window_size: int = Field(7, ge=1, description="window side of Swin's window attention (clamped to small grids)")
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth: the last block's drop rate, "
+                                                              "rising linearly from 0 (Swin)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages(cls, data):
+        """A staged model's ``num_layers`` is ``sum(depths)`` and its first ``num_heads`` the first stage's."""
+        if isinstance(data, dict) and data.get("depths"):
+            if not all(isinstance(d, int) and d >= 1 for d in data["depths"]):
+                raise ValueError(f"depths must be positive ints, got {data['depths']}")
+            heads = data.get("stage_heads") or []
+            if len(heads) != len(data["depths"]):
+                raise ValueError(f"stage_heads needs one head count per stage: depths={data['depths']} but "
+                                 f"stage_heads={heads}")
+            data = {**data, "num_layers": sum(data["depths"]), "num_heads": heads[0]}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":

@@ -87,7 +87,7 @@ class ImageClassifier(nn.Module):
             ``image_shape`` (the message names the model settings to change).
     """
 
-    def __init__(self, body: TransformerBody, num_classes: int, image_shape: tuple[int, int, int]):
+    def __init__(self, body: nn.Module, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -101,10 +101,12 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"the dataset's images are {C}x{H}x{W} but the model reads {cfg.num_channels}x"
                              f"{cfg.image_size}x{cfg.image_size}: set model.image_size={H} model.num_channels={C}"
                              + (f" (and model.patch_size one of {fits})" if H % cfg.patch_size else ""))
-        self.body = _strip_heads(body)
+        if "head" in body._modules:
+            del body._modules["head"]  # the family's own head (ViT, Swin): unused under this one
+        self.body = body
         self.causal = False
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.dim, num_classes)
+        self.head = nn.Linear(getattr(body, "width", cfg.dim), num_classes)  # Swin: the last stage's width
         nn.init.normal_(self.head.weight, std=cfg.init_std)
         nn.init.zeros_(self.head.bias)
 

@@ -25,4 +25,5 @@ from . import (  # noqa: F401
     selective,
     sliding_window,
     softmax,
+    window,
 )

@@ -1,0 +1,166 @@
+"""Hugging Face Swin checkpoints (``SwinModel`` / ``SwinForImageClassification``, Liu et al. 2021) in and out.
+
+The key map is data: Hub checkpoints, and ``transformers`` ``save_pretrained``, use the v4 parameter names
+(``attention.self.query`` ...); transformers 5 renames its modules in memory (``attention.q_proj`` ...) and both
+are read. Buffers (``relative_position_index``, ``attn_mask``) are rebuilt, never read. Loading is strict: every
+checkpoint tensor lands in a parameter and every parameter comes from the checkpoint (a classification head only
+when the checkpoint has one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..core.io import writable_folder, write_json
+from ..models.config import ModelConfig
+from ..models.vision.swin import Swin
+from .files import check_finite, check_folder, read_config, read_weights, write_safetensors
+
+# attnlab suffix of a block -> Hugging Face suffixes (v4 on disk first, then v5 in memory)
+BLOCK_KEYS = {
+    "attn_norm": ("layernorm_before",),
+    "attn.q_proj": ("attention.self.query", "attention.q_proj"),
+    "attn.k_proj": ("attention.self.key", "attention.k_proj"),
+    "attn.v_proj": ("attention.self.value", "attention.v_proj"),
+    "attn.out_proj": ("attention.output.dense", "attention.o_proj"),
+    "attn.kernel.rel_bias": ("attention.self.relative_position_bias_table",
+                             "attention.relative_position_bias.relative_position_bias_table"),
+    "mlp_norm": ("layernorm_after",),
+    "mlp.fc_in": ("intermediate.dense", "mlp.fc1"),
+    "mlp.fc_out": ("output.dense", "mlp.fc2"),
+}
+TOP_KEYS = {
+    "patch_embed.proj": "embeddings.patch_embeddings.projection",
+    "patch_embed.norm": "embeddings.norm",
+    "norm": "layernorm",
+    "head": "classifier",
+}
+BUFFERS = re.compile(r"relative_position_index$|attn_mask$")
+UNSUPPORTED = {"use_absolute_embeddings": True, "qkv_bias": False}
+
+
+def swin_config(hf: dict) -> ModelConfig:
+    """attnlab's config for a Hugging Face ``SwinConfig`` dict.
+
+    Raises:
+        ValueError: a feature attnlab's Swin does not have (absolute position embeddings, no q/k/v bias, an
+            activation other than GELU), naming it.
+    """
+    for key, bad in UNSUPPORTED.items():
+        if hf.get(key, not bad) == bad:
+            raise ValueError(f"Swin config has {key}={bad}, which attnlab's Swin does not implement")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"Swin config has hidden_act={hf['hidden_act']!r}; attnlab's Swin uses exact GELU")
+    depths, heads = list(hf["depths"]), list(hf["num_heads"])
+    ratio = hf.get("mlp_ratio", 4.0)
+    labels = len(hf.get("id2label") or {}) if hf.get("architectures", [""])[0].endswith("Classification") else 0
+    side = hf.get("image_size", 224)
+    return ModelConfig(dim=hf["embed_dim"], depths=depths, stage_heads=heads, window_size=hf.get("window_size", 7),
+                       image_size=side if isinstance(side, int) else side[0], patch_size=hf.get("patch_size", 4),
+                       num_channels=hf.get("num_channels", 3), mlp_dim=int(ratio * hf["embed_dim"]),
+                       norm_eps=hf.get("layer_norm_eps", 1e-5), attention="window", num_classes=labels,
+                       max_seq_len=max(1, (side if isinstance(side, int) else side[0]) ** 2))
+
+
+def hf_names(model: Swin) -> dict[str, list[str]]:
+    """attnlab parameter name -> the Hugging Face names it may come from (without the ``swin.`` prefix)."""
+    out: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias|rel_bias)$", name)
+        if m and name.endswith("rel_bias"):
+            i, j = m.group(1), m.group(2)
+            out[name] = [f"encoder.layers.{i}.blocks.{j}.{s}" for s in BLOCK_KEYS["attn.kernel.rel_bias"]]
+        elif m:
+            i, j, part, leaf = m.groups()
+            out[name] = [f"encoder.layers.{i}.blocks.{j}.{s}.{leaf}" for s in BLOCK_KEYS[part]]
+        elif name.startswith("stages."):
+            out[name] = [re.sub(r"^stages\.(\d+)\.downsample", r"encoder.layers.\1.downsample", name)]
+        else:
+            part, leaf = name.rsplit(".", 1)
+            out[name] = [f"{TOP_KEYS[part]}.{leaf}"]
+    return out
+
+
+def load_swin(path: str | os.PathLike, attention: str | None = None, **attention_options) -> Swin:
+    """Build attnlab's :class:`Swin` for a Hugging Face Swin folder and load its weights (eval mode).
+
+    ``attention`` swaps the kernel of every block (``neighborhood``, ``softmax`` ...); the relative bias tables
+    then stay unused and are not loaded (listed in ``model.hf_info["skipped"]``).
+
+    Raises:
+        ValueError: missing folder/config/weights, another ``model_type``, unsupported config features, missing or
+            unexpected tensors, shape mismatches, non-finite weights.
+    """
+    folder = check_folder(path)
+    hf = read_config(folder)
+    if hf.get("model_type") != "swin":
+        raise ValueError(f"{folder} holds a {hf.get('model_type')!r} model, not 'swin'")
+    cfg = swin_config(hf)
+    if attention is not None:
+        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+    weights = {k.removeprefix("swin."): v for k, v in read_weights(folder).items() if not BUFFERS.search(k)}
+    check_finite(weights, folder)
+    model = Swin(cfg)
+    state, used, missing = {}, set(), []
+    for name, sources in hf_names(model).items():
+        found = next((s for s in sources if s in weights), None)
+        if found is None:
+            missing.append(name)
+            continue
+        state[name], _ = weights[found], used.add(found)
+    skipped = sorted(k for k in set(weights) - used if attention is not None and "relative_position_bias" in k)
+    unexpected = sorted(set(weights) - used - set(skipped))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {str(folder)!r} does not match a Swin of its config: missing {missing[:8] or 'none'}"
+                         f"; unexpected {unexpected[:8] or 'none'}")
+    _copy(model, state, folder)
+    model.hf_info = {"model_type": "swin", "config": hf, "source": str(folder), "skipped": skipped}
+    return model.eval()
+
+
+def _copy(model: Swin, state: dict[str, Tensor], folder: Path) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise ValueError(f"{folder}: {name} is {tuple(value.shape)} in the checkpoint but "
+                                 f"{tuple(params[name].shape)} in the model of its config")
+            params[name].copy_(value)
+
+
+def save_swin(model: Swin, path: str | os.PathLike) -> Path:
+    """Write ``model`` as a Hugging Face Swin folder (``config.json`` + ``model.safetensors``, v4 names) that
+    ``SwinForImageClassification`` (with a head) or ``SwinModel`` loads unchanged.
+
+    Raises:
+        ValueError: a block whose kernel is not ``window`` (transformers runs only Swin's window attention).
+    """
+    cfg = model.cfg
+    names = cfg.attention if isinstance(cfg.attention, list) else [cfg.attention]
+    if set(names) != {"window"}:
+        raise ValueError(f"transformers' Swin runs window attention only; this model uses {sorted(set(names))}")
+    folder = writable_folder(path)
+    prefix = "swin." if model.head is not None else ""
+    tensors = {(prefix if not n.startswith("head.") else "") + hf_names(model)[n][0]: p
+               for n, p in model.named_parameters()}
+    write_safetensors(folder / "model.safetensors", tensors)
+    write_json(folder / "config.json", _hf_config(cfg, model.head is not None))
+    return folder
+
+
+def _hf_config(cfg: ModelConfig, classifier: bool) -> dict:
+    hf = {"model_type": "swin", "architectures": ["SwinForImageClassification" if classifier else "SwinModel"],
+          "image_size": cfg.image_size, "patch_size": cfg.patch_size, "num_channels": cfg.num_channels,
+          "embed_dim": cfg.dim, "depths": list(cfg.depths), "num_heads": list(cfg.stage_heads),
+          "window_size": cfg.window_size, "mlp_ratio": (cfg.mlp_dim or 4 * cfg.dim) / cfg.dim, "qkv_bias": True,
+          "hidden_act": "gelu", "layer_norm_eps": cfg.norm_eps, "use_absolute_embeddings": False,
+          "drop_path_rate": cfg.drop_path, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    if classifier:
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
+        hf["label2id"] = {v: int(k) for k, v in hf["id2label"].items()}
+    return hf

@@ -1,0 +1,97 @@
+"""Swin parity with Hugging Face transformers on random tiny checkpoints made at test time: hidden states and logits
+for grids that are multiples of the window and grids that are not (padding as transformers does), the save round
+trip, and swapping the attention on load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from attnlab.interop.swin import load_swin, save_swin  # noqa: E402
+from attnlab.models import create_model  # noqa: E402
+
+TOL = dict(atol=1e-5, rtol=1e-4)
+
+
+def _hf_swin(tmp_path, image_size=32, classifier=True, seed=0):
+    """A random tiny Swin saved by transformers; every parameter randomised (transformers zeroes the bias tables)."""
+    cfg = transformers.SwinConfig(image_size=image_size, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2],
+                                  num_heads=[2, 4], window_size=4, num_labels=5)
+    torch.manual_seed(seed)
+    model = (transformers.SwinForImageClassification if classifier else transformers.SwinModel)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 and p.shape[0] in (16, 32, 64) else 0.0))
+    folder = tmp_path / f"hf-{image_size}-{classifier}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("image_size", [32, 36, 34])  # 16x16 grid; 18x18 (padded to 20, then 9x9 -> 12); 17x17 (odd merge)
+def test_hidden_states_and_logits_match_transformers(tmp_path, image_size):
+    hf, folder = _hf_swin(tmp_path, image_size)
+    ours = load_swin(folder)
+    x = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        ref = hf(pixel_values=x, output_hidden_states=True)
+        hidden = ours(x)
+        torch.testing.assert_close(hidden, hf.swin.layernorm(ref.hidden_states[-1]), **TOL)
+        torch.testing.assert_close(ours.classify(x), ref.logits, **TOL)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_a_backbone_without_head_loads_too(tmp_path):
+    hf, folder = _hf_swin(tmp_path, classifier=False)
+    ours = load_swin(folder)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.pooled(x), hf(pixel_values=x).pooler_output, **TOL)
+    assert ours.head is None
+
+
+def test_save_round_trip_loads_in_transformers(tmp_path):
+    torch.manual_seed(3)
+    ours = create_model("swin-tiny", num_classes=4).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    folder = save_swin(ours, tmp_path / "out")
+    hf, info = transformers.SwinForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(hf.eval()(pixel_values=x).logits, ours.classify(x), **TOL)
+
+
+def test_swapping_the_attention_on_load(tmp_path):
+    _, folder = _hf_swin(tmp_path)
+    swapped = load_swin(folder, attention="neighborhood", kernel_size=3)
+    assert {type(b.attn.kernel).__name__ for s in swapped.stages for b in s.blocks} == {"NeighborhoodAttention"}
+    assert len(swapped.hf_info["skipped"]) == 4  # the four blocks' bias tables
+    assert torch.isfinite(swapped.classify(torch.randn(1, 3, 32, 32))).all()
+    with pytest.raises(ValueError, match="transformers' Swin runs window attention only"):
+        save_swin(swapped, tmp_path / "no")
+
+
+def test_unsupported_configs_are_named(tmp_path):
+    _, folder = _hf_swin(tmp_path)
+    cfg = (folder / "config.json").read_text().replace('"use_absolute_embeddings": false',
+                                                      '"use_absolute_embeddings": true')
+    (folder / "config.json").write_text(cfg)
+    with pytest.raises(ValueError, match="use_absolute_embeddings=True, which attnlab's Swin does not implement"):
+        load_swin(folder)
+
+
+def test_load_and_save_pretrained_dispatch_swin(tmp_path):
+    import attnlab
+
+    hf, folder = _hf_swin(tmp_path)
+    model = attnlab.load_pretrained(folder)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.classify(x), hf(pixel_values=x).logits, **TOL)
+    again = attnlab.load_pretrained(attnlab.save_pretrained(model, tmp_path / "again"))
+    with torch.no_grad():
+        torch.testing.assert_close(again.classify(x), model.classify(x), atol=0, rtol=0)

@@ -1,0 +1,95 @@
+"""Swin on the attention shell: patch merging order, the one-window limit equals global attention, every kernel
+that can run bidirectionally serves every stage, unfit kernels are refused at build, and it trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.attention import CapabilityError, list_attention
+from attnlab.data.registry import get_dataset
+from attnlab.models import create_model
+from attnlab.models.vision.swin import PatchMerging
+from attnlab.objectives import get_objective
+from attnlab.models.heads import ImageClassifier
+
+
+def test_patch_merging_concatenates_2x2_neighbourhoods_in_reference_order():
+    C, rows, cols = 3, 4, 6
+    y, x, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), torch.arange(C), indexing="ij")
+    grid = (1000 * y + 10 * x + c).float().reshape(1, rows * cols, C)
+    merge = PatchMerging(C, 1e-5)
+    merge.norm, merge.reduction = nn.Identity(), nn.Identity()
+    out = merge(grid, (rows, cols)).view(rows // 2, cols // 2, 4 * C)
+    i, j = 1, 2
+    for part, (dy, dx) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        expected = 1000 * (2 * i + dy) + 10 * (2 * j + dx) + torch.arange(C)
+        assert torch.equal(out[i, j, part * C:(part + 1) * C], expected.float())
+
+
+def test_one_window_covering_the_grid_with_zero_bias_is_global_attention():
+    torch.manual_seed(0)
+    kw = dict(image_size=16, patch_size=2, window_size=8, depths=[2], stage_heads=[2], num_classes=3)
+    windowed = create_model("swin-tiny", attention="window", **kw).eval()
+    dense = create_model("swin-tiny", attention="softmax", **kw).eval()
+    state = {k: v for k, v in windowed.state_dict().items() if not k.endswith("rel_bias")}
+    dense.load_state_dict(state)
+    for block in windowed.stages[0].blocks:
+        nn.init.zeros_(block.attn.kernel.rel_bias)
+        assert block.attn.kernel.shift == 0  # an 8x8 grid in an 8-wide window: nothing to shift
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(windowed.classify(x), dense.classify(x), atol=1e-5, rtol=1e-4)
+
+
+def test_shift_alternates_and_windows_clamp_per_stage():
+    model = create_model("swin-tiny")  # grids 16x16 and 8x8, window 4
+    kernels = [[b.attn.kernel for b in s.blocks] for s in model.stages]
+    assert [[k.shift for k in ks] for ks in kernels] == [[0, 2], [0, 2]]
+    small = create_model("swin-tiny", image_size=8)  # grids 4x4 and 2x2: one window each, no shift
+    assert [[(b.attn.kernel.window, b.attn.kernel.shift) for b in s.blocks] for s in small.stages] == \
+        [[((4, 4), 0)] * 2, [((2, 2), 0)] * 2]
+
+
+@pytest.mark.parametrize("name", sorted(list_attention()))
+def test_every_bidirectional_kernel_serves_every_stage(name):
+    from attnlab.attention.registry import build_attention
+
+    caps = build_attention(name, structural=dict(num_heads=2, num_kv_heads=2, head_dim=8, max_seq_len=256)).capabilities
+    if not caps.bidirectional:
+        with pytest.raises(CapabilityError, match="bidirectional"):
+            create_model("swin-tiny", attention=name)
+        return
+    torch.manual_seed(0)
+    model = create_model("swin-tiny", attention=name).eval()
+    out = model.classify(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("attention", ["window", "neighborhood"])
+def test_swin_learns_digits_with_two_kernels(attention):
+    torch.manual_seed(0)
+    data = get_dataset("digits")
+    body = create_model("swin-tiny", attention=attention, image_size=8, patch_size=1, num_channels=1, window_size=4,
+                        attention_options={"kernel_size": 3} if attention == "neighborhood" else {})
+    model = ImageClassifier(body, 10, data.image_shape)
+    step = get_objective("classify")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    test = data.test.batch(torch.arange(len(data.test)))
+    first = step(model.eval(), test)[0].item()
+    model.train()
+    for _ in range(200):
+        loss, _ = step(model, data.train.batch(torch.randint(0, len(data.train), (64,), generator=g)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert step(model.eval(), test)[0].item() < 0.85 * first
+
+
+def test_attention_maps_per_block():
+    model = create_model("swin-tiny").eval()
+    maps = model.attention_maps(torch.randn(1, 3, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(1, 2, 256, 256)] * 2 + [(1, 4, 64, 64)] * 2
+    w = maps[0][0, 0]
+    assert torch.allclose(w.sum(-1), torch.ones(256)) and (w > 0).sum(-1).max() == 16  # a 4x4 window per query
