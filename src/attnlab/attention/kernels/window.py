@@ -119,22 +119,36 @@ class WindowAttention(AttentionKernel):
             idx = relative_position_index(self.window, device)
             bias = self.rel_bias[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)[None].to(dtype)  # (1, H, N, N)
         if self.shift:
-            rows, cols = ctx.grid
-            labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
-            lw = to_windows(labels, ctx.grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
-            forbid = torch.zeros(lw.shape[0], 1, n, n, device=device, dtype=dtype)
-            forbid = forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[:, None], float("-inf"))
+            forbid = self._shift_mask(ctx.grid, device).to(dtype)  # (nW, 1, N, N)
             bias = forbid if bias is None else bias + forbid
         return bias
+
+    def _shift_mask(self, grid: tuple[int, int], device) -> Tensor:
+        """``(nW, 1, N, N)`` float: 0 where the 3x3 band labels of the rolled canvas agree, ``-inf`` elsewhere
+        (kept for the last grid and device: every call of a stage asks for the same one)."""
+        key = (grid, str(device))
+        if getattr(self, "_mask_key", None) != key:
+            rows, cols = grid
+            n = self.window[0] * self.window[1]
+            labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
+            lw = to_windows(labels, grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
+            forbid = torch.zeros(lw.shape[0], 1, n, n, device=device)
+            self._mask = forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[:, None], float("-inf"))
+            self._mask_key = key
+        return self._mask
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         B, H, T, D = q.shape
         grid = self._check_grid(ctx, T, k.shape[2], H)
         k, v = expand_kv_heads(k, H), expand_kv_heads(v, H)
         qw, kw, vw = (to_windows(t, grid, self.window, self.shift) for t in (q, k, v))  # (B, nW, H, N, Dh)
-        bias = self.window_bias(ctx, q.device, q.dtype)
-        out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, scale=self.softmax_scale(D))
-        return from_windows(out, grid, self.window, self.shift)
+        nw, n = qw.shape[1], qw.shape[3]
+        bias = self.window_bias(ctx, q.device, q.dtype)  # (nW | 1, H | 1, N, N)
+        if bias is not None:  # 4-D batches of windows: the shape PyTorch's fused CPU kernels take
+            bias = bias.expand(B, nw, H, n, n).reshape(B * nw, H, n, n)
+        flat = [t.reshape(B * nw, H, n, D) for t in (qw, kw, vw)]
+        out = F.scaled_dot_product_attention(*flat, attn_mask=bias, scale=self.softmax_scale(D))
+        return from_windows(out.view(B, nw, H, n, D), grid, self.window, self.shift)
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,122 @@
+"""Vision throughput: attnlab's Swin-T and ViT-B/16 vs Hugging Face transformers on identical weights.
+
+Forward (inference, no grad) and training step (forward + backward + fused AdamW on a cross-entropy loss) images/s
+at 224 px, batch 8, fp32 and bf16 autocast, 2 threads. The models are built by transformers with random weights,
+saved, and loaded by ``attnlab.load_pretrained`` (so both run the same numbers; logits are checked equal first). The
+two libraries alternate within every repetition; ``paired`` is the median over repetitions of transformers' time
+over attnlab's (the shared machine's speed drifts, the pairing cancels it).
+
+    python benchmarks/vision.py            # 6 repetitions per cell
+    python benchmarks/vision.py --quick    # 3, forward only for ViT-B/16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+
+import torch
+
+from common import machine_info, print_table, write_json
+
+BATCH = 8
+
+
+def build_pair(arch: str, folder: str):
+    """(transformers model, attnlab model) with the same random weights, both in eval mode."""
+    import transformers
+
+    import attnlab
+
+    if arch == "swin-t":
+        cfg = transformers.SwinConfig(num_labels=1000)  # the defaults are Swin-T
+        hf = transformers.SwinForImageClassification(cfg)
+    else:
+        cfg = transformers.ViTConfig(num_labels=1000)  # the defaults are ViT-B/16
+        hf = transformers.ViTForImageClassification(cfg)
+    hf.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # transformers zeroes some tables; make every weight count
+    hf.save_pretrained(folder)
+    ours = attnlab.load_pretrained(folder)
+    return hf.eval(), ours.eval()
+
+
+def logits(model, kind: str, x: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=x).logits if kind == "hf" else model.classify(x)
+
+
+def make_steps(model, kind: str, x: torch.Tensor, y: torch.Tensor, precision: str):
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def forward():
+        with torch.no_grad(), ctx():
+            logits(model, kind, x)
+
+    def train():
+        model.train()
+        with ctx():
+            loss = torch.nn.functional.cross_entropy(logits(model, kind, x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.eval()
+
+    return {"forward": forward, "train": train}
+
+
+def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        hf, ours = build_pair(arch, folder)
+    x, y = torch.randn(BATCH, 3, 224, 224), torch.randint(0, 1000, (BATCH,))
+    with torch.no_grad():
+        err = (logits(hf, "hf", x) - logits(ours, "attnlab", x)).abs().max().item()
+    steps = {"hf": make_steps(hf, "hf", x, y, precision), "attnlab": make_steps(ours, "attnlab", x, y, precision)}
+    out = {"max_logit_diff_fp32": err}
+    for mode in modes:
+        for lib in steps:
+            steps[lib][mode]()  # warm-up
+        times = {lib: [] for lib in steps}
+        for _ in range(repeats):
+            for lib in ("attnlab", "hf"):
+                t0 = time.perf_counter()
+                steps[lib][mode]()
+                times[lib].append(time.perf_counter() - t0)
+        out[mode] = {lib: {"images_per_s": BATCH / statistics.median(ts), "times_s": [round(t, 4) for t in ts]}
+                     for lib, ts in times.items()}
+        out[mode]["paired"] = statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--quick", action="store_true", help="3 repetitions; ViT-B/16 forward only")
+    ap.add_argument("--arch", choices=["swin-t", "vit-b16"], nargs="*", default=["swin-t", "vit-b16"])
+    args = ap.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    rows, results = [], {}
+    for arch in args.arch:
+        modes = ["forward"] if args.quick and arch == "vit-b16" else ["forward", "train"]
+        for precision in ("fp32", "bf16"):
+            res = results[f"{arch}/{precision}"] = run(arch, precision, repeats, modes)
+            for mode in modes:
+                r = res[mode]
+                rows.append({"model": arch, "precision": precision, "step": mode,
+                             "attnlab img/s": r["attnlab"]["images_per_s"], "hf img/s": r["hf"]["images_per_s"],
+                             "paired vs HF": r["paired"], "max |logit diff|": res["max_logit_diff_fp32"]})
+    table = print_table(rows, ["model", "precision", "step", "attnlab img/s", "hf img/s", "paired vs HF",
+                               "max |logit diff|"])
+    path = write_json("vision", {"batch": BATCH, "repeats": repeats, "machine": machine_info(), "results": results,
+                                 "table": table})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
