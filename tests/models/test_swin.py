@@ -93,3 +93,4 @@ def test_attention_maps_per_block():
     assert [tuple(m.shape) for m in maps] == [(1, 2, 256, 256)] * 2 + [(1, 4, 64, 64)] * 2
     w = maps[0][0, 0]
     assert torch.allclose(w.sum(-1), torch.ones(256)) and (w > 0).sum(-1).max() == 16  # a 4x4 window per query
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.attention import list_attention
+from attnlab.attention import CapabilityError, list_attention
 from attnlab.models import create_model, model_config
 from attnlab.models.vision.vit import ViT
 
@@ -90,3 +90,12 @@ def test_bad_inputs_are_named():
 def test_fashion_preset_takes_grayscale_28px():
     model = create_model("vit-fashion")
     assert model.grid == (7, 7) and model.classify(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_vit_with_a_class_token_refuses_grid_kernels_at_build():
+    with pytest.raises(CapabilityError, match=r"attention 'neighborhood' cannot place the ViT's \[CLS\] token on the "
+                                              r"8x8 patch grid .* build the ViT with pooling='mean' .* prefix tokens: "
+                                              r"\[.*'softmax'.*\]"):
+        create_model("vit-tiny", pooling="cls", max_seq_len=65, attention="neighborhood")
+    model = create_model("vit-tiny", pooling="cls", max_seq_len=65, attention="linear")  # no grid needed: builds
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 65, 64)

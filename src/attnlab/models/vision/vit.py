@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...attention.capabilities import CapabilityError
+from ...attention.context import AttentionContext
 from ..config import ModelConfig
 from ..transformer import TransformerBody, init_weights
 
@@ -98,6 +100,25 @@ class ViT(TransformerBody):
         super().__init__(cfg, embed=PatchEmbeddings(cfg))
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
         init_weights(self, cfg)
+        if self.embed.cls_token is not None:
+            self._check_prefix_token()
+
+    def _check_prefix_token(self) -> None:
+        """Every kernel must run on ``1 + rows * cols`` tokens with the patch grid: tried once on a small random input
+        at build time, so a grid kernel that cannot place the [CLS] token fails here, not in the first forward."""
+        failures = {}
+        for block in self.blocks:
+            kernel = block.attn.kernel
+            if kernel.name not in failures:
+                failures[kernel.name] = _prefix_failure(kernel, block.attn.num_heads, block.attn.head_dim,
+                                                        self.embed.num_tokens, self.grid)
+        bad = {name: why for name, why in failures.items() if why}
+        if bad:
+            name, why = next(iter(bad.items()))
+            raise CapabilityError(
+                f"attention {name!r} cannot place the ViT's [CLS] token on the {self.grid[0]}x{self.grid[1]} patch grid "
+                f"({why}); build the ViT with pooling='mean' (no class token: every grid kernel runs), or use a kernel "
+                f"that takes prefix tokens: {_kernels_taking_prefix(self.embed.num_tokens, self.grid)}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -127,3 +148,32 @@ class ViT(TransformerBody):
         if self.head is None:
             raise ValueError("this ViT has no classification head: build it with num_classes=<number of labels>")
         return self.head(self.pooled(pixels))
+
+
+def _prefix_failure(kernel: nn.Module, heads: int, head_dim: int, tokens: int, grid: tuple[int, int]) -> str:
+    """Why ``kernel`` cannot attend over ``tokens`` = [CLS] + the grid ("" if it can), from one tiny call."""
+    q = torch.randn(1, heads, tokens, head_dim)
+    try:
+        with torch.no_grad():
+            kernel.eval()(q, q, q, AttentionContext(causal=False, grid=grid))
+    except (ValueError, CapabilityError) as e:
+        return str(e).split(";")[0]
+    finally:
+        kernel.train()
+    return ""
+
+
+def _kernels_taking_prefix(tokens: int, grid: tuple[int, int]) -> list[str]:
+    """Registered kernels (default options) that run bidirectionally over a class token plus a patch grid."""
+    from ...attention.registry import build_attention, list_attention
+
+    ok = []
+    for name in list_attention():
+        structural = dict(num_heads=2, num_kv_heads=2, head_dim=8, max_seq_len=tokens)
+        try:
+            kernel = build_attention(name, structural=structural)
+        except (ValueError, TypeError):
+            continue
+        if kernel.capabilities.bidirectional and not _prefix_failure(kernel, 2, 8, tokens, grid):
+            ok.append(name)
+    return ok
