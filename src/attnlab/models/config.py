@@ -58,6 +58,8 @@ class ModelConfig(BaseModel):
     window_size: int = Field(7, ge=1, description="window side of Swin's window attention (clamped to small grids)")
     drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth: the last block's drop rate, "
                                                               "rising linearly from 0 (Swin)")
+    local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "
+                                                   "joins")
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,8 @@ Pre-norm (GPT-2, Radford et al. 2019) is :class:`Block`; post-norm (Vaswani et a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dataclasses
 import math
 
@@ -210,15 +212,7 @@ class TransformerBody(nn.Module):
 
     def attention_maps(self, ids: Tensor, **kwargs) -> list[Tensor]:
         """Per-layer ``(B, H, T, S)`` attention maps, recomputed through the reference path."""
-        maps: list[Tensor] = []
-        hooks = [b.attn.register_forward_hook(_weights_hook(maps), with_kwargs=True) for b in self.blocks]
-        try:
-            with torch.no_grad():
-                self.encode(ids, **kwargs)
-        finally:
-            for h in hooks:
-                h.remove()
-        return maps
+        return collect_attention_maps([b.attn for b in self.blocks], lambda: self.encode(ids, **kwargs))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> list:
         """One decoding cache per layer (dense, or bounded for kernels such as sliding_window)."""
@@ -232,6 +226,20 @@ class TransformerBody(nn.Module):
         if exclude_embeddings:
             n -= self.embed.tok_emb.weight.numel()
         return n
+
+
+def collect_attention_maps(shells: list[nn.Module], run: Callable[[], object]) -> list[Tensor]:
+    """The ``(B, H, T, S)`` map of every call of ``shells`` (attention shells) while ``run()`` runs without
+    gradients, each recomputed through its kernel's reference path, in call order."""
+    maps: list[Tensor] = []
+    hooks = [shell.register_forward_hook(_weights_hook(maps), with_kwargs=True) for shell in shells]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
 
 
 def _weights_hook(store: list):

@@ -2,6 +2,7 @@
 another."""
 
 from ..registry import register_model
+from .convit import ConViT
 from .swin import Swin
 from .vit import ViT
 
@@ -29,3 +30,12 @@ register_model("swin-t", Swin, "Swin-T (Liu et al. 2021): 224px, 4px patches, de
                "width 96, window 7, drop path 0.2; 28M parameters",
                dim=96, depths=[2, 2, 6, 2], stage_heads=[3, 6, 12, 24], window_size=7, image_size=224, patch_size=4,
                attention="window", num_classes=1000, drop_path=0.2, max_seq_len=3136)
+
+# ConViT (d'Ascoli et al. 2021): GPSA blocks on the patch grid, then the class token joins for softmax blocks
+register_model("convit-tiny", ConViT, "tiny ConViT for tests: 32px RGB, 4px patches (8x8 grid), 2 GPSA + 2 SA blocks",
+               dim=48, num_heads=4, num_layers=4, local_layers=2, attention=["gpsa", "gpsa", "softmax", "softmax"],
+               image_size=32, patch_size=4, max_seq_len=65, num_classes=10, pooling="cls", norm_eps=1e-6)
+register_model("convit-ti", ConViT, "ConViT-Ti (d'Ascoli et al. 2021): 224px, 16px patches, width 192, 4 heads, "
+               "10 GPSA + 2 SA blocks (q/k/v carry biases here; the reference has none)",
+               dim=192, num_heads=4, num_layers=12, local_layers=10, attention=["gpsa"] * 10 + ["softmax"] * 2,
+               image_size=224, patch_size=16, max_seq_len=197, num_classes=1000, pooling="cls", norm_eps=1e-6)

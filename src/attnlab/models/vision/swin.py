@@ -29,7 +29,7 @@ from ...attention.shell import MultiHeadAttention
 from ...layers.droppath import DropPath
 from ...layers.mlp import build_mlp
 from ..config import ModelConfig
-from ..transformer import _weights_hook
+from ..transformer import collect_attention_maps
 
 
 def stage_grids(cfg: ModelConfig) -> list[tuple[int, int]]:
@@ -200,16 +200,7 @@ class Swin(nn.Module):
         Raises:
             CapabilityError: a kernel that has no attention weights.
         """
-        maps: list[Tensor] = []
-        blocks = [b for s in self.stages for b in s.blocks]
-        hooks = [b.attn.register_forward_hook(_weights_hook(maps), with_kwargs=True) for b in blocks]
-        try:
-            with torch.no_grad():
-                self(pixels)
-        finally:
-            for h in hooks:
-                h.remove()
-        return maps
+        return collect_attention_maps([b.attn for s in self.stages for b in s.blocks], lambda: self(pixels))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
