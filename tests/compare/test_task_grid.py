@@ -123,3 +123,16 @@ def test_trainer_names_a_task_step_that_does_not_fit_the_data():
     cfg.objective.name = "lm"  # the default: the data's kind decides
     _, model, resolved = build_for_config(cfg, torch.device("cpu"), DatasetFeed(task))
     assert resolved.objective.name == "classify" and isinstance(model, SequenceClassifier)
+
+
+def test_image_tasks_run_their_architecture_under_each_kernel(tmp_path):
+    """A vision task names its architecture in the task overrides; grid kernels get the model's patch grid."""
+    tasks = [{"name": "digits", "label": "digits-vit", "overrides": {"model": {"name": "vit-digits", "dim": 32,
+                                                                               "num_layers": 1}}}]
+    cfg = compare_config_from_dict(grid(tmp_path / "v", tasks, variants=("softmax", "axial", "gpsa")))
+    recs = {r["variant"]: r for r in run_grid(cfg, progress=False)}
+    assert sorted(recs) == ["axial", "gpsa", "softmax"]  # the 4x4 patch grid serves the grid-only kernels
+    for r in recs.values():
+        assert r["task_kind"] == "classify" and 0.0 <= r["quality"] <= 1.0 and r["infer_tokens_per_s"] > 0
+    saved = yaml.safe_load((tmp_path / "v" / "cells" / "digits-vit__axial__seed0" / "config.yaml").read_text())
+    assert saved["model"]["max_seq_len"] == 16 and saved["model"]["name"] == "vit-digits"

@@ -53,7 +53,8 @@ from ..objectives import model_outputs
 from ..objectives.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
-from ..train.feeds import CorpusFeed, DatasetFeed, LMDatasetFeed
+from ..train.feeds import CorpusFeed
+from ..train.task_feeds import feed_for_dataset
 from ..train.trainer import Trainer
 from .config import CHAR_LM, Cell, CompareConfig
 from .measure import (GROKKING_DATASETS, AccuracyCurves, PeakMemory, dataset_quality,  # noqa: F401
@@ -140,7 +141,7 @@ def _build_trainer(cell: Cell, cfg, info, feed, on_step) -> Trainer:
     try:
         trainer = Trainer(cfg, info, progress=False, on_step=on_step, feed=feed)
         probe = copy.deepcopy(trainer.raw_model)  # stateful kernels (DGQA) must not see the probe
-        grid = getattr(probe, "grid", None)
+        grid = getattr(probe, "grid", None) or getattr(getattr(probe, "body", None), "grid", None)  # images: the body's
         for m in probe.modules():
             if isinstance(m, AttentionKernel) and m.capabilities.requires_grid and grid is None:
                 raise CapabilityError(f"attention {m.name!r} needs a 2-D token grid and dataset "
@@ -178,9 +179,11 @@ def _cell_data(cell: Cell):
         dataset = _dataset(cell.task.name, json.dumps(cell.task.options, sort_keys=True))
     except FileNotFoundError as e:
         raise CellSkipped(cell.key, f"data missing: {e}") from None
-    feed = LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
-    # classify/regression models are sized to the dataset; lm datasets keep the base model's max_seq_len
-    cfg = cell.run_config(dataset.seq_len, dataset.vocab_size, None if dataset.kind == "lm" else dataset.seq_len)
+    feed = feed_for_dataset(dataset)
+    # classify/regression models are sized to the dataset; lm datasets keep the base model's max_seq_len, and image
+    # models their own (their token count follows from image and patch size)
+    own = dataset.kind == "lm" or getattr(dataset, "image_shape", None) is not None
+    cfg = cell.run_config(dataset.seq_len, dataset.vocab_size, None if own else dataset.seq_len)
     return dataset, feed, cfg
 
 

@@ -65,6 +65,8 @@ class PeakMemory:
 
 
 def _tokens(batch: dict[str, Tensor]) -> int:
+    if "pixels" in batch:
+        return batch["pixels"].shape[0]  # one per image: an image dataset's speed reads in images/s
     x = batch["idx"] if "idx" in batch else batch["inputs"]
     return x.shape[0] * x.shape[1]  # sequence positions: (B, T) ids or (B, T, D) vectors
 

@@ -162,11 +162,7 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
         raise ValueError(f"objective.name=seq2seq trains on a seq2seq dataset, not {d.dataset!r}; set data.dataset "
                          f"to one of {seq2seq}")
     if suite:
-        dataset = get_dataset(d.dataset, **d.options)
-        if getattr(dataset, "image_shape", None) is not None and (dataset.options.get("crop_padding")
-                                                                or dataset.options.get("flip")):
-            return AugmentedImageFeed(dataset)
-        return LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
+        return feed_for_dataset(get_dataset(d.dataset, **d.options))
     if d.options:
         raise ValueError(f"data.options {sorted(d.options)} apply to suite datasets (`attnlab list datasets`), not to "
                          f"the text {d.dataset!r}; remove them")
@@ -175,6 +171,14 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
         data = build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
         return MLMFeed(data, objective.mask_prob, objective.whole_word)
     return None
+
+
+def feed_for_dataset(dataset) -> DatasetFeed:
+    """The feed of a suite dataset: augmented images when its options ask for it, else the plain dataset feed."""
+    if getattr(dataset, "image_shape", None) is not None and (dataset.options.get("crop_padding")
+                                                            or dataset.options.get("flip")):
+        return AugmentedImageFeed(dataset)
+    return LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
 
 
 def _kind(name: str) -> str:
