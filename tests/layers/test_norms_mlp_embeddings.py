@@ -71,7 +71,7 @@ def test_mlp_formula(activation):
 def test_mlp_errors():
     with pytest.raises(ValueError, match=r"unknown activation 'tanhh'; valid: \['gelu'"):
         get_activation("tanhh")
-    with pytest.raises(ValueError, match=r"unknown mlp 'glu'; valid: \['mlp', 'swiglu'\]"):
+    with pytest.raises(ValueError, match=r"unknown mlp 'glu'; valid: \['geglu', 'mlp', 'swiglu'\]"):
         build_mlp("glu", 4, 8)
 
 
@@ -87,3 +87,11 @@ def test_token_and_byte_embeddings():
     byte = ByteEmbedding(4, num_special=2)
     assert byte.num_embeddings == 258
     assert byte(torch.tensor([[255, 257]])).shape == (1, 2, 4)
+
+
+def test_geglu_is_the_tanh_gelu_gated_mlp():
+    torch.manual_seed(0)
+    mlp = build_mlp("geglu", 8, 16, bias=False)
+    x = torch.randn(3, 8)
+    expected = mlp.fc_out(torch.nn.functional.gelu(mlp.gate(x), approximate="tanh") * mlp.up(x))
+    torch.testing.assert_close(mlp(x), expected)

@@ -2,9 +2,8 @@
 
 The source is encoded once; each step feeds only the newest target token, with the self-attention cache
 (keys/values of the target so far) and the cross-attention cache (the memory's keys/values, projected
-once). Beam search keeps ``num_beams`` hypotheses per source, reorders the caches to the surviving beams
-each step, freezes a hypothesis once it emits ``eos_id`` and returns, per source, the hypothesis with the
-best length-normalised log-probability (``sum log p / length ** length_penalty``).
+once). Beam search (:mod:`.beam`) follows Hugging Face ``generate(num_beams=K)``: the same weights give the same
+tokens (tested against transformers' T5).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..models.seq2seq import reorder_cache
+from .beam import beam_search
 
 
 def _check(model: nn.Module, src: Tensor, max_new_tokens: int, num_beams: int, temperature: float) -> None:
@@ -50,7 +49,8 @@ def generate_seq2seq(model: nn.Module, src: Tensor, *, bos_id: int, eos_id: int 
     model.eval()
     try:
         if num_beams > 1:
-            return _beam(model, src, src_key_padding_mask, bos_id, eos_id, max_new_tokens, num_beams, length_penalty)
+            return beam_search(model, src, src_key_padding_mask, bos_id, eos_id, max_new_tokens, num_beams,
+                               length_penalty)
         return _sample(model, src, src_key_padding_mask, bos_id, eos_id, max_new_tokens, temperature, generator)
     finally:
         model.train(was_training)
@@ -77,40 +77,3 @@ def _sample(model, src, mask, bos_id, eos_id, steps, temperature, generator) -> 
         if eos_id is not None and bool(done.all()):
             break
     return torch.cat(out, dim=1)
-
-
-def _beam(model, src, mask, bos_id, eos_id, steps, beams, length_penalty) -> Tensor:
-    B, device = src.shape[0], src.device
-    src = src.repeat_interleave(beams, dim=0)  # (B*K, S): beam k of source b is row b*K + k
-    mask = None if mask is None else mask.repeat_interleave(beams, dim=0)
-    memory = model.encode(src, mask)
-    cache = model.new_cache(B * beams, steps, device=device)
-    scores = torch.full((B, beams), -math.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one, or the top-k would pick K copies
-    lengths = torch.zeros(B, beams, device=device)
-    finished = torch.zeros(B, beams, dtype=torch.bool, device=device)
-    seqs = torch.empty(B * beams, 0, dtype=torch.long, device=device)
-    token = torch.full((B * beams, 1), bos_id, dtype=torch.long, device=device)
-    for t in range(steps):
-        logp = torch.log_softmax(model.decode(token, memory if t == 0 else None, mask, cache=cache)[:, -1].float(),
-                                 dim=-1).view(B, beams, -1)  # (B, K, V)
-        V = logp.shape[-1]
-        if eos_id is not None:  # a finished hypothesis only extends by eos, at no cost
-            frozen = torch.full_like(logp, -math.inf)
-            frozen[..., eos_id] = 0.0
-            logp = torch.where(finished[..., None], frozen, logp)
-        total = (scores[..., None] + logp).view(B, beams * V)
-        scores, flat = total.topk(beams, dim=-1)  # (B, K)
-        parent, word = flat // V, flat % V
-        rows = (parent + torch.arange(B, device=device)[:, None] * beams).view(-1)  # (B*K,) old rows
-        reorder_cache(cache, rows)
-        finished, lengths = finished.gather(1, parent), lengths.gather(1, parent)
-        lengths = lengths + (~finished).float()
-        if eos_id is not None:
-            finished = finished | (word == eos_id)
-        seqs = torch.cat([seqs.index_select(0, rows), word.view(-1, 1)], dim=1)
-        token = word.view(-1, 1)
-        if bool(finished.all()):
-            break
-    best = (scores / lengths.clamp(min=1.0) ** length_penalty).argmax(dim=-1)  # (B,)
-    return seqs.view(B, beams, -1)[torch.arange(B, device=device), best]

@@ -182,3 +182,18 @@ def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
     """Write a safetensors file atomically, with the ``format: pt`` metadata transformers expects."""
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}))
+
+
+def read_checkpoint(path: str | os.PathLike, model_type: str) -> tuple[Path, dict, dict[str, Tensor]]:
+    """``(folder, config.json, finite weights)`` of a Hugging Face folder that must hold ``model_type``.
+
+    Raises:
+        ValueError: missing folder/config/weights, another ``model_type``, non-finite weights (named).
+    """
+    folder = check_folder(path)
+    hf = read_config(folder)
+    if hf.get("model_type") != model_type:
+        raise ValueError(f"{folder} holds a {hf.get('model_type')!r} model, not {model_type!r}")
+    weights = read_weights(folder)
+    check_finite(weights, folder)
+    return folder, hf, weights

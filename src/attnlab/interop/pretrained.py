@@ -69,10 +69,12 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
-    if hf.get("model_type") == "swin":  # hierarchical: its own key map (interop/swin.py)
+    if hf.get("model_type") in ("swin", "t5"):  # their own key maps (interop/swin.py, interop/t5.py)
         from .swin import load_swin
+        from .t5 import load_t5
 
-        return load_swin(folder, attention, **attention_options).to(dtype=dtype, device=device)
+        load = load_swin if hf["model_type"] == "swin" else load_t5
+        return load(folder, attention, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
     raw = read_weights(folder)
@@ -97,7 +99,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
 
 def _spec(model_type) -> ArchSpec:
     if model_type not in SPECS:
-        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted([*SPECS, 'swin'])}")
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted([*SPECS, 'swin', 't5'])}")
     return SPECS[model_type]
 
 
@@ -218,12 +220,14 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
             its parents) is an existing file.
         OSError: the folder cannot be written (permission denied, disk full).
     """
+    from ..models.seq2seq.model import EncoderDecoder
     from ..models.vision.swin import Swin
 
-    if isinstance(model, Swin):  # hierarchical: its own key map (interop/swin.py)
+    if isinstance(model, (Swin, EncoderDecoder)):  # their own key maps (interop/swin.py, interop/t5.py)
         from .swin import save_swin
+        from .t5 import save_t5
 
-        return save_swin(model, path)
+        return (save_swin if isinstance(model, Swin) else save_t5)(model, path)
     folder = writable_folder(path, "checkpoint folder")
     model_type = _family_of(model)
     spec, cfg = SPECS[model_type], model.cfg

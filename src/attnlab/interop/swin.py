@@ -19,7 +19,7 @@ from torch import Tensor
 from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.vision.swin import Swin
-from .files import check_finite, check_folder, read_config, read_weights, write_safetensors
+from .files import read_checkpoint, write_safetensors
 
 # attnlab suffix of a block -> Hugging Face suffixes (v4 on disk first, then v5 in memory)
 BLOCK_KEYS = {
@@ -96,15 +96,11 @@ def load_swin(path: str | os.PathLike, attention: str | None = None, **attention
         ValueError: missing folder/config/weights, another ``model_type``, unsupported config features, missing or
             unexpected tensors, shape mismatches, non-finite weights.
     """
-    folder = check_folder(path)
-    hf = read_config(folder)
-    if hf.get("model_type") != "swin":
-        raise ValueError(f"{folder} holds a {hf.get('model_type')!r} model, not 'swin'")
+    folder, hf, raw = read_checkpoint(path, "swin")
     cfg = swin_config(hf)
     if attention is not None:
         cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
-    weights = {k.removeprefix("swin."): v for k, v in read_weights(folder).items() if not BUFFERS.search(k)}
-    check_finite(weights, folder)
+    weights = {k.removeprefix("swin."): v for k, v in raw.items() if not BUFFERS.search(k)}
     model = Swin(cfg)
     state, used, missing = {}, set(), []
     for name, sources in hf_names(model).items():

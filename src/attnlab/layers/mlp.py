@@ -52,24 +52,26 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """``fc_out(silu(gate(x)) * up(x))`` (Shazeer 2020); ``(..., D) -> (..., D)``."""
+    """``fc_out(act(gate(x)) * up(x))`` (Shazeer 2020, "GLU Variants Improve Transformer"): SwiGLU with ``silu``,
+    GEGLU with ``gelu_tanh`` (T5 v1.1's gated-gelu); ``(..., D) -> (..., D)``."""
 
-    def __init__(self, dim: int, mlp_dim: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, mlp_dim: int, bias: bool = False, dropout: float = 0.0, activation: str = "silu"):
         super().__init__()
         self.gate = nn.Linear(dim, mlp_dim, bias=bias)
         self.up = nn.Linear(dim, mlp_dim, bias=bias)
         self.fc_out = nn.Linear(mlp_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.act = get_activation(activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc_out(F.silu(self.gate(x)) * self.up(x)))
+        return self.dropout(self.fc_out(self.act(self.gate(x)) * self.up(x)))
 
 
 def build_mlp(kind: str, dim: int, mlp_dim: int, activation: str = "gelu", bias: bool = True,
               dropout: float = 0.0) -> nn.Module:
-    """``kind``: ``"mlp"`` (with ``activation``) or ``"swiglu"``."""
+    """``kind``: ``"mlp"`` (with ``activation``), ``"swiglu"`` or ``"geglu"`` (gated, tanh-GELU gate)."""
     if kind == "mlp":
         return MLP(dim, mlp_dim, activation, bias, dropout)
-    if kind == "swiglu":
-        return SwiGLU(dim, mlp_dim, bias, dropout)
-    raise ValueError(f"unknown mlp {kind!r}; valid: ['mlp', 'swiglu']")
+    if kind in ("swiglu", "geglu"):
+        return SwiGLU(dim, mlp_dim, bias, dropout, "silu" if kind == "swiglu" else "gelu_tanh")
+    raise ValueError(f"unknown mlp {kind!r}; valid: ['geglu', 'mlp', 'swiglu']")

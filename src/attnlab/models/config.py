@@ -34,7 +34,7 @@ class ModelConfig(BaseModel):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     prenorm: bool = Field(True, description="pre-norm blocks (GPT-2) vs post-norm (BERT)")
-    mlp: Literal["mlp", "swiglu"] = "mlp"
+    mlp: Literal["mlp", "swiglu", "geglu"] = "mlp"
     activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
     bias: bool = Field(True, description="biases in projections and MLPs")
     tie_weights: bool = Field(True, description="share token embedding and output head weights")
@@ -58,6 +58,10 @@ class ModelConfig(BaseModel):
     window_size: int = Field(7, ge=1, description="window side of Swin's window attention (clamped to small grids)")
     drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth: the last block's drop rate, "
                                                               "rising linearly from 0 (Swin)")
+    relative_buckets: int = Field(32, ge=2, description="position 'relative' (T5): buckets of the relative bias")
+    relative_max_distance: int = Field(128, ge=1, description="position 'relative' (T5): distance of the last bucket")
+    logit_scale: float = Field(1.0, gt=0.0, description="multiplies the final hidden states before the output head "
+                                                        "(T5 with tied embeddings: dim ** -0.5)")
     local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "
                                                    "joins")
 

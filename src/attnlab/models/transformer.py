@@ -99,7 +99,7 @@ def build_position_bias(cfg: ModelConfig, causal: bool) -> nn.Module | None:
     if cfg.position == "alibi":
         return ALiBi(cfg.num_heads)
     if cfg.position == "relative":
-        return RelativePositionBias(cfg.num_heads, bidirectional=not causal)
+        return RelativePositionBias(cfg.num_heads, cfg.relative_buckets, cfg.relative_max_distance, not causal)
     return None
 
 

@@ -122,7 +122,8 @@ class EncoderDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             layer_cache = cache[i] if cache is not None else None
             x = block(x, memory, dataclasses.replace(self_ctx), cross_ctx, positions, layer_cache)
-        return self.head(self.final_norm(x))
+        x = self.final_norm(x)
+        return self.head(x * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else x)
 
     def forward(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: ``src (B, S)``, ``tgt (B, T)`` (the decoder's input) -> logits ``(B, T, vocab)``."""

@@ -12,3 +12,10 @@ register_model("transformer-base", EncoderDecoder,
                "MLP 2048, ReLU, sinusoidal positions",
                dim=512, num_layers=6, num_heads=8, mlp_dim=2048, activation="relu", prenorm=False,
                position="sinusoidal", max_seq_len=512, vocab_size=37000, dropout=0.1)
+register_model("t5-small", EncoderDecoder,
+               "T5-small (Raffel et al. 2020): 6 + 6 pre-norm RMSNorm layers, dim 512, 8 heads of 64, MLP 2048 ReLU, "
+               "relative position buckets (32, max distance 128), unscaled attention scores, tied embeddings with "
+               "logits scaled by dim ** -0.5; 60.5M parameters",
+               vocab_size=32128, dim=512, num_layers=6, num_heads=8, head_dim=64, mlp_dim=2048, activation="relu",
+               norm="rmsnorm", norm_eps=1e-6, bias=False, position="relative", attention_options={"scale": 1.0},
+               cross_attention_options={"scale": 1.0}, logit_scale=512 ** -0.5, max_seq_len=512)
