@@ -3,11 +3,13 @@
 A 6 + 6 layer T5 (d_model 256, 4 heads of 64, d_ff 1024, vocabulary 8,000) is built by transformers with random
 weights, saved, and loaded by ``attnlab.load_pretrained``; the first decodes are checked token-for-token equal.
 Greedy decoding and beam search (4 beams) of 32 new tokens for batch 8 of 64-token sources, no end token (every
-sequence runs the full length), fp32 and bf16 autocast, 2 threads. The two libraries alternate within every
-repetition; ``paired`` is the median over repetitions of transformers' time over attnlab's.
+sequence runs the full length; transformers gets ``eos_token_id=None`` too), fp32 and bf16 autocast, 2 threads.
+Tokens/s counts the generated tokens of the batch (``batch * new tokens``), source encoding included. The two
+libraries alternate within every repetition; ``paired`` is the median over repetitions of transformers' time
+over attnlab's (the shared machine's speed drifts, the pairing cancels it).
 
-    python benchmarks/seq2seq.py            # 5 repetitions
-    python benchmarks/seq2seq.py --quick    # 2
+    python benchmarks/seq2seq.py            # 7 repetitions
+    python benchmarks/seq2seq.py --quick    # 3
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ def run(precision: str, beams: int, repeats: int, hf, ours) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="2 repetitions")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 repetitions")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    repeats = 2 if args.quick else args.repeats
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as folder:
         hf, ours = build_pair(folder)
     rows, results = [], {}

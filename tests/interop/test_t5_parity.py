@@ -5,9 +5,11 @@ round trip, and clear errors."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -20,24 +22,36 @@ TOL = dict(atol=1e-5, rtol=1e-4)
 GEN = dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, do_sample=False)
 
 
-def _checkpoint(tmp_path, ff: str, decoder_layers: int = 2):
-    """(transformers model, folder): random weights perturbed enough that greedy and beam decoding differ."""
+def _checkpoint(tmp_path, ff: str, decoder_layers: int = 2, untied: bool = False):
+    """(transformers model, folder): random weights perturbed enough that greedy and beam decoding differ.
+
+    ``untied``: T5 1.1's layout, an ``lm_head`` of its own and unscaled decoder outputs (``tie_word_embeddings:
+    false``); transformers 5 always ties the head, so the head is written into the folder and the reference model
+    is reloaded from it (transformers then keeps the two apart)."""
     cfg = transformers.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                 num_decoder_layers=decoder_layers, num_heads=4, feed_forward_proj=ff, dropout_rate=0.0,
-                                relative_attention_num_buckets=8, relative_attention_max_distance=20)
+                                relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                **({"tie_word_embeddings": False} if untied else {}))
     torch.manual_seed(0)
     hf = transformers.T5ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    folder = tmp_path / f"{ff}-{decoder_layers}"
+    folder = tmp_path / f"{ff}-{decoder_layers}{'-untied' if untied else ''}"
     hf.save_pretrained(folder)
+    if untied:
+        weights = load_file(folder / "model.safetensors")
+        weights["lm_head.weight"] = torch.randn(50, 32, generator=torch.Generator().manual_seed(5)) * 0.2
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        hf = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+        assert not torch.equal(hf.lm_head.weight, hf.shared.weight) and not hf.config.scale_decoder_outputs
     return hf, folder
 
 
-@pytest.fixture(params=["relu", "gated-gelu"])
+@pytest.fixture(params=["relu", "gated-gelu", "gated-gelu-untied"])
 def checkpoint(request, tmp_path):
-    return _checkpoint(tmp_path, request.param)
+    ff, untied = request.param.removesuffix("-untied"), request.param.endswith("-untied")
+    return _checkpoint(tmp_path, ff, untied=untied)
 
 
 def _inputs(seed=1):
@@ -49,10 +63,12 @@ def _inputs(seed=1):
     return src, mask
 
 
-@pytest.mark.parametrize("ff, decoder_layers", [("relu", 2), ("gated-gelu", 2), ("relu", 3)])
-def test_hidden_states_and_logits_match(tmp_path, ff, decoder_layers):
-    hf, folder = _checkpoint(tmp_path, ff, decoder_layers)  # 3 decoder layers: generate() of transformers 5 cannot
+@pytest.mark.parametrize("ff, decoder_layers, untied", [("relu", 2, False), ("gated-gelu", 2, False),
+                                                         ("gated-gelu", 2, True), ("relu", 3, False)])
+def test_hidden_states_and_logits_match(tmp_path, ff, decoder_layers, untied):
+    hf, folder = _checkpoint(tmp_path, ff, decoder_layers, untied)  # 3 decoder layers: transformers 5's generate cannot
     ours = load_t5(folder)
+    assert ours.cfg.tie_weights is not untied and (ours.cfg.logit_scale == 1.0) is untied
     src, mask = _inputs()
     tgt = torch.randint(2, 50, (4, 6), generator=torch.Generator().manual_seed(2))
     tgt[:, 0] = 0
@@ -67,16 +83,27 @@ def _trim(rows, eos=1):
     return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
 
 
-@pytest.mark.parametrize("beams", [1, 4])
+@pytest.mark.parametrize("beams", [1, 3, 4])
 def test_generation_matches_generate_token_for_token(checkpoint, beams):
+    """transformers' defaults on both sides: length_penalty 1.0, early_stopping False (a source stops when its best
+    running beam, normalised by the current length, cannot beat its worst finished one). The end token is T5's
+    (1), and then one the model produces often, so that hypotheses end early and the stopping rule decides."""
     hf, folder = checkpoint
     ours = load_t5(folder)
+    ended_early = 0
     for seed in (1, 2, 3):
         src, mask = _inputs(seed)
-        ref = hf.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=12, num_beams=beams, **GEN)
-        out = generate_seq2seq(ours, src, bos_id=0, eos_id=1, max_new_tokens=12, src_key_padding_mask=mask,
-                               num_beams=beams)
-        assert _trim(out.tolist()) == _trim(ref[:, 1:].tolist())
+        free = hf.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=12, num_beams=beams,
+                           **{**GEN, "eos_token_id": None})[:, 3:].flatten().tolist()
+        frequent = Counter(t for t in free if t > 1).most_common(1)[0][0]
+        for eos in (1, frequent):
+            ref = hf.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=12, num_beams=beams,
+                              length_penalty=1.0, early_stopping=False, **{**GEN, "eos_token_id": eos})
+            out = generate_seq2seq(ours, src, bos_id=0, eos_id=eos, max_new_tokens=12, src_key_padding_mask=mask,
+                                   num_beams=beams, length_penalty=1.0)
+            assert _trim(out.tolist(), eos) == _trim(ref[:, 1:].tolist(), eos)
+            ended_early += sum(eos in row[:11] for row in out.tolist())
+    assert ended_early > 0
 
 
 def test_save_round_trip_loads_in_transformers(tmp_path):
@@ -96,6 +123,22 @@ def test_save_round_trip_loads_in_transformers(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(src, tgt, src_key_padding_mask=mask), ours(src, tgt, src_key_padding_mask=mask),
                                    atol=0, rtol=0)
+
+
+def test_save_round_trip_of_an_untied_gated_t5(tmp_path):
+    hf, folder = _checkpoint(tmp_path, "gated-gelu", untied=True)
+    ours = load_t5(folder)
+    again, info = transformers.T5ForConditionalGeneration.from_pretrained(save_t5(ours, tmp_path / "out"),
+                                                                          output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not torch.equal(again.lm_head.weight, again.shared.weight) and not again.config.scale_decoder_outputs
+    src, mask = _inputs()
+    tgt = torch.randint(2, 50, (4, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = hf(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits
+        torch.testing.assert_close(again.eval()(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits,
+                                   ref, atol=0, rtol=0)
+        torch.testing.assert_close(ours(src, tgt, src_key_padding_mask=mask), ref, **TOL)
 
 
 def test_unsupported_t5_features_are_named(checkpoint, tmp_path):

@@ -12,6 +12,7 @@ from attnlab.attention import CapabilityError
 from attnlab.data.synthetic.seq2seq import BOS, EOS, make_addition, make_reversal
 from attnlab.infer.seq2seq import generate_seq2seq
 from attnlab.models import EncoderDecoder, create_model
+from attnlab.models.seq2seq import reorder_cache
 from attnlab.objectives.seq2seq import exact_match, seq2seq_step
 
 V = 32
@@ -76,6 +77,69 @@ def test_embeddings_are_shared_and_parameters_train():
     loss.backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == [] and 0 <= float(metrics["token_accuracy"]) <= 1
+
+
+def test_target_rows_can_share_a_memory_row():
+    """Beam search's layout: K consecutive target rows per source read its one memory row, as if it were repeated."""
+    m = model(position="relative")
+    src, _ = src_tgt(B=2)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    mask[1, 5:] = False
+    tgt = torch.randint(3, V, (6, 5), generator=torch.Generator().manual_seed(4))  # 3 rows per source
+    memory = m.encode(src, mask)
+    repeated = m.decode(tgt, memory.repeat_interleave(3, 0), mask.repeat_interleave(3, 0))
+    torch.testing.assert_close(m.decode(tgt, memory, mask), repeated, atol=1e-6, rtol=1e-5)
+    cache = m.new_cache(6, 5)
+    steps = [m.decode(tgt[:, t:t + 1], memory if t == 0 else None, mask, cache=cache) for t in range(5)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), repeated, atol=1e-5, rtol=1e-4)
+    assert cache[0][1].k.shape == (2, 4, 9, 16)  # the memory's keys once per source
+    with pytest.raises(ValueError, match="5 target rows cannot share a memory of 2 rows"):
+        m.decode(tgt[:5], memory, mask)
+
+
+def test_reorder_cache_gathers_filled_rows_into_reused_buffers():
+    m = model()
+    src, tgt = src_tgt(B=4, T=3)
+    memory = m.encode(src)
+    caches = []
+    for _ in range(2):
+        caches.append(m.new_cache(4, 8))
+        m.decode(tgt, memory, cache=caches[-1])
+    plain, reused = caches
+    k0, cross_k0 = plain[0][0].k.clone(), plain[0][1].k.clone()
+    first_buffer = reused[0][0].k
+    index, spares = torch.tensor([2, 2, 0, 3]), {}
+    reorder_cache(plain, index)
+    reorder_cache(reused, index, spares)
+    assert torch.equal(plain[0][0].k[:, :, :3], k0[index, :, :3]) and torch.equal(plain[0][1].k, cross_k0[index])
+    reorder_cache(reused, torch.tensor([1, 0, 3, 3]), spares)  # gathers into the buffer the first step released
+    assert reused[0][0].k is first_buffer
+    assert torch.equal(reused[0][0].k[:, :, :3], k0[index][[1, 0, 3, 3], :, :3])
+    assert torch.equal(reused[0][1].v, plain[0][1].v[[1, 0, 3, 3]])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_inference_caches_follow_in_place_weight_changes(autocast):
+    """Without gradients the shell keeps its stacked q/k/v weights (in autocast's dtype) and the decoder its
+    relative-bias table; both are rebuilt when a weight changes in place: the result is a fresh model's."""
+    m = model(position="relative")
+    src, tgt = src_tgt()
+
+    def run(net):  # autocast's own cast cache lives as long as its region: one region per call
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.no_grad():
+            return net(src, tgt)
+
+    before = run(m)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.25)
+    after = run(m)
+    fresh = EncoderDecoder(m.cfg).eval()
+    fresh.load_state_dict(m.state_dict())
+    assert (before - after).abs().max() > 0.1  # a stale cache would be off by as much
+    torch.testing.assert_close(after, run(fresh), atol=0, rtol=0)
+    if not autocast:  # and the path with gradients, which keeps nothing
+        torch.testing.assert_close(after, m(src, tgt).detach(), atol=1e-5, rtol=1e-4)
 
 
 def _reference_greedy(m, src, mask, steps):

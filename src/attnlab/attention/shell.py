@@ -98,13 +98,34 @@ class MultiHeadAttention(nn.Module):
             q, k = self.q_proj(qk_x), self.k_proj(qk_x)
             return self._heads_and_rope(q, k, self.v_proj(x), positions)
         # one fused GEMM for q, k and v (a third of the launches; autocast casts the weights once)
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = None
-        if self.q_proj.bias is not None:
-            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = linear(x, weight, bias)  # (B, T, (H + 2 Hkv) Dh)
+        qkv = linear(x, *self.fused_weights("qkv", x))  # (B, T, (H + 2 Hkv) Dh)
         q, k, v = qkv.split([self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2, dim=-1)
         return self._heads_and_rope(q, k, v, positions)
+
+    def fused_weights(self, which: str, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The weights (and biases) of the ``which`` projections (``"qkv"`` or ``"kv"``) stacked for one GEMM.
+
+        With gradients the stack is made on every call (autograd sees the parameters). Without (inference, or
+        frozen weights) it is kept in the dtype autocast would cast it to for ``x``'s device, and rebuilt when a
+        weight changes (in-place version counters, storage pointers): decoding one token at a time would otherwise
+        copy (and under autocast re-cast) the attention weights at every step. The kept copy costs the memory of
+        those weights once; a call with gradients drops it.
+        """
+        mods = [self.q_proj, self.k_proj, self.v_proj] if which == "qkv" else [self.k_proj, self.v_proj]
+        params = [p for m in mods for p in (m.weight, m.bias) if p is not None]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            self.__dict__.pop("_fused_cache", None)  # training: hold no copy that the next step makes stale
+            return _stacked(mods)
+        dtype, device = params[0].dtype, x.device.type
+        if dtype == torch.float32 and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        key = (which, dtype, tuple((id(p), p._version, p.data_ptr()) for p in params))
+        cached = self.__dict__.setdefault("_fused_cache", {}).get(which)
+        if cached is None or cached[0] != key:
+            weight, bias = _stacked(mods)
+            cached = (key, weight.to(dtype), None if bias is None else bias.to(dtype))
+            self._fused_cache[which] = cached
+        return cached[1], cached[2]
 
     def _heads_and_rope(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         q = self.split_heads(q, self.num_heads)
@@ -175,9 +196,7 @@ class MultiHeadAttention(nn.Module):
         if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[-1] != self.dim:
             raise ValueError(f"expected memory of shape ({x.shape[0]}, memory tokens, {self.dim}), "
                              f"got {tuple(memory.shape)}")
-        weight = torch.cat([self.k_proj.weight, self.v_proj.weight])  # one GEMM for k and v
-        bias = None if self.k_proj.bias is None else torch.cat([self.k_proj.bias, self.v_proj.bias])
-        k, v = linear(memory, weight, bias).split(self.num_kv_heads * self.head_dim, dim=-1)
+        k, v = linear(memory, *self.fused_weights("kv", memory)).split(self.num_kv_heads * self.head_dim, dim=-1)
         k, v = self.split_heads(k, self.num_kv_heads), self.split_heads(v, self.num_kv_heads)
         if cache is not None:
             cache.store(k, v)
@@ -193,3 +212,9 @@ class MultiHeadAttention(nn.Module):
     def new_cross_cache(self) -> CrossKVCache:
         """A cache for this layer used as cross-attention: the memory's k/v, projected once per generation."""
         return CrossKVCache()
+
+
+def _stacked(projections: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """``(sum of out_features, in_features)`` weight and the biases (or ``None``) of ``projections``, stacked."""
+    weight = torch.cat([m.weight for m in projections])
+    return weight, None if projections[0].bias is None else torch.cat([m.bias for m in projections])

@@ -24,15 +24,14 @@ def beam_search(model: nn.Module, src: Tensor, mask: Tensor | None, bos_id: int,
                 beams: int, length_penalty: float) -> Tensor:
     """``src (B, S)`` -> ``(B, L)`` best hypotheses, ``L <= steps``; after a hypothesis's ``eos_id``, ``eos_id``."""
     B, device = src.shape[0], src.device
-    src = src.repeat_interleave(beams, dim=0)  # (B*K, S): beam k of source b is row b*K + k
-    mask = None if mask is None else mask.repeat_interleave(beams, dim=0)
-    memory = model.encode(src, mask)
-    cache = model.new_cache(B * beams, steps, device=device)
+    memory = model.encode(src, mask)  # (B, S, dim), once per source: beam k of source b is decoder row b*K + k
+    cache = model.new_cache(B * beams, steps, device=device)  # the cross caches keep one row per source
     run_scores = torch.full((B, beams), NEG, device=device)
     run_scores[:, 0] = 0.0  # all beams start identical: keep one, or the top-k would pick K copies
     run_seqs = torch.empty(B, beams, 0, dtype=torch.long, device=device)
     pool = _Pool(B, beams, steps, device, eos_id)
     token = torch.full((B * beams, 1), bos_id, dtype=torch.long, device=device)
+    spares: dict = {}  # reorder_cache's buffers, reused step to step
     for t in range(steps):
         logp = torch.log_softmax(model.decode(token, memory if t == 0 else None, mask, cache=cache)[:, -1].float(), -1)
         V = logp.shape[-1]
@@ -46,7 +45,7 @@ def beam_search(model: nn.Module, src: Tensor, mask: Tensor | None, bos_id: int,
         pool.add(cand, top / (t + 1) ** length_penalty, ends, beams)
         run_scores, run_seqs = top.gather(1, keep) + 0.0, cand.gather(1, keep[..., None].expand(-1, -1, t + 1))
         rows = (parent.gather(1, keep) + torch.arange(B, device=device)[:, None] * beams).view(-1)
-        reorder_cache(cache, rows)
+        reorder_cache(cache, rows, spares)
         token = run_seqs[..., -1].reshape(-1, 1)
         pool.check_improvable(run_scores[:, 0] / max(t + 1, 1) ** length_penalty)
         if not bool(pool.open.any()):

@@ -94,7 +94,8 @@ def load_t5(path: str | os.PathLike, attention: str | None = None, **attention_o
             unexpected tensors, shape mismatches, non-finite weights.
     """
     folder, hf, weights = read_checkpoint(path, "t5")
-    separate = "lm_head.weight" in weights and not torch.equal(weights["lm_head.weight"], weights.get("shared.weight"))
+    head, shared = weights.get("lm_head.weight"), weights.get("shared.weight")
+    separate = head is not None and (shared is None or head.shape != shared.shape or not torch.equal(head, shared))
     cfg = t5_config(hf, separate)
     if attention is not None:
         cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})

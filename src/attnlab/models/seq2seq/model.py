@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from ...attention.cache import keys_after_update
+from ...attention.cache import DenseKVCache, keys_after_update
 from ...attention.context import AttentionContext
 from ...attention.shell import MultiHeadAttention
 from ...layers.mlp import build_mlp
@@ -45,15 +45,30 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor | None, self_ctx: AttentionContext, cross_ctx: AttentionContext,
                 positions: Tensor, cache: tuple | None = None) -> Tensor:
+        """``x (B, T, dim)``, ``memory (M, S, dim)`` with ``M`` dividing ``B`` (``None`` once the cross cache is
+        filled) -> ``(B, T, dim)``; target row ``i`` reads memory row ``i // (B // M)``."""
         self_cache, cross_cache = cache if cache is not None else (None, None)
         steps = (
             (self.self_norm, lambda h: self.self_attn(h, self_ctx, positions, self_cache)),
-            (self.cross_norm, lambda h: self.cross_attn(h, cross_ctx, cache=cross_cache, memory=memory)),
+            (self.cross_norm, lambda h: self.cross(h, memory, cross_ctx, cross_cache)),
             (self.mlp_norm, self.mlp),
         )
         for norm, f in steps:
             x = x + f(norm(x)) if self.prenorm else norm(x + f(x))
         return x
+
+    def cross(self, h: Tensor, memory: Tensor | None, ctx: AttentionContext, cache=None) -> Tensor:
+        """Cross-attention of ``h (B, T, dim)`` to ``memory (M, S, dim)`` (or the cached memory). With ``M < B``
+        (beam search: ``K = B / M`` hypotheses per source) the ``K`` rows of a source become ``K * T`` queries of
+        its one memory row: the same result as repeating the memory, with its keys and values held once."""
+        B, T, D = h.shape
+        M = memory.shape[0] if memory is not None else cache.k.shape[0] if cache is not None and cache.filled else B
+        if M == B:
+            return self.cross_attn(h, ctx, cache=cache, memory=memory)
+        if B % M:
+            raise ValueError(f"{B} target rows cannot share a memory of {M} rows; give one memory row per target "
+                             "row, or per group of consecutive target rows (B a multiple of the memory's rows)")
+        return self.cross_attn(h.reshape(M, (B // M) * T, D), ctx, cache=cache, memory=memory).reshape(B, T, D)
 
 
 class EncoderDecoder(nn.Module):
@@ -104,10 +119,16 @@ class EncoderDecoder(nn.Module):
 
     def decode(self, tgt: Tensor, memory: Tensor | None, memory_key_padding_mask: Tensor | None = None,
                cache: list | None = None) -> Tensor:
-        """``tgt (B, T)`` ids attending to ``memory (B, S, dim)`` -> logits ``(B, T, vocab)``.
+        """``tgt (B, T)`` ids attending to ``memory (M, S, dim)`` -> logits ``(B, T, vocab)``.
 
-        With ``cache`` (from :meth:`new_cache`) only the new target tokens are given; after the first call
-        ``memory`` may be ``None`` (its keys and values are cached).
+        ``M`` is ``B``, or divides it: consecutive groups of ``B / M`` target rows share one memory row (beam
+        search decodes ``K`` hypotheses per source without repeating the source); ``memory_key_padding_mask`` is
+        ``(M, S)``. With ``cache`` (from :meth:`new_cache`) only the new target tokens are given; after the first
+        call ``memory`` may be ``None`` (its keys and values are cached).
+
+        Raises:
+            ValueError: ``tgt`` not ``(B, T)``, longer than ``max_seq_len``, ``M`` not dividing ``B``, or no memory
+                on the first call.
         """
         if tgt.dim() != 2:
             raise ValueError(f"expected target token ids of shape (batch, tokens), got {tuple(tgt.shape)}")
@@ -116,7 +137,7 @@ class EncoderDecoder(nn.Module):
         positions = self.encoder.default_positions(tgt, offset)
         x = self.encoder.embed(tgt, positions)
         S = keys_after_update(cache[0][0] if cache is not None else None, T)
-        bias = self.position_bias(T, S) if self.position_bias is not None else None
+        bias = self._self_bias(T, S)
         self_ctx = AttentionContext(causal=True, attn_bias=bias, positions=positions)
         cross_ctx = AttentionContext(key_padding_mask=memory_key_padding_mask)
         for i, block in enumerate(self.blocks):
@@ -124,6 +145,20 @@ class EncoderDecoder(nn.Module):
             x = block(x, memory, dataclasses.replace(self_ctx), cross_ctx, positions, layer_cache)
         x = self.final_norm(x)
         return self.head(x * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else x)
+
+    def _self_bias(self, T: int, S: int) -> Tensor | None:
+        """The decoder self-attention's ``(1, H, T, S)`` position bias (``None`` without one). It depends only on
+        key - query offsets, so without gradients it is sliced from a table kept across decoding steps (rebuilt
+        when the bias weights change) instead of being rebuilt at every step."""
+        pb = self.position_bias
+        if pb is None or torch.is_grad_enabled():
+            return None if pb is None else pb(T, S)
+        key = tuple((id(t), t._version, t.data_ptr()) for t in (*pb.parameters(), *pb.buffers()))
+        table = self.__dict__.get("_bias_table")
+        if table is None or table[0] != key or table[1].shape[-1] < S:
+            n = max(S, 64 if table is None else 2 * table[1].shape[-1])
+            table = self.__dict__["_bias_table"] = (key, pb(n, n))  # (1, H, n, n)
+        return table[1][:, :, S - T:S, :S]
 
     def forward(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: ``src (B, S)``, ``tgt (B, T)`` (the decoder's input) -> logits ``(B, T, vocab)``."""
@@ -143,15 +178,30 @@ class EncoderDecoder(nn.Module):
 
 
 @torch.no_grad()
-def reorder_cache(cache: list, index: Tensor) -> None:
+def reorder_cache(cache: list, index: Tensor, spares: dict | None = None) -> None:
     """Select batch rows ``index`` of every decoding cache in place (beam search keeps the surviving beams).
 
     ``index (B,)`` holds, for each new row, the old row it continues. Every tensor attribute of a cache whose
-    first dimension is the batch is indexed; a cache holding none (a cross cache not filled yet) is left alone.
+    first dimension is the batch is indexed (a dense KV cache over its filled positions only); a cache holding
+    none is left alone (a cross cache not filled yet, or one holding a row per source that its beams share).
+    ``spares``: a dict the caller keeps across steps; rows are then gathered into the buffers the previous step
+    released instead of new tensors (no allocation, and no fresh pages to fault in, per step).
     """
     batch = index.shape[0]
     for layer in cache:
         for c in layer:
-            for name, value in vars(c).items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
-                    setattr(c, name, value.index_select(0, index.to(value.device)))
+            filled = c.seen if isinstance(c, DenseKVCache) else None
+            for name, value in list(vars(c).items()):
+                if not (isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch):
+                    continue
+                spare = None if spares is None else spares.pop((id(c), name), None)
+                if spare is None or spare.shape != value.shape or spare.dtype != value.dtype:
+                    spare = torch.empty_like(value)
+                rows = index.to(value.device)
+                if filled is not None:  # (B, Hkv, max_len, Dh): positions past `seen` hold nothing yet
+                    torch.index_select(value[:, :, :filled], 0, rows, out=spare[:, :, :filled])
+                else:
+                    torch.index_select(value, 0, rows, out=spare)
+                setattr(c, name, spare)
+                if spares is not None:
+                    spares[(id(c), name)] = value
