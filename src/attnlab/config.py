@@ -189,7 +189,18 @@ class TrainConfig(BaseModel):
         return keys
 
 
-class RunConfig(BaseModel):
+class SavedAsYaml:
+    """``to_yaml`` and an atomic ``save`` for a config class (pydantic model)."""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the resolved config as YAML, atomically."""
+        write_text(path, self.to_yaml())
+
+
+class RunConfig(SavedAsYaml, BaseModel):
     """A whole recipe: ``model``, ``data``, ``objective`` and ``train`` sections."""
 
     model_config = ConfigDict(extra="forbid")
@@ -199,12 +210,6 @@ class RunConfig(BaseModel):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the resolved config as YAML, atomically."""
-        write_text(path, self.to_yaml())
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -326,13 +331,14 @@ def _model_type(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def format_validation_error(e: ValidationError, raw: dict) -> str:
-    """One line per problem: dotted key, the expected type, the value given and pydantic's reason."""
+def format_validation_error(e: ValidationError, raw: dict, root: type[BaseModel] | None = None) -> str:
+    """One line per problem: dotted key, the expected type, the value given and pydantic's reason (``root``: the
+    config class validated, default :class:`RunConfig`)."""
     lines = []
     for err in e.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "union["))]
         key = ".".join(loc) or "config"
-        expected = expected_type(loc)
+        expected = expected_type(loc, root or RunConfig)
         given = err.get("input")
         given_txt = "" if isinstance(given, dict) else f"; got {given!r} ({type(given).__name__})"
         exp_txt = f"expected {expected}" if expected else "invalid value"
@@ -340,9 +346,10 @@ def format_validation_error(e: ValidationError, raw: dict) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def expected_type(loc: list[str]) -> str | None:
-    """Human-readable annotation of the field at dotted location ``loc`` (``None`` if not a field)."""
-    model: type[BaseModel] | None = RunConfig
+def expected_type(loc: list[str], root: type[BaseModel] | None = None) -> str | None:
+    """Human-readable annotation of the field at dotted location ``loc`` of ``root`` (default :class:`RunConfig`;
+    ``None`` if not a field)."""
+    model: type[BaseModel] | None = root or RunConfig
     annotation = None
     for part in loc:
         if model is None or part not in model.model_fields:

@@ -46,6 +46,12 @@ def _config_and_overrides(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _run_folder_flags(p: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--overwrite`` of the commands that write a run folder."""
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.run_dir")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run in train.run_dir and start again")
+
+
 @command("train", "train a model from a YAML recipe (or continue a run with --resume)", examples=[
     "attnlab train configs/char-gpt.yaml",
     "attnlab train configs/char-gpt.yaml model.attention=softmax train.lr=3e-4 train.steps=500",
@@ -55,8 +61,7 @@ def _config_and_overrides(p: argparse.ArgumentParser, what: str) -> None:
 ])
 def _train(p: argparse.ArgumentParser) -> Handler:
     _config_and_overrides(p, "a YAML recipe or a run directory, then dotted overrides (see docs/config.md)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.run_dir")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run in train.run_dir and start again")
+    _run_folder_flags(p)
 
     def run(args: argparse.Namespace) -> int:
         from ..config import load_config
@@ -137,6 +142,41 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
         unit = next(k for k in r if k.startswith("bits_per_")).removeprefix("bits_per_")
         print(f"{args.split} loss {r['loss']:.4f} nats/{unit} ({r[f'bits_per_{unit}']:.3f} bits/{unit}) "
               f"over {r['tokens']:,} tokens, checkpoint step {r['step']}")
+
+    return run
+
+
+@command("distill", "distill a pretrained encoder into a smaller or sparser student (MiniLM), export and evaluate it",
+         examples=[
+    "attnlab distill configs/distill/minilm-l3.yaml",
+    "attnlab distill configs/distill/minilm-l3.yaml objective.losses='{v2: 1}' model.dim=192",
+    "attnlab distill runs/distill-l3 --resume        # continue an interrupted distillation",
+    "attnlab distill configs/distill/minilm-l3.yaml --no-train train.run_dir=runs/l3-drop   # layer drop only",
+    "attnlab distill --eval-only minilm              # the evaluation table of any encoder folder",
+])
+def _distill(p: argparse.ArgumentParser) -> Handler:
+    _config_and_overrides(p, "a distillation recipe (configs/distill/) or a distill run folder, then dotted overrides")
+    _run_folder_flags(p)
+    p.add_argument("--no-train", action="store_true", help="export and evaluate the student as initialised")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
+    p.add_argument("--eval-only", metavar="MODEL", default=None,
+                   help="only evaluate MODEL (minilm, an encoder folder or a distill run) and print its row")
+
+    def run(args: argparse.Namespace) -> None:
+        from ..distill import distill, evaluate_folder, load_distill_config
+
+        if args.eval_only is not None:
+            if args.args:
+                raise ValueError("--eval-only takes no recipe or overrides; give just the model to evaluate")
+            evaluate_folder(args.eval_only)
+            return
+        path, overrides = _split_config_args(args.args)
+        cfg = load_distill_config(path, overrides)
+        r = distill(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                    evaluate=not args.no_eval, train=not args.no_train)
+        if r.export is not None:
+            print(f"student exported to {r.export} (SentenceTransformer('{r.export}') or attnlab.embed(texts, "
+                  f"model='{r.export}'))")
 
     return run
 

@@ -76,15 +76,20 @@ class Trainer:
     """Holds the pieces of one run; :meth:`fit` is the loop. Use :func:`train` rather than this class."""
 
     def __init__(self, cfg: RunConfig, info: D.DistInfo, progress: bool = True,
-                 on_step: Callable[[int, dict], None] | None = None, feed=None, tokenizer_file: Path | None = None):
+                 on_step: Callable[[int, dict], None] | None = None, feed=None, tokenizer_file: Path | None = None,
+                 build: Callable | None = None, step_fn: Callable | None = None):
+        """``build(cfg, device, feed, tokenizer_file) -> (data, model, resolved cfg)`` replaces
+        :func:`~attnlab.train.build.build_for_config` and ``step_fn(model, batch) -> (loss, metrics)`` the objective's
+        step (``attnlab distill`` trains a student with its teacher's losses this way); the model is built after the
+        run's seed is set either way."""
         self.info, self.progress, self.on_step = info, progress, on_step
         t = cfg.train
         seed_everything(t.seed)
-        self.data, model, self.cfg = build_for_config(cfg, info.device, feed, tokenizer_file)
+        self.data, model, self.cfg = (build or build_for_config)(cfg, info.device, feed, tokenizer_file)
         self.feed_kind = getattr(self.data, "kind", "lm")
         self.raw_model = model
         self.model = D.wrap_model(model, info)
-        self.step_fn = objective_step(self.cfg.objective.name, **step_options(self.cfg.objective))
+        self.step_fn = step_fn or objective_step(self.cfg.objective.name, **step_options(self.cfg.objective))
         self.precision = resolve_precision(t.precision, info.device)
         if t.retain_memory and info.device.type == "cpu":
             retain_freed_memory()  # no page faults on every step's fresh activations (attnlab.train.memory)
