@@ -87,6 +87,7 @@ $(DATA_STAMP): $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m attnlab.config docs/config.md
+	$(PY) -m attnlab.distill docs/distill-config.md
 	$(PY) -m attnlab.catalogue docs/attention.md
 
 clean-runs:

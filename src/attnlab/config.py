@@ -399,18 +399,22 @@ def config_reference() -> str:
            "resumed step on). The allowance holds for that resume only: `config.yaml` is saved without it. The tokenizer",
            "must be the one the checkpoint was trained with.", ""]
     for section in SECTIONS:
-        cls = _model_type(RunConfig.model_fields[section].annotation)
-        fields = dict(cls.model_fields)
-        if "name" in fields:  # the preset name first
-            fields = {"name": fields.pop("name"), **fields}
-        out += [f"## `{section}` — {SECTION_TITLES[section]}", "",
-                "| key | type | default | description |", "|---|---|---|---|"]
-        for name, f in fields.items():
-            default = f.default_factory() if f.default_factory is not None else f.default
-            desc = (f.description or "").replace("|", "\\|")
-            out.append(f"| `{section}.{name}` | {_type_name(f.annotation).replace('|', 'or')} | `{default!r}` | {desc} |")
-        out.append("")
+        out += section_reference(section, _model_type(RunConfig.model_fields[section].annotation),
+                                 SECTION_TITLES[section])
     return "\n".join(out)
+
+
+def section_reference(section: str, cls: type[BaseModel], title: str) -> list[str]:
+    """The Markdown lines of one config section: a heading and a table of its keys."""
+    fields = dict(cls.model_fields)
+    if "name" in fields:  # the preset name first
+        fields = {"name": fields.pop("name"), **fields}
+    out = [f"## `{section}` — {title}", "", "| key | type | default | description |", "|---|---|---|---|"]
+    for name, f in fields.items():
+        default = f.default_factory() if f.default_factory is not None else f.default
+        desc = (f.description or "").replace("|", "\\|")
+        out.append(f"| `{section}.{name}` | {_type_name(f.annotation).replace('|', 'or')} | `{default!r}` | {desc} |")
+    return out + [""]
 
 
 if __name__ == "__main__":

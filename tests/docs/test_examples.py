@@ -78,6 +78,13 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub("configs/text2text-sentiment.yaml", "name: seq2seq-small", "name: seq2seq-tiny", "same: a smaller model"),
     Sub("configs/mlm-kjv.yaml", "steps: 1000", "steps: 5", "1,000 steps take ~6 min"),
     Sub("configs/finetune-sentiment.yaml", "steps: 600", "steps: 5", "600 steps take ~3 min"),
+    # the distillation recipes the README runs
+    Sub("configs/distill/minilm-l3.yaml", "steps: 1500", "steps: 3", "1,500 steps take ~12 min; 3 train, "
+        "evaluate, checkpoint and export"),
+    Sub("configs/distill/minilm-l3.yaml", "seq_len: 128", "seq_len: 128\n  max_sentences: 300",
+        "tokenising 41,855 sentences is wasted on 3 steps"),
+    Sub("configs/distill/sparse-l3.yaml", "steps: 1500", "steps: 3", "same"),
+    Sub("configs/distill/sparse-l3.yaml", "seq_len: 128", "seq_len: 128\n  max_sentences: 300", "same"),
     Sub("README.md", "train.steps=300            #", "train.steps=20             #",
         "vision example: 300 steps take ~15 s; 20 train, evaluate and draw the confusion matrix"),
     Sub("README.md", "train.steps=300 train.run_dir=runs/vision-digits-na", "train.steps=5 train.run_dir="
@@ -96,6 +103,8 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
 SLOW: dict[str, str] = {
     "make demo": "30-55 s even at the sizes above (two trainings, a full-split eval, 6 compare cells), and "
                  "every command it runs is also run by the README's command-line and compare blocks",
+    "attnlab distill --eval-only": "~40 s: the teacher embeds 6,050 texts for the probe and the Lee pairs, then "
+                                   "2,000 twice for its speed; tests/distill runs the same table on a smaller probe",
 }
 
 SHELL_TIMEOUT_S = 600  # per shell/console block

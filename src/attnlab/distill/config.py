@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ModelSection, SavedAsYaml, TrainConfig, check_keys, deep_merge, format_validation_error, parse_overrides
+from ..config import ModelSection, SavedAsYaml, TrainConfig, section_reference, check_keys, deep_merge, format_validation_error, parse_overrides
 from ..core.yamlfile import load_yaml
 
 LOSSES = ("attention", "value_relation", "qq", "kk", "vv", "qk", "embedding_mse")
@@ -194,3 +194,25 @@ def load_distill_config(path: str | os.PathLike | None = None, overrides: list[s
         if len(e.errors()) == 1:  # one problem, one line
             text = text.replace("invalid config:\n  ", "invalid config: ")
         raise ValueError(text) from None
+
+
+TITLES = {"teacher": "the frozen model the student learns from",
+          "model": "the student (`attnlab.models.ModelConfig` plus where it starts and how it is initialised)",
+          "data": "the unlabelled sentences", "objective": "the distillation losses and the teacher assistant",
+          "train": "optimisation, evaluation, checkpoints, run folder (as in `attnlab train`)"}
+
+
+def distill_reference() -> str:
+    """Markdown reference of every section and key of a distillation recipe, generated from the pydantic models."""
+    out = ["# Distillation recipe reference", "",
+           "Generated from `src/attnlab/distill/config.py` by `python -m attnlab.distill docs/distill-config.md` "
+           "(`make docs`); do not edit by hand.", "",
+           "`attnlab distill RECIPE.yaml [section.key=value ...]` reads these five sections (recipes in "
+           "`configs/distill/`). Unknown keys and wrong types are errors naming the closest valid key or the expected "
+           "type; an `objective.losses` mapping on the command line replaces the recipe's. With `model.name: "
+           "teacher` the model keys start from the teacher's `config.json`; the model defaults below apply otherwise.",
+           ""]
+    for section in DISTILL_SECTIONS:
+        out += section_reference(section, DistillConfig.model_fields[section].annotation, TITLES[section])
+    return "\n".join(out)
+
