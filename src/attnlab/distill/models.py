@@ -35,21 +35,26 @@ def teacher_folder(path: str) -> Path:
     if (folder / EXPORT / "config.json").is_file():
         return folder / EXPORT
     if (folder / "config.yaml").is_file():
-        raise ValueError(f"teacher.path={path!r} is a run folder without an exported model ({folder / EXPORT}); "
-                         "finish its `attnlab distill` run (or resume it) first")
+        raise ValueError(f"teacher.path={path!r} is a distill run folder without an exported model "
+                         f"({folder / EXPORT}); finish its `attnlab distill` run (or resume it) first")
     raise ValueError(f"teacher.path={path!r} is not a model folder: give minilm, a Hugging Face BERT-family folder "
                      "(config.json, weights, tokenizer.json) or an `attnlab distill` run folder")
 
 
 def load_teacher(path: str, device: torch.device | str | None = None) -> Encoder:
-    """The frozen teacher: eval mode, no gradients, with its tokenizer.
+    """The frozen teacher (``path`` as :func:`teacher_folder` reads it, or an ``attnlab train`` run of an encoder with
+    a subword tokenizer, :func:`load_run_encoder`): eval mode, no gradients, with its tokenizer.
 
     Raises:
         ValueError: an unreadable folder (:func:`teacher_folder`, :func:`~attnlab.interop.load_pretrained`), a model
             that is not an encoder (e.g. GPT-2, ViT), or one without ``tokenizer.json``.
     """
-    folder = teacher_folder(path)
-    model = load_pretrained(folder)
+    folder = Path(path).expanduser()
+    if path != "minilm" and _is_train_run(folder):
+        model = load_run_encoder(folder)
+    else:
+        folder = teacher_folder(path)
+        model = load_pretrained(folder)
     if not isinstance(model, Encoder):
         raise ValueError(f"the teacher must be a text encoder (BERT family), but {folder} holds a "
                          f"{type(model).__name__}; distill from a BERT-family folder or minilm")
@@ -57,6 +62,47 @@ def load_teacher(path: str, device: torch.device | str | None = None) -> Encoder
         raise ValueError(f"the teacher in {folder} has no tokenizer.json; the student reads the teacher's tokenizer")
     model.requires_grad_(False)
     return model.to(device).eval() if device is not None else model.eval()
+
+
+def _is_train_run(folder: Path) -> bool:
+    """A folder written by ``attnlab train`` (its ``config.yaml`` has no ``teacher`` section, unlike a distill run)."""
+    import yaml
+
+    if not (folder / "config.yaml").is_file() or (folder / "config.json").is_file():
+        return False
+    try:
+        raw = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "teacher" not in raw
+
+
+def load_run_encoder(folder: Path) -> Encoder:
+    """The encoder of an ``attnlab train`` run (e.g. masked-LM pretraining) at its newest checkpoint, with the run's
+    ``tokenizer.json``.
+
+    Raises:
+        ValueError: the run trained something other than an encoder, or with a character or byte tokenizer (the
+            student shares the teacher's tokenizer file, which must be a Hugging Face one: bpe, wordpiece, unigram,
+            word); a checkpoint that does not fit.
+        FileNotFoundError: the run has no checkpoint yet.
+    """
+    from ..config import load_config
+    from ..data.text.subword import SUBWORD_KINDS
+    from ..interop.tokenizer import TextTokenizer
+    from ..train.checkpoint import latest_checkpoint, load_weights
+
+    cfg = load_config(folder / "config.yaml")
+    if cfg.data.tokenizer not in SUBWORD_KINDS:
+        raise ValueError(f"the run {folder} was trained with data.tokenizer={cfg.data.tokenizer!r}; a teacher run needs "
+                         f"a tokenizer the student can share as tokenizer.json: train it with data.tokenizer set to "
+                         f"one of {list(SUBWORD_KINDS)}")
+    model = build_model(cfg.model.name, cfg.model.to_model_config(cfg.model.vocab_size))
+    if not isinstance(model, Encoder):
+        raise ValueError(f"the run {folder} trained a {type(model).__name__}; the teacher must be a text encoder")
+    load_weights(model, latest_checkpoint(folder))
+    model.tokenizer = TextTokenizer.from_folder(folder, cfg.model.max_seq_len)
+    return model
 
 
 def weights_digest(model: nn.Module) -> str:
