@@ -7,7 +7,6 @@ draws the batches an uninterrupted one would. A fixed share of the sentences is 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..data.text.sentences import load_sentences
@@ -56,21 +55,14 @@ class SentenceFeed:
         self.train_idx = np.setdiff1d(np.arange(len(self.seqs)), self.val_idx)
         if len(self.train_idx) == 0:
             raise ValueError("no sentence is left to train on; lower data.val_fraction")
-        self.tokenizer = TeacherTokenizer(tokenizer)
-        self.pad_id = tokenizer.pad_id
+        self.tok, self.tokenizer = tokenizer, TeacherTokenizer(tokenizer)
         self.seq_len = int(np.mean([len(s) for s in self.seqs]))  # the trainer's tokens/s counts mean lengths
         self.vocab_size = tokenizer.vocab_size
         self.num_sentences = len(self.seqs)
 
     def batch_of(self, idx: np.ndarray) -> dict[str, Tensor]:
         """``{"ids": (B, T) long, "mask": (B, T) bool}``, right-padded to the longest of the batch."""
-        seqs = [self.seqs[i] for i in idx]
-        T = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-        for b, s in enumerate(seqs):
-            ids[b, :len(s)] = torch.tensor(s)
-            mask[b, :len(s)] = True
+        ids, mask = self.tok.pad([self.seqs[i] for i in idx])
         return {"ids": ids, "mask": mask}
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,

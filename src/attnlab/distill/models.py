@@ -127,7 +127,7 @@ def student_config(section: StudentSection, teacher: Encoder) -> ModelConfig:
     given = section.model_dump(include=section.model_fields_set - own)
     if section.name == "teacher":  # the recipe already holds the teacher's config.json values (DistillConfig)
         base = teacher.cfg.model_dump(exclude_unset=True)
-        if {"dim", "num_heads"} & set(section.model_fields_set) and base.get("dim") != given.get("dim", base.get("dim")):
+        if {"dim", "num_heads"} & set(given):
             base.pop("head_dim", None)  # derived again from the student's dim and heads
     else:
         base = section.model_dump(exclude=own)
