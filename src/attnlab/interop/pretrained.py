@@ -69,12 +69,8 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
-    if hf.get("model_type") in ("swin", "t5"):  # their own key maps (interop/swin.py, interop/t5.py)
-        from .swin import load_swin
-        from .t5 import load_t5
-
-        load = load_swin if hf["model_type"] == "swin" else load_t5
-        return load(folder, attention, **attention_options).to(dtype=dtype, device=device)
+    if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py)
+        return _own_map_loader(hf["model_type"])(folder, attention, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
     raw = read_weights(folder)
@@ -97,9 +93,36 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
     return model
 
 
+OWN_MAPS = ("cvt", "swin", "t5")
+
+
+def _own_map_loader(model_type: str):
+    """The loader of a model type whose key map lives in its own module."""
+    if model_type == "swin":
+        from .swin import load_swin as load
+    elif model_type == "cvt":
+        from .cvt import load_cvt as load
+    else:
+        from .t5 import load_t5 as load
+    return load
+
+
+def _own_map_saver(model: nn.Module):
+    """The writer of ``model`` if its family's key map lives in its own module, else ``None``."""
+    from ..models.seq2seq.model import EncoderDecoder
+    from ..models.vision.cvt import CvT
+    from ..models.vision.swin import Swin
+    from .cvt import save_cvt
+    from .swin import save_swin
+    from .t5 import save_t5
+
+    return next((save for cls, save in ((Swin, save_swin), (CvT, save_cvt), (EncoderDecoder, save_t5))
+                 if isinstance(model, cls)), None)
+
+
 def _spec(model_type) -> ArchSpec:
     if model_type not in SPECS:
-        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted([*SPECS, 'swin', 't5'])}")
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted([*SPECS, *OWN_MAPS])}")
     return SPECS[model_type]
 
 
@@ -220,14 +243,9 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
             its parents) is an existing file.
         OSError: the folder cannot be written (permission denied, disk full).
     """
-    from ..models.seq2seq.model import EncoderDecoder
-    from ..models.vision.swin import Swin
-
-    if isinstance(model, (Swin, EncoderDecoder)):  # their own key maps (interop/swin.py, interop/t5.py)
-        from .swin import save_swin
-        from .t5 import save_t5
-
-        return (save_swin if isinstance(model, Swin) else save_t5)(model, path)
+    saver = _own_map_saver(model)
+    if saver is not None:  # Swin, CvT and T5 have their own key maps (interop/swin.py, cvt.py, t5.py)
+        return saver(model, path)
     folder = writable_folder(path, "checkpoint folder")
     model_type = _family_of(model)
     spec, cfg = SPECS[model_type], model.cfg

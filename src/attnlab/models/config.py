@@ -55,6 +55,26 @@ class ModelConfig(BaseModel):
                                                                 "(Swin); num_layers is then their sum")
     stage_heads: list[int] = Field(default_factory=list, description="attention heads per stage (Swin); the width "
                                                                      "doubles at every stage, starting at dim")
+    stage_dims: list[int] = Field(default_factory=list, description="width of every stage (CvT); empty = the width "
+                                                                    "doubles at every stage, starting at dim (Swin)")
+    stage_embed: list[list[int]] = Field(default_factory=list, description="[kernel, stride, padding] of each "
+                                         "stage's convolutional token embedding (CvT), or T2T-ViT's soft splits")
+    token_dim: int = Field(64, ge=1, description="T2T-ViT: width of the tokens-to-token layers; TNT: word width")
+    token_attention: str = Field("softmax", description="T2T-ViT: kernel of the tokens-to-token layers; TNT: of the "
+                                                        "inner (word) blocks")
+    inner_heads: int = Field(4, ge=1, description="TNT: heads of the inner (word) blocks")
+    inner_stride: int = Field(4, ge=1, description="TNT: stride of the per-patch word convolution (16px patches, "
+                                                   "stride 4: 4x4 words)")
+    token_attention_options: dict = Field(default_factory=dict, description="options of token_attention")
+    loops: int = Field(2, ge=1, description="SReT: applications of each shared block in a row (depths count "
+                                            "applications)")
+    groups: list[int] = Field(default_factory=list, description="SReT: attention slices per stage, first application")
+    recursive_groups: list[int] = Field(default_factory=list, description="SReT: attention slices per stage in the "
+                                                                          "recursive (shuffled) applications")
+    np_mlp_ratio: float = Field(1.0, gt=0.0, description="SReT: hidden width of the NLL blocks, a ratio of the width")
+    permute_in_eval: bool = Field(False, description="SReT: shuffle before slicing in eval too (the reference does)")
+    kv_stride: int = Field(2, ge=1, description="CvT: stride of the key/value convolutional projections (1 = "
+                                                "self-attention on the grid, where grid kernels serve)")
     window_size: int = Field(7, ge=1, description="window side of Swin's window attention (clamped to small grids)")
     drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth: the last block's drop rate, "
                                                               "rising linearly from 0 (Swin)")
@@ -77,6 +97,14 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"stage_heads needs one head count per stage: depths={data['depths']} but "
                                  f"stage_heads={heads}")
             data = {**data, "num_layers": sum(data["depths"]), "num_heads": heads[0]}
+            dims, embed = data.get("stage_dims") or [], data.get("stage_embed") or []
+            if dims and len(dims) != len(data["depths"]):
+                raise ValueError(f"stage_dims needs one width per stage: depths={data['depths']} but stage_dims={dims}")
+            if any(not isinstance(e, (list, tuple)) or len(e) != 3 for e in embed):
+                raise ValueError(f"stage_embed lists [kernel, stride, padding] triples (CvT: one per stage, T2T-ViT: "
+                                 f"the soft splits, SReT: the stem), got {embed}")
+            if dims:
+                data["dim"] = dims[0]
         return data
 
     @model_validator(mode="after")
@@ -105,8 +133,9 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"attention_options list has {len(self.attention_options)} entries but num_layers={self.num_layers}"
             )
-        if self.cross_attention not in valid:
-            raise ValueError(f"unknown cross_attention {self.cross_attention!r}; valid names: {sorted(valid)}")
+        for field in ("cross_attention", "token_attention"):
+            if getattr(self, field) not in valid:
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid names: {sorted(valid)}")
         listed = isinstance(self.attention, list) or isinstance(self.attention_options, list)
         if listed and self.num_decoder_layers not in (None, self.num_layers):
             raise ValueError(f"a per-layer attention schedule serves the encoder and the decoder alike: "

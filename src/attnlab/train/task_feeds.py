@@ -115,25 +115,28 @@ class MaskingSampler:
 
 class AugmentedImageFeed(DatasetFeed):
     """An image dataset whose training batches are augmented (``crop_padding``, ``flip`` options of the dataset) as
-    a pure function of ``(seed, step, micro-batch, rank)``; evaluation batches are not augmented."""
+    a pure function of ``(seed, step, micro-batch, rank)``; evaluation batches are not augmented. Crops pad with a
+    black pixel in the dataset's normalisation."""
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                 grad_accum: int = 1) -> "AugmentingSampler":
+        mean, std = self.dataset.image_norm
         return AugmentingSampler(super().sampler(batch_size, seed, rank, world_size, grad_accum),
-                                 self.dataset.options["crop_padding"], self.dataset.options["flip"])
+                                 self.dataset.options["crop_padding"], self.dataset.options["flip"],
+                                 tuple(-m / s for m, s in zip(mean, std)))
 
 
 class AugmentingSampler:
     """A :class:`~attnlab.train.feeds.SplitSampler` whose ``pixels`` are augmented; same state and resume."""
 
-    def __init__(self, rows, crop_padding: int, flip: bool):
-        self.rows, self.crop_padding, self.flip = rows, crop_padding, flip
+    def __init__(self, rows, crop_padding: int, flip: bool, fill: tuple[float, ...] | None = None):
+        self.rows, self.crop_padding, self.flip, self.fill = rows, crop_padding, flip, fill
 
     def next(self) -> dict[str, Tensor]:
         step, micro = divmod(self.rows.position, self.rows.grad_accum)
         b = self.rows.next()
         g = _generator(self.rows.seed, step, micro, self.rows.rank)
-        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g)}
+        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g, self.fill)}
 
     def state_dict(self) -> dict:
         return self.rows.state_dict()

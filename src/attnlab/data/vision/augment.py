@@ -9,10 +9,12 @@ from torch import Tensor
 
 
 def augment_images(pixels: Tensor, crop_padding: int = 0, flip: bool = False,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, fill: tuple[float, ...] | None = None) -> Tensor:
     """``pixels (B, C, H, W)`` -> augmented ``(B, C, H, W)``.
 
-    Each image is zero-padded by ``crop_padding`` on every side and cropped back to ``H x W`` at a uniformly
+    Each image is padded by ``crop_padding`` on every side with ``fill`` (one value per channel; zeros by default;
+    normalised images pass the normalised value of a black pixel, ``-mean / std``, so the border looks like the
+    background rather than a grey frame) and cropped back to ``H x W`` at a uniformly
     random offset; with ``flip`` each image is mirrored left-right with probability 1/2.
 
     Raises:
@@ -27,6 +29,9 @@ def augment_images(pixels: Tensor, crop_padding: int = 0, flip: bool = False,
     if crop_padding:
         p = crop_padding
         padded = F.pad(pixels, (p, p, p, p))
+        if fill is not None:  # the border takes the fill value: pad the difference, then add it back
+            value = torch.as_tensor(fill, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+            padded = F.pad(pixels - value, (p, p, p, p)) + value
         dy, dx = (torch.randint(0, 2 * p + 1, (B,), generator=generator).tolist() for _ in range(2))
         out = torch.stack([padded[i, :, y:y + H, x:x + W] for i, (y, x) in enumerate(zip(dy, dx))])
     if flip:

@@ -24,7 +24,8 @@ from ...attention.kernels.gpsa import init_value_identity_
 from ...layers.residual import run_residual_stack
 from ..config import ModelConfig
 from ..transformer import TransformerBody, collect_attention_maps, init_weights
-from .vit import _kernels_taking_prefix, _prefix_failure
+from .probe import kernels_serving, probe_failure
+from .pixels import Classifies, check_pixels
 
 
 class PatchesWithPositions(nn.Module):
@@ -39,15 +40,12 @@ class PatchesWithPositions(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        if pixels.dim() != 4 or pixels.shape[1] != self.num_channels or pixels.shape[2:] != (self.image_size,) * 2:
-            raise ValueError(f"expected images of shape (batch, {self.num_channels}, {self.image_size}, "
-                             f"{self.image_size}), got {tuple(pixels.shape)}; resize the images or build the model "
-                             "with matching image_size / num_channels")
+        check_pixels(pixels, self.num_channels, self.image_size)
         x = self.proj(pixels.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # (B, rows*cols, D)
         return self.dropout(x + self.pos_emb)
 
 
-class ConViT(TransformerBody):
+class ConViT(Classifies, TransformerBody):
     """See the module docstring. Config fields: those of :class:`~attnlab.models.vision.vit.ViT` plus
     ``local_layers`` (blocks before the class token joins).
 
@@ -82,17 +80,18 @@ class ConViT(TransformerBody):
 
     def _check_parts(self) -> None:
         rows, cols = self.grid
+        ctx = AttentionContext(causal=False, grid=self.grid)
         for i, block in enumerate(self.blocks):
             local = i < self.cfg.local_layers
             tokens = rows * cols + (0 if local else 1)
-            why = _prefix_failure(block.attn.kernel, block.attn.num_heads, block.attn.head_dim, tokens, self.grid)
+            why = probe_failure(block.attn.kernel, block.attn.num_heads, block.attn.head_dim, tokens, tokens, ctx)
             if why and local:
                 raise CapabilityError(f"block {i} runs before the class token joins, on the {rows}x{cols} patch grid, "
                                       f"but attention {block.attn.kernel.name!r} cannot ({why})")
             if why:
                 raise CapabilityError(f"block {i} attends over the class token and the patches, which attention "
                                       f"{block.attn.kernel.name!r} cannot ({why}); kernels that can: "
-                                      f"{_kernels_taking_prefix(tokens, self.grid)}")
+                                      f"{kernels_serving(tokens, tokens, ctx)}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -112,12 +111,6 @@ class ConViT(TransformerBody):
     def pooled(self, pixels: Tensor) -> Tensor:
         """``(B, dim)``: the class token."""
         return self(pixels)[:, 0]
-
-    def classify(self, pixels: Tensor) -> Tensor:
-        """``(B, num_classes)`` logits; needs ``num_classes > 0``."""
-        if self.head is None:
-            raise ValueError("this ConViT has no classification head: build it with num_classes=<number of labels>")
-        return self.head(self.pooled(pixels))
 
     def attention_maps(self, pixels: Tensor) -> list[Tensor]:
         """Per block ``(B, heads, T, T)``: ``T = rows * cols`` in the local blocks, ``1 +`` that after."""

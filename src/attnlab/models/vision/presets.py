@@ -1,9 +1,16 @@
-"""Vision family presets: plain ViT (Dosovitskiy et al. 2021) and Swin (Liu et al. 2021). Add a line to register
-another."""
+"""Vision family presets: ViT (Dosovitskiy et al. 2021), Swin (Liu et al. 2021), ConViT (d'Ascoli et al. 2021), CvT
+(Wu et al. 2021), DiNAT (Hassani & Shi 2022),
+T2T-ViT (Yuan et al. 2021), TNT (Han et al. 2021) and SReT (Shen et al.
+2022). Add a line to register another."""
 
 from ..registry import register_model
 from .convit import ConViT
+from .cvt import CvT
+from .dinat import DiNAT
+from .sret import SReT
 from .swin import Swin
+from .t2t import T2TViT
+from .tnt import TNT
 from .vit import ViT
 
 register_model("vit", ViT, "ViT-B/16 (Dosovitskiy et al. 2021): 224px, 16px patches, [CLS] pooling, pre-norm",
@@ -39,3 +46,77 @@ register_model("convit-ti", ConViT, "ConViT-Ti (d'Ascoli et al. 2021): 224px, 16
                "10 GPSA + 2 SA blocks (q/k/v carry biases here; the reference has none)",
                dim=192, num_heads=4, num_layers=12, local_layers=10, attention=["gpsa"] * 10 + ["softmax"] * 2,
                image_size=224, patch_size=16, max_seq_len=197, num_classes=1000, pooling="cls", norm_eps=1e-6)
+
+# CvT (Wu et al. 2021): convolutional token embeddings and q/k/v projections, strided keys, no position embedding
+register_model("cvt-tiny", CvT, "tiny CvT for tests: 32px RGB, stages 16x16 (width 16) and 8x8 (width 32), mean pooling",
+               stage_dims=[16, 32], depths=[1, 1], stage_heads=[1, 2], stage_embed=[[3, 2, 1], [3, 2, 1]],
+               image_size=32, num_classes=10, max_seq_len=256)
+register_model("cvt-fashion", CvT, "CPU-sized CvT for 28px grayscale: stages 14x14, 7x7, 4x4 of widths 32, 64, 128, "
+               "strided keys, mean pooling",
+               stage_dims=[32, 64, 128], depths=[1, 2, 2], stage_heads=[1, 2, 4],
+               stage_embed=[[3, 2, 1], [3, 2, 1], [3, 2, 1]], image_size=28, num_channels=1, num_classes=10,
+               drop_path=0.1, max_seq_len=196)
+register_model("cvt-13", CvT, "CvT-13 (Wu et al. 2021): 224px, widths 64-192-384, depths 1-2-10, heads 1-3-6, class "
+               "token in the last stage; 20M parameters", stage_dims=[64, 192, 384], depths=[1, 2, 10],
+               stage_heads=[1, 3, 6], stage_embed=[[7, 4, 2], [3, 2, 1], [3, 2, 1]], image_size=224, num_classes=1000,
+               pooling="cls", drop_path=0.1, max_seq_len=3136)
+
+# DiNAT (Hassani & Shi 2022): convolutional tokenizer and downsampler, neighbourhood attention alternating with
+# dilated neighbourhood attention (window_size = the neighbourhood kernel size)
+register_model("dinat-tiny", DiNAT, "tiny DiNAT for tests: 32px RGB, stages 8x8 and 4x4, 3x3 neighbourhoods "
+               "(dilation 2 in odd blocks of stage 0)", dim=16, depths=[2, 2], stage_heads=[2, 4], window_size=3,
+               image_size=32, attention="neighborhood", num_classes=10, max_seq_len=64)
+register_model("dinat-fashion", DiNAT, "CPU-sized DiNAT for 28px grayscale: stages 7x7 and 4x4 of widths 64 and 128, "
+               "3x3 neighbourhoods, dilation 2 in odd blocks of stage 0", dim=64, depths=[2, 4], stage_heads=[2, 4],
+               window_size=3, image_size=28, num_channels=1, attention="neighborhood", mlp_dim=192, num_classes=10,
+               drop_path=0.1, max_seq_len=49)
+register_model("dinat-mini", DiNAT, "DiNAT-Mini (Hassani & Shi 2022): 224px, width 64, depths 3-4-6-5, heads 2-4-8-16, "
+               "7x7 neighbourhoods with dilations 8-4-2-1, MLP ratio 3, drop path 0.2 (no relative position bias)",
+               dim=64, depths=[3, 4, 6, 5], stage_heads=[2, 4, 8, 16], window_size=7, image_size=224,
+               attention="neighborhood", mlp_dim=192, num_classes=1000, drop_path=0.2, max_seq_len=3136)
+
+# T2T-ViT (Yuan et al. 2021): soft splits and re-structurisation layers, then a deep-narrow ViT with a class token
+register_model("t2t-vit-tiny", T2TViT, "tiny T2T-ViT for tests: 32px RGB, soft splits 8x8 -> 4x4, token width 16, "
+               "2 layers of width 32", dim=32, num_layers=2, num_heads=2, token_dim=16, image_size=32,
+               stage_embed=[[3, 4, 1], [3, 2, 1]], pooling="cls", position="sinusoidal", num_classes=10,
+               max_seq_len=17, mlp_dim=64)
+register_model("t2t-vit-fashion", T2TViT, "CPU-sized T2T-ViT for 28px grayscale: soft splits 14x14 -> 7x7, token width "
+               "32, 6 layers of width 128, mean pooling", dim=128, num_layers=6, num_heads=4, token_dim=32,
+               image_size=28, num_channels=1, stage_embed=[[3, 2, 1], [3, 2, 1]], pooling="mean",
+               position="sinusoidal", num_classes=10, max_seq_len=49, mlp_dim=256)
+register_model("t2t-vit-7", T2TViT, "T2T-ViT-7 (Yuan et al. 2021): 224px, soft splits 56-28-14, token width 64, 7 "
+               "layers of width 256, 4 heads, MLP ratio 2, class token; 4.3M parameters", dim=256, num_layers=7,
+               num_heads=4, token_dim=64, image_size=224, stage_embed=[[7, 4, 2], [3, 2, 1], [3, 2, 1]],
+               pooling="cls", position="sinusoidal", num_classes=1000, max_seq_len=197, mlp_dim=512)
+
+# TNT (Han et al. 2021): inner blocks over the words of each patch, outer blocks over the patches
+register_model("tnt-tiny", TNT, "tiny TNT for tests: 32px RGB, 8px patches (4x4 grid) of 2x2 words of width 8, "
+               "2 blocks of width 32", dim=32, num_layers=2, num_heads=2, token_dim=8, inner_heads=2, inner_stride=4,
+               image_size=32, patch_size=8, pooling="cls", num_classes=10, max_seq_len=17)
+register_model("tnt-fashion", TNT, "CPU-sized TNT for 28px grayscale: 4px patches (7x7 grid) of 2x2 words of width 16, "
+               "4 blocks of width 128, mean pooling", dim=128, num_layers=4, num_heads=4, token_dim=16, inner_heads=2,
+               inner_stride=2, image_size=28, patch_size=4, num_channels=1, pooling="mean", num_classes=10,
+               max_seq_len=49)
+register_model("tnt-s", TNT, "TNT-S (Han et al. 2021): 224px, 16px patches of 4x4 words of width 24 (4 heads), 12 "
+               "blocks of width 384 (6 heads), class token; 23.8M parameters", dim=384, num_layers=12, num_heads=6,
+               token_dim=24, inner_heads=4, inner_stride=4, image_size=224, patch_size=16, pooling="cls",
+               num_classes=1000, max_seq_len=197)
+
+# SReT (Shen et al. 2022): shared blocks applied twice, NLL blocks, sliced group attention; wide vs deep
+register_model("sret-tiny", SReT, "tiny SReT for tests: 32px RGB, stem to 8x8, stages 8x8 and 4x4 of widths 16 and 32, "
+               "2 applications per shared block", dim=16, depths=[2, 2], stage_heads=[2, 4], groups=[2, 1],
+               recursive_groups=[2, 1], stage_embed=[[3, 2, 1], [3, 2, 1]], image_size=32, num_classes=10,
+               max_seq_len=64, mlp_dim=64)
+register_model("sret-fashion-deep", SReT, "deep-narrow SReT for 28px grayscale: stem to 14x14, stages 14, 7, 4 of widths "
+               "32-64-128, depths 4-4-2 (2 applications per shared block), sliced 2-1-1", dim=32, depths=[4, 4, 2],
+               stage_heads=[1, 2, 4], groups=[2, 1, 1], recursive_groups=[2, 1, 1], stage_embed=[[3, 1, 1], [3, 2, 1]],
+               image_size=28, num_channels=1, num_classes=10, max_seq_len=196, mlp_dim=96)
+register_model("sret-fashion-wide", SReT, "wide-shallow SReT for 28px grayscale: stem to 14x14, one shared block per "
+               "stage looped twice, widths 64-128-256", dim=64, depths=[2, 2, 2], stage_heads=[2, 4, 8],
+               groups=[2, 1, 1], recursive_groups=[2, 1, 1], stage_embed=[[3, 1, 1], [3, 2, 1]], image_size=28,
+               num_channels=1, num_classes=10, max_seq_len=196, mlp_dim=192)
+register_model("sret-t", SReT, "SReT-T (Shen et al. 2022): 224px, stem to 28x28, widths 64-128-256, heads 2-4-8, "
+               "depths 4-10-6 (10 shared blocks), groups 8-4-1 / 2-1-1, MLP ratio 3.6; 4.8M parameters", dim=64,
+               depths=[4, 10, 6], stage_heads=[2, 4, 8], groups=[8, 4, 1], recursive_groups=[2, 1, 1],
+               stage_embed=[[3, 2, 1], [3, 2, 1], [3, 2, 1]], image_size=224, num_classes=1000, max_seq_len=784,
+               mlp_dim=230, np_mlp_ratio=1.0)

@@ -30,6 +30,7 @@ from ...layers.droppath import DropPath
 from ...layers.mlp import build_mlp
 from ..config import ModelConfig
 from ..transformer import collect_attention_maps
+from .pixels import Classifies, check_pixels
 
 
 def stage_grids(cfg: ModelConfig) -> list[tuple[int, int]]:
@@ -52,10 +53,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        if pixels.dim() != 4 or pixels.shape[1] != self.num_channels or pixels.shape[2:] != (self.image_size,) * 2:
-            raise ValueError(f"expected images of shape (batch, {self.num_channels}, {self.image_size}, "
-                             f"{self.image_size}), got {tuple(pixels.shape)}; resize the images or build the model "
-                             "with matching image_size / num_channels")
+        check_pixels(pixels, self.num_channels, self.image_size)
         pad = -self.image_size % self.patch
         x = F.pad(pixels.to(self.proj.weight.dtype), (0, pad, 0, pad))
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, rows * cols, dim)
@@ -111,7 +109,7 @@ class Stage(nn.Module):
         self.blocks, self.downsample = nn.ModuleList(blocks), downsample
 
 
-class Swin(nn.Module):
+class Swin(Classifies, nn.Module):
     """Hierarchical image model: ``pixels (B, C, H, W)`` -> hidden ``(B, T_last, C_last)`` (see the module docstring).
 
     Config fields used: ``image_size``, ``patch_size``, ``num_channels``, ``dim`` (stage-1 width), ``depths``,
@@ -132,32 +130,47 @@ class Swin(nn.Module):
             raise ValueError("a Swin model needs depths (blocks per stage) and stage_heads, e.g. depths=[2, 2, 6, 2] "
                              "stage_heads=[3, 6, 12, 24]")
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg)
-        self.grids = stage_grids(cfg)
+        self.patch_embed = self._embed(cfg)
+        self.grids = self._grids(cfg)
         rates = torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist()
         stages, first = [], 0
         for i, depth in enumerate(cfg.depths):
             width = cfg.dim * 2 ** i
             blocks = [self._block(cfg, i, j, first + j, width, rates[first + j]) for j in range(depth)]
             last = i == len(cfg.depths) - 1
-            stages.append(Stage(blocks, None if last else PatchMerging(width, cfg.norm_eps)))
+            stages.append(Stage(blocks, None if last else self._downsample(width, cfg.norm_eps)))
             first += depth
         self.stages = nn.ModuleList(stages)
         self.width = cfg.dim * 2 ** (len(cfg.depths) - 1)
         self.norm = nn.LayerNorm(self.width, eps=cfg.norm_eps)
         self.head = nn.Linear(self.width, cfg.num_classes) if cfg.num_classes else None
-        self.apply(_init)
+        self.apply(init_linear_and_norm)
 
-    def _block(self, cfg: ModelConfig, stage: int, j: int, index: int, width: int, rate: float) -> SwinBlock:
-        heads = cfg.stage_heads[stage]
-        if width % heads:
-            raise ValueError(f"stage {stage} is {width} wide, not divisible by its {heads} heads; change stage_heads")
+    # the parts a Swin-style hierarchy may change (DiNAT: convolutional tokenizer and downsampler, dilations)
+    def _embed(self, cfg: ModelConfig) -> nn.Module:
+        return PatchEmbed(cfg)
+
+    def _grids(self, cfg: ModelConfig) -> list[tuple[int, int]]:
+        return stage_grids(cfg)
+
+    def _downsample(self, width: int, eps: float) -> nn.Module:
+        return PatchMerging(width, eps)
+
+    def _attention(self, cfg: ModelConfig, stage: int, j: int, index: int) -> tuple[str, dict, int]:
+        """Kernel name, options and the multiple the block pads its grid to (window attention: the window)."""
         name, opts = cfg.layer_attention(index)
         pad_to = 1
         if name == "window":
             m = min(cfg.window_size, *self.grids[stage])  # a grid at most M on a side: one window, no shift
             shift = 0 if j % 2 == 0 or min(self.grids[stage]) <= cfg.window_size else m // 2
             opts, pad_to = {**opts, "window_size": m, "shift": shift}, m
+        return name, opts, pad_to
+
+    def _block(self, cfg: ModelConfig, stage: int, j: int, index: int, width: int, rate: float) -> SwinBlock:
+        heads = cfg.stage_heads[stage]
+        if width % heads:
+            raise ValueError(f"stage {stage} is {width} wide, not divisible by its {heads} heads; change stage_heads")
+        name, opts, pad_to = self._attention(cfg, stage, j, index)
         attn = MultiHeadAttention(width, heads, heads, kernel=name, kernel_options=opts, bias=cfg.bias,
                                   dropout=cfg.dropout, max_seq_len=self._padded_tokens(stage, pad_to))
         attn.kernel.capabilities.require(attn.kernel.name, bidirectional=True)
@@ -187,12 +200,6 @@ class Swin(nn.Module):
         """``(B, C_last)``: the mean over the last stage's tokens."""
         return self(pixels).mean(dim=1)
 
-    def classify(self, pixels: Tensor) -> Tensor:
-        """``(B, num_classes)`` logits; needs ``num_classes > 0``."""
-        if self.head is None:
-            raise ValueError("this Swin has no classification head: build it with num_classes=<number of labels>")
-        return self.head(self.pooled(pixels))
-
     def attention_maps(self, pixels: Tensor) -> list[Tensor]:
         """Per block ``(B, heads, T, T)`` attention maps (``T`` the stage's padded grid), through each kernel's
         reference path.
@@ -206,7 +213,7 @@ class Swin(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _init(module: nn.Module) -> None:
+def init_linear_and_norm(module: nn.Module) -> None:
     """Truncated-normal linear weights (std 0.02), zero biases, unit LayerNorms (the Swin reference)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...attention.capabilities import CapabilityError
-from ...attention.context import AttentionContext
 from ..config import ModelConfig
 from ..transformer import TransformerBody, init_weights
+from .probe import check_prefix_tokens
+from .pixels import Classifies, check_pixels
 
 
 class PatchEmbeddings(nn.Module):
@@ -52,12 +52,7 @@ class PatchEmbeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        if pixels.dim() != 4 or pixels.shape[1] != self.num_channels or pixels.shape[2:] != (self.image_size,) * 2:
-            raise ValueError(
-                f"expected images of shape (batch, {self.num_channels}, {self.image_size}, {self.image_size}), "
-                f"got {tuple(pixels.shape)}; resize the images or build the model with matching "
-                "image_size / num_channels"
-            )
+        check_pixels(pixels, self.num_channels, self.image_size)
         x = self.proj(pixels.to(self.proj.weight.dtype))  # (B, D, rows, cols)
         x = x.flatten(2).transpose(1, 2)  # (B, rows*cols, D), row-major patch order
         if self.cls_token is not None:
@@ -67,7 +62,7 @@ class PatchEmbeddings(nn.Module):
         return self.dropout(x)
 
 
-class ViT(TransformerBody):
+class ViT(Classifies, TransformerBody):
     """Image classifier / feature extractor: ``pixels (B, C, H, W)`` -> hidden ``(B, T, dim)``.
 
     Config fields used: ``image_size``, ``patch_size``, ``num_channels``, ``pooling`` ("cls" prepends a
@@ -84,6 +79,19 @@ class ViT(TransformerBody):
     causal = False
 
     def __init__(self, cfg: ModelConfig):
+        embed = self._embedding(cfg)
+        if cfg.max_seq_len < embed.num_tokens:
+            raise ValueError(f"a {cfg.image_size}px image is {embed.num_tokens} tokens here but "
+                             f"max_seq_len={cfg.max_seq_len}; set max_seq_len={embed.num_tokens}")
+        super().__init__(cfg, embed=embed)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
+        init_weights(self, cfg)
+        if self.embed.cls_token is not None:
+            self._check_prefix_token()
+
+    @staticmethod
+    def _embedding(cfg: ModelConfig) -> nn.Module:
+        """The module turning pixels into tokens (a subclass may bring another: T2T-ViT's tokens-to-token)."""
         if cfg.image_size % cfg.patch_size:
             raise ValueError(
                 f"image_size={cfg.image_size} is not divisible by patch_size={cfg.patch_size}; "
@@ -91,34 +99,11 @@ class ViT(TransformerBody):
             )
         if cfg.position not in ("learned", "none"):
             raise ValueError(f"ViT supports position 'learned' or 'none', got {cfg.position!r}")
-        tokens = (cfg.image_size // cfg.patch_size) ** 2 + (1 if cfg.pooling == "cls" else 0)
-        if cfg.max_seq_len < tokens:
-            raise ValueError(
-                f"a {cfg.image_size}px image in {cfg.patch_size}px patches is {tokens} tokens but "
-                f"max_seq_len={cfg.max_seq_len}; set max_seq_len={tokens}"
-            )
-        super().__init__(cfg, embed=PatchEmbeddings(cfg))
-        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
-        init_weights(self, cfg)
-        if self.embed.cls_token is not None:
-            self._check_prefix_token()
+        return PatchEmbeddings(cfg)
 
     def _check_prefix_token(self) -> None:
-        """Every kernel must run on ``1 + rows * cols`` tokens with the patch grid: tried once on a small random input
-        at build time, so a grid kernel that cannot place the [CLS] token fails here, not in the first forward."""
-        failures = {}
-        for block in self.blocks:
-            kernel = block.attn.kernel
-            if kernel.name not in failures:
-                failures[kernel.name] = _prefix_failure(kernel, block.attn.num_heads, block.attn.head_dim,
-                                                        self.embed.num_tokens, self.grid)
-        bad = {name: why for name, why in failures.items() if why}
-        if bad:
-            name, why = next(iter(bad.items()))
-            raise CapabilityError(
-                f"attention {name!r} cannot place the ViT's [CLS] token on the {self.grid[0]}x{self.grid[1]} patch grid "
-                f"({why}); build the ViT with pooling='mean' (no class token: every grid kernel runs), or use a kernel "
-                f"that takes prefix tokens: {_kernels_taking_prefix(self.embed.num_tokens, self.grid)}")
+        """Every kernel must run on ``1 + rows * cols`` tokens with the patch grid (tried at build time)."""
+        check_prefix_tokens([b.attn for b in self.blocks], self.embed.num_tokens, self.grid, type(self).__name__)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -143,37 +128,3 @@ class ViT(TransformerBody):
         h = self(pixels)
         return h[:, 0] if self.cfg.pooling == "cls" else h.mean(dim=1)
 
-    def classify(self, pixels: Tensor) -> Tensor:
-        """``(B, num_classes)`` logits; needs ``num_classes > 0``."""
-        if self.head is None:
-            raise ValueError("this ViT has no classification head: build it with num_classes=<number of labels>")
-        return self.head(self.pooled(pixels))
-
-
-def _prefix_failure(kernel: nn.Module, heads: int, head_dim: int, tokens: int, grid: tuple[int, int]) -> str:
-    """Why ``kernel`` cannot attend over ``tokens`` = [CLS] + the grid ("" if it can), from one tiny call."""
-    q = torch.randn(1, heads, tokens, head_dim)
-    try:
-        with torch.no_grad():
-            kernel.eval()(q, q, q, AttentionContext(causal=False, grid=grid))
-    except (ValueError, CapabilityError) as e:
-        return str(e).split(";")[0]
-    finally:
-        kernel.train()
-    return ""
-
-
-def _kernels_taking_prefix(tokens: int, grid: tuple[int, int]) -> list[str]:
-    """Registered kernels (default options) that run bidirectionally over a class token plus a patch grid."""
-    from ...attention.registry import build_attention, list_attention
-
-    ok = []
-    for name in list_attention():
-        structural = dict(num_heads=2, num_kv_heads=2, head_dim=8, max_seq_len=tokens)
-        try:
-            kernel = build_attention(name, structural=structural)
-        except (ValueError, TypeError):
-            continue
-        if kernel.capabilities.bidirectional and not _prefix_failure(kernel, 2, 8, tokens, grid):
-            ok.append(name)
-    return ok
