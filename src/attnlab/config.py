@@ -125,8 +125,9 @@ class ObjectiveConfig(BaseModel):
     name: str = Field("lm", description="objective (training step function): lm = next-token language modelling, "
                                         "mlm = masked tokens (encoders), seq2seq = teacher forcing (encoder-decoders "
                                         "on a seq2seq dataset); `attnlab list objectives`")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq and mlm: share of the target "
-                                                                     "probability spread over the vocabulary")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq, mlm and classify: share of the "
+                                                                     "target probability spread over the vocabulary "
+                                                                     "or the classes")
     mask_prob: float = Field(0.15, gt=0.0, le=1.0, description="mlm: share of tokens (or words) picked; 80% "
                                                                 "become [MASK], 10% a random token, 10% stay")
     whole_word: bool = Field(False, description="mlm: pick whole words (all pieces of a word together)")

@@ -97,3 +97,13 @@ def test_augmentation_shifts_and_flips_exactly():
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
     with pytest.raises(ValueError, match="expected images"):
         augment_images(x[0])
+
+
+def test_crops_pad_with_the_fill_value_per_channel():
+    """Normalised images pad with a black pixel's value (-mean/std), not 0 = the mean grey."""
+    x = torch.ones(3, 2, 4, 4)
+    out = augment_images(x, crop_padding=4, generator=torch.Generator().manual_seed(1), fill=(-2.0, 5.0))
+    inside = out == 1.0
+    assert torch.equal(out[:, 0][~inside[:, 0]].unique(), torch.tensor([-2.0]))
+    assert torch.equal(out[:, 1][~inside[:, 1]].unique(), torch.tensor([5.0]))
+    assert (~inside).any()

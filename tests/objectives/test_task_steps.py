@@ -59,6 +59,19 @@ def test_classify_step_loss_and_accuracy_by_hand():
         classify_step(model, {"idx": torch.zeros(2, 3, dtype=torch.long), "targets": torch.zeros(2, 3, dtype=torch.long)})
 
 
+def test_classify_label_smoothing_by_hand_and_the_plain_loss_reported():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    targets = torch.tensor([0, 1])
+    batch = {"idx": torch.zeros(2, 3, dtype=torch.long), "targets": targets}
+    loss, metrics = classify_step(Fixed(logits), batch, label_smoothing=0.3)
+    logp = logits.log_softmax(-1)
+    nll, uniform = -logp[[0, 1], targets], -logp.mean(-1)  # label term and the eps / C spread
+    assert loss.item() == pytest.approx((0.7 * nll + 0.3 * uniform).mean().item(), rel=1e-6)
+    assert metrics["loss"].item() == pytest.approx(nll.mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        classify_step(Fixed(logits), batch, label_smoothing=1.0)
+
+
 def test_steps_are_registered_and_outputs_dispatch_by_kind():
     assert get_objective("classify") is classify_step and get_objective("regression") is regression_step
     with pytest.raises(ValueError, match="unknown dataset kind 'vision'"):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .seq2seq import smoothed_cross_entropy
 
 
 def classify_outputs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -22,8 +23,11 @@ def classify_outputs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model(batch["idx"]) if mask is None else model(batch["idx"], key_padding_mask=mask)
 
 
-def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sequence classification: cross-entropy of ``(B, C)`` logits against one label per sequence.
+def classify_step(model: nn.Module, batch: dict[str, Tensor],
+                  label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sequence classification: cross-entropy of ``(B, C)`` logits against one label per sequence (``label_smoothing``
+    ``eps``: the target is ``1 - eps`` on the label plus ``eps / C`` everywhere, Szegedy et al. 2016; the reported
+    ``loss`` stays the plain cross-entropy).
 
     Args:
         model: maps ``idx (B, T)`` (and ``key_padding_mask (B, T)``, True = real token), or ``pixels``, to
@@ -36,7 +40,8 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
         ``{"loss", "bits_per_example", "accuracy", "examples"}``.
 
     Raises:
-        ValueError: ``targets`` are not ``(B,)`` labels, or the logits are not ``(B, C)``.
+        ValueError: ``targets`` are not ``(B,)`` labels, the logits are not ``(B, C)``, ``label_smoothing`` outside
+            [0, 1).
     """
     idx, targets = batch["pixels"] if "pixels" in batch else batch["idx"], batch["targets"]
     if targets.dim() != 1 or idx.dim() != (4 if "pixels" in batch else 2) or targets.shape[0] != idx.shape[0]:
@@ -47,8 +52,7 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
         raise ValueError(f"classify needs logits of shape (B, C) = ({targets.shape[0]}, C), got {tuple(logits.shape)}; "
                          "wrap the body in attnlab.models.heads.SequenceClassifier")
-    loss = F.cross_entropy(logits.float(), targets)  # fp32 even under bf16 autocast
-    d = loss.detach()
+    loss, d = smoothed_cross_entropy(logits.float(), targets, label_smoothing)  # fp32 even under bf16 autocast
     acc = (logits.detach().argmax(-1) == targets).float().mean()
     return loss, {"loss": d, "bits_per_example": d / math.log(2), "accuracy": acc,
                   "examples": targets.new_tensor(targets.numel())}

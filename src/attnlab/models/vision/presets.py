@@ -42,6 +42,10 @@ register_model("swin-t", Swin, "Swin-T (Liu et al. 2021): 224px, 4px patches, de
 register_model("convit-tiny", ConViT, "tiny ConViT for tests: 32px RGB, 4px patches (8x8 grid), 2 GPSA + 2 SA blocks",
                dim=48, num_heads=4, num_layers=4, local_layers=2, attention=["gpsa", "gpsa", "softmax", "softmax"],
                image_size=32, patch_size=4, max_seq_len=65, num_classes=10, pooling="cls", norm_eps=1e-6)
+register_model("convit-fashion", ConViT, "CPU-sized ConViT for 28px grayscale: 4px patches (7x7 grid), width 128, 4 "
+               "heads, 2 GPSA + 2 SA blocks", dim=128, num_heads=4, num_layers=4, local_layers=2,
+               attention=["gpsa", "gpsa", "softmax", "softmax"], image_size=28, patch_size=4, num_channels=1,
+               max_seq_len=50, num_classes=10, pooling="cls", norm_eps=1e-6)
 register_model("convit-ti", ConViT, "ConViT-Ti (d'Ascoli et al. 2021): 224px, 16px patches, width 192, 4 heads, "
                "10 GPSA + 2 SA blocks (q/k/v carry biases here; the reference has none)",
                dim=192, num_heads=4, num_layers=12, local_layers=10, attention=["gpsa"] * 10 + ["softmax"] * 2,
