@@ -54,7 +54,8 @@ class ModelConfig(BaseModel):
     depths: list[int] = Field(default_factory=list, description="blocks per stage of a hierarchical vision model "
                                                                 "(Swin); num_layers is then their sum")
     stage_heads: list[int] = Field(default_factory=list, description="attention heads per stage (Swin); the width "
-                                                                     "doubles at every stage, starting at dim")
+                                                                     "doubles at every stage, starting at dim; "
+                                                                     "empty = one head per stage")
     stage_dims: list[int] = Field(default_factory=list, description="width of every stage (CvT); empty = the width "
                                                                     "doubles at every stage, starting at dim (Swin)")
     stage_embed: list[list[int]] = Field(default_factory=list, description="[kernel, stride, padding] of each "
@@ -84,6 +85,15 @@ class ModelConfig(BaseModel):
                                                         "(T5 with tied embeddings: dim ** -0.5)")
     local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "
                                                    "joins")
+    local_stages: int = Field(0, ge=0, description="UniFormer: leading stages with the local (5x5 depth-wise) "
+                                                   "relation aggregator instead of attention")
+    stage_mlp_ratios: list[float] = Field(default_factory=list, description="MLP hidden width per stage, a ratio of "
+                                          "the stage width (VAN, UniFormer); empty = 4 everywhere")
+    layer_scale: float = Field(0.0, ge=0.0, description="initial per-channel scale of each residual branch (VAN "
+                                                        "1e-2, CaiT-style); 0 = none")
+    grid_attention: str | list[str] = Field("lka", description="VAN-style models: the grid attention module of "
+                                            "every stage (one name, or one per stage): lka, psa, ulsam, atconv")
+    grid_attention_options: dict = Field(default_factory=dict, description="options of the grid attention module")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,11 +102,11 @@ class ModelConfig(BaseModel):
         if isinstance(data, dict) and data.get("depths"):
             if not all(isinstance(d, int) and d >= 1 for d in data["depths"]):
                 raise ValueError(f"depths must be positive ints, got {data['depths']}")
-            heads = data.get("stage_heads") or []
+            heads = data.get("stage_heads") or [1] * len(data["depths"])  # VAN's stages have no heads
             if len(heads) != len(data["depths"]):
                 raise ValueError(f"stage_heads needs one head count per stage: depths={data['depths']} but "
                                  f"stage_heads={heads}")
-            data = {**data, "num_layers": sum(data["depths"]), "num_heads": heads[0]}
+            data = {**data, "num_layers": sum(data["depths"]), "num_heads": heads[0], "stage_heads": heads}
             dims, embed = data.get("stage_dims") or [], data.get("stage_embed") or []
             if dims and len(dims) != len(data["depths"]):
                 raise ValueError(f"stage_dims needs one width per stage: depths={data['depths']} but stage_dims={dims}")
@@ -136,6 +146,7 @@ class ModelConfig(BaseModel):
         for field in ("cross_attention", "token_attention"):
             if getattr(self, field) not in valid:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid names: {sorted(valid)}")
+        self._check_grid_attention()
         listed = isinstance(self.attention, list) or isinstance(self.attention_options, list)
         if listed and self.num_decoder_layers not in (None, self.num_layers):
             raise ValueError(f"a per-layer attention schedule serves the encoder and the decoder alike: "
@@ -149,6 +160,30 @@ class ModelConfig(BaseModel):
                     f"attention {name!r} has no option(s) {unknown}; valid: {sorted(attention_options(name))}"
                 )
         return self
+
+    def _check_grid_attention(self) -> None:
+        from ..attention.grid import grid_attention_options
+
+        names = self.grid_attention if isinstance(self.grid_attention, list) else [self.grid_attention]
+        if isinstance(self.grid_attention, list) and len(names) != len(self.depths):
+            raise ValueError(f"grid_attention lists one module per stage: {len(names)} names for "
+                             f"{len(self.depths)} stages (depths={self.depths})")
+        for name in names:
+            unknown = sorted(set(self.grid_attention_options) - set(grid_attention_options(name)))
+            if unknown:
+                raise ValueError(f"grid attention {name!r} has no option(s) {unknown}; valid: "
+                                 f"{sorted(grid_attention_options(name))}")
+        if self.stage_mlp_ratios and len(self.stage_mlp_ratios) != len(self.depths):
+            raise ValueError(f"stage_mlp_ratios needs one ratio per stage: depths={self.depths} but "
+                             f"stage_mlp_ratios={self.stage_mlp_ratios}")
+
+    def stage_grid_attention(self, stage: int) -> str:
+        """The grid attention module of ``stage``."""
+        return self.grid_attention[stage] if isinstance(self.grid_attention, list) else self.grid_attention
+
+    def stage_mlp_ratio(self, stage: int) -> float:
+        """MLP hidden width of ``stage`` as a ratio of its width (4 unless ``stage_mlp_ratios`` says)."""
+        return self.stage_mlp_ratios[stage] if self.stage_mlp_ratios else 4.0
 
     def layer_attention(self, i: int) -> tuple[str, dict]:
         """(kernel name, options) of layer ``i`` under the per-layer schedule."""

@@ -1,7 +1,7 @@
 """Vision family presets: ViT (Dosovitskiy et al. 2021), Swin (Liu et al. 2021), ConViT (d'Ascoli et al. 2021), CvT
 (Wu et al. 2021), DiNAT (Hassani & Shi 2022),
-T2T-ViT (Yuan et al. 2021), TNT (Han et al. 2021) and SReT (Shen et al.
-2022). Add a line to register another."""
+T2T-ViT (Yuan et al. 2021), TNT (Han et al. 2021), SReT (Shen et al. 2022), VAN (Guo et al. 2022) and UniFormer
+(Li et al. 2023). Add a line to register another."""
 
 from ..registry import register_model
 from .convit import ConViT
@@ -11,6 +11,8 @@ from .sret import SReT
 from .swin import Swin
 from .t2t import T2TViT
 from .tnt import TNT
+from .uniformer import UniFormer
+from .van import VAN
 from .vit import ViT
 
 register_model("vit", ViT, "ViT-B/16 (Dosovitskiy et al. 2021): 224px, 16px patches, [CLS] pooling, pre-norm",
@@ -124,3 +126,31 @@ register_model("sret-t", SReT, "SReT-T (Shen et al. 2022): 224px, stem to 28x28,
                depths=[4, 10, 6], stage_heads=[2, 4, 8], groups=[8, 4, 1], recursive_groups=[2, 1, 1],
                stage_embed=[[3, 2, 1], [3, 2, 1], [3, 2, 1]], image_size=224, num_classes=1000, max_seq_len=784,
                mlp_dim=230, np_mlp_ratio=1.0)
+
+# VAN (Guo et al. 2022): convolutional stages whose token mixer is a grid attention module (LKA by default; psa, ulsam,
+# atconv with grid_attention=...)
+register_model("van-tiny", VAN, "tiny VAN for tests: 32px RGB, stages 16x16 and 8x8 of widths 16 and 32, LKA",
+               stage_dims=[16, 32], depths=[1, 1], stage_embed=[[3, 2, 1], [3, 2, 1]], image_size=32, num_classes=10,
+               layer_scale=1e-2, norm_eps=1e-6)
+register_model("van-fashion", VAN, "CPU-sized VAN for 28px grayscale: stages 14, 7, 4 of widths 32-64-128, depths "
+               "2-2-2, MLP ratios 8-8-4, LKA (grid_attention= psa, ulsam or atconv for the other modules)",
+               stage_dims=[32, 64, 128], depths=[2, 2, 2], stage_embed=[[3, 2, 1], [3, 2, 1], [3, 2, 1]],
+               stage_mlp_ratios=[8, 8, 4], image_size=28, num_channels=1, num_classes=10, layer_scale=1e-2,
+               drop_path=0.1, norm_eps=1e-6)
+register_model("van-b0", VAN, "VAN-B0 (Guo et al. 2022): 224px, widths 32-64-160-256, depths 3-3-5-2, MLP ratios "
+               "8-8-4-4, LKA, layer scale 1e-2; 4.1M parameters", stage_dims=[32, 64, 160, 256], depths=[3, 3, 5, 2],
+               stage_mlp_ratios=[8, 8, 4, 4], image_size=224, num_classes=1000, layer_scale=1e-2, drop_path=0.1,
+               norm_eps=1e-6)
+
+# UniFormer (Li et al. 2023): local 5x5 relation aggregators in the first stages, any attention kernel in the others
+register_model("uniformer-tiny", UniFormer, "tiny UniFormer for tests: 32px RGB, a local stage 8x8 (width 16) and a "
+               "global stage 4x4 (width 32, 2 heads)", stage_dims=[16, 32], depths=[1, 1], stage_heads=[1, 2],
+               local_stages=1, image_size=32, num_classes=10, norm_eps=1e-6, max_seq_len=16)
+register_model("uniformer-fashion", UniFormer, "CPU-sized UniFormer for 28px grayscale: a local stage 14x14 (width 32), "
+               "global stages 7x7 and 4x4 (widths 64 and 128, head width 32)", stage_dims=[32, 64, 128],
+               depths=[2, 2, 2], stage_heads=[1, 2, 4], local_stages=1, stage_embed=[[2, 2, 0], [2, 2, 0], [3, 2, 1]],
+               image_size=28, num_channels=1, num_classes=10, drop_path=0.1, norm_eps=1e-6, max_seq_len=49)
+register_model("uniformer-s", UniFormer, "UniFormer-S (Li et al. 2023): 224px, widths 64-128-320-512, depths 3-4-8-3, "
+               "local stages 1-2, head width 64, drop path 0.1; 22M parameters", stage_dims=[64, 128, 320, 512],
+               depths=[3, 4, 8, 3], stage_heads=[1, 2, 5, 8], local_stages=2, image_size=224, num_classes=1000,
+               drop_path=0.1, norm_eps=1e-6, max_seq_len=196)
