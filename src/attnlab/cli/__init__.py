@@ -214,6 +214,15 @@ def _embed(p: argparse.ArgumentParser) -> Handler:
     return cmd_embed
 
 
+@command("viz", "explain an input of a trained run: attention rollout, raw maps, attention distance, head importance",
+         examples=__import__("attnlab.cli.viz", fromlist=["EXAMPLES"]).EXAMPLES)
+def _viz(p: argparse.ArgumentParser) -> Handler:
+    from .viz import add_viz_arguments, cmd_viz  # argparse only; torch loads in cmd_viz
+
+    add_viz_arguments(p)
+    return cmd_viz
+
+
 @command("compare", "train a grid of attention variants x tasks x seeds and tabulate quality, speed, memory",
          examples=[
              "attnlab compare configs/compare/quick.yaml",
