@@ -119,11 +119,11 @@ def trailing_run(maps: list[Tensor]) -> tuple[list[Tensor], list[int]]:
 
 
 def read_relevance(R: Tensor, content: int, causal: bool) -> Tensor:
-    """``R (T, T)`` -> ``(content,)`` relevance of the last ``content`` tokens (see the module docstring)."""
+    """``R (..., T, T)`` -> ``(..., content)`` relevance of the last ``content`` tokens (see the module docstring)."""
     prefix = R.shape[-1] - content
     if prefix > 0:
-        return R[0, prefix:]
-    return R[-1] if causal else R.mean(0)
+        return R[..., 0, prefix:]
+    return R[..., -1, :] if causal else R.mean(-2)
 
 
 def relevance(method: str, maps: list[Tensor], content: int, causal: bool, head_fusion: str = "mean",

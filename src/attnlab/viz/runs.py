@@ -49,14 +49,39 @@ class Subject:
     label: str
 
 
-def _image_subject(run_dir: Path, cfg, feed, image: str | None, index: int | None, device) -> Subject:
+def image_classifier(run_dir: str | Path, device: str = "auto") -> tuple[nn.Module, object]:
+    """The trained classifier of an image run (eval mode) and its dataset (normalised splits, ``image_norm``).
+
+    Raises:
+        FileNotFoundError: not a run directory, or no checkpoint.
+        ValueError: a run that did not classify images.
+    """
+    from ..config import load_config
+    from ..train.distributed import resolve_device
+    from ..train.rundir import kept_tokenizer
+    from ..train.task_feeds import feed_for_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); train one with `attnlab train`")
+    cfg = load_config(run_dir / "config.yaml")
+    feed = feed_for_config(cfg, kept_tokenizer(run_dir, cfg.data.tokenizer))
+    if feed is None or getattr(getattr(feed, "dataset", None), "image_shape", None) is None:
+        raise ValueError(f"{run_dir} did not train an image classifier ({cfg.model.name} on {cfg.data.dataset!r})")
+    return _load_classifier(run_dir, cfg, feed, resolve_device(device)), feed.dataset
+
+
+def _load_classifier(run_dir: Path, cfg, feed, device) -> nn.Module:
     from ..train.build import build_for_config
     from ..train.checkpoint import latest_checkpoint, load_weights
 
     _, model, _ = build_for_config(cfg, device, feed)
     load_weights(model, latest_checkpoint(run_dir))
-    model.eval()
-    data = feed.dataset
+    return model.eval()
+
+
+def _image_subject(run_dir: Path, cfg, feed, image: str | None, index: int | None, device) -> Subject:
+    model, data = _load_classifier(run_dir, cfg, feed, device), feed.dataset
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in data.image_norm)
     if image is not None:
         pixels, label = (read_image(image, data.image_shape) - mean) / std, Path(image).name
