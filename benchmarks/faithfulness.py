@@ -23,10 +23,10 @@ from torch import Tensor
 
 from attnlab.config import load_config
 from attnlab.train import train
+from attnlab.explain.maps import maps_with_gradients, read_relevance, trailing_run
+from attnlab.explain.runs import content_grid, image_classifier
 from attnlab.viz.attention import fuse_heads, grad_rollout, rollout
-from attnlab.viz.explain import maps_with_gradients, read_relevance, trailing_run
 from attnlab.viz.faithfulness import area_under_curve, perturbation_curve
-from attnlab.viz.runs import _content_grid, image_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, write_json  # noqa: E402
@@ -68,7 +68,7 @@ def measure(model, data, images: int, batch: int) -> list[dict]:
         with torch.no_grad():
             target = model(x).argmax(-1)
         maps_tokens = model.body.attention_maps(x[:1])[-1].shape[-1]
-        grid, _ = _content_grid(model.body, maps_tokens)
+        grid, _ = content_grid(model.body, maps_tokens)
 
         def score(z: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

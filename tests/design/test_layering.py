@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "objectives": 5, "interop": 5,
     "infer": 6, "config": 6,
     "train": 7,
-    "compare": 8, "distill": 8,
+    "compare": 8, "distill": 8, "explain": 8,
     "catalogue": 9, "cli": 9,
     "__init__": 10,
 }

@@ -41,7 +41,7 @@ def cmd_viz(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ..core.io import writable_folder
-    from ..viz.runs import explain, open_subject
+    from ..explain.runs import explain, open_subject
 
     out = writable_folder(args.output or Path(args.run_dir) / "viz", "output folder")
     subject = open_subject(args.run_dir, args.image, args.index, args.text, args.device)

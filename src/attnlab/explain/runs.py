@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.io import write_json
 from ..attention.capabilities import CapabilityError
-from .attention import FUSIONS, attention_shells, head_importance, mean_attention_distance
-from .explain import MAP_METHODS, maps_with_gradients, model_maps, relevance
-from .figures import layer_head_png, overlay_png, ragged_table, tokens_png
+from ..core.io import write_json
+from ..viz.attention import FUSIONS, attention_shells, head_importance, mean_attention_distance
+from ..viz.figures import layer_head_png, overlay_png, ragged_table, tokens_png
+from .maps import MAP_METHODS, maps_with_gradients, model_maps, relevance
 
 METHODS = MAP_METHODS + ("distance", "heads")
 HEADS_BATCH = 256
@@ -176,7 +176,7 @@ def open_subject(run_dir: str | Path, image: str | None = None, index: int | Non
     return _image_subject(run_dir, cfg, feed, image, index, dev)
 
 
-def _content_grid(body: nn.Module, tokens: int) -> tuple[tuple[int, int], int]:
+def content_grid(body: nn.Module, tokens: int) -> tuple[tuple[int, int], int]:
     """The grid of an image model whose attention map has ``tokens`` tokens, and its number of prefix tokens."""
     grids = list(getattr(body, "grids", [])) + [(s, s) for s in getattr(body, "sides", [])]
     grids += [body.grid] if hasattr(body, "grid") else []
@@ -232,7 +232,7 @@ def _distances(subject: Subject) -> tuple[list[list[float]], str]:
         if subject.kind == "text":
             rows.append(mean_attention_distance([m], (1, m.shape[-1]))[0].tolist())
         else:
-            grid, _ = _content_grid(subject.body, m.shape[-1])
+            grid, _ = content_grid(subject.body, m.shape[-1])
             side = subject.inputs.shape[-1] / grid[1]  # pixels per token of this stage
             rows.append(mean_attention_distance([m], grid, side)[0].tolist())
     if not rows:
@@ -257,7 +257,7 @@ def _relevance_figure(subject: Subject, method: str, out: Path, layer, head, hea
                          f"cross-attention, e.g. CvT with kv_stride > 1); relevance needs self-attention maps: train "
                          f"with model.kv_stride=1, or use --method heads")
     if subject.kind == "image":
-        grid, prefix = _content_grid(subject.body, tokens)
+        grid, prefix = content_grid(subject.body, tokens)
         content = grid[0] * grid[1]
     else:
         content = tokens

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..attention.capabilities import CapabilityError
 from ..models.transformer import collect_attention_maps
-from .attention import attention_shells, fuse_heads, grad_rollout, rollout
+from ..viz.attention import attention_shells, fuse_heads, grad_rollout, rollout
 
 MAP_METHODS = ("rollout", "grad_rollout", "raw")
 

@@ -13,8 +13,8 @@ from PIL import Image
 from attnlab.cli import main
 from attnlab.config import build_config
 from attnlab.train.trainer import train
-from attnlab.viz.explain import maps_with_gradients
-from attnlab.viz.runs import open_subject
+from attnlab.explain.maps import maps_with_gradients
+from attnlab.explain.runs import open_subject
 
 TRAIN = {"steps": 40, "eval_every": 40, "checkpoint_every": 40, "lr": 3e-3, "warmup_steps": 5, "eval_batches": 2,
          "precision": "fp32"}
