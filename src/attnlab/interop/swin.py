@@ -134,12 +134,16 @@ def save_swin(model: Swin, path: str | os.PathLike) -> Path:
     ``SwinForImageClassification`` (with a head) or ``SwinModel`` loads unchanged.
 
     Raises:
-        ValueError: a block whose kernel is not ``window`` (transformers runs only Swin's window attention).
+        ValueError: a block whose kernel is not ``window`` (transformers runs only Swin's window attention), or grid
+            attention modules after stages (``stage_modules``: transformers' Swin has none).
     """
     cfg = model.cfg
     names = cfg.attention if isinstance(cfg.attention, list) else [cfg.attention]
     if set(names) != {"window"}:
         raise ValueError(f"transformers' Swin runs window attention only; this model uses {sorted(set(names))}")
+    if any(cfg.stage_modules):
+        raise ValueError(f"transformers' Swin has no grid attention modules after its stages; this model has "
+                         f"stage_modules={cfg.stage_modules}: save it with attnlab's own checkpoints instead")
     folder = writable_folder(path)
     prefix = "swin." if model.head is not None else ""
     tensors = {(prefix if not n.startswith("head.") else "") + hf_names(model)[n][0]: p

@@ -94,6 +94,9 @@ class ModelConfig(BaseModel):
     grid_attention: str | list[str] = Field("lka", description="VAN-style models: the grid attention module of "
                                             "every stage (one name, or one per stage): lka, psa, ulsam, atconv")
     grid_attention_options: dict = Field(default_factory=dict, description="options of the grid attention module")
+    stage_modules: list[str] = Field(default_factory=list, description="Swin, DiNAT, UniFormer: a grid attention "
+                                     "module added residually after each stage's blocks, one name per stage ('' = "
+                                     "none); grid_attention_options then apply to these modules")
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +171,13 @@ class ModelConfig(BaseModel):
         if isinstance(self.grid_attention, list) and len(names) != len(self.depths):
             raise ValueError(f"grid_attention lists one module per stage: {len(names)} names for "
                              f"{len(self.depths)} stages (depths={self.depths})")
+        if self.stage_modules:
+            if len(self.stage_modules) != len(self.depths):
+                raise ValueError(f"stage_modules lists one grid attention module per stage ('' for none): "
+                                 f"{len(self.stage_modules)} entries for {len(self.depths)} stages")
+            names = [n for n in self.stage_modules if n]
+            for name in names:
+                grid_attention_options(name)  # an unknown name: did-you-mean and the valid names
         for name in names:
             unknown = sorted(set(self.grid_attention_options) - set(grid_attention_options(name)))
             if unknown:

@@ -102,11 +102,21 @@ class SwinBlock(nn.Module):
 
 
 class Stage(nn.Module):
-    """The blocks of one resolution, then patch merging (all stages but the last)."""
+    """The blocks of one resolution, an optional grid attention module (``x + module(x)`` on the grid), then patch
+    merging (all stages but the last)."""
 
-    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None):
+    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None, module: nn.Module | None = None):
         super().__init__()
-        self.blocks, self.downsample = nn.ModuleList(blocks), downsample
+        self.blocks, self.downsample, self.module = nn.ModuleList(blocks), downsample, module
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        for block in self.blocks:
+            x = block(x, grid)
+        if self.module is not None:
+            B, T, C = x.shape
+            fmap = x.transpose(1, 2).reshape(B, C, *grid)
+            x = x + self.module(fmap).flatten(2).transpose(1, 2)
+        return x if self.downsample is None else self.downsample(x, grid)
 
 
 class Swin(Classifies, nn.Module):
@@ -138,7 +148,8 @@ class Swin(Classifies, nn.Module):
             width = cfg.dim * 2 ** i
             blocks = [self._block(cfg, i, j, first + j, width, rates[first + j]) for j in range(depth)]
             last = i == len(cfg.depths) - 1
-            stages.append(Stage(blocks, None if last else self._downsample(width, cfg.norm_eps)))
+            stages.append(Stage(blocks, None if last else self._downsample(width, cfg.norm_eps),
+                                stage_module(cfg, i, width)))
             first += depth
         self.stages = nn.ModuleList(stages)
         self.width = cfg.dim * 2 ** (len(cfg.depths) - 1)
@@ -190,10 +201,7 @@ class Swin(Classifies, nn.Module):
     def forward(self, pixels: Tensor) -> Tensor:
         x = self.patch_embed(pixels)
         for stage, grid in zip(self.stages, self.grids):
-            for block in stage.blocks:
-                x = block(x, grid)
-            if stage.downsample is not None:
-                x = stage.downsample(x, grid)
+            x = stage(x, grid)
         return self.norm(x)
 
     def pooled(self, pixels: Tensor) -> Tensor:
@@ -211,6 +219,14 @@ class Swin(Classifies, nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def stage_module(cfg: ModelConfig, stage: int, width: int) -> nn.Module | None:
+    """The grid attention module ``cfg.stage_modules`` puts after ``stage`` (``None`` for none)."""
+    from ...attention.grid import build_grid_attention
+
+    name = cfg.stage_modules[stage] if cfg.stage_modules else ""
+    return build_grid_attention(name, width, **cfg.grid_attention_options) if name else None
 
 
 def init_linear_and_norm(module: nn.Module) -> None:

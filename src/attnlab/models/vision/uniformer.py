@@ -33,7 +33,7 @@ from ..config import ModelConfig
 from ..transformer import collect_attention_maps
 from .pixels import Classifies, check_pixels
 from .probe import kernels_serving, probe_failure
-from .swin import init_linear_and_norm
+from .swin import init_linear_and_norm, stage_module
 from .van import stage_layout
 
 UNIFORMER_EMBED = [[4, 4, 0], [2, 2, 0], [2, 2, 0], [2, 2, 0]]
@@ -97,18 +97,18 @@ class GlobalBlock(nn.Module):
 
 
 class UniStage(nn.Module):
-    """One resolution: patch embedding, then local or global blocks."""
+    """One resolution: patch embedding, local or global blocks, an optional grid attention module (``x + m(x)``)."""
 
-    def __init__(self, embed: nn.Module, blocks: list[nn.Module]):
+    def __init__(self, embed: nn.Module, blocks: list[nn.Module], module: nn.Module | None = None):
         super().__init__()
-        self.patch_embed, self.blocks = embed, nn.ModuleList(blocks)
+        self.patch_embed, self.blocks, self.module = embed, nn.ModuleList(blocks), module
 
     def forward(self, x: Tensor) -> Tensor:
         # channels-last activations: faster depth-wise convolutions on CPU, and the token layout of global blocks
         x = self.patch_embed(x).contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x)
-        return x
+        return x if self.module is None else x + self.module(x)
 
 
 class UniFormer(Classifies, nn.Module):
@@ -140,7 +140,8 @@ class UniFormer(Classifies, nn.Module):
         stages, first, c_in = [], 0, cfg.num_channels
         for i, (depth, dim) in enumerate(zip(cfg.depths, cfg.stage_dims)):
             blocks = [self._block(cfg, i, first + j, dim, rates[first + j]) for j in range(depth)]
-            stages.append(UniStage(ChannelNormEmbed(c_in, dim, *embed[i], cfg.norm_eps), blocks))
+            stages.append(UniStage(ChannelNormEmbed(c_in, dim, *embed[i], cfg.norm_eps), blocks,
+                                   stage_module(cfg, i, dim)))
             first, c_in = first + depth, dim
         self.stages = nn.ModuleList(stages)
         self.width = cfg.stage_dims[-1]
