@@ -68,3 +68,11 @@ def test_a_causal_only_kernel_is_refused_at_build():
 def test_dinat_learns_digits_with_two_kernels(attention):
     body = create_model("dinat-tiny", attention=attention, image_size=8, num_channels=1)  # grids 2x2, 1x1
     assert digits_loss_ratio(body, steps=150, lr=3e-3) < 0.7
+
+
+def test_neighbourhood_blocks_learn_nat_relative_position_bias_unless_turned_off():
+    model = create_model("dinat-tiny")
+    kernels = [b.attn.kernel for s in model.stages for b in s.blocks]
+    assert [tuple(k.rel_bias.shape) for k in kernels] == [(2, 5, 5)] * 2 + [(4, 5, 5)] * 2  # (heads, 2k-1, 2k-1), k=3
+    plain = create_model("dinat-tiny", attention_options={"relative_bias": False})
+    assert plain.stages[0].blocks[0].attn.kernel.rel_bias is None

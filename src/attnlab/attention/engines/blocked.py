@@ -136,8 +136,8 @@ class _SpanAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, qb, k_buf, v_buf, k_idx, drop, groups, band, keep_probs):
-        # qb (B, Hk, nb, G*b, Dh) pre-scaled; drop (1|B, nb, b, L) True = masked
+    def forward(ctx, qb, k_buf, v_buf, k_idx, drop, groups, band, keep_probs, bias):
+        # qb (B, Hk, nb, G*b, Dh) pre-scaled; drop (1|B, nb, b, L) True = masked; bias None or (Hk, nb, G*b, L)
         B, Hk, nb, M, D = qb.shape
         acc = _acc(qb.dtype)
         out = torch.empty_like(qb)
@@ -154,6 +154,8 @@ class _SpanAttention(torch.autograd.Function):
                 dest = torch.empty(*qc.shape[:-1], k_idx.shape[1], device=qb.device, dtype=acc)  # (.., c, M, L)
                 probs.append(dest)
             s = _masked_scores(qc, kc, _drop(drop, sel, s0, s1), groups, dest)  # (.., c, M, L)
+            if bias is not None:
+                s.add_(_bias(bias, sel, s0, s1))
             # empty rows have max -inf: clamping to the lowest finite value keeps exp(-inf - m) = 0
             m = s.amax(-1, keepdim=True).clamp_(min=torch.finfo(s.dtype).min)
             p = s.sub_(m).exp_()
@@ -163,14 +165,14 @@ class _SpanAttention(torch.autograd.Function):
             else:
                 _matmul_into(out[sel][..., s0:s1, :, :], p.div_(l).to(vc.dtype), vc)
             lse[sel][..., s0:s1, :, :] = l.log_().add_(m)
-        ctx.save_for_backward(qb, k_buf, v_buf, k_idx, drop, out, lse)
+        ctx.save_for_backward(qb, k_buf, v_buf, k_idx, drop, out, lse, bias)
         ctx.groups, ctx.band, ctx.probs = groups, band, probs  # probs: intermediates, safe to keep on ctx
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        qb, k_buf, v_buf, k_idx, drop, out, lse = ctx.saved_tensors
+        qb, k_buf, v_buf, k_idx, drop, out, lse, bias = ctx.saved_tensors
         probs, ctx.probs = ctx.probs, None  # once_differentiable: freed chunk by chunk below
         groups, band = ctx.groups, ctx.band
         acc, b = _acc(qb.dtype), drop.shape[2]
@@ -178,20 +180,27 @@ class _SpanAttention(torch.autograd.Function):
         delta = torch.linalg.vecdot(dout.to(acc), out.to(acc)).unsqueeze(-1)  # (B, Hk, nb, M, 1)
         dq = torch.empty_like(qb)
         dk, dv = torch.zeros_like(k_buf, dtype=acc), torch.zeros_like(v_buf, dtype=acc)
+        dbias = None if bias is None or not ctx.needs_input_grad[8] else torch.zeros_like(bias, dtype=acc)
         for i, (sel, s0, s1) in enumerate(_chunks(qb.shape, k_idx.shape[1], band)):
             kc, vc = _spans(k_buf, v_buf, k_idx, band, b, sel, s0, s1)  # (.., c, L, Dh)
             qc, dc = qb[sel][..., s0:s1, :, :], dout[sel][..., s0:s1, :, :]
             if probs is None:  # recompute the chunk's probabilities (FlashAttention backward)
-                p = _masked_scores(qc, kc, _drop(drop, sel, s0, s1), groups).sub_(lse[sel][..., s0:s1, :, :]).exp_()
+                s = _masked_scores(qc, kc, _drop(drop, sel, s0, s1), groups)
+                if bias is not None:
+                    s.add_(_bias(bias, sel, s0, s1))
+                p = s.sub_(lse[sel][..., s0:s1, :, :]).exp_()
             else:
                 p, probs[i] = probs[i], None
             dvc = torch.matmul(p.transpose(-1, -2).to(dc.dtype), dc)  # (.., c, L, Dh)
             ds = torch.matmul(dc, vc.transpose(-1, -2)).to(acc).sub_(delta[sel][..., s0:s1, :, :]).mul_(p)
+            if dbias is not None:  # the bias adds to the scores: its gradient is theirs, summed over the batch
+                _bias(dbias, sel, s0, s1).add_(ds if isinstance(sel[0], int) else ds.sum(0))
             ds = ds.to(qc.dtype)  # (.., c, M, L)
             _matmul_into(dq[sel][..., s0:s1, :, :], ds, kc)
             dkc = torch.matmul(ds.transpose(-1, -2), qc)  # (.., c, L, Dh)
             _scatter_spans((dk, dv), (dkc.to(acc), dvc.to(acc)), k_idx, band, b, sel, s0, s1)
-        return dq, dk.to(k_buf.dtype), dv.to(v_buf.dtype), None, None, None, None, None
+        return (dq, dk.to(k_buf.dtype), dv.to(v_buf.dtype), None, None, None, None, None,
+                None if dbias is None else dbias.to(bias.dtype))
 
 
 def _matmul_into(dest: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -228,6 +237,11 @@ def _drop(drop: Tensor, sel, s0: int, s1: int) -> Tensor:
     if isinstance(sel[0], int):  # one head: (c, 1, b, L)
         return drop[sel[0] if drop.shape[0] > 1 else 0, s0:s1, None]
     return drop[:, None, s0:s1, None]  # (1|B, 1, c, 1, b, L)
+
+
+def _bias(bias: Tensor, sel, s0: int, s1: int) -> Tensor:
+    """Chunk of the ``(Hk, nb, G*b, L)`` score bias: ``(Hk, c, M, L)``, or ``(c, M, L)`` for one head (a view)."""
+    return bias[sel[1], s0:s1] if isinstance(sel[0], int) else bias[:, s0:s1]
 
 
 def _spans(k_buf: Tensor, v_buf: Tensor, k_idx: Tensor, band, b: int, sel, s0: int,
@@ -277,8 +291,9 @@ def _masked_scores(qc: Tensor, kc: Tensor, drop: Tensor, groups: int, dest: Tens
 
 
 def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Tensor, scale: float,
-                      recompute: bool = False) -> Tensor:
-    """Exact softmax attention on a :class:`SpanPlan`, pairs in ``drop`` masked out.
+                      recompute: bool = False, bias: Tensor | None = None) -> Tensor:
+    """Exact softmax attention on a :class:`SpanPlan`, pairs in ``drop`` masked out, plus an optional additive
+    score ``bias (H, nb, b, L)`` laid out like the plan's spans (a relative position bias; differentiable).
 
     ``recompute=False`` keeps the ``(B, H, T, L)`` probabilities for backward (memory ``O(N * L)``, the
     fastest); ``True`` recomputes them chunk by chunk in backward (memory ``O(N * Dh)``, ~20% slower).
@@ -308,8 +323,11 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Ten
         # strided views of the flat (B*Hk*P, Dh) buffers
         pad = (0, 0, front, tail)
         k_buf, v_buf = (F.pad(x, pad).view(B * Hk * band[1], D) for x in (k, v))
-    keep_probs = not recompute and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    ob = _SpanAttention.apply(qb, k_buf, v_buf, plan.k_idx, drop, G, band, keep_probs)  # (B, Hk, nb, G*b, Dh)
+    grads = q.requires_grad or k.requires_grad or v.requires_grad or (bias is not None and bias.requires_grad)
+    keep_probs = not recompute and torch.is_grad_enabled() and grads
+    if bias is not None:  # (H, nb, b, L) -> (Hk, nb, G*b, L): a group's G query heads are rows of one block
+        bias = bias.reshape(Hk, G, nb, b, L).transpose(1, 2).reshape(Hk, nb, G * b, L)
+    ob = _SpanAttention.apply(qb, k_buf, v_buf, plan.k_idx, drop, G, band, keep_probs, bias)  # (B, Hk, nb, G*b, Dh)
     ob = ob.view(B, Hk, nb, G, b, D).transpose(2, 3).reshape(B, H, nb * b, D)  # (B, H, nb*b, Dh)
     return ob[:, :, :T] if plan.q_pad is not None else ob.index_select(2, plan.slot)  # (B, H, T, Dh)
 

@@ -8,13 +8,18 @@ Per axis of length ``L`` with odd kernel ``k`` and dilation ``d``, query ``i`` l
 ``r = k // 2``. Non-causal: window centre ``c = clamp(i', r, L_g - 1 - r)``, neighbours
 ``{(c - r + t) d + g : t < k}`` (the window is shifted inward at borders, never truncated). Causal:
 ``{j = i mod d : 0 <= i' - j' <= k - 1}`` (early queries see fewer keys). 2-D is the Cartesian product
-of the row and column sets. No relative position bias (RPB) is implemented (v1 choice).
+of the row and column sets.
+
+Relative position bias (``relative_bias=True``, NAT/DiNAT's RPB): a learned table ``(H, 2k_y - 1, 2k_x - 1)``;
+the pair (query ``i``, key ``j``) adds ``table[h, (j_y - i_y) / d_y + k_y - 1, (j_x - i_x) / d_x + k_x - 1]``
+(offsets in dilation-group units; at borders the window shifts inward, so offsets reach ``k - 1`` on one side,
+which the ``2k - 1`` table covers: NATTEN's indexing). 1-D uses the middle row of the table.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..base import AttentionKernel
 from ..cache import RollingKVCache
@@ -128,9 +133,11 @@ class NeighborhoodAttention(AttentionKernel):
         recompute: recompute attention probabilities in backward (memory ``O(N * Dh)`` instead of
             ``O(N * span)``, ~20% slower); default keeps them.
         scale: score scale, default ``1/sqrt(Dh)``.
+        relative_bias: learn NAT's relative position bias table (needs an explicit ``kernel_size``).
 
     Raises:
-        ValueError: even or non-positive ``kernel_size``, ``dilation < 1``, ``kernel_size * dilation``
+        ValueError: even or non-positive ``kernel_size``, ``relative_bias`` without ``kernel_size``,
+            ``dilation < 1``, ``kernel_size * dilation``
             larger than the axis (non-causal only: causal windows are never shifted), a grid that does
             not match ``T``, or 2-D decoding (``T != S``).
     """
@@ -138,7 +145,8 @@ class NeighborhoodAttention(AttentionKernel):
     capabilities = Capabilities(attn_bias=False, grid_2d=True, complexity="O(N*k^m)")
 
     def __init__(self, kernel_size: int | tuple[int, int] | None = None, dilation: int | tuple[int, int] = 1,
-                 block_size: int | None = None, recompute: bool = False, scale: float | None = None):
+                 block_size: int | None = None, recompute: bool = False, scale: float | None = None,
+                 relative_bias: bool = False, num_heads: int = 1):
         super().__init__(scale=scale)
         self.recompute = recompute
         self.dilation = _pair(dilation, "dilation")
@@ -152,6 +160,14 @@ class NeighborhoodAttention(AttentionKernel):
         self.block_size = block_size
         self.block_1d = default_block((self.kernel_size or (DEFAULT_KERNEL,) * 2)[1], block_size)
         self.block_2d = block_size if block_size is not None else 8
+        self.rel_bias = None
+        if relative_bias:
+            if self.kernel_size is None:
+                raise ValueError("neighborhood relative_bias needs an explicit kernel_size (the table is "
+                                 "(2k - 1) wide per axis), e.g. kernel_size=7")
+            ky, kx = self.kernel_size
+            self.rel_bias = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_heads, 2 * ky - 1, 2 * kx - 1),
+                                                               std=0.02))
 
     def _kernel(self, axis: int, length: int, causal: bool) -> int:
         """Kernel size on ``axis`` (0 rows, 1 cols / 1-D): explicit, or the default (fitted if non-causal)."""
@@ -180,7 +196,41 @@ class NeighborhoodAttention(AttentionKernel):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         plan = self._plan(q.shape[2], k.shape[2], ctx, q.device)
         scale = self.softmax_scale(q.shape[-1])
-        return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute)
+        bias = None
+        if self.rel_bias is not None:
+            self._check_heads(q.shape[1])
+            idx = self._bias_index(plan.q_pos[:, :, None], plan.k_pos[:, None, :], ctx)  # (nb, b, L)
+            bias = self.rel_bias.flatten(1)[:, idx].to(q.dtype)  # (H, nb, b, L)
+        return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute, bias)
+
+    def _check_heads(self, heads: int) -> None:
+        if heads != self.rel_bias.shape[0]:
+            raise ValueError(f"neighborhood: the relative bias table has {self.rel_bias.shape[0]} heads but q has "
+                             f"{heads}; build the kernel with num_heads={heads}")
+
+    def _bias_index(self, q_pos: Tensor, k_pos: Tensor, ctx: AttentionContext) -> Tensor:
+        """Row of the flattened bias table of each (query, key) pair (key-axis positions, broadcast); pairs that
+        are not neighbours get some valid row (they are masked out)."""
+        ky, kx = self.kernel_size
+        dy, dx = self.dilation
+        q_pos, k_pos = q_pos.clamp(min=0), k_pos.clamp(min=0)  # -1 marks padding slots
+        if ctx.grid is None:
+            oy, ox = torch.zeros_like(k_pos - q_pos), torch.div(k_pos - q_pos, dx, rounding_mode="floor")
+        else:
+            cols = ctx.grid[1]
+            oy = torch.div(k_pos // cols - q_pos // cols, dy, rounding_mode="floor")
+            ox = torch.div(k_pos % cols - q_pos % cols, dx, rounding_mode="floor")
+        oy, ox = (oy + ky - 1).clamp(0, 2 * ky - 2), (ox + kx - 1).clamp(0, 2 * kx - 2)
+        return oy * (2 * kx - 1) + ox
+
+    def pattern_bias(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor | None:
+        """``(1, H, T, S)`` dense relative bias (zero off the neighbourhoods, where the pattern masks anyway)."""
+        if self.rel_bias is None:
+            return None
+        q_pos = torch.arange(S - T, S, device=device)[:, None]  # bottom-right aligned queries
+        idx = self._bias_index(q_pos, torch.arange(S, device=device)[None, :], ctx)  # (T, S)
+        keep = self.pattern_mask(T, S, ctx, device)[0, 0]
+        return torch.where(keep, self.rel_bias.flatten(1)[:, idx], 0.0)[None]
 
     def pattern_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor:
         dy, dx = self.dilation

@@ -10,8 +10,8 @@ of side ``side`` (224 px and ``k = 7``: 8, 4, 2, 1 per stage, DiNAT's schedule),
 alternate. A grid smaller than the kernel shrinks it (to the largest odd size that fits). Any other bidirectional
 kernel (``attention=`` one name, or one per block) gets the stage's grid instead.
 
-Not here: NATTEN's relative position bias inside the neighbourhood (the ``neighborhood`` kernel has none yet), and
-layer scale (off in DiNAT's smaller variants).
+Neighbourhood blocks learn NAT's relative position bias (``relative_bias``, on unless the options turn it off).
+Not here: layer scale (off in DiNAT's smaller variants).
 
 Shapes: ``pixels (B, C, H, W)`` -> hidden ``(B, T_last, dim * 2^(stages-1))``.
 """
@@ -92,6 +92,7 @@ class DiNAT(Swin):
         if name == "neighborhood":
             side = min(self.grids[stage])
             k = min(cfg.window_size, side if side % 2 else side - 1)
-            schedule = {"kernel_size": k, "dilation": 1 if j % 2 == 0 or k == 1 else max(1, side // k)}
+            schedule = {"kernel_size": k, "dilation": 1 if j % 2 == 0 or k == 1 else max(1, side // k),
+                        "relative_bias": True}  # NAT/DiNAT's relative position bias
             opts = {**schedule, **opts}
         return name, opts, 1

@@ -77,7 +77,8 @@ register_model("dinat-fashion", DiNAT, "CPU-sized DiNAT for 28px grayscale: stag
                window_size=3, image_size=28, num_channels=1, attention="neighborhood", mlp_dim=192, num_classes=10,
                drop_path=0.1, max_seq_len=49)
 register_model("dinat-mini", DiNAT, "DiNAT-Mini (Hassani & Shi 2022): 224px, width 64, depths 3-4-6-5, heads 2-4-8-16, "
-               "7x7 neighbourhoods with dilations 8-4-2-1, MLP ratio 3, drop path 0.2 (no relative position bias)",
+               "7x7 neighbourhoods with dilations 8-4-2-1 and relative position bias, MLP ratio 3, drop path 0.2; "
+               "20M parameters",
                dim=64, depths=[3, 4, 6, 5], stage_heads=[2, 4, 8, 16], window_size=7, image_size=224,
                attention="neighborhood", mlp_dim=192, num_classes=1000, drop_path=0.2, max_seq_len=3136)
 
