@@ -5,8 +5,6 @@ round trip, and clear errors."""
 from __future__ import annotations
 
 import json
-from collections import Counter
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,12 +12,12 @@ from safetensors.torch import load_file, save_file
 transformers = pytest.importorskip("transformers")
 
 import attnlab  # noqa: E402
-from attnlab.infer.seq2seq import generate_seq2seq  # noqa: E402
 from attnlab.interop.t5 import load_t5, save_t5  # noqa: E402
 from attnlab.models import create_model  # noqa: E402
+from seq2seq_kit import check_generation, check_round_trip  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-4)
-GEN = dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, do_sample=False)
+GEN = dict(decoder_start_token_id=0, pad_token_id=0, do_sample=False)
 
 
 def _checkpoint(tmp_path, ff: str, decoder_layers: int = 2, untied: bool = False):
@@ -79,31 +77,13 @@ def test_hidden_states_and_logits_match(tmp_path, ff, decoder_layers, untied):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
-def _trim(rows, eos=1):
-    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
-
-
 @pytest.mark.parametrize("beams", [1, 3, 4])
 def test_generation_matches_generate_token_for_token(checkpoint, beams):
     """transformers' defaults on both sides: length_penalty 1.0, early_stopping False (a source stops when its best
     running beam, normalised by the current length, cannot beat its worst finished one). The end token is T5's
     (1), and then one the model produces often, so that hypotheses end early and the stopping rule decides."""
     hf, folder = checkpoint
-    ours = load_t5(folder)
-    ended_early = 0
-    for seed in (1, 2, 3):
-        src, mask = _inputs(seed)
-        free = hf.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=12, num_beams=beams,
-                           **{**GEN, "eos_token_id": None})[:, 3:].flatten().tolist()
-        frequent = Counter(t for t in free if t > 1).most_common(1)[0][0]
-        for eos in (1, frequent):
-            ref = hf.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=12, num_beams=beams,
-                              length_penalty=1.0, early_stopping=False, **{**GEN, "eos_token_id": eos})
-            out = generate_seq2seq(ours, src, bos_id=0, eos_id=eos, max_new_tokens=12, src_key_padding_mask=mask,
-                                   num_beams=beams, length_penalty=1.0)
-            assert _trim(out.tolist(), eos) == _trim(ref[:, 1:].tolist(), eos)
-            ended_early += sum(eos in row[:11] for row in out.tolist())
-    assert ended_early > 0
+    assert check_generation(hf, load_t5(folder), _inputs, beams, GEN, bos=0, eos=1) > 0
 
 
 def test_save_round_trip_loads_in_transformers(tmp_path):
@@ -111,18 +91,7 @@ def test_save_round_trip_loads_in_transformers(tmp_path):
     ours = create_model("t5-small", vocab_size=60, dim=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
                         logit_scale=32 ** -0.5).eval()
     folder = save_t5(ours, tmp_path / "t5")
-    hf, info = transformers.T5ForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    src, mask = _inputs()
-    src = src % 60
-    tgt = torch.zeros(4, 3, dtype=torch.long)
-    with torch.no_grad():
-        torch.testing.assert_close(hf.eval()(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits,
-                                   ours(src, tgt, src_key_padding_mask=mask), **TOL)
-    again = attnlab.load_pretrained(attnlab.save_pretrained(ours, tmp_path / "again"))
-    with torch.no_grad():
-        torch.testing.assert_close(again(src, tgt, src_key_padding_mask=mask), ours(src, tgt, src_key_padding_mask=mask),
-                                   atol=0, rtol=0)
+    check_round_trip(transformers.T5ForConditionalGeneration, folder, ours, _inputs, torch.zeros(4, 3, dtype=torch.long), tmp_path, TOL)
 
 
 def test_save_round_trip_of_an_untied_gated_t5(tmp_path):

@@ -197,3 +197,28 @@ def read_checkpoint(path: str | os.PathLike, model_type: str) -> tuple[Path, dic
     weights = read_weights(folder)
     check_finite(weights, folder)
     return folder, hf, weights
+
+
+def copy_mapped(model: torch.nn.Module, names: dict[str, str], weights: dict[str, Tensor], copies: set[str],
+                folder: Path, what: str, convert=None) -> None:
+    """Fill every parameter of ``model`` from ``weights`` through ``names`` (ours -> theirs), strictly.
+
+    ``copies``: checkpoint keys that duplicate mapped ones (tied tables), allowed and unused; ``convert(theirs_name,
+    tensor)`` reshapes a checkpoint tensor into ours (e.g. dropping unused rows).
+
+    Raises:
+        ValueError: missing or unexpected tensors (``what``: the model named in the message), or a shape mismatch.
+    """
+    missing = sorted(h for h in names.values() if h not in weights)
+    unexpected = sorted(set(weights) - set(names.values()) - copies)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {str(folder)!r} does not match a {what} of its config: missing "
+                         f"{missing[:8] or 'none'}; unexpected {unexpected[:8] or 'none'}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, h in names.items():
+            theirs = weights[h] if convert is None else convert(h, weights[h])
+            if params[name].shape != theirs.shape:
+                raise ValueError(f"{folder}: {h} is {tuple(weights[h].shape)} but attnlab's {name} is "
+                                 f"{tuple(params[name].shape)}")
+            params[name].copy_(theirs)

@@ -69,7 +69,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
-    if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py)
+    if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py, bart.py)
         return _own_map_loader(hf["model_type"])(folder, attention, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
@@ -93,7 +93,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
     return model
 
 
-OWN_MAPS = ("cvt", "swin", "t5")
+OWN_MAPS = ("bart", "cvt", "swin", "t5")
 
 
 def _own_map_loader(model_type: str):
@@ -102,6 +102,8 @@ def _own_map_loader(model_type: str):
         from .swin import load_swin as load
     elif model_type == "cvt":
         from .cvt import load_cvt as load
+    elif model_type == "bart":
+        from .bart import load_bart as load
     else:
         from .t5 import load_t5 as load
     return load
@@ -112,12 +114,14 @@ def _own_map_saver(model: nn.Module):
     from ..models.seq2seq.model import EncoderDecoder
     from ..models.vision.cvt import CvT
     from ..models.vision.swin import Swin
+    from .bart import save_bart
     from .cvt import save_cvt
     from .swin import save_swin
     from .t5 import save_t5
 
-    return next((save for cls, save in ((Swin, save_swin), (CvT, save_cvt), (EncoderDecoder, save_t5))
-                 if isinstance(model, cls)), None)
+    if isinstance(model, EncoderDecoder):  # BART's layout has the decoder's own embeddings; T5's does not
+        return save_bart if model.cfg.decoder_embeddings else save_t5
+    return next((save for cls, save in ((Swin, save_swin), (CvT, save_cvt)) if isinstance(model, cls)), None)
 
 
 def _spec(model_type) -> ArchSpec:

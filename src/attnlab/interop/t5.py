@@ -21,7 +21,7 @@ from torch import Tensor
 from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.seq2seq.model import EncoderDecoder
-from .files import read_checkpoint, write_safetensors
+from .files import copy_mapped, read_checkpoint, write_safetensors
 
 ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
 MLP = {"relu": {"fc_in": "wi", "fc_out": "wo"}, "gated-gelu": {"gate": "wi_0", "up": "wi_1", "fc_out": "wo"}}
@@ -104,18 +104,7 @@ def load_t5(path: str | os.PathLike, attention: str | None = None, **attention_o
     copies = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}  # the shared table again
     if cfg.tie_weights:
         copies.add("lm_head.weight")
-    missing = sorted(n for n, h in names.items() if h not in weights)
-    unexpected = sorted(set(weights) - set(names.values()) - copies)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {str(folder)!r} does not match a T5 of its config: missing {missing[:8] or 'none'}"
-                         f"; unexpected {unexpected[:8] or 'none'}")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, h in names.items():
-            if params[name].shape != weights[h].shape:
-                raise ValueError(f"{folder}: {h} is {tuple(weights[h].shape)} but attnlab's {name} is "
-                                 f"{tuple(params[name].shape)}")
-            params[name].copy_(weights[h])
+    copy_mapped(model, names, weights, copies, folder, "T5")
     model.hf_info = {"model_type": "t5", "config": hf, "source": str(folder)}
     return model.eval()
 

@@ -81,6 +81,10 @@ class ModelConfig(BaseModel):
                                                               "rising linearly from 0 (Swin)")
     relative_buckets: int = Field(32, ge=2, description="position 'relative' (T5): buckets of the relative bias")
     relative_max_distance: int = Field(128, ge=1, description="position 'relative' (T5): distance of the last bucket")
+    decoder_embeddings: bool = Field(False, description="encoder-decoder: the decoder has its own position table "
+                                                         "and embedding norm, sharing the token table (BART)")
+    logits_bias: bool = Field(False, description="encoder-decoder: a bias on the output logits (BART's "
+                                                 "final_logits_bias)")
     logit_scale: float = Field(1.0, gt=0.0, description="multiplies the final hidden states before the output head "
                                                         "(T5 with tied embeddings: dim ** -0.5)")
     local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "

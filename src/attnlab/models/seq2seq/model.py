@@ -5,6 +5,8 @@ output (the *memory*) between its causal self-attention and its MLP. Token embed
 positions) are shared by encoder, decoder and output head, as in the original model and T5. Every
 positional encoding of the body works: learned / sinusoidal absolute positions, RoPE and ALiBi in the
 self-attention, T5's relative buckets (Raffel et al. 2020) as a per-stack bias; cross-attention uses none.
+BART's layout (Lewis et al. 2020) is post-norm with ``decoder_embeddings`` (the decoder's own position table and
+embedding LayerNorm over the shared token table) and ``logits_bias``.
 
 Shapes: ``src (B, S)`` and ``tgt (B, T)`` token ids -> logits ``(B, T, vocab)``.
 """
@@ -23,7 +25,7 @@ from ...layers.mlp import build_mlp
 from ...layers.norms import build_norm
 from ...layers.positional import RotaryEmbedding
 from ..config import ModelConfig
-from ..transformer import TransformerBody, build_position_bias, init_weights
+from ..transformer import Embeddings, TransformerBody, build_position_bias, init_weights
 
 
 class Seq2SeqEncoder(TransformerBody):
@@ -90,8 +92,13 @@ class EncoderDecoder(nn.Module):
         self.position_bias = build_position_bias(cfg, causal=True)
         self.blocks = nn.ModuleList(self._block(cfg, i) for i in range(cfg.num_decoder_layers or cfg.num_layers))
         self.final_norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) if cfg.prenorm else nn.Identity()
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.decoder_embed = Embeddings(cfg) if cfg.decoder_embeddings else None
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=cfg.logits_bias)
         init_weights(self, cfg)
+        if self.decoder_embed is not None:  # one token table for both stacks: only positions and norm are the decoder's
+            self.decoder_embed.tok_emb = self.encoder.embed.tok_emb
+        if cfg.logits_bias:
+            nn.init.zeros_(self.head.bias)
         if cfg.tie_weights:
             self.head.weight = self.encoder.embed.tok_emb.weight
         needs = dict(causal=True, attn_bias=self.position_bias is not None)
@@ -135,7 +142,7 @@ class EncoderDecoder(nn.Module):
         T = tgt.shape[1]
         offset = cache[0][0].seen if cache is not None else 0
         positions = self.encoder.default_positions(tgt, offset)
-        x = self.encoder.embed(tgt, positions)
+        x = (self.decoder_embed or self.encoder.embed)(tgt, positions)
         S = keys_after_update(cache[0][0] if cache is not None else None, T)
         bias = self._self_bias(T, S)
         self_ctx = AttentionContext(causal=True, attn_bias=bias, positions=positions)

@@ -19,3 +19,8 @@ register_model("t5-small", EncoderDecoder,
                vocab_size=32128, dim=512, num_layers=6, num_heads=8, head_dim=64, mlp_dim=2048, activation="relu",
                norm="rmsnorm", norm_eps=1e-6, bias=False, position="relative", attention_options={"scale": 1.0},
                cross_attention_options={"scale": 1.0}, logit_scale=512 ** -0.5, max_seq_len=512)
+register_model("bart-base", EncoderDecoder,
+               "BART-base (Lewis et al. 2020): 6 + 6 post-norm layers, dim 768, 12 heads, MLP 3072 GELU, learned "
+               "positions with an embedding LayerNorm per stack, shared token table, logits bias; 139M parameters",
+               vocab_size=50265, dim=768, num_layers=6, num_heads=12, mlp_dim=3072, activation="gelu", prenorm=False,
+               position="learned", embed_norm=True, decoder_embeddings=True, logits_bias=True, max_seq_len=1024)
