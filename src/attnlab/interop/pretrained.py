@@ -69,7 +69,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
-    if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py, bart.py)
+    if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py, bart.py, ast.py)
         return _own_map_loader(hf["model_type"])(folder, attention, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
@@ -93,7 +93,7 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
     return model
 
 
-OWN_MAPS = ("bart", "cvt", "swin", "t5")
+OWN_MAPS = ("audio-spectrogram-transformer", "bart", "cvt", "swin", "t5")
 
 
 def _own_map_loader(model_type: str):
@@ -104,6 +104,8 @@ def _own_map_loader(model_type: str):
         from .cvt import load_cvt as load
     elif model_type == "bart":
         from .bart import load_bart as load
+    elif model_type == "audio-spectrogram-transformer":
+        from .ast import load_ast as load
     else:
         from .t5 import load_t5 as load
     return load
@@ -111,9 +113,11 @@ def _own_map_loader(model_type: str):
 
 def _own_map_saver(model: nn.Module):
     """The writer of ``model`` if its family's key map lives in its own module, else ``None``."""
+    from ..models.audio.ast import AST
     from ..models.seq2seq.model import EncoderDecoder
     from ..models.vision.cvt import CvT
     from ..models.vision.swin import Swin
+    from .ast import save_ast
     from .bart import save_bart
     from .cvt import save_cvt
     from .swin import save_swin
@@ -121,7 +125,8 @@ def _own_map_saver(model: nn.Module):
 
     if isinstance(model, EncoderDecoder):  # BART's layout has the decoder's own embeddings; T5's does not
         return save_bart if model.cfg.decoder_embeddings else save_t5
-    return next((save for cls, save in ((Swin, save_swin), (CvT, save_cvt)) if isinstance(model, cls)), None)
+    return next((save for cls, save in ((Swin, save_swin), (CvT, save_cvt), (AST, save_ast)) if isinstance(model, cls)),
+                None)
 
 
 def _spec(model_type) -> ArchSpec:

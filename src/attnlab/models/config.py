@@ -89,6 +89,10 @@ class ModelConfig(BaseModel):
                                                         "(T5 with tied embeddings: dim ** -0.5)")
     local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "
                                                    "joins")
+    mel_bins: int = Field(128, ge=1, description="AST: mel bins of the input spectrogram (its frequency axis)")
+    frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
+    patch_stride: list[int] = Field(default_factory=list, description="AST: [frequency, time] stride of the "
+                                    "patches (AST: [10, 10], overlapping); empty = patch_size (no overlap)")
     local_stages: int = Field(0, ge=0, description="UniFormer: leading stages with the local (5x5 depth-wise) "
                                                    "relation aggregator instead of attention")
     stage_mlp_ratios: list[float] = Field(default_factory=list, description="MLP hidden width per stage, a ratio of "

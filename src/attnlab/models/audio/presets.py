@@ -1,0 +1,16 @@
+"""Audio family presets: AST (Gong, Chung & Glass 2021). Add a line to register another."""
+
+from ..registry import register_model
+from .ast import AST
+
+register_model("ast-tiny", AST, "tiny AST for tests: 64 frames x 32 mel bins, 8px patches with stride 6 (5 x 10 "
+               "grid), class + distillation tokens", dim=32, num_layers=2, num_heads=2, mel_bins=32, frames=64,
+               patch_size=8, patch_stride=[6, 6], pooling="cls", max_seq_len=52, norm_eps=1e-12, num_classes=10)
+register_model("ast-small", AST, "CPU-sized AST for 1 s keywords: 98 frames x 128 mel bins, 16px patches with "
+               "stride 10 (12 x 9 grid), width 192, 6 layers", dim=192, num_layers=6, num_heads=3, mel_bins=128,
+               frames=98, patch_size=16, patch_stride=[10, 10], pooling="cls", max_seq_len=110, norm_eps=1e-12,
+               num_classes=12)
+register_model("ast-base", AST, "AST-Base (Gong et al. 2021): 1024 frames x 128 mel bins, 16px patches with stride "
+               "10 (12 x 101 grid, 1214 tokens), width 768, 12 layers, AudioSet's 527 classes; 87M parameters",
+               dim=768, num_layers=12, num_heads=12, mel_bins=128, frames=1024, patch_size=16, patch_stride=[10, 10],
+               pooling="cls", max_seq_len=1214, norm_eps=1e-12, num_classes=527)
