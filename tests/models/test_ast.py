@@ -84,3 +84,60 @@ def test_ast_learns_tones_of_different_pitch():
     with torch.no_grad():
         acc = (model.eval().classify(xt).argmax(-1) == yt).float().mean().item()
     assert acc > 0.9
+
+
+def _passt(**kw):
+    return create_model("ast-tiny", axis_positions=True, patchout=[2, 4, 0], **kw)
+
+
+def test_patchout_token_counts_in_training_and_none_in_eval():
+    model = create_model("ast-tiny", patchout=[2, 4, 5])
+    x, grid = model.embed(torch.randn(2, 64, 32))
+    assert x.shape[1] == (5 - 2) * (10 - 4) - 5 + 2 and grid is None
+    model = _passt()
+    x, grid = model.embed(torch.randn(2, 64, 32))
+    assert x.shape[1] == 3 * 6 + 2 and grid == (3, 6)
+    model.eval()
+    x, grid = model.embed(torch.randn(2, 64, 32))
+    assert x.shape[1] == 52 and grid == (5, 10)
+
+
+def test_eval_ignores_patchout_and_axis_positions_equal_a_separable_table():
+    torch.manual_seed(0)
+    passt = _passt().eval()
+    ast = create_model("ast-tiny").eval()
+    state = {k: v for k, v in passt.state_dict().items() if "pos" not in k}
+    ast.load_state_dict(state, strict=False)
+    e = passt.embed
+    table = (e.freq_pos + e.time_pos).flatten(2).transpose(1, 2)            # pos[f, t] = E_f[f] + E_t[t]
+    with torch.no_grad():
+        ast.embed.pos_emb.copy_(torch.cat([e.tok_pos, table], dim=1))
+    spec = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ast(spec), passt(spec), rtol=1e-5, atol=1e-5)
+
+
+def test_kept_patches_carry_their_own_positions_and_draws_are_reproducible():
+    model = _passt(pooling="mean", max_seq_len=50)
+    e = model.embed
+    with torch.no_grad():
+        e.proj.weight.zero_(), e.proj.bias.zero_()                          # tokens are their positions alone
+    e.generator = torch.Generator().manual_seed(3)
+    x, _ = e(torch.randn(1, 64, 32))
+    rows, cols, _ = e.kept
+    want = (e.freq_pos[0, :, rows, 0][:, :, None] + e.time_pos[0, :, 0, cols][:, None, :]).flatten(1).t()
+    torch.testing.assert_close(x[0], want)
+    e.generator = torch.Generator().manual_seed(3)
+    again, _ = e(torch.randn(1, 64, 32))
+    assert torch.equal(again, x) and e.kept[0].tolist() == rows.tolist()
+
+
+def test_patchout_errors_and_kernels():
+    with pytest.raises(ValueError, match="leaves no patch of the 5 x 10 grid"):
+        create_model("ast-tiny", patchout=[5, 0, 0])
+    with pytest.raises(ValueError, match=r"\[frequency rows, time columns, random patches\]"):
+        create_model("ast-tiny", patchout=[1, 1])
+    with pytest.raises(CapabilityError, match="unstructured patchout leaves a sequence"):
+        create_model("ast-tiny", pooling="mean", max_seq_len=50, attention="axial", patchout=[0, 0, 3])
+    model = create_model("ast-tiny", pooling="mean", max_seq_len=50, attention="axial", patchout=[1, 2, 0])
+    assert torch.isfinite(model.classify(torch.randn(2, 64, 32))).all()      # axial on the smaller 4 x 8 grid

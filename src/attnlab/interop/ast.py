@@ -91,7 +91,8 @@ def save_ast(model: AST, path: str | os.PathLike) -> Path:
     cfg = model.cfg
     problems = [p for p, bad in (("pooling='mean'", cfg.pooling != "cls"), ("biases off", not cfg.bias),
                                  ("attention kernels other than softmax", cfg.attention != "softmax"),
-                                 (f"mlp={cfg.mlp!r}", cfg.mlp != "mlp")) if bad]
+                                 (f"mlp={cfg.mlp!r}", cfg.mlp != "mlp"),
+                                 ("axis_positions (PaSST)", cfg.axis_positions)) if bad]
     if problems:
         raise ValueError(f"transformers' AST cannot run this model ({', '.join(problems)})")
     folder = writable_folder(path)

@@ -93,6 +93,10 @@ class ModelConfig(BaseModel):
     frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
     patch_stride: list[int] = Field(default_factory=list, description="AST: [frequency, time] stride of the "
                                     "patches (AST: [10, 10], overlapping); empty = patch_size (no overlap)")
+    axis_positions: bool = Field(False, description="AST: one learned position per frequency row plus one per time "
+                                                    "column (PaSST) instead of one per patch")
+    patchout: list[int] = Field(default_factory=list, description="AST: [frequency rows, time columns, random "
+                                "patches] dropped while training (PaSST's structured and unstructured patchout)")
     local_stages: int = Field(0, ge=0, description="UniFormer: leading stages with the local (5x5 depth-wise) "
                                                    "relation aggregator instead of attention")
     stage_mlp_ratios: list[float] = Field(default_factory=list, description="MLP hidden width per stage, a ratio of "

@@ -14,3 +14,7 @@ register_model("ast-base", AST, "AST-Base (Gong et al. 2021): 1024 frames x 128 
                "10 (12 x 101 grid, 1214 tokens), width 768, 12 layers, AudioSet's 527 classes; 87M parameters",
                dim=768, num_layers=12, num_heads=12, mel_bins=128, frames=1024, patch_size=16, patch_stride=[10, 10],
                pooling="cls", max_seq_len=1214, norm_eps=1e-12, num_classes=527)
+register_model("passt-small", AST, "PaSST-style ast-small (Koutini et al. 2022): one position per frequency row and "
+               "per time column, patchout of 2 frequency rows and 3 time columns while training (10 x 6 grid)",
+               dim=192, num_layers=6, num_heads=3, mel_bins=128, frames=98, patch_size=16, patch_stride=[10, 10],
+               pooling="cls", max_seq_len=110, norm_eps=1e-6, num_classes=12, axis_positions=True, patchout=[2, 3, 0])
