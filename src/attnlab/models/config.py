@@ -93,6 +93,8 @@ class ModelConfig(BaseModel):
     frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
     patch_stride: list[int] = Field(default_factory=list, description="AST: [frequency, time] stride of the "
                                     "patches (AST: [10, 10], overlapping); empty = patch_size (no overlap)")
+    merge_after: list[int] = Field(default_factory=list, description="ByteFormer: layers after which consecutive "
+                                   "token pairs merge (the sequence halves)")
     axis_positions: bool = Field(False, description="AST: one learned position per frequency row plus one per time "
                                                     "column (PaSST) instead of one per patch")
     patchout: list[int] = Field(default_factory=list, description="AST: [frequency rows, time columns, random "
