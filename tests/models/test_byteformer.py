@@ -9,6 +9,8 @@ import torch
 from attnlab.attention.capabilities import CapabilityError
 from attnlab.attention.context import AttentionContext
 from attnlab.models import create_model
+
+from trainkit import held_out_accuracy
 from attnlab.models.bytes.byteformer import TokenMerging, conv_tokens
 
 
@@ -100,17 +102,7 @@ def _files(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_byteformer_learns_synthetic_file_types():
     torch.manual_seed(0)
     model = create_model("byteformer-tiny")
-    x, y = _files(256, 0)
-    xt, yt = _files(128, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(100):
-        i = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
-        loss = torch.nn.functional.cross_entropy(model.classify(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        assert (model.eval().classify(xt).argmax(-1) == yt).float().mean() > 0.9
+    assert held_out_accuracy(model, _files(256, 0), _files(128, 1), steps=100) > 0.9
 
 
 def test_bad_inputs_and_configs_are_one_line():
