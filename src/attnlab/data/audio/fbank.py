@@ -96,3 +96,30 @@ def fbank(wave: Tensor, sample_rate: int = 16000, num_mel_bins: int = 128, frame
     banks = mel_banks(num_mel_bins, n_fft, sample_rate, float(low_freq), float(high_freq)).to(frames.device)
     feats = torch.log(torch.clamp(power @ banks.t(), min=EPS)).to(torch.float32)
     return feats[0] if single else feats
+
+
+def spec_augment(spec: Tensor, freq_mask: int = 0, time_mask: int = 0, generator: torch.Generator | None = None,
+                 mask_value: float = 0.0) -> Tensor:
+    """SpecAugment's masking (Park et al. 2019), a training-time option: for each spectrogram of ``spec (B, frames,
+    bins)`` one band of ``U[0, freq_mask)`` mel bins and one of ``U[0, time_mask)`` frames set to ``mask_value``
+    (torchaudio's draws: width ``floor(u * max)``, start ``floor(u * (size - width))``). Returns a new tensor.
+
+    Raises:
+        ValueError: not ``(B, frames, bins)``, or a mask wider than its axis.
+    """
+    if spec.dim() != 3:
+        raise ValueError(f"expected spectrograms (batch, frames, bins), got {tuple(spec.shape)}")
+    B, T, F = spec.shape
+    if freq_mask > F or time_mask > T:
+        raise ValueError(f"masks of up to {freq_mask} bins / {time_mask} frames do not fit {F} bins x {T} frames")
+    out = spec.clone()
+    for axis, size, most in ((2, F, freq_mask), (1, T, time_mask)):
+        if most <= 0:
+            continue
+        u = torch.rand(B, 2, generator=generator)
+        width = (u[:, 0] * most).long()
+        start = (u[:, 1] * (size - width)).long()
+        pos = torch.arange(size)[None]
+        band = ((pos >= start[:, None]) & (pos < (start + width)[:, None])).to(spec.device)  # (B, size)
+        out.masked_fill_(band[:, None, :] if axis == 2 else band[:, :, None], mask_value)
+    return out
