@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..core.io import writable_folder, write_json
-from ..models.audio.ast import AST
+from ..models.audio.ast import AST, patch_strides
 from ..models.config import ModelConfig
 from .files import copy_mapped, read_checkpoint, write_safetensors
 
@@ -101,7 +101,7 @@ def save_ast(model: AST, path: str | os.PathLike) -> Path:
     tensors = {(h[len(PREFIX):] if base else h): p.detach().clone() for n, p in model.named_parameters()
                for h in [names[n]]}
     write_safetensors(folder / "model.safetensors", tensors)
-    fs, ts = cfg.patch_stride or [cfg.patch_size, cfg.patch_size]
+    fs, ts = patch_strides(cfg)
     write_json(folder / "config.json", {
         "model_type": "audio-spectrogram-transformer",
         "architectures": ["ASTModel" if base else "ASTForAudioClassification"], "hidden_size": cfg.dim,

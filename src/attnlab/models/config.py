@@ -91,8 +91,9 @@ class ModelConfig(BaseModel):
                                                    "joins")
     mel_bins: int = Field(128, ge=1, description="AST: mel bins of the input spectrogram (its frequency axis)")
     frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
-    patch_stride: list[int] = Field(default_factory=list, description="AST: [frequency, time] stride of the "
-                                    "patches (AST: [10, 10], overlapping); empty = patch_size (no overlap)")
+    patch_stride: int | list[int] | None = Field(None, description="stride between patches: AST [frequency, time] "
+                                                 "(or one int for both; AST: [10, 10], overlapping), None = patch_size "
+                                                 "(no overlap)")
     merge_after: list[int] = Field(default_factory=list, description="ByteFormer: layers after which consecutive "
                                    "token pairs merge (the sequence halves)")
     axis_positions: bool = Field(False, description="AST: one learned position per frequency row plus one per time "

@@ -30,6 +30,21 @@ from ..transformer import TransformerBody, init_weights
 from ..vision.probe import check_prefix_tokens
 
 
+def patch_strides(cfg: ModelConfig) -> tuple[int, int]:
+    """``(frequency, time)`` strides of the patches: ``patch_stride`` as a pair, one int for both, or ``patch_size``.
+
+    Raises:
+        ValueError: a list that is not two positive ints.
+    """
+    stride = cfg.patch_stride
+    if stride is None:
+        return cfg.patch_size, cfg.patch_size
+    pair = [stride, stride] if isinstance(stride, int) else list(stride)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"patch_stride is [frequency, time] (or one int), both >= 1; got {stride}")
+    return pair[0], pair[1]
+
+
 class SpectrogramPatches(nn.Module):
     """``(B, frames, mel_bins)`` -> ``(B, T, dim)`` and the grid of the patch tokens (``None`` after unstructured
     patchout): overlapping patches, positions, patchout (training), prefix tokens.
@@ -42,7 +57,7 @@ class SpectrogramPatches(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         k = cfg.patch_size
-        fs, ts = cfg.patch_stride or [k, k]
+        fs, ts = patch_strides(cfg)
         if cfg.mel_bins < k or cfg.frames < k:
             raise ValueError(f"a {cfg.frames} x {cfg.mel_bins} spectrogram is smaller than one {k}x{k} patch; "
                              "use a smaller patch_size or more frames")
