@@ -103,12 +103,19 @@ class SpectrogramPatches(nn.Module):
     def _keep(self, n: int, drop: int, device) -> Tensor:
         return torch.randperm(n, generator=self.generator).to(device)[: n - drop].sort().values
 
-    def forward(self, spec: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
+    def patches(self, spec: Tensor) -> Tensor:
+        """``(B, frames, mel_bins)`` -> patch embeddings ``(B, dim, F', T')`` (no positions yet)."""
         if spec.dim() != 3 or tuple(spec.shape[1:]) != self.shape:
             raise ValueError(f"expected spectrograms of shape (batch, {self.shape[0]} frames, {self.shape[1]} mel "
                              f"bins), got {tuple(spec.shape)}; pad or cut the frames, or build the model with "
                              "matching frames / mel_bins")
-        x = self.proj(spec.to(self.proj.weight.dtype).transpose(1, 2).unsqueeze(1))  # (B, D, F', T')
+        return self.proj(spec.to(self.proj.weight.dtype).transpose(1, 2).unsqueeze(1))
+
+    def forward(self, spec: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
+        return self.assemble(self.patches(spec))
+
+    def assemble(self, x: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
+        """Patch embeddings ``(B, dim, F', T')`` -> tokens: positions, patchout (training), prefix tokens."""
         B, D, F, T = x.shape
         if self.pos_emb is None:
             x = x + self.freq_pos + self.time_pos
