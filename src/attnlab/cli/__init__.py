@@ -133,6 +133,11 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
         if args.json:
             print(json.dumps(r))
             return
+        if r.get("objective") == "forecast":  # the test table: the model and the baselines
+            from ..train.forecast_feed import report_lines
+
+            print("\n".join(report_lines(r)) + f"\ncheckpoint step {r['step']}")
+            return
         if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
             scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
             print(f"{r['split']} ({r['objective']}): {scores}; checkpoint step {r['step']}")

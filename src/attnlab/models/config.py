@@ -84,6 +84,18 @@ class ModelConfig(BaseModel):
                                                         "(T5 with tied embeddings: dim ** -0.5)")
     local_layers: int = Field(0, ge=0, description="ConViT: blocks on the patch grid alone before the class token "
                                                    "joins")
+    lookback: int | None = Field(None, ge=1, description="series: look-back window in steps; None = data.lookback")
+    horizon: int | None = Field(None, ge=1, description="series: steps forecast; None = data.horizon")
+    num_variates: int | None = Field(None, ge=1, description="series: target columns forecast; None = from the data")
+    num_exogenous: int | None = Field(None, ge=0, description="series: exogenous input columns; None = from the data")
+    patch_stride: int | None = Field(None, ge=1, description="series (PatchTST): steps between patches of patch_size "
+                                                             "steps; None = patch_size // 2 (16 / 8)")
+    revin: bool = Field(True, description="series: instance normalisation of every input window (RevIN, Kim et al. "
+                                          "2022), undone on the forecast")
+    revin_affine: bool = Field(False, description="series: learnable per-variate scale and shift inside RevIN")
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="series: dropout on the flatten head (PatchTST)")
+    moving_avg: int = Field(25, ge=1, description="series: moving-average kernel of the trend (DLinear, Autoformer); "
+                                                  "odd")
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
+from .forecast import forecast_step
 from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
@@ -73,6 +74,7 @@ register_objective("classify")(classify_step)
 register_objective("regression")(regression_step)
 register_objective("mlm")(mlm_step)
 register_objective("seq2seq")(seq2seq_step)
+register_objective("forecast")(forecast_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
@@ -94,5 +96,5 @@ def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tens
 
 
 __all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "mlm_step", "model_outputs",
-           "objective_step", "seq2seq_step",
+           "forecast_step", "objective_step", "seq2seq_step",
            "register_objective", "regression_step"]

@@ -1,0 +1,28 @@
+"""Series family presets: PatchTST (Nie et al. 2023), iTransformer (Liu et al. 2024), DLinear and NLinear (Zeng et
+al. 2023). The series shape (lookback, horizon, variates, exogenous) comes from the data when `attnlab train` builds
+them. Add a line to register another."""
+
+from ..registry import register_model
+from .itransformer import ITransformer
+from .linear import DLinear, NLinear
+from .patchtst import PatchTST
+
+_POST = dict(prenorm=False, vocab_size=1, tie_weights=False)  # post-norm blocks; no token vocabulary
+
+register_model("patchtst-tiny", PatchTST, "tiny PatchTST for tests: dim 16, 1 layer, 2 heads, patches 8 / stride 4",
+               dim=16, num_layers=1, num_heads=2, mlp_dim=32, patch_size=8, patch_stride=4, max_seq_len=128, **_POST)
+register_model("patchtst-small", PatchTST, "CPU PatchTST: dim 64, 2 layers, 4 heads, MLP 128, patches 16 / stride 8, "
+               "dropout 0.2", dim=64, num_layers=2, num_heads=4, mlp_dim=128, patch_size=16, patch_stride=8,
+               dropout=0.2, max_seq_len=128, **_POST)
+register_model("patchtst", PatchTST, "PatchTST/42 official ETTh1 sizes: dim 16, 3 layers, 4 heads, MLP 128, dropout "
+               "0.3, patches 16 / stride 8 (use data.lookback=336)", dim=16, num_layers=3, num_heads=4, mlp_dim=128,
+               patch_size=16, patch_stride=8, dropout=0.3, max_seq_len=128, **_POST)
+register_model("itransformer-tiny", ITransformer, "tiny iTransformer for tests: dim 32, 1 layer, 2 heads",
+               dim=32, num_layers=1, num_heads=2, mlp_dim=64, position="none", max_seq_len=64, **_POST)
+register_model("itransformer-small", ITransformer, "CPU iTransformer: dim 128, 2 layers, 8 heads, MLP 128 "
+               "(Time-Series-Library ETTh2 sizes)", dim=128, num_layers=2, num_heads=8, mlp_dim=128,
+               position="none", dropout=0.1, max_seq_len=512, **_POST)
+register_model("dlinear", DLinear, "DLinear (Zeng et al. 2023): moving-average decomposition + two linear maps",
+               num_layers=1, **_POST)
+register_model("nlinear", NLinear, "NLinear (Zeng et al. 2023): one linear map of the window minus its last value",
+               num_layers=1, **_POST)
