@@ -151,6 +151,30 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
+@command("forecast", "forecast the steps after a CSV history with a trained forecast run", examples=[
+    "attnlab forecast runs/forecast-taylor --input recent.csv --output forecast.csv",
+    "attnlab forecast runs/forecast-taylor --input recent.csv --output f.csv --plot f.png --holdout",
+])
+def _forecast(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run_dir", help="run directory of an `attnlab train` forecast run")
+    p.add_argument("--input", required=True, help="CSV with a time column and the run's target and exogenous columns")
+    p.add_argument("--output", required=True, help="CSV written with one row per forecast step (original units)")
+    p.add_argument("--plot", default=None, help="PNG of history, forecast (and truth with --holdout)")
+    p.add_argument("--timestamp", default=None, help="time column of the input (default: the run's data.timestamp, "
+                                                     "else 'timestamp')")
+    p.add_argument("--holdout", action="store_true", help="keep the input's last horizon rows back as the truth")
+    p.add_argument("--device", default="auto")
+
+    def run(args: argparse.Namespace) -> None:
+        from ..train.forecast_run import forecast_file
+
+        r = forecast_file(args.run_dir, args.input, args.output, args.plot, args.timestamp, args.holdout, args.device)
+        print(f"wrote {r['rows']} forecast steps to {args.output}" + (f" (MAE {r['mae']:.4g} in original units)"
+                                                                        if "mae" in r else ""))
+
+    return run
+
+
 @command("distill", "distill a pretrained encoder into a smaller or sparser student (MiniLM), export and evaluate it",
          examples=[
     "attnlab distill configs/distill/minilm-l3.yaml",

@@ -164,7 +164,23 @@ def read_csv_series(path: str | Path, timestamp: str, target: list[str], exogeno
     if kinds == {np.datetime64} and (ts.astype("datetime64[M]").astype("datetime64[s]") == ts).all():
         ts = ts.astype("datetime64[M]")  # monthly/quarterly data: a regular step in months, not in seconds
     frame = SeriesFrame(str(path), ts, values, tuple(wanted[1:]), tuple(target), tuple(exogenous or ()))
-    return clean_frame(frame, fill, f"the timestamps of column {timestamp!r}")
+    frame = clean_frame(frame, fill, f"the timestamps of column {timestamp!r}")
+    return replace(frame, period=infer_period(frame.timestamps))
+
+
+def infer_period(ts: np.ndarray) -> int | None:
+    """The natural seasonal period of a regular time grid: steps per day for sub-daily steps that divide a day, 7 for
+    daily, 52 for weekly, 12 for monthly, 4 for quarterly data; ``None`` otherwise (integer steps included)."""
+    if len(ts) < 2 or not np.issubdtype(ts.dtype, np.datetime64):
+        return None
+    unit = np.datetime_data(ts.dtype)[0]
+    step = int((ts[1] - ts[0]).astype(np.int64))
+    if unit == "M":
+        return {1: 12, 3: 4}.get(step)
+    secs = int(np.timedelta64(step, unit).astype("timedelta64[s]").astype(np.int64))
+    if secs < 86400 and 86400 % secs == 0:
+        return 86400 // secs
+    return {86400: 7, 7 * 86400: 52}.get(secs)
 
 
 def clean_frame(frame: SeriesFrame, fill: str = "error", where: str = "the timestamps") -> SeriesFrame:
