@@ -61,6 +61,26 @@ def test_patchtst_takes_any_bidirectional_kernel_and_refuses_others():
         create_model("patchtst-tiny", num_variates=1, num_exogenous=0, attention="window", **SHAPE)
 
 
+def test_timexer_exogenous_tokens_reach_the_forecast_only_through_the_global_token():
+    m = create_model("timexer-tiny", num_variates=2, num_exogenous=3, **SHAPE).eval()
+    x = torch.randn(3, 48, 5)
+    y = m(x)
+    assert y.shape == (3, 12, 2) and m.num_patches == 6
+    perm = torch.tensor([0, 1, 4, 2, 3])  # permuting exogenous tokens: cross-attention is a set operation
+    torch.testing.assert_close(m(x[..., perm]), y, atol=1e-6, rtol=1e-6)
+    x2 = x.clone()
+    x2[..., 2:] += torch.randn(3, 48, 3)
+    assert (m(x2) - y).abs().max() > 1e-6  # small at initialisation, but there
+    n1 = m.num_patches + 1
+    with torch.no_grad():  # zero the head's weights on the global-token slot (d-major flatten: index i * (N+1) + N)
+        m.head.weight[:, n1 - 1::n1] = 0
+    torch.testing.assert_close(m(x2), m(x), atol=0, rtol=0)  # one layer: exogenous values no longer matter
+    with pytest.raises(ValueError, match="lookback divisible by patch_size: 50 % 8 = 2"):
+        create_model("timexer-tiny", num_variates=1, num_exogenous=0, lookback=50, horizon=12)
+    with pytest.raises(CapabilityError, match=r"set model.cross_attention to one of \[.*'softmax'"):
+        create_model("timexer-tiny", num_variates=1, num_exogenous=1, cross_attention="sliding_window", **SHAPE)
+
+
 def test_models_check_their_inputs():
     m = create_model("patchtst-tiny", num_variates=2, num_exogenous=0, **SHAPE)
     with pytest.raises(ValueError, match=r"expects float inputs of shape \(batch, 48, 2\)"):
@@ -77,7 +97,8 @@ def seasonal_data():
 
 
 @pytest.mark.parametrize("preset, steps, lr", [("patchtst-tiny", 300, 1e-2), ("itransformer-tiny", 300, 1e-2),
-                                               ("dlinear", 300, 1e-2), ("nlinear", 300, 1e-2)])
+                                               ("timexer-tiny", 300, 1e-2), ("dlinear", 300, 1e-2),
+                                               ("nlinear", 300, 1e-2)])
 def test_each_model_learns_a_noiseless_seasonal_series(preset, steps, lr):
     d = seasonal_data()
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Series family presets: PatchTST (Nie et al. 2023), iTransformer (Liu et al. 2024), DLinear and NLinear (Zeng et
+"""Series family presets: PatchTST (Nie et al. 2023), iTransformer (Liu et al. 2024), TimeXer (Wang et
+al. 2024), DLinear and NLinear (Zeng et
 al. 2023). The series shape (lookback, horizon, variates, exogenous) comes from the data when `attnlab train` builds
 them. Add a line to register another."""
 
@@ -6,6 +7,7 @@ from ..registry import register_model
 from .itransformer import ITransformer
 from .linear import DLinear, NLinear
 from .patchtst import PatchTST
+from .timexer import TimeXer
 
 _POST = dict(prenorm=False, vocab_size=1, tie_weights=False)  # post-norm blocks; no token vocabulary
 
@@ -22,6 +24,10 @@ register_model("itransformer-tiny", ITransformer, "tiny iTransformer for tests: 
 register_model("itransformer-small", ITransformer, "CPU iTransformer: dim 128, 2 layers, 8 heads, MLP 128 "
                "(Time-Series-Library ETTh2 sizes)", dim=128, num_layers=2, num_heads=8, mlp_dim=128,
                position="none", dropout=0.1, max_seq_len=512, **_POST)
+register_model("timexer-tiny", TimeXer, "tiny TimeXer for tests: dim 16, 1 layer, 2 heads, patches of 8",
+               dim=16, num_layers=1, num_heads=2, mlp_dim=32, patch_size=8, **_POST)
+register_model("timexer-small", TimeXer, "CPU TimeXer: dim 64, 2 layers, 4 heads, MLP 128, patches of 16 (lookback a "
+               "multiple of 16)", dim=64, num_layers=2, num_heads=4, mlp_dim=128, patch_size=16, dropout=0.1, **_POST)
 register_model("dlinear", DLinear, "DLinear (Zeng et al. 2023): moving-average decomposition + two linear maps",
                num_layers=1, **_POST)
 register_model("nlinear", NLinear, "NLinear (Zeng et al. 2023): one linear map of the window minus its last value",
