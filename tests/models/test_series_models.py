@@ -81,6 +81,23 @@ def test_timexer_exogenous_tokens_reach_the_forecast_only_through_the_global_tok
         create_model("timexer-tiny", num_variates=1, num_exogenous=1, cross_attention="sliding_window", **SHAPE)
 
 
+def test_autoformer_without_seasonal_paths_returns_the_trend_input():
+    m = create_model("autoformer-tiny", num_variates=2, num_exogenous=1, **SHAPE).eval()
+    x = torch.randn(2, 48, 3)
+    assert m(x).shape == (2, 12, 2)
+    with torch.no_grad():  # no seasonal projection and no trend correction: the forecast is trend_init's horizon
+        m.proj.weight.zero_()
+        m.proj.bias.zero_()
+        for conv in m.dec_trend:
+            conv.weight.zero_()
+    _, trend_init = m.decoder_inputs(x)
+    torch.testing.assert_close(m(x), trend_init[:, -12:, :2], atol=1e-6, rtol=0)  # = mean of each window
+    torch.testing.assert_close(m(x), x[..., :2].mean(1, keepdim=True).expand(-1, 12, -1), atol=1e-6, rtol=0)
+    assert [s.kernel.name for s in m.enc_attn] == ["autocorrelation"] and m.label_len == 24
+    m = create_model("autoformer-tiny", num_variates=1, num_exogenous=0, attention="sliding_window", **SHAPE)
+    assert m(torch.randn(2, 48, 1)).shape == (2, 12, 1)  # the auto-correlation swapped for another kernel
+
+
 def test_models_check_their_inputs():
     m = create_model("patchtst-tiny", num_variates=2, num_exogenous=0, **SHAPE)
     with pytest.raises(ValueError, match=r"expects float inputs of shape \(batch, 48, 2\)"):
@@ -96,10 +113,11 @@ def seasonal_data():
     return make_forecast_data(SeriesFrame("seasonal", ts, y[:, None], ("y",), ("y",), ()), **SHAPE)
 
 
-@pytest.mark.parametrize("preset, steps, lr", [("patchtst-tiny", 300, 1e-2), ("itransformer-tiny", 300, 1e-2),
-                                               ("timexer-tiny", 300, 1e-2), ("dlinear", 300, 1e-2),
-                                               ("nlinear", 300, 1e-2)])
-def test_each_model_learns_a_noiseless_seasonal_series(preset, steps, lr):
+# Autoformer (no RevIN, decomposition with a 25-step moving average) settles at ~3e-3 within the budget
+@pytest.mark.parametrize("preset, steps, lr, tol", [
+    ("patchtst-tiny", 300, 1e-2, 1e-3), ("itransformer-tiny", 300, 1e-2, 1e-3), ("timexer-tiny", 300, 1e-2, 1e-3),
+    ("autoformer-tiny", 300, 1e-2, 5e-3), ("dlinear", 300, 1e-2, 1e-3), ("nlinear", 300, 1e-2, 1e-3)])
+def test_each_model_learns_a_noiseless_seasonal_series(preset, steps, lr, tol):
     d = seasonal_data()
     torch.manual_seed(0)
     m = create_model(preset, num_variates=1, num_exogenous=0, **SHAPE)
@@ -116,4 +134,4 @@ def test_each_model_learns_a_noiseless_seasonal_series(preset, steps, lr):
         opt.step()
         sched.step()
     after = evaluate_forecast(model_predictor(m), d.test, 256)["mse"]
-    assert after < 1e-3 and after < before / 100, (before, after)
+    assert after < tol and after < before / 100, (before, after)

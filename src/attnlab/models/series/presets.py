@@ -1,9 +1,10 @@
 """Series family presets: PatchTST (Nie et al. 2023), iTransformer (Liu et al. 2024), TimeXer (Wang et
-al. 2024), DLinear and NLinear (Zeng et
+al. 2024), Autoformer (Wu et al. 2021), DLinear and NLinear (Zeng et
 al. 2023). The series shape (lookback, horizon, variates, exogenous) comes from the data when `attnlab train` builds
 them. Add a line to register another."""
 
 from ..registry import register_model
+from .autoformer import Autoformer
 from .itransformer import ITransformer
 from .linear import DLinear, NLinear
 from .patchtst import PatchTST
@@ -28,6 +29,12 @@ register_model("timexer-tiny", TimeXer, "tiny TimeXer for tests: dim 16, 1 layer
                dim=16, num_layers=1, num_heads=2, mlp_dim=32, patch_size=8, **_POST)
 register_model("timexer-small", TimeXer, "CPU TimeXer: dim 64, 2 layers, 4 heads, MLP 128, patches of 16 (lookback a "
                "multiple of 16)", dim=64, num_layers=2, num_heads=4, mlp_dim=128, patch_size=16, dropout=0.1, **_POST)
+register_model("autoformer-tiny", Autoformer, "tiny Autoformer for tests: dim 16, 1+1 layers, 2 heads, "
+               "auto-correlation", dim=16, num_layers=1, num_decoder_layers=1, num_heads=2, mlp_dim=32,
+               attention="autocorrelation", revin=False, **_POST)
+register_model("autoformer-small", Autoformer, "CPU Autoformer: dim 64, 2+1 layers, 4 heads, MLP 128, auto-correlation "
+               "(factor 3), moving average 25", dim=64, num_layers=2, num_decoder_layers=1, num_heads=4, mlp_dim=128,
+               attention="autocorrelation", dropout=0.05, revin=False, **_POST)
 register_model("dlinear", DLinear, "DLinear (Zeng et al. 2023): moving-average decomposition + two linear maps",
                num_layers=1, **_POST)
 register_model("nlinear", NLinear, "NLinear (Zeng et al. 2023): one linear map of the window minus its last value",
