@@ -81,6 +81,7 @@ OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
     "classify": classify_outputs,  # (B, C) logits
     "regression": regression_outputs,  # (B, T) predictions
+    "forecast": lambda model, batch: model(batch["inputs"]),  # (B, T, C_t) forecast
 }
 
 
