@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
-from .forecast import forecast_step
+from .forecast import forecast_step, patch_mask_step
 from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
@@ -75,6 +75,7 @@ register_objective("regression")(regression_step)
 register_objective("mlm")(mlm_step)
 register_objective("seq2seq")(seq2seq_step)
 register_objective("forecast")(forecast_step)
+register_objective("patch_mask")(patch_mask_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {

@@ -39,6 +39,28 @@ def forecast_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     return loss, {"loss": loss.detach(), "mse": loss.detach(), "mae": err.abs().mean().detach()}
 
 
+def patch_mask_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Masked-patch reconstruction (PatchTST's self-supervised pretraining, Nie et al. 2023): the mean over masked
+    patches of the per-patch mean squared error, ``Σ m mean_P (ŷ - x)² / Σ m``.
+
+    Args:
+        model: ``inputs (B, L, C)`` -> ``(reconstruction, patches, mask)`` (``(B, C, N, P)``, ``(B, C, N, P)``,
+            ``(B, C, N)`` bool, True = masked), e.g. :class:`~attnlab.models.series.pretrain.PatchTSTPretrain`;
+            masks come from the global torch RNG (seeded, and restored on resume, by the trainer).
+        batch: ``{"inputs": (B, L, C), ...}``.
+
+    Raises:
+        ValueError: no masked patch.
+    """
+    pred, target, mask = model(batch["inputs"])
+    per_patch = (pred.float() - target.float()).pow(2).mean(-1)  # (B, C, N)
+    m = mask.to(per_patch.dtype)
+    if m.sum() == 0:
+        raise ValueError("no patch is masked; raise model.mask_ratio")
+    loss = (per_patch * m).sum() / m.sum()
+    return loss, {"loss": loss.detach(), "masked_mse": loss.detach()}
+
+
 @torch.no_grad()
 def evaluate_forecast(predict: Callable[[dict[str, Tensor]], Tensor], split, batch_size: int = 256,
                       target_std=None, device: torch.device | str | None = None,

@@ -46,7 +46,8 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     data = feed if feed is not None else build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
     kind = getattr(data, "kind", "lm")  # a suite dataset or a masked corpus decides its own objective
     objective = cfg.objective.name
-    if kind != "lm" and objective not in ("lm", kind):
+    pretrain = (kind, objective) == ("forecast", "patch_mask")  # masked-patch pretraining on forecasting windows
+    if kind != "lm" and objective not in ("lm", kind) and not pretrain:
         raise ValueError(f"objective.name={objective!r} does not fit the dataset of kind {kind!r}; "
                          f"remove objective.name or set it to {kind!r}")
     # regression inputs are vectors: the body gets a 1-row token table that its head replaces
@@ -66,7 +67,7 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     resolved.model = cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})
     if kind == "forecast":
         resolved.model = resolved.model.model_copy(update=data.model_shape())
-    if kind != "lm":
+    if kind != "lm" and not pretrain:
         resolved.objective = cfg.objective.model_copy(update={"name": kind})
     if feed is not None:
         resolved.data = cfg.data.model_copy(update={"seq_len": seq_len})
@@ -95,6 +96,11 @@ def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
         from ..models.heads import wrap_for_dataset
 
         return wrap_for_dataset(model, data.dataset)
+    if cfg.objective.name == "patch_mask" and not getattr(model, "patch_pretrainer", False):
+        raise ValueError(f"objective patch_mask pretrains a PatchTSTPretrain: set model.name to patchtst-pretrain-tiny "
+                         f"or patchtst-pretrain-small; model.name={cfg.model.name!r} is a {type(model).__name__}")
+    if cfg.objective.name == "patch_mask":
+        return model
     if kind in MODEL_FOR_KIND and not MODEL_FOR_KIND[kind][0](model):
         raise ValueError(f"the {kind} objective trains {MODEL_FOR_KIND[kind][1]}; model.name={cfg.model.name!r} "
                          f"is a {type(model).__name__}")

@@ -161,7 +161,7 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
     if objective.name != "mlm" and (objective.mask_prob != fields["mask_prob"].default or objective.whole_word):
         raise ValueError(f"objective.mask_prob and objective.whole_word apply to objective mlm, not "
                          f"{objective.name!r}; remove them")
-    if objective.name == "forecast":  # a series under the forecasting protocol (attnlab.train.forecast_feed)
+    if objective.name in ("forecast", "patch_mask"):  # a series under the forecasting protocol (forecast_feed)
         from .forecast_feed import forecast_feed
 
         return forecast_feed(cfg)

@@ -404,7 +404,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         result = trainer.fit()
         if info.is_main:
             print_summary(result, trainer)
-            if trainer.feed_kind == "forecast":  # a forecaster is scored on its test split right away
+            if trainer.cfg.objective.name == "forecast":  # a forecaster is scored on its test split right away
                 from .forecast_feed import write_test_report
 
                 write_test_report(trainer.raw_model, feed.data, trainer.run_dir, info.device)

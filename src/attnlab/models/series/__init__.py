@@ -10,6 +10,7 @@ from .itransformer import ITransformer
 from .layers import RevIN, decompose, patchify
 from .linear import DLinear, NLinear
 from .patchtst import PatchTST
+from .pretrain import PatchTSTPretrain, random_patch_mask
 from .timexer import TimeXer
 
-__all__ = ["Autoformer", "DLinear", "ITransformer", "NLinear", "PatchTST", "RevIN", "TimeXer", "decompose", "patchify"]
+__all__ = ["Autoformer", "DLinear", "ITransformer", "NLinear", "PatchTST", "PatchTSTPretrain", "RevIN", "TimeXer", "random_patch_mask", "decompose", "patchify"]

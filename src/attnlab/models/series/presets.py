@@ -8,6 +8,7 @@ from .autoformer import Autoformer
 from .itransformer import ITransformer
 from .linear import DLinear, NLinear
 from .patchtst import PatchTST
+from .pretrain import PatchTSTPretrain
 from .timexer import TimeXer
 
 _POST = dict(prenorm=False, vocab_size=1, tie_weights=False)  # post-norm blocks; no token vocabulary
@@ -20,6 +21,13 @@ register_model("patchtst-small", PatchTST, "CPU PatchTST: dim 64, 2 layers, 4 he
 register_model("patchtst", PatchTST, "PatchTST/42 official ETTh1 sizes: dim 16, 3 layers, 4 heads, MLP 128, dropout "
                "0.3, patches 16 / stride 8 (use data.lookback=336)", dim=16, num_layers=3, num_heads=4, mlp_dim=128,
                patch_size=16, patch_stride=8, dropout=0.3, max_seq_len=128, **_POST)
+register_model("patchtst-pretrain-tiny", PatchTSTPretrain, "tiny masked-patch pretraining PatchTST for tests: "
+               "dim 16, 1 layer, non-overlapping patches of 8", dim=16, num_layers=1, num_heads=2, mlp_dim=32,
+               patch_size=8, patch_stride=8, max_seq_len=128, **_POST)
+register_model("patchtst-pretrain-small", PatchTSTPretrain, "masked-patch pretraining (Nie et al. 2023) of a "
+               "patchtst-small body on non-overlapping patches of 12 (fine-tune with patch_size=12 patch_stride=12)",
+               dim=64, num_layers=2, num_heads=4, mlp_dim=128, patch_size=12, patch_stride=12, dropout=0.2,
+               max_seq_len=128, **_POST)
 register_model("itransformer-tiny", ITransformer, "tiny iTransformer for tests: dim 32, 1 layer, 2 heads",
                dim=32, num_layers=1, num_heads=2, mlp_dim=64, position="none", max_seq_len=64, **_POST)
 register_model("itransformer-small", ITransformer, "CPU iTransformer: dim 128, 2 layers, 8 heads, MLP 128 "
