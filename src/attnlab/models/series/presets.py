@@ -5,6 +5,7 @@ them. Add a line to register another."""
 
 from ..registry import register_model
 from .autoformer import Autoformer
+from .irregular import IrregularClassifier
 from .itransformer import ITransformer
 from .linear import DLinear, NLinear
 from .patchtst import PatchTST
@@ -47,3 +48,11 @@ register_model("dlinear", DLinear, "DLinear (Zeng et al. 2023): moving-average d
                num_layers=1, **_POST)
 register_model("nlinear", NLinear, "NLinear (Zeng et al. 2023): one linear map of the window minus its last value",
                num_layers=1, **_POST)
+
+# classification of irregularly sampled multi-channel series (attnlab.data.series.irregular: 3 channels, 3 classes)
+register_model("irregular-tiny", IrregularClassifier, "irregular-series classifier for tests: dim 32, 2 layers, 4 heads, "
+               "3 channels, 3 classes", dim=32, num_layers=2, num_heads=4, mlp_dim=64, num_variates=3, num_classes=3,
+               position="none", **_POST)
+register_model("irregular-small", IrregularClassifier, "irregular-series classifier: dim 64, 3 layers, 4 heads "
+               "(set num_variates and num_classes)", dim=64, num_layers=3, num_heads=4, mlp_dim=128, num_variates=3,
+               num_classes=3, position="none", dropout=0.1, **_POST)
