@@ -128,3 +128,19 @@ def test_binned_regression_recovers_per_hour_coefficients():
     y2[hour != 5] += rng.normal(size=(hour != 5).sum())
     W2 = fit_binned(torch.from_numpy(y2[:, None]), torch.from_numpy(z), torch.from_numpy(hour), 24, alpha=0.0)
     torch.testing.assert_close(W2[5], W[5], rtol=0, atol=1e-10)
+
+
+def test_binned_regression_per_weekday_slots():
+    rng = np.random.default_rng(2)
+    n = 24 * 7 * 12
+    z = rng.normal(size=(n, 1))
+    hour, day = np.arange(n) % 24, (np.arange(n) // 24) % 7
+    a = rng.normal(size=(24, 7))
+    y = z[:, 0] * a[hour, day]  # the coefficient depends on hour and weekday
+    d = make_forecast_data(_frame(np.column_stack([y, z])), lookback=24, horizon=24)
+    slots = d.slots(np.arange(48), 24, weekday=True)
+    assert slots[0] == 24 * 0 and slots[25] == 1 + 24 * 1  # 2024-01-01 is a Monday: slot = hour + 24 * weekday
+    exact = HourlyBinned(24, weekday=True, alpha=0.0).fit(d)
+    pooled = HourlyBinned(24, alpha=0.0).fit(d)
+    score = lambda m: evaluate_forecast(lambda b: m.predict(b, 1, 24), d.test, 64, future_exog=True)["mse"]  # noqa: E731
+    assert score(exact) < 1e-12 < 0.05 < score(pooled)  # only the per-weekday model is exact

@@ -7,6 +7,7 @@ baselines on every test window (:func:`attnlab.objectives.forecast.evaluate_fore
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig
@@ -38,8 +39,6 @@ class ForecastFeed:
 
     def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
                      world_size: int = 1) -> list[dict[str, Tensor]]:
-        import torch
-
         n, per = len(self.data.val), batch_size * world_size
         out = []
         for start in range(0, n, per):
