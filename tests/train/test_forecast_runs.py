@@ -83,3 +83,19 @@ def test_bad_forecast_settings_are_one_line(series_csv, tmp_path, change, match)
     with pytest.raises(ValueError, match=match) as e:
         train(build_config(cfg), progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_resumed_forecast_run_equals_an_uninterrupted_one(series_csv, tmp_path):
+    def cfg(run, steps):
+        c = config(series_csv, run).model_dump()
+        c["train"].update(steps=steps, eval_every=10, checkpoint_every=10)
+        c["model"]["dropout"] = 0.1  # dropout draws from the RNG the checkpoint restores
+        return build_config(c)
+
+    whole = train(cfg(tmp_path / "a", 20), progress=False)
+    train(cfg(tmp_path / "b", 10), progress=False)
+    resumed = train(cfg(tmp_path / "b", 20), resume=True, progress=False)
+    assert resumed.losses == whole.losses[10:]
+    a = json.loads((tmp_path / "a" / "test.json").read_text())["model"]
+    b = json.loads((tmp_path / "b" / "test.json").read_text())["model"]
+    assert a == b
