@@ -99,3 +99,20 @@ def test_resumed_forecast_run_equals_an_uninterrupted_one(series_csv, tmp_path):
     a = json.loads((tmp_path / "a" / "test.json").read_text())["model"]
     b = json.loads((tmp_path / "b" / "test.json").read_text())["model"]
     assert a == b
+
+
+def test_irregular_classifier_trains_through_attnlab_train(tmp_path):
+    def cfg(**data):
+        return build_config({"model": {"name": "irregular-tiny"},
+                             "data": {"dataset": "irregular", "options": {"num_train": 200, "num_test": 50}, **data},
+                             "objective": {"name": "irregular"},
+                             "train": {"steps": 10, "eval_every": 10, "checkpoint_every": 10, "precision": "fp32",
+                                       "warmup_steps": 2, "run_dir": str(tmp_path / "irr")}})
+
+    train(cfg(), progress=False)
+    report = json.loads((tmp_path / "irr" / "test.json").read_text())
+    assert report["examples"] == 50 and 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
+    r = evaluate_run(tmp_path / "irr", progress=False, save=False)
+    assert r["accuracy"] == pytest.approx(report["accuracy"]) and r["objective"] == "irregular"
+    with pytest.raises(ValueError, match=r"unknown data.options \['num_trian'\]"):
+        train(cfg(options={"num_trian": 5}), progress=False)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
-from .forecast import forecast_step, patch_mask_step
+from .forecast import forecast_step, irregular_step, patch_mask_step
 from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
@@ -76,6 +76,7 @@ register_objective("mlm")(mlm_step)
 register_objective("seq2seq")(seq2seq_step)
 register_objective("forecast")(forecast_step)
 register_objective("patch_mask")(patch_mask_step)
+register_objective("irregular")(irregular_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
@@ -83,6 +84,7 @@ OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "classify": classify_outputs,  # (B, C) logits
     "regression": regression_outputs,  # (B, T) predictions
     "forecast": lambda model, batch: model(batch["inputs"]),  # (B, T, C_t) forecast
+    "irregular": lambda model, batch: model(batch["times"], batch["values"], batch["observed"], batch["padding"]),
 }
 
 

@@ -61,6 +61,22 @@ def patch_mask_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     return loss, {"loss": loss.detach(), "masked_mse": loss.detach()}
 
 
+def irregular_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Classification of irregularly sampled series: cross-entropy of ``model(times, values, observed, padding)``
+    logits ``(B, K)`` against ``targets (B,)``.
+
+    Raises:
+        ValueError: logits that are not ``(B, K)`` for ``B`` targets.
+    """
+    logits = model(batch["times"], batch["values"], batch["observed"], batch["padding"])
+    y = batch["targets"]
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(f"expected logits (batch, classes) for {y.shape[0]} targets, got {tuple(logits.shape)}")
+    loss = nn.functional.cross_entropy(logits.float(), y)
+    acc = (logits.argmax(-1) == y).float().mean()
+    return loss, {"loss": loss.detach(), "accuracy": acc.detach(), "examples": torch.tensor(float(len(y)))}
+
+
 @torch.no_grad()
 def evaluate_forecast(predict: Callable[[dict[str, Tensor]], Tensor], split, batch_size: int = 256,
                       target_std=None, device: torch.device | str | None = None,

@@ -18,6 +18,8 @@ MODEL_FOR_KIND = {
     "forecast": (lambda m: getattr(m, "forecaster", False),
                  "a series forecaster: set model.name to a series preset (patchtst-small, itransformer-small, dlinear, "
                  "nlinear; `attnlab list models`)"),
+    "irregular": (lambda m: getattr(m, "irregular_classifier", False),
+                  "an irregular-series classifier: set model.name to irregular-tiny or irregular-small"),
     "mlm": (lambda m: hasattr(m, "mlm_logits"), "an encoder with a masked-LM head: set model.name to an encoder "
                                                  "preset (encoder-tiny, encoder, bert)"),
 }
@@ -53,11 +55,11 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     # regression inputs are vectors: the body gets a 1-row token table that its head replaces
     mcfg = cfg.model.to_model_config(data.vocab_size if data.vocab_size is not None else 1)
     seq_len = getattr(data, "seq_len", d.seq_len) if feed is not None else d.seq_len
-    if kind == "forecast":  # the series shape comes from the data
+    if kind in ("forecast", "irregular"):  # the series shape comes from the data
         mcfg = _series_config(cfg, mcfg, data.model_shape())
     model = _model_for(cfg, mcfg, data, kind)  # first: a model of the wrong family is the clearer message
     images = getattr(getattr(data, "dataset", None), "image_shape", None) is not None  # the ViT checks its tokens
-    images = images or kind == "forecast"  # series models check their own token counts
+    images = images or kind in ("forecast", "irregular")  # series models check their own token counts
     if seq_len > mcfg.max_seq_len and not images:
         what = "data.seq_len" if seq_len == d.seq_len else f"the dataset's longest sequence ({seq_len} tokens)"
         raise ValueError(f"{what} exceeds model.max_seq_len={mcfg.max_seq_len}; raise model.max_seq_len or use "
@@ -65,7 +67,7 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     model = model.to(device)
     resolved = cfg.model_copy(deep=True)
     resolved.model = cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})
-    if kind == "forecast":
+    if kind in ("forecast", "irregular"):
         resolved.model = resolved.model.model_copy(update=data.model_shape())
     if kind != "lm" and not pretrain:
         resolved.objective = cfg.objective.model_copy(update={"name": kind})
@@ -83,7 +85,7 @@ def _series_config(cfg: RunConfig, mcfg, shape: dict):
     for key, value in shape.items():
         set_to = getattr(cfg.model, key)
         if set_to is not None and set_to != value:
-            source = f"data.{key}" if key in ("lookback", "horizon") else "the data's columns"
+            source = f"data.{key}" if key in ("lookback", "horizon") else "the data"
             raise ValueError(f"model.{key}={set_to} but {source} gives {value}; remove model.{key} (it comes from the "
                              "data)")
     return mcfg.model_copy(update=shape)

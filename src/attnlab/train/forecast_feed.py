@@ -125,14 +125,21 @@ def report_lines(report: dict, name: str = "model") -> list[str]:
 TEST_REPORT = "test.json"
 
 
-def write_test_report(model: nn.Module, data: ForecastData, run_dir, device=None) -> dict:
-    """:func:`forecast_report` of the final weights, printed and written atomically to ``RUN/test.json``."""
+def write_test_report(model: nn.Module, feed, run_dir, device=None) -> dict:
+    """The test report of the final weights (:func:`forecast_report` for a forecast feed, the accuracy of an
+    irregular-series feed), printed and written atomically to ``RUN/test.json``."""
     from pathlib import Path
 
     from ..core.io import write_json
 
-    report = forecast_report(model, data, device=device)
-    print("\n".join(report_lines(report)))
+    if feed.kind == "irregular":
+        from .irregular_feed import irregular_report
+
+        report = irregular_report(model, feed, device=device)
+        print(f"test: accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} over {report['examples']} samples")
+    else:
+        report = forecast_report(model, feed.data, device=device)
+        print("\n".join(report_lines(report)))
     try:
         write_json(Path(run_dir) / TEST_REPORT, report)
     except OSError as e:  # a read-only folder: the numbers were printed

@@ -50,6 +50,10 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
             "objective": resolved.objective.name}
     if feed.kind == "seq2seq":
         return {**head, **_decode_split(model, feed.dataset, bs, max_batches, dev, precision, progress)}
+    if feed.kind == "irregular":  # accuracy over every test sample
+        from .irregular_feed import irregular_report
+
+        return {**head, **irregular_report(model, feed, bs, dev)}
     if feed.kind == "forecast" and resolved.objective.name == "forecast":  # every test window once, baselines too
         from .forecast_feed import forecast_report
 

@@ -165,6 +165,10 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
         from .forecast_feed import forecast_feed
 
         return forecast_feed(cfg)
+    if objective.name == "irregular":  # the synthetic irregular-series classification task
+        from .irregular_feed import irregular_feed
+
+        return irregular_feed(cfg)
     from .forecast_feed import check_not_series
 
     check_not_series(cfg)

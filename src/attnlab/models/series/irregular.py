@@ -60,6 +60,7 @@ class IrregularClassifier(TransformerBody):
     """
 
     causal = False
+    irregular_classifier = True  # what the irregular objective trains (attnlab.train.build)
     time_scale = 1.0
 
     def __init__(self, cfg: ModelConfig):
