@@ -138,7 +138,9 @@ class ObjectiveConfig(BaseModel):
     name: str = Field("lm", description="objective (training step function): lm = next-token language modelling, "
                                         "mlm = masked tokens (encoders), seq2seq = teacher forcing (encoder-decoders "
                                         "on a seq2seq dataset), forecast = series forecasting (a series preset on an "
-                                        "embedded series or a CSV file); `attnlab list objectives`")
+                                        "embedded series or a CSV file), patch_mask = PatchTST's masked-patch "
+                                        "pretraining on the same windows, irregular = the irregular-series classifier "
+                                        "on the synthetic task; `attnlab list objectives`")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq, mlm and classify: share of the "
                                                                      "target probability spread over the vocabulary "
                                                                      "or the classes")
