@@ -86,3 +86,14 @@ def test_embedded_exogenous_defaults_and_override():
     assert load_series("weather", target=["ghi"], exogenous=[]).columns == ("ghi",)
     with pytest.raises(SeriesDataError, match="did you mean"):
         load_series("weather", target=["temp_ar"])
+
+
+@pytest.mark.parametrize("start, step, unit, period", [
+    ("2024-01-01T00:00", 3600, "s", 24), ("2024-01-01T00:00", 1800, "s", 48), ("2024-01-01", 86400, "s", 7),
+    ("2024-01-01", 7 * 86400, "s", 52), ("2024-01", 1, "M", 12), ("2024-01", 3, "M", 4), ("2024-01-01", 5400, "s", 16), ("2024-01-01", 25200, "s", None)])
+def test_seasonal_period_from_the_time_step(start, step, unit, period):
+    from attnlab.data.series.frame import infer_period
+
+    ts = np.datetime64(start, unit) + np.arange(10) * np.timedelta64(step, unit)
+    assert infer_period(ts) == period
+    assert infer_period(np.arange(1990, 2000)) is None  # integer steps (years): no calendar to read
