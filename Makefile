@@ -69,7 +69,8 @@ test-slow: $(STAMP) $(DATA_STAMP)
 bench: $(STAMP)
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
 
-# the real datasets of the comparison suite (Rotten Tomatoes via PyPI, Fashion-MNIST via Debian); `make test`
+# the real datasets of the comparison suite (Rotten Tomatoes and the embedded series via PyPI, Fashion-MNIST via
+# Debian); `make test`
 # installs them. Where apt-get is missing or not permitted the stamp is not written, the Fashion-MNIST tests
 # skip naming the command, and the next `make` tries again.
 data: $(DATA_STAMP)
@@ -79,6 +80,10 @@ $(DATA_STAMP): $(STAMP)
 	@# the Lee et al. document pairs of `attnlab distill`'s evaluation: gensim's test data (--no-deps: its numpy and
 	@# scipy pins would replace the venv's; the data files are read without importing gensim)
 	$(PY) -m pip install --quiet --no-deps gensim
+	@# the embedded series of the forecasting family: statsmodels' datasets (its dependencies are small and pin no
+	@# torch), pmdarima's taylor and pvlib's TMY3 file (--no-deps: the files are parsed without importing either)
+	$(PY) -m pip install --quiet "statsmodels>=0.14"
+	$(PY) -m pip install --quiet --no-deps pmdarima pvlib
 	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 		touch $@; \
 	elif command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); then \

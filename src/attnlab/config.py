@@ -105,6 +105,19 @@ class DataConfig(BaseModel):
                     "tail: the last val_fraction of the text",
     )
 
+    timestamp: str | None = Field(None, description="forecast: the time column of a CSV series (ISO date/time or "
+                                                    "integer steps)")
+    target: list[str] = Field([], description="forecast: columns to forecast; [] = the embedded series' default")
+    exogenous: list[str] | None = Field(None, description="forecast: input-only columns (covariates); None = the "
+                                                          "embedded series' default, [] = none")
+    lookback: int = Field(96, ge=1, description="forecast: look-back window in time steps")
+    horizon: int = Field(24, ge=1, description="forecast: steps forecast")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="forecast: last share of the rows held out for "
+                                                                  "testing (validation: data.val_fraction before it)")
+    fill: Literal["error", "linear", "previous"] = Field(
+        "error", description="forecast: missing steps or values in a CSV series: error (refuse, naming the first), "
+                             "linear (interpolate in time), previous (carry the last value forward)")
+
     @field_validator("tokenizer")
     @classmethod
     def _known_tokenizer(cls, v: str) -> str:
@@ -124,7 +137,10 @@ class ObjectiveConfig(BaseModel):
 
     name: str = Field("lm", description="objective (training step function): lm = next-token language modelling, "
                                         "mlm = masked tokens (encoders), seq2seq = teacher forcing (encoder-decoders "
-                                        "on a seq2seq dataset); `attnlab list objectives`")
+                                        "on a seq2seq dataset), forecast = series forecasting (a series preset on an "
+                                        "embedded series or a CSV file), patch_mask = PatchTST's masked-patch "
+                                        "pretraining on the same windows, irregular = the irregular-series classifier "
+                                        "on the synthetic task; `attnlab list objectives`")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq, mlm and classify: share of the "
                                                                      "target probability spread over the vocabulary "
                                                                      "or the classes")

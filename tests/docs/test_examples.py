@@ -78,6 +78,11 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub("configs/text2text-sentiment.yaml", "name: seq2seq-small", "name: seq2seq-tiny", "same: a smaller model"),
     Sub("configs/mlm-kjv.yaml", "steps: 1000", "steps: 5", "1,000 steps take ~6 min"),
     Sub("configs/finetune-sentiment.yaml", "steps: 600", "steps: 5", "600 steps take ~3 min"),
+    # the forecasting recipe the README trains and then evaluates and forecasts from
+    Sub("configs/forecast-taylor.yaml", "steps: 1500", "steps: 20", "1,500 steps take ~1 min; 20 train, write the "
+        "test table and a checkpoint that `attnlab eval` and `attnlab forecast` read"),
+    Sub("README.md", "train.run_dir=runs/forecast-taylor-it train.steps=300", "train.run_dir=runs/forecast-taylor-it "
+        "train.steps=5", "same, for the iTransformer variant"),
     # the distillation recipes the README runs
     Sub("configs/distill/minilm-l3.yaml", "steps: 1500", "steps: 3", "1,500 steps take ~12 min; 3 train, "
         "evaluate, checkpoint and export"),

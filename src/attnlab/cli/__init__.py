@@ -133,6 +133,11 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
         if args.json:
             print(json.dumps(r))
             return
+        if r.get("objective") == "forecast":  # the test table: the model and the baselines
+            from ..train.forecast_feed import report_lines
+
+            print("\n".join(report_lines(r)) + f"\ncheckpoint step {r['step']}")
+            return
         if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
             scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
             print(f"{r['split']} ({r['objective']}): {scores}; checkpoint step {r['step']}")
@@ -142,6 +147,30 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
         unit = next(k for k in r if k.startswith("bits_per_")).removeprefix("bits_per_")
         print(f"{args.split} loss {r['loss']:.4f} nats/{unit} ({r[f'bits_per_{unit}']:.3f} bits/{unit}) "
               f"over {r['tokens']:,} tokens, checkpoint step {r['step']}")
+
+    return run
+
+
+@command("forecast", "forecast the steps after a CSV history with a trained forecast run", examples=[
+    "attnlab forecast runs/forecast-taylor --input recent.csv --output forecast.csv",
+    "attnlab forecast runs/forecast-taylor --input recent.csv --output f.csv --plot f.png --holdout",
+])
+def _forecast(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("run_dir", help="run directory of an `attnlab train` forecast run")
+    p.add_argument("--input", required=True, help="CSV with a time column and the run's target and exogenous columns")
+    p.add_argument("--output", required=True, help="CSV written with one row per forecast step (original units)")
+    p.add_argument("--plot", default=None, help="PNG of history, forecast (and truth with --holdout)")
+    p.add_argument("--timestamp", default=None, help="time column of the input (default: the run's data.timestamp, "
+                                                     "else 'timestamp')")
+    p.add_argument("--holdout", action="store_true", help="keep the input's last horizon rows back as the truth")
+    p.add_argument("--device", default="auto")
+
+    def run(args: argparse.Namespace) -> None:
+        from ..train.forecast_run import forecast_file
+
+        r = forecast_file(args.run_dir, args.input, args.output, args.plot, args.timestamp, args.holdout, args.device)
+        print(f"wrote {r['rows']} forecast steps to {args.output}" + (f" (MAE {r['mae']:.4g} in original units)"
+                                                                        if "mae" in r else ""))
 
     return run
 

@@ -22,7 +22,9 @@ variant and seed); only ``model.attention``/``model.attention_options`` (the var
 spread over seeds is the spread of initialisation and batch order.
 
 A task is one entry of the grid: a dataset (``name``: ``char_lm`` or a name of :func:`attnlab.data.get_dataset`),
-its ``options``, budget ``overrides`` and a ``label``.
+its ``options``, budget ``overrides`` and a ``label``. A series task (``name``: an embedded series or a ``.csv``
+file) trains with ``objective.name: forecast``, its ``options`` being data keys (``lookback``, ``horizon``,
+``target``, ...), and is scored by the test MSE next to the closed-form baselines.
 """
 
 from __future__ import annotations
@@ -80,14 +82,20 @@ class TaskSpec(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from ..data.registry import DATASETS, list_datasets
+        from ..data.series import is_series
 
+        if is_series(v):  # a series (embedded or CSV): the cells train with objective forecast
+            return v
         valid = [CHAR_LM, *(n for n in list_datasets() if DATASETS.get(n).kind != "seq2seq")]
         if v in list_datasets() and v not in valid:
             raise ValueError(f"task {v!r} is a seq2seq dataset: the grid trains one body for every task, and an "
                              f"encoder-decoder is trained with `attnlab train` (objective.name: seq2seq); grid tasks: "
                              f"{valid}")
         if v not in valid:
-            raise ValueError(f"unknown task {v!r}; valid tasks: {valid}")
+            from ..data.series import EMBEDDED_SERIES
+
+            raise ValueError(f"unknown task {v!r}; valid tasks: {valid}, a series {sorted(EMBEDDED_SERIES)} or a .csv "
+                             "file")
         return v
 
     @model_validator(mode="after")
@@ -152,9 +160,10 @@ class Cell:
         return f"{self.task.label}/{self.variant.label}/seed{self.seed}"
 
     def run_config(self, seq_len: int | None = None, vocab_size: int | None = None,
-                   max_seq_len: int | None = None) -> RunConfig:
+                   max_seq_len: int | None = None, extra: dict | None = None) -> RunConfig:
         """The recipe of this cell (``seq_len``/``vocab_size`` from the task's suite dataset; ``max_seq_len``, when
-        given, sizes the model to it: classify/regression datasets set it to their own sequence length).
+        given, sizes the model to it: classify/regression datasets set it to their own sequence length; ``extra``: a
+        nested dict merged before the variant, e.g. a series task's data keys and ``objective.name: forecast``).
 
         Raises:
             ValueError: the merged recipe is invalid (the message names the key).
@@ -168,7 +177,7 @@ class Cell:
             model["max_seq_len"] = max_seq_len
         train = {"seed": self.seed, "run_dir": str(Path(self.cfg.compare.out_dir) / "cells" / self.key.replace("/", "__"))}
         data = {} if seq_len is None else {"seq_len": seq_len, "dataset": self.task.name}
-        raw = deep_merge(raw, {"model": model, "train": train, "data": data})
+        raw = deep_merge(deep_merge(raw, extra or {}), {"model": model, "train": train, "data": data})
         return build_config(raw)
 
     def fingerprint(self) -> str:

@@ -146,6 +146,10 @@ def _build_trainer(cell: Cell, cfg, info, feed, on_step) -> Trainer:
             if isinstance(m, AttentionKernel) and m.capabilities.requires_grid and grid is None:
                 raise CapabilityError(f"attention {m.name!r} needs a 2-D token grid and dataset "
                                       f"{cell.task.name!r} has none")
+        if cell.variant is not cell.cfg.compare.variants[0] and not any(
+                isinstance(m, AttentionKernel) for m in trainer.raw_model.modules()):
+            raise CellSkipped(cell.key, f"{cell.task.label}: the model has no attention (trained once, under the "
+                                        f"first variant {cell.cfg.compare.variants[0].label!r})")
         batch = {k: v[:2].to(info.device) for k, v in trainer.val[0].items()}
         with torch.no_grad(), torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
             probe.eval()
@@ -165,12 +169,34 @@ def _dataset_records(dataset, trainer: Trainer, info, batch_size: int) -> dict:
     return out
 
 
+def _forecast_records(feed, trainer: Trainer, info, batch_size: int) -> dict:
+    """Test MSE of the trained forecaster (every window once) with its MAEs and the closed-form baselines."""
+    from ..train.forecast_feed import forecast_report
+
+    r = forecast_report(trainer.raw_model, feed.data, batch_size, info.device)
+    return {"metric": "mse", "quality": r["model"]["mse"], "mae": r["model"]["mae"],
+            "mae_original": r["model"].get("mae_original"), "forecast_baselines": r["baselines"],
+            "test_windows": r["windows"]}
+
+
 def _cell_data(cell: Cell):
     """``(dataset, feed, run config)`` of a cell; ``dataset`` is ``None`` for ``char_lm``.
 
     Raises:
         CellSkipped: the task's dataset is not installed.
     """
+    from ..data.series import is_series
+
+    if is_series(cell.task.name):  # a forecasting task: the series under the protocol, options = data keys
+        from ..train.forecast_feed import forecast_feed
+
+        cfg = cell.run_config(extra={"data": {"dataset": cell.task.name, **cell.task.options},
+                                     "objective": {"name": "forecast"}})
+        try:
+            feed = forecast_feed(cfg)
+        except FileNotFoundError as e:
+            raise CellSkipped(cell.key, f"data missing: {e}") from None
+        return feed, feed, cfg
     if cell.task.name == CHAR_LM:  # the text corpus, tokenized once per grid (identical batches to `attnlab train`)
         cfg = cell.run_config()
         d = cfg.data
@@ -221,6 +247,8 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
             raise KeyboardInterrupt(f"cell {cell.key} was interrupted; rerun the grid to redo it")
         if dataset is None:
             quality = {"metric": "bits_per_char", "quality": result.final_val_loss / math.log(2)}
+        elif kind == "forecast":
+            quality = _forecast_records(dataset, trainer, info, cfg.data.batch_size)
         else:
             quality = _dataset_records(dataset, trainer, info, cfg.data.batch_size)
         infer = inference_tokens_per_s(trainer.raw_model, trainer.val, info.device, trainer.precision,

@@ -1,7 +1,7 @@
 """Tables and plots of a comparison grid, rebuilt from ``results.jsonl`` alone (``attnlab compare --report``).
 
 Writes into the run directory: ``results.md`` (an overview of every variant on every task with mean
-ranks, one Markdown table per task, then the cells that were skipped and why), ``results.csv`` (one row per task and variant) and the plots of
+ranks, one Markdown table per task (a forecasting task lists its closed-form baselines as rows), then the cells that were skipped and why), ``results.csv`` (one row per task and variant) and the plots of
 :mod:`attnlab.compare.plots` (``quality_vs_throughput.png``, ``loss_curves.png``, and ``grokking.png`` /
 ``icl_regression.png`` when the grid has those tasks).
 """
@@ -44,6 +44,7 @@ def summarize(records: list[dict]) -> list[dict]:
             "parameters": rs[0]["parameters"], "steps": rs[0]["steps"], "train_tokens": rs[0]["train_tokens"],
             "higher_is_better": rs[0]["higher_is_better"],
             "baselines": _baselines(rs[0]),
+            "forecast_baselines": rs[0].get("forecast_baselines") or {},
         })
     return rows
 
@@ -56,6 +57,14 @@ def _baselines(record: dict) -> dict[str, float]:
     return {name: statistics.fmean(curve[name]) for name in ("least_squares", "ridge", "zero")}
 
 
+def _baseline_rows(rows: list[dict]) -> list[dict]:
+    """Rows of a forecasting task's closed-form baselines (recorded with every cell; same test windows), named
+    ``baseline: <name>``, so a table shows plainly where a baseline beats the models."""
+    found = next((r["forecast_baselines"] for r in rows if r.get("forecast_baselines")), {})
+    return [{"variant": f"baseline: {name}", "quality_mean": b["mse"], "quality_std": 0.0, "is_baseline": True,
+             "higher_is_better": False} for name, b in found.items() if "mse" in b]
+
+
 def _fmt(x, digits: int = 0) -> str:
     if x is None:
         return "n/a"
@@ -66,21 +75,25 @@ def markdown_table(rows: list[dict]) -> str:
     """Markdown: a heading and a table per task, variants sorted best quality first."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        rs = [r for r in rows if r["task"] == task]
+        rs = [r for r in rows if r["task"] == task] + _baseline_rows([r for r in rows if r["task"] == task])
         rs.sort(key=lambda r: -r["quality_mean"] if r["higher_is_better"] else r["quality_mean"])
-        metric, better = rs[0]["metric"], "higher" if rs[0]["higher_is_better"] else "lower"
+        head = next(r for r in rs if not r.get("is_baseline"))  # a trained cell: metric, steps, tokens
+        metric, better = head["metric"], "higher" if head["higher_is_better"] else "lower"
         out += [f"### {task}", "",
-                f"{metric} ({better} is better), mean ± std over seeds; {rs[0]['steps']} steps, "
-                f"{rs[0]['train_tokens']:,} training tokens per cell.", "",
+                f"{metric} ({better} is better), mean ± std over seeds; {head['steps']} steps, "
+                f"{head['train_tokens']:,} training tokens per cell.", "",
                 f"| variant | {metric} | seeds | train tokens/s | inference tokens/s | peak memory (MiB) | parameters |",
                 "|---|---|---|---|---|---|---|"]
         for r in rs:
+            if r.get("is_baseline"):  # a closed-form forecasting baseline on the same test windows
+                out.append(f"| {r['variant']} | {r['quality_mean']:.4f} | closed form | n/a | n/a | n/a | n/a |")
+                continue
             out.append(f"| {r['variant']} | {r['quality_mean']:.4f} ± {r['quality_std']:.4f} | {r['seeds']} | "
                        f"{_fmt(r['train_tokens_per_s'])} | {_fmt(r['infer_tokens_per_s'])} | "
                        f"{_fmt(r['peak_memory_mb'])} | {r['parameters']:,} |")
-        if rs[0]["baselines"]:
+        if head["baselines"]:
             out += ["", "Baselines on the same test split: " + ", ".join(
-                f"{k.replace('_', ' ')} {v:.4f}" for k, v in rs[0]["baselines"].items()) + "."]
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in head["baselines"].items()) + "."]
         out.append("")
     return "\n".join(out)
 

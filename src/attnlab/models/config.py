@@ -91,9 +91,9 @@ class ModelConfig(BaseModel):
                                                    "joins")
     mel_bins: int = Field(128, ge=1, description="AST: mel bins of the input spectrogram (its frequency axis)")
     frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
-    patch_stride: int | list[int] | None = Field(None, description="stride between patches: AST [frequency, time] "
-                                                 "(or one int for both; AST: [10, 10], overlapping), None = patch_size "
-                                                 "(no overlap)")
+    patch_stride: int | list[int] | None = Field(None, description="stride between patches: series (PatchTST) steps, "
+                                                 "None = patch_size // 2; AST [frequency, time] or one int for both "
+                                                 "(AST: [10, 10], overlapping), None = patch_size (no overlap)")
     merge_after: list[int] = Field(default_factory=list, description="ByteFormer: layers after which consecutive "
                                    "token pairs merge (the sequence halves)")
     axis_positions: bool = Field(False, description="AST: one learned position per frequency row plus one per time "
@@ -112,6 +112,18 @@ class ModelConfig(BaseModel):
     stage_modules: list[str] = Field(default_factory=list, description="Swin, DiNAT, UniFormer: a grid attention "
                                      "module added residually after each stage's blocks, one name per stage ('' = "
                                      "none); grid_attention_options then apply to these modules")
+    lookback: int | None = Field(None, ge=1, description="series: look-back window in steps; None = data.lookback")
+    horizon: int | None = Field(None, ge=1, description="series: steps forecast; None = data.horizon")
+    num_variates: int | None = Field(None, ge=1, description="series: target columns forecast; None = from the data")
+    num_exogenous: int | None = Field(None, ge=0, description="series: exogenous input columns; None = from the data")
+    revin: bool = Field(True, description="series: instance normalisation of every input window (RevIN, Kim et al. "
+                                          "2022), undone on the forecast")
+    revin_affine: bool = Field(False, description="series: learnable per-variate scale and shift inside RevIN")
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="series: dropout on the flatten head (PatchTST)")
+    mask_ratio: float = Field(0.4, gt=0.0, lt=1.0, description="series (PatchTST pretraining): share of patches "
+                                                               "masked per window and variate")
+    moving_avg: int = Field(25, ge=1, description="series: moving-average kernel of the trend (DLinear, Autoformer); "
+                                                  "odd")
 
     @model_validator(mode="before")
     @classmethod
@@ -165,6 +177,9 @@ class ModelConfig(BaseModel):
             if getattr(self, field) not in valid:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid names: {sorted(valid)}")
         self._check_grid_attention()
+        strides = [self.patch_stride] if isinstance(self.patch_stride, int) else self.patch_stride or []
+        if any(st < 1 for st in strides):
+            raise ValueError(f"patch_stride must be >= 1, got {self.patch_stride}")
         listed = isinstance(self.attention, list) or isinstance(self.attention_options, list)
         if listed and self.num_decoder_layers not in (None, self.num_layers):
             raise ValueError(f"a per-layer attention schedule serves the encoder and the decoder alike: "

@@ -23,7 +23,7 @@ class Preset:
 
 
 def _load_builtin() -> None:
-    from . import audio, bytes, seq2seq, text, vision  # noqa: F401  (each family folder registers its presets)
+    from . import audio, bytes, seq2seq, series, text, vision  # noqa: F401  (each family folder registers its presets)
 
 
 _MODELS: Registry[Preset] = Registry("model", _load_builtin)

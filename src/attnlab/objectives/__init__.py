@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
+from .forecast import forecast_step, irregular_step, patch_mask_step
 from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
@@ -73,12 +74,17 @@ register_objective("classify")(classify_step)
 register_objective("regression")(regression_step)
 register_objective("mlm")(mlm_step)
 register_objective("seq2seq")(seq2seq_step)
+register_objective("forecast")(forecast_step)
+register_objective("patch_mask")(patch_mask_step)
+register_objective("irregular")(irregular_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
     "classify": classify_outputs,  # (B, C) logits
     "regression": regression_outputs,  # (B, T) predictions
+    "forecast": lambda model, batch: model(batch["inputs"]),  # (B, T, C_t) forecast
+    "irregular": lambda model, batch: model(batch["times"], batch["values"], batch["observed"], batch["padding"]),
 }
 
 
@@ -94,5 +100,5 @@ def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tens
 
 
 __all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "mlm_step", "model_outputs",
-           "objective_step", "seq2seq_step",
+           "forecast_step", "objective_step", "seq2seq_step",
            "register_objective", "regression_step"]

@@ -15,6 +15,11 @@ from ..models.registry import build_model
 MODEL_FOR_KIND = {
     "seq2seq": (lambda m: hasattr(m, "decode") and hasattr(m, "encode"),
                 "an encoder-decoder: set model.name to a seq2seq preset (seq2seq-tiny, seq2seq-small, ...)"),
+    "forecast": (lambda m: getattr(m, "forecaster", False),
+                 "a series forecaster: set model.name to a series preset (patchtst-small, itransformer-small, dlinear, "
+                 "nlinear; `attnlab list models`)"),
+    "irregular": (lambda m: getattr(m, "irregular_classifier", False),
+                  "an irregular-series classifier: set model.name to irregular-tiny or irregular-small"),
     "mlm": (lambda m: hasattr(m, "mlm_logits"), "an encoder with a masked-LM head: set model.name to an encoder "
                                                  "preset (encoder-tiny, encoder, bert)"),
 }
@@ -43,14 +48,18 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     data = feed if feed is not None else build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
     kind = getattr(data, "kind", "lm")  # a suite dataset or a masked corpus decides its own objective
     objective = cfg.objective.name
-    if kind != "lm" and objective not in ("lm", kind):
+    pretrain = (kind, objective) == ("forecast", "patch_mask")  # masked-patch pretraining on forecasting windows
+    if kind != "lm" and objective not in ("lm", kind) and not pretrain:
         raise ValueError(f"objective.name={objective!r} does not fit the dataset of kind {kind!r}; "
                          f"remove objective.name or set it to {kind!r}")
     # regression inputs are vectors: the body gets a 1-row token table that its head replaces
     mcfg = cfg.model.to_model_config(data.vocab_size if data.vocab_size is not None else 1)
     seq_len = getattr(data, "seq_len", d.seq_len) if feed is not None else d.seq_len
+    if kind in ("forecast", "irregular"):  # the series shape comes from the data
+        mcfg = _series_config(cfg, mcfg, data.model_shape())
     model = _model_for(cfg, mcfg, data, kind)  # first: a model of the wrong family is the clearer message
     images = getattr(getattr(data, "dataset", None), "image_shape", None) is not None  # the ViT checks its tokens
+    images = images or kind in ("forecast", "irregular")  # series models check their own token counts
     if seq_len > mcfg.max_seq_len and not images:
         what = "data.seq_len" if seq_len == d.seq_len else f"the dataset's longest sequence ({seq_len} tokens)"
         raise ValueError(f"{what} exceeds model.max_seq_len={mcfg.max_seq_len}; raise model.max_seq_len or use "
@@ -58,11 +67,28 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     model = model.to(device)
     resolved = cfg.model_copy(deep=True)
     resolved.model = cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})
-    if kind != "lm":
+    if kind in ("forecast", "irregular"):
+        resolved.model = resolved.model.model_copy(update=data.model_shape())
+    if kind != "lm" and not pretrain:
         resolved.objective = cfg.objective.model_copy(update={"name": kind})
     if feed is not None:
         resolved.data = cfg.data.model_copy(update={"seq_len": seq_len})
     return data, model, resolved
+
+
+def _series_config(cfg: RunConfig, mcfg, shape: dict):
+    """``mcfg`` with the series shape of the data; a value the recipe set must agree with it.
+
+    Raises:
+        ValueError: a series model key set to another value than the data's (names both).
+    """
+    for key, value in shape.items():
+        set_to = getattr(cfg.model, key)
+        if set_to is not None and set_to != value:
+            source = f"data.{key}" if key in ("lookback", "horizon") else "the data"
+            raise ValueError(f"model.{key}={set_to} but {source} gives {value}; remove model.{key} (it comes from the "
+                             "data)")
+    return mcfg.model_copy(update=shape)
 
 
 def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
@@ -72,6 +98,11 @@ def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
         from ..models.heads import wrap_for_dataset
 
         return wrap_for_dataset(model, data.dataset)
+    if cfg.objective.name == "patch_mask" and not getattr(model, "patch_pretrainer", False):
+        raise ValueError(f"objective patch_mask pretrains a PatchTSTPretrain: set model.name to patchtst-pretrain-tiny "
+                         f"or patchtst-pretrain-small; model.name={cfg.model.name!r} is a {type(model).__name__}")
+    if cfg.objective.name == "patch_mask":
+        return model
     if kind in MODEL_FOR_KIND and not MODEL_FOR_KIND[kind][0](model):
         raise ValueError(f"the {kind} objective trains {MODEL_FOR_KIND[kind][1]}; model.name={cfg.model.name!r} "
                          f"is a {type(model).__name__}")

@@ -67,7 +67,7 @@ def print_summary(result, trainer) -> None:
 
 
 def is_regression(data) -> bool:
-    return getattr(data, "kind", None) == "regression"
+    return getattr(data, "kind", None) in ("regression", "forecast")
 
 
 def loss_text(val: float, data) -> str:
@@ -82,7 +82,9 @@ def opening_line(cfg, trainer, num_parameters: int, resume: bool) -> str:
     """What ``attnlab train`` prints before the first step: model, data, precision, processes, run folder."""
     dataset = getattr(trainer.data, "dataset", None)  # a suite dataset: its own ids, or images
     shape = getattr(dataset, "image_shape", None)
-    what = ("x".join(map(str, shape)) + " images" if shape is not None else f"its own token ids, vocab "
+    series = getattr(trainer.data, "data", None) if getattr(trainer.data, "kind", None) == "forecast" else None
+    what = (f"{len(series.train)} training windows, lookback {series.lookback}, horizon {series.horizon}"
+            if series is not None else "x".join(map(str, shape)) + " images" if shape is not None else f"its own token ids, vocab "
             f"{trainer.data.vocab_size}" if dataset is not None else f"{cfg.data.tokenizer}, vocab "
             f"{trainer.data.vocab_size}")
     return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "

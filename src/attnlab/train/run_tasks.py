@@ -2,7 +2,8 @@
 
 A seq2seq run is scored by greedy decoding of the test split (exact match and character error rate, plus the
 teacher-forced loss); a classifier by loss, accuracy, top-5 accuracy (more than 5 classes) and its confusion
-matrix (also drawn as ``confusion_matrix.png``); the other kinds by their objective's metrics over the test split
+matrix (also drawn as ``confusion_matrix.png``); a forecaster by MSE/MAE over every test window next to the
+closed-form baselines (:func:`~attnlab.train.forecast_feed.forecast_report`); the other kinds by their objective's metrics over the test split
 (masked LM: fixed masked validation windows).
 """
 
@@ -49,6 +50,19 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
             "objective": resolved.objective.name}
     if feed.kind == "seq2seq":
         return {**head, **_decode_split(model, feed.dataset, bs, max_batches, dev, precision, progress)}
+    if feed.kind == "irregular":  # accuracy over every test sample
+        from .irregular_feed import irregular_report
+
+        return {**head, **irregular_report(model, feed, bs, dev)}
+    if feed.kind == "forecast" and resolved.objective.name == "forecast":  # every test window once, baselines too
+        from .forecast_feed import forecast_report
+
+        return {**head, **forecast_report(model, feed.data, bs, dev)}
+    if feed.kind == "forecast":  # masked-patch pretraining: the masked reconstruction error of the validation windows
+        torch.manual_seed(0)  # the same masks at every evaluation
+        losses = [float(objective_step("patch_mask")(model, {k: v.to(dev) for k, v in b.items()})[0]) * len(b["inputs"])
+                  for b in feed.eval_batches(bs, 0)]
+        return {**head, "split": "val", "masked_mse": sum(losses) / len(feed.data.val), "windows": len(feed.data.val)}
     if feed.kind == "classify":
         plot = run_dir / CONFUSION_PNG if save else None
         return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot)}

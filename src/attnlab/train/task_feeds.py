@@ -4,6 +4,8 @@
   ``addition``, ``sentiment_t2t``; ``attnlab list datasets``) through :class:`~attnlab.train.feeds.DatasetFeed`.
 - ``objective.name: mlm`` trains an encoder on the text corpus of ``data`` with BERT's masking (Devlin et al.
   2019) applied to each window by :class:`MLMFeed`: one extra id, ``[MASK]`` = the tokenizer's vocabulary size.
+- ``objective.name: forecast`` trains a series preset on an embedded series or a CSV file
+  (:class:`~attnlab.train.forecast_feed.ForecastFeed`).
 - ``data.dataset`` naming a suite dataset (``sentiment``, ``listops``, ``mqar``, ``digits``, ...) trains on it through
   a :class:`~attnlab.train.feeds.DatasetFeed` (the model gets that dataset's head); an image dataset with the
   ``crop_padding`` / ``flip`` options through :class:`AugmentedImageFeed`.
@@ -159,6 +161,17 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
     if objective.name != "mlm" and (objective.mask_prob != fields["mask_prob"].default or objective.whole_word):
         raise ValueError(f"objective.mask_prob and objective.whole_word apply to objective mlm, not "
                          f"{objective.name!r}; remove them")
+    if objective.name in ("forecast", "patch_mask"):  # a series under the forecasting protocol (forecast_feed)
+        from .forecast_feed import forecast_feed
+
+        return forecast_feed(cfg)
+    if objective.name == "irregular":  # the synthetic irregular-series classification task
+        from .irregular_feed import irregular_feed
+
+        return irregular_feed(cfg)
+    from .forecast_feed import check_not_series
+
+    check_not_series(cfg)
     suite = d.dataset in list_datasets()
     if objective.name == "seq2seq" and not suite:
         seq2seq = [n for n in list_datasets() if _kind(n) == "seq2seq"]

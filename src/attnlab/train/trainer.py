@@ -404,6 +404,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         result = trainer.fit()
         if info.is_main:
             print_summary(result, trainer)
+            if trainer.cfg.objective.name in ("forecast", "irregular"):  # scored on the test split right away
+                from .forecast_feed import write_test_report
+
+                write_test_report(trainer.raw_model, feed, trainer.run_dir, info.device)
         return result
     finally:
         if trainer is not None:

@@ -8,6 +8,7 @@ file; a test walks the imports. Add one line here when you add a mechanism file 
 """
 
 from . import (  # noqa: F401
+    autocorrelation,
     axial,
     block_local,
     combiner,
