@@ -9,7 +9,7 @@ from attnlab.attention.capabilities import CapabilityError
 from attnlab.data.audio import fbank
 from attnlab.models import create_model
 
-from trainkit import held_out_accuracy
+from classifykit import held_out_accuracy
 
 
 def test_grid_and_token_count_of_the_official_shape():

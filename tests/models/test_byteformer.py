@@ -10,7 +10,7 @@ from attnlab.attention.capabilities import CapabilityError
 from attnlab.attention.context import AttentionContext
 from attnlab.models import create_model
 
-from trainkit import held_out_accuracy
+from classifykit import held_out_accuracy
 from attnlab.models.bytes.byteformer import TokenMerging, conv_tokens
 
 
