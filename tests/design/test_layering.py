@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "__init__": 10,
 }
 ATTENTION_CONTRACT = {"base", "cache", "capabilities", "context", "masks", "reference", "registry", "shell", "stack"}
-MODEL_SHARED = {"config", "registry", "transformer", "heads", "pooling", "__init__"}
+MODEL_SHARED = {"config", "registry", "transformer", "heads", "pooling", "probe", "__init__"}
 DATA_SHARED = {"base", "registry", "sources", "__init__"}
 
 

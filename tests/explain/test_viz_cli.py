@@ -98,7 +98,7 @@ def test_bad_inputs_are_one_line(image_run, text_run, tmp_path, capsys):
         ([image_run, "--method", "raw", "--layer", "7"], "layer 7 does not exist"),
         ([image_run, "--method", "raw", "--head", "5"], "head 5 does not exist: layer 1 has 2 heads"),
         ([image_run, "--method", "rollout", "--index", "99999"], "out of range"),
-        ([image_run, "--method", "rollout", "--discard-ratio", "1.5"], "discard ratio must be in [0, 1)"),
+        ([image_run, "--method", "rollout", "--discard-ratio", "1.5"], "expected a finite number in [0, 1), got '1.5'"),
         ([text_run, "--method", "rollout", "--text", "x" * 40], "the text is 40 tokens but the model's context is 32"),
         ([text_run, "--method", "rollout", "--index", "1"], "is a language model: explain a text with --text"),
         ([text_run, "--method", "sideways", "--text", "hi"], "invalid choice: 'sideways'"),

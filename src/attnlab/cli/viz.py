@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .numbers import integer, non_negative_int
+from .numbers import finite_float, integer, non_negative_int
 
 EXAMPLES = [
     "attnlab viz runs/vision-digits --method rollout                 # the first test image",
@@ -30,7 +30,7 @@ def add_viz_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=integer, default=None, help="raw: the layer (default the last; -1 = last)")
     p.add_argument("--head", type=non_negative_int, default=None, help="raw: one head (default: heads fused)")
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="how heads are fused")
-    p.add_argument("--discard-ratio", type=float, default=0.0,
+    p.add_argument("--discard-ratio", type=finite_float(0.0, 1.0, max_open=True), default=0.0,
                    help="rollout: share of the weakest attention entries zeroed per layer, in [0, 1) (default 0)")
     p.add_argument("--output", default=None, help="folder for the PNG and JSON (default RUN/viz)")
     p.add_argument("--device", default="auto")

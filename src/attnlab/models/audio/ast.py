@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ...attention.capabilities import CapabilityError
 from ..config import ModelConfig
 from ..transformer import TransformerBody, init_weights
-from ..vision.probe import check_prefix_tokens
+from ..probe import check_prefix_tokens
 
 
 def patch_strides(cfg: ModelConfig) -> tuple[int, int]:

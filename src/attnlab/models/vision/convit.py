@@ -24,7 +24,7 @@ from ...attention.kernels.gpsa import init_value_identity_
 from ...layers.residual import run_residual_stack
 from ..config import ModelConfig
 from ..transformer import TransformerBody, collect_attention_maps, init_weights
-from .probe import kernels_serving, probe_failure
+from ..probe import kernels_serving, probe_failure
 from .pixels import Classifies, check_pixels
 
 

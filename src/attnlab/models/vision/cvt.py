@@ -32,7 +32,7 @@ from ...layers.droppath import DropPath
 from ...layers.mlp import build_mlp
 from ..config import ModelConfig
 from .pixels import Classifies, check_pixels
-from .probe import kernels_serving, probe_failure
+from ..probe import kernels_serving, probe_failure
 from .swin import init_linear_and_norm
 
 

@@ -33,7 +33,7 @@ from ..config import ModelConfig
 from ..transformer import collect_attention_maps
 from .cvt import conv_out
 from .pixels import Classifies, check_pixels
-from .probe import kernels_serving, probe_failure
+from ..probe import kernels_serving, probe_failure
 from .swin import init_linear_and_norm
 
 

@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..transformer import build_blocks, collect_attention_maps
 from .cvt import conv_out
 from .pixels import Classifies, check_pixels
-from .probe import check_prefix_tokens, kernels_serving, probe_failure
+from ..probe import check_prefix_tokens, kernels_serving, probe_failure
 from .swin import init_linear_and_norm
 
 

@@ -32,7 +32,7 @@ from ...layers.mlp import build_mlp
 from ..config import ModelConfig
 from ..transformer import collect_attention_maps
 from .pixels import Classifies, check_pixels
-from .probe import kernels_serving, probe_failure
+from ..probe import kernels_serving, probe_failure
 from .swin import init_linear_and_norm, stage_module
 from .van import stage_layout
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..transformer import TransformerBody, init_weights
-from .probe import check_prefix_tokens
+from ..probe import check_prefix_tokens
 from .pixels import Classifies, check_pixels
 
 

@@ -9,8 +9,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from ...attention.capabilities import CapabilityError
-from ...attention.context import AttentionContext
+from ..attention.capabilities import CapabilityError
+from ..attention.context import AttentionContext
 
 
 def probe_failure(kernel: nn.Module, heads: int, head_dim: int, tokens: int, kv_tokens: int,
@@ -31,7 +31,7 @@ def probe_failure(kernel: nn.Module, heads: int, head_dim: int, tokens: int, kv_
 
 def kernels_serving(tokens: int, kv_tokens: int, ctx: AttentionContext) -> list[str]:
     """Registered kernels (default options) that run bidirectionally from ``tokens`` to ``kv_tokens`` under ``ctx``."""
-    from ...attention.registry import build_attention, list_attention
+    from ..attention.registry import build_attention, list_attention
 
     ok = []
     for name in list_attention():
