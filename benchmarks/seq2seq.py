@@ -6,7 +6,9 @@ Greedy decoding and beam search (4 beams) of 32 new tokens for batch 8 of 64-tok
 sequence runs the full length; transformers gets ``eos_token_id=None`` too), fp32 and bf16 autocast, 2 threads.
 Tokens/s counts the generated tokens of the batch (``batch * new tokens``), source encoding included. The two
 libraries alternate within every repetition; ``paired`` is the median over repetitions of transformers' time
-over attnlab's (the shared machine's speed drifts, the pairing cancels it).
+over attnlab's (the shared machine's speed drifts, the pairing cancels it). ``without native`` runs attnlab with
+``attnlab.native.disabled()``: PyTorch's GEMM and SDPA instead of the decoding kernels (:mod:`attnlab.native.decode`),
+the part of the speed-up they give.
 
     python benchmarks/seq2seq.py            # 7 repetitions
     python benchmarks/seq2seq.py --quick    # 3
@@ -40,6 +42,7 @@ def build_pair(folder: str):
 
 
 def decoders(hf, ours, src: torch.Tensor, beams: int, precision: str):
+    import attnlab.native
     from attnlab.infer.seq2seq import generate_seq2seq
 
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
@@ -53,24 +56,29 @@ def decoders(hf, ours, src: torch.Tensor, beams: int, precision: str):
         with torch.no_grad(), ctx():
             return generate_seq2seq(ours, src, bos_id=0, eos_id=None, max_new_tokens=NEW, num_beams=beams)
 
-    return {"attnlab": run_ours, "hf": run_hf}
+    def run_ours_torch():
+        with attnlab.native.disabled():
+            return run_ours()
+
+    return {"attnlab": run_ours, "attnlab_torch": run_ours_torch, "hf": run_hf}
 
 
 def run(precision: str, beams: int, repeats: int, hf, ours) -> dict:
     src = torch.randint(2, SHAPE["vocab_size"], (BATCH, SRC_LEN), generator=torch.Generator().manual_seed(1))
     runs = decoders(hf, ours, src, beams, precision)
     first = {lib: fn() for lib, fn in runs.items()}  # warm-up, and the tokens compared
-    same = first["attnlab"].tolist() == first["hf"].tolist()
+    same = first["attnlab"].tolist() == first["hf"].tolist() == first["attnlab_torch"].tolist()
     times = {lib: [] for lib in runs}
     for _ in range(repeats):
-        for lib in ("attnlab", "hf"):
+        for lib in runs:
             t0 = time.perf_counter()
             runs[lib]()
             times[lib].append(time.perf_counter() - t0)
     tokens = BATCH * NEW
     return {"same_tokens": same, **{lib: {"tokens_per_s": tokens / statistics.median(ts),
                                           "times_s": [round(t, 4) for t in ts]} for lib, ts in times.items()},
-            "paired": statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"]))}
+            "paired": statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"])),
+            "paired_torch_only": statistics.median(h / a for a, h in zip(times["attnlab_torch"], times["hf"]))}
 
 
 def main() -> None:
@@ -89,8 +97,10 @@ def main() -> None:
             r = results[f"{precision}/beams{beams}"] = run(precision, beams, repeats, hf, ours)
             rows.append({"precision": precision, "decoding": "greedy" if beams == 1 else f"beam {beams}",
                          "attnlab tok/s": r["attnlab"]["tokens_per_s"], "hf tok/s": r["hf"]["tokens_per_s"],
-                         "paired vs HF": r["paired"], "same tokens": r["same_tokens"]})
-    table = print_table(rows, ["precision", "decoding", "attnlab tok/s", "hf tok/s", "paired vs HF", "same tokens"])
+                         "paired vs HF": r["paired"], "without native vs HF": r["paired_torch_only"],
+                         "same tokens": r["same_tokens"]})
+    table = print_table(rows, ["precision", "decoding", "attnlab tok/s", "hf tok/s", "paired vs HF",
+                               "without native vs HF", "same tokens"])
     path = write_json("seq2seq", {"shape": SHAPE, "batch": BATCH, "src_len": SRC_LEN, "new_tokens": NEW,
                                   "repeats": repeats, "machine": machine_info(), "results": results, "table": table})
     print(f"wrote {path}")

@@ -31,7 +31,7 @@ needs_gcc = pytest.mark.skipif(not HAS_GCC, reason="needs x86-64 and gcc")
 # The /proc/cpuinfo flags each kernel family of attnlab.native needs (as attnlab/native/build.py declares them).
 _BF16_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "fma"}
 FAMILY_FLAGS = {"attention_bf16": _BF16_FLAGS, "attention_fp32": {"avx512f", "fma"}, "pointwise": _BF16_FLAGS,
-                "transpose": {"avx512f"}}
+                "transpose": {"avx512f"}, "decode": _BF16_FLAGS}
 
 
 def family_runs(family: str) -> bool:

@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on first use with the system C compiler and loaded through ctypes.
 
-Four kernel families, each its own shared library built from ``csrc/`` (:mod:`attnlab.native.build`)
+Five kernel families, each its own shared library built from ``csrc/`` (:mod:`attnlab.native.build`)
 with only the instruction-set flags it needs, so each is available or not on its own:
 
 - ``attention_bf16`` (``common.c``, ``forward.c``, ``backward.c``): exact softmax attention over packed
@@ -8,7 +8,9 @@ with only the instruction-set flags it needs, so each is available or not on its
   and later) and AVX-512 BF16 otherwise (``ATTNLAB_NATIVE_AMX=0`` forces the latter);
 - ``attention_fp32`` (``attention_fp32.c``): the same in float32 on AVX-512F and FMA;
 - ``pointwise`` (``pointwise.c``): fused LayerNorm and bias + GELU for bf16-autocast training (AVX-512 BF16);
-- ``transpose`` (``transpose.c``): a bf16 transpose for weight gradients (AVX-512F).
+- ``transpose`` (``transpose.c``): a bf16 transpose for weight gradients (AVX-512F);
+- ``decode`` (``skinny.c``, ``decode_attention.c``): the few-row linear layers and few-query attention of a
+  generation step, fp32 and bf16 (AVX-512 BF16; :mod:`attnlab.native.decode`).
 
 The ``softmax`` kernel reaches the attention families through one call,
 :func:`attnlab.native.attention.documents_attention`; the LayerNorm and MLP layers use the pointwise family

@@ -66,6 +66,7 @@ FAMILIES = {family.name: family for family in (
     Family("attention_fp32", ("attention_fp32.c",), needs=("AVX512F", "FMA")),
     Family("pointwise", ("pointwise.c",), needs=_BF16),
     Family("transpose", ("transpose.c",), needs=("AVX512F",)),
+    Family("decode", ("skinny.c", "decode_attention.c"), needs=_BF16),
 )}
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import load
+from . import decode, load
 from .marshal import grad_wanted, threads
 from .pointwise import autocast_bf16_cpu
 
@@ -28,7 +28,10 @@ FAMILY = "transpose"
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``(..., K) -> (..., N)``; see the module docstring for when the
-    transposed-gradient backward is used."""
+    transposed-gradient backward is used. Without gradients, a few rows (a decoding step) go to the native
+    skinny kernel (:mod:`attnlab.native.decode`) where it applies."""
+    if not torch.is_grad_enabled() and decode.usable(x, weight, bias) is not None:
+        return decode.linear(x, weight, bias)
     if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
             and weight.shape[1] > weight.shape[0] and load(FAMILY) is not None):
         if autocast_bf16_cpu() and weight.dtype == torch.float32 and x.dtype in (torch.float32, torch.bfloat16):

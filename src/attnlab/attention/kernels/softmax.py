@@ -8,7 +8,8 @@ additive position bias (ALiBi, T5 relative bias), and cross-attention to a memor
 self-attention without other masks, bias or dropout runs on attnlab's native kernels (:mod:`attnlab.native`):
 in bfloat16 on AMX tiles, forward and backward (AVX-512 BF16 for inference), same result to bf16
 precision; in float32 on AVX-512 FMA, forward and backward, for documents up to 1,024 tokens, same result to
-fp32 rounding. PyTorch's SDPA takes every other case.
+fp32 rounding; a decoding step (at most 16 queries per head, any masks and bias, fp32 or bf16, no gradient) on
+attnlab's native decoding kernel (:mod:`attnlab.native.decode`). PyTorch's SDPA takes every other case.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...native import decode
 from ...native.attention import documents_attention
 from ..base import AttentionKernel, fully_masked_rows, zero_if_empty
 from ..capabilities import Capabilities
@@ -65,6 +67,11 @@ class SoftmaxAttention(AttentionKernel):
             k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])  # (B, H, S, Dh)
             return per_document_attention(q, k, v, spans, causal=ctx.causal, scale=self.scale, dropout_p=dropout_p)
         keep = None if plain_causal else context_mask(ctx, T, S, q.device)
+        if T <= decode.MAX_QUERIES and not plain_causal and dropout_p == 0.0:
+            # a decoding step (few queries against a cache): the native kernel, None where it cannot run
+            out = decode.attention(q, k, v, keep, ctx.attn_bias, scale=self.scale)
+            if out is not None:
+                return out
         empty = fully_masked_rows(keep)
         if empty is not None:
             # give fully masked rows one dummy key so softmax stays finite; their output is zeroed below

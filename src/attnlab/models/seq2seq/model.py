@@ -24,6 +24,7 @@ from ...attention.shell import MultiHeadAttention
 from ...layers.mlp import build_mlp
 from ...layers.norms import build_norm
 from ...layers.positional import RotaryEmbedding
+from ...native.linear import Linear
 from ..config import ModelConfig
 from ..transformer import Embeddings, TransformerBody, build_position_bias, init_weights
 
@@ -93,7 +94,7 @@ class EncoderDecoder(nn.Module):
         self.blocks = nn.ModuleList(self._block(cfg, i) for i in range(cfg.num_decoder_layers or cfg.num_layers))
         self.final_norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias) if cfg.prenorm else nn.Identity()
         self.decoder_embed = Embeddings(cfg) if cfg.decoder_embeddings else None
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=cfg.logits_bias)
+        self.head = Linear(cfg.dim, cfg.vocab_size, bias=cfg.logits_bias)  # native: the few-row decoding kernel
         init_weights(self, cfg)
         if self.decoder_embed is not None:  # one token table for both stacks: only positions and norm are the decoder's
             self.decoder_embed.tok_emb = self.encoder.embed.tok_emb

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ...native.linear import Linear
 from ..config import ModelConfig
 from ..transformer import TransformerBody, init_weights
 
@@ -25,7 +26,7 @@ class GPT(TransformerBody):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.head = Linear(cfg.dim, cfg.vocab_size, bias=False)  # native: the few-row decoding kernel
         init_weights(self, cfg)
         if cfg.tie_weights:
             self.head.weight = self.embed.tok_emb.weight

@@ -92,4 +92,25 @@ ATTNLAB_API(pointwise) int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *
 ATTNLAB_API(transpose) int attnlab_transpose_bf16(const bf16 *src, int64_t rows, int64_t cols, int64_t ss, bf16 *dst,
                                                   int64_t ds, int nthreads);
 
+/* ---- decode (skinny.c, decode_attention.c): the linear layers and attention of a generation step ------ */
+
+/* y (M, N) = x (M, K) W^T + bias from W packed in 16-column panels (attnlab/native/skinny.py). */
+ATTNLAB_API(decode) int attnlab_skinny_f32(const float *x, int64_t M, int64_t K, int64_t xs, const float *P,
+                                           int64_t N, const float *bias, float *y, int64_t ys, int nthreads);
+
+ATTNLAB_API(decode) int attnlab_skinny_bf16(const bf16 *x, int64_t M, int64_t K, int64_t xs, const bf16 *P,
+                                            int64_t N, const float *bias, bf16 *y, int64_t ys, int nthreads);
+
+/* out (B, H, T, dh) = softmax(scale q k^T + mask) v for few queries T against S cached keys
+ * (attnlab/native/decode.py); strides are (batch, head, token); mask (fp32, -inf = masked) may be NULL. */
+ATTNLAB_API(decode) int attnlab_decode_attention_f32(
+    const float *q, const float *k, const float *v, float *out, const int64_t *qs, const int64_t *ks,
+    const int64_t *vs, const int64_t *os, const float *mask, const int64_t *ms, int64_t batch, int heads,
+    int kv_heads, int queries, int keys, int dh, float scale, int nthreads);
+
+ATTNLAB_API(decode) int attnlab_decode_attention_bf16(
+    const bf16 *q, const bf16 *k, const bf16 *v, bf16 *out, const int64_t *qs, const int64_t *ks,
+    const int64_t *vs, const int64_t *os, const float *mask, const int64_t *ms, int64_t batch, int heads,
+    int kv_heads, int queries, int keys, int dh, float scale, int nthreads);
+
 #endif
