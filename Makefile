@@ -73,6 +73,8 @@ bench: $(STAMP)
 # Debian); `make test`
 # installs them. Where apt-get is missing or not permitted the stamp is not written, the Fashion-MNIST tests
 # skip naming the command, and the next `make` tries again.
+DEBIAN_DATA = dataset-fashion-mnist espeak-ng asterisk-core-sounds-en-wav
+
 data: $(DATA_STAMP)
 
 $(DATA_STAMP): $(STAMP)
@@ -84,11 +86,13 @@ $(DATA_STAMP): $(STAMP)
 	@# torch), pmdarima's taylor and pvlib's TMY3 file (--no-deps: the files are parsed without importing either)
 	$(PY) -m pip install --quiet "statsmodels>=0.14"
 	$(PY) -m pip install --quiet --no-deps pmdarima pvlib
-	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	@# Debian's packages: Fashion-MNIST images, espeak-ng (the keyword datasets' synthetic speech) and Asterisk's
+	@# recorded prompts (the real digits the keyword models are also scored on)
+	@if dpkg -s $(DEBIAN_DATA) >/dev/null 2>&1; then \
 		touch $@; \
-	elif command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); then \
+	elif command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq $(DEBIAN_DATA)); then \
 		touch $@; \
-	else echo "could not install Debian's dataset-fashion-mnist (no apt-get, or not root): its tests will skip"; fi
+	else echo "could not install Debian's $(DEBIAN_DATA) (no apt-get, or not root): their tests will skip"; fi
 
 docs: $(STAMP)
 	$(PY) -m attnlab.config docs/config.md

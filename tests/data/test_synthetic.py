@@ -126,7 +126,7 @@ def test_registry_lists_the_suite_and_names_valid_choices():
     names = list_datasets()
     assert names == sorted(["mqar", "selective_copy", "icl_regression", "modular_addition", "listops", "sentiment",
                             "fashion_mnist", "reversal", "addition", "sentiment_t2t", "fashion_images", "digits",
-                            "image_folder"])
+                            "image_folder", "keywords", "audio_folder", "file_types", "keyword_bytes"])
     assert all(spec.metric in METRICS for spec in DATASETS.values() if spec.kind != "seq2seq")
     assert all(spec.metric == "exact_match" for spec in DATASETS.values() if spec.kind == "seq2seq")  # attnlab eval
     with pytest.raises(ValueError, match=r"unknown dataset 'mqr'.*Did you mean \['mqar'\].*selective_copy"):

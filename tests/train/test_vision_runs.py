@@ -91,5 +91,5 @@ def test_models_that_do_not_fit_images_are_refused(tmp_path, change, message):
 def test_an_image_model_on_tokens_is_refused(tmp_path):
     cfg = build_config({"model": MODEL, "data": {"dataset": "listops", "options": {"num_train": 20, "num_test": 4}},
                         "train": {"steps": 1, "run_dir": str(tmp_path / "r"), **TRAIN}})
-    with pytest.raises(ValueError, match="holds tokens, not images: an image model"):
+    with pytest.raises(ValueError, match="holds tokens, not images, audio or files: a ViT"):
         train(cfg, progress=False)

@@ -20,6 +20,7 @@ Every generator takes an explicit ``seed``; train and test come from independent
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ class SuiteSplit:
     loss_mask: Tensor | None = None
     key_padding_mask: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    input_key: str | None = None  # the batch key of ``inputs`` ("spectrogram", "bytes"); None: from their type
 
     def __post_init__(self):
         n = self.inputs.shape[0]
@@ -71,10 +73,11 @@ class SuiteSplit:
 
         Images ``(B, C, H, W)`` are under ``"pixels"``, token inputs under ``"idx"`` (the key of
         :func:`attnlab.objectives.lm.lm_step`, whose cross-entropy already skips ``IGNORE_INDEX`` targets),
-        real-valued inputs under ``"inputs"``.
+        real-valued inputs under ``"inputs"``; a split with an ``input_key`` puts them there (spectrograms
+        ``(B, frames, bins)`` under ``"spectrogram"``, file bytes ``(B, L)`` under ``"bytes"``).
         """
         x = self.inputs[index]
-        key = "pixels" if x.dim() == 4 else "inputs" if x.is_floating_point() else "idx"
+        key = self.input_key or ("pixels" if x.dim() == 4 else "inputs" if x.is_floating_point() else "idx")
         out = {key: x, "targets": self.targets[index]}
         if self.loss_mask is not None:
             out["loss_mask"] = self.loss_mask[index]
@@ -103,6 +106,12 @@ class SuiteDataset:
         image_shape: ``(C, H, W)`` of an image dataset, whose inputs are ``(N, C, H, W)`` float pixels normalised
             per channel with ``image_norm`` = (means, stds) of the training split; ``seq_len`` is then 1 (one
             example: tokens/s of a run read as images/s).
+        audio_shape: ``(frames, mel_bins)`` of a spectrogram dataset (inputs ``(N, frames, bins)`` float, normalised
+            as ``(x - mean) / (2 std)`` with ``audio_norm`` = (mean, std) of the training split; ``seq_len`` 1).
+        byte_length: the longest file of a bytes dataset (inputs ``(N, L)`` int64 byte values, -1 after the end;
+            ``seq_len`` 1).
+        val: a validation split the trainer evaluates on while training (else ``test``'s first rows), for
+            datasets whose test split is held out in another way (the keyword sets: other voices).
     """
 
     name: str
@@ -120,6 +129,16 @@ class SuiteDataset:
     options: dict = field(default_factory=dict)
     image_shape: tuple[int, int, int] | None = None
     image_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    audio_shape: tuple[int, int] | None = None
+    audio_norm: tuple[float, float] | None = None
+    byte_length: int | None = None
+    val: SuiteSplit | None = None
+
+    @property
+    def whole_examples(self) -> bool:
+        """Inputs are whole examples (images, spectrograms, files), not token sequences: ``seq_len`` is 1 and the
+        model checks its own input size."""
+        return self.image_shape is not None or self.audio_shape is not None or self.byte_length is not None
 
 
 def split_rngs(seed: int, n: int = 2) -> list[np.random.Generator]:
@@ -169,6 +188,38 @@ def check_positive(**values: int) -> None:
     for name, v in values.items():
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def class_files(path: str, suffixes: tuple[str, ...], dataset: str, what: str) -> dict[str, list[Path]]:
+    """Class name -> sorted files with one of ``suffixes`` of a user's ``path/<class>/`` folder (``dataset`` and
+    ``what`` name them in errors).
+
+    Raises:
+        ValueError: no path, a folder that does not exist, fewer than two class folders, a class without files.
+    """
+    if not path:
+        raise ValueError(f"{dataset} needs data.options.path: a folder with one sub-folder of {what} per class")
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{dataset} folder {str(root)!r} does not exist or is not a folder")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(f"{dataset} folder {str(root)!r} has {len(classes)} class sub-folder(s); classification "
+                         f"needs at least two (one sub-folder of {what} per class)")
+    files = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in suffixes) for d in classes}
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise ValueError(f"class folder(s) {empty} of {str(root)!r} hold no {what} ({', '.join(suffixes)})")
+    return files
+
+
+def as_bytes(rows: list[bytes]) -> torch.Tensor:
+    """Files of equal or different lengths -> ``(N, longest)`` int64 byte values, -1 after each file's end."""
+    longest = max(len(r) for r in rows)
+    out = torch.full((len(rows), longest), -1, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.frombuffer(bytearray(r), dtype=torch.uint8).long()
+    return out
 
 
 def long_tensor(a: np.ndarray) -> Tensor:

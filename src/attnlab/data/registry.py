@@ -17,6 +17,10 @@ fashion_mnist      classify    accuracy  Fashion-MNIST pixels (``apt-get install
 reversal           seq2seq     exact     reverse a symbol sequence (encoder-decoders)
 addition           seq2seq     exact     multi-digit addition, digits in and out (encoder-decoders)
 sentiment_t2t      seq2seq     exact     Rotten Tomatoes review -> "fresh" / "rotten" as text
+fashion_images     classify    accuracy  Fashion-MNIST as images; also ``digits``, ``image_folder``
+keywords           classify    accuracy  spoken words (espeak-ng voices) as spectrograms; ``audio_folder``
+keyword_bytes      classify    accuracy  the keywords as WAV file bytes (``apt-get install espeak-ng``)
+file_types         classify    accuracy  this system's files by type, from their bytes
 =================  ==========  ========  ==========================================================
 """
 
@@ -44,7 +48,7 @@ class DatasetSpec:
 
 
 def _load_builtin() -> None:
-    from . import synthetic, text, vision  # noqa: F401  (each modality registers its datasets)
+    from . import audio, bytes, synthetic, text, vision  # noqa: F401  (each modality registers its datasets)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", _load_builtin)

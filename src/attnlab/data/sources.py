@@ -59,6 +59,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            "statsmodels", "datasets/macrodata/macrodata.csv", "pip install statsmodels"),
     Source("elec_equip", "series", "euro-area electrical equipment orders, 257 monthly values 1995-2016 (CSV)",
            "statsmodels", "datasets/elec_equip/elec_equip.csv", "pip install statsmodels"),
+    Source("espeak", "audio", "espeak-ng speech synthesiser: any English word in ~700 voices (the keyword datasets)",
+           None, "/usr/bin/espeak-ng", "apt-get install espeak-ng"),
     Source("keywords", "audio", "568 spoken prompts, 8 kHz WAV, labels from file names",
            None, "/usr/share/asterisk/sounds/en_US_f_Allison/digits", "apt-get install asterisk-core-sounds-en-wav"),
 ]}

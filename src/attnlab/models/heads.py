@@ -114,6 +114,52 @@ class ImageClassifier(nn.Module):
         return self.head(self.dropout(self.body.pooled(pixels)))  # (B, C)
 
 
+class PooledClassifier(nn.Module):
+    """Spectrograms ``(B, frames, bins)`` (an audio body: AST) or file bytes ``(B, L)`` (a bytes body: ByteFormer) ->
+    logits ``(B, num_classes)``: the body's pooled representation, dropout, linear (the family's own head is
+    replaced, as :class:`ImageClassifier` does for images).
+
+    Raises:
+        ValueError: ``num_classes < 1``; a body of another family than the dataset's (names the presets that fit),
+            a spectrogram model whose frames / mel bins differ from the dataset's, a bytes model whose positions do
+            not cover the dataset's longest file (each names the setting to change).
+    """
+
+    def __init__(self, body: nn.Module, num_classes: int, dataset):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        cfg, audio = body.cfg, dataset.audio_shape is not None
+        family = "audio" if hasattr(body, "grid") and hasattr(body.embed, "patches") else \
+            "bytes" if hasattr(body, "tokens") and hasattr(body, "merges") else None
+        if family != ("audio" if audio else "bytes"):
+            wanted = "a spectrogram model (ast-*, passt-*)" if audio else "a bytes model (byteformer-*)"
+            raise ValueError(f"dataset {dataset.name!r} needs {wanted}, not a {type(body).__name__}; "
+                             "`attnlab list models` lists them")
+        if audio and (cfg.frames, cfg.mel_bins) != tuple(dataset.audio_shape):
+            frames, bins = dataset.audio_shape
+            raise ValueError(f"the dataset's spectrograms are {frames} frames x {bins} mel bins but the model reads "
+                             f"{cfg.frames} x {cfg.mel_bins}: set model.frames={frames} model.mel_bins={bins} (and "
+                             "max_seq_len to the token count the error then names), or the dataset's options")
+        if not audio:
+            k = cfg.patch_size
+            tokens = (max(dataset.byte_length, k) - k) // (k // 2) + 1
+            if tokens > cfg.max_seq_len:
+                raise ValueError(f"the dataset's files are up to {dataset.byte_length} bytes = {tokens} tokens but "
+                                 f"model.max_seq_len={cfg.max_seq_len}; set model.max_seq_len={tokens}, or shorter files "
+                                 "(file_types: max_bytes; keyword_bytes: seconds, sample_rate)")
+        if "head" in body._modules:
+            del body._modules["head"]
+        self.body, self.causal = body, False
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.dim, num_classes)
+        nn.init.normal_(self.head.weight, std=cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.body.pooled(x)))  # (B, C)
+
+
 class VectorEmbeddings(nn.Module):
     """Real-valued tokens ``(B, T, input_dim)`` -> ``(B, T, D)``: linear read-in plus the body's absolute
     position embedding, embedding norm and dropout (the parts of :class:`Embeddings` that are not tokens)."""
@@ -182,8 +228,11 @@ def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
     """
     if dataset.kind == "classify" and getattr(dataset, "image_shape", None) is not None:
         return ImageClassifier(body, dataset.num_classes, dataset.image_shape)
+    if dataset.kind == "classify" and (getattr(dataset, "audio_shape", None) or getattr(dataset, "byte_length", None)):
+        return PooledClassifier(body, dataset.num_classes, dataset)
     if hasattr(body, "pooled"):
-        raise ValueError(f"dataset {dataset.name!r} holds tokens, not images: an image model (ViT) cannot read it; "
+        raise ValueError(f"dataset {dataset.name!r} holds tokens, not images, audio or files: a {type(body).__name__} "
+                         "cannot read it; "
                          "use a gpt or encoder preset, or an image dataset (fashion_images, digits, image_folder)")
     if dataset.kind == "classify":
         return SequenceClassifier(body, dataset.num_classes, grid=dataset.grid,
@@ -198,4 +247,4 @@ def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
                      "take a head")
 
 
-__all__ = ["ImageClassifier", "InContextRegressor", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]
+__all__ = ["ImageClassifier", "InContextRegressor", "PooledClassifier", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]

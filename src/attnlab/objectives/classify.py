@@ -14,11 +14,16 @@ from torch import Tensor, nn
 from .seq2seq import smoothed_cross_entropy
 
 
+# batch key of whole-example inputs -> their number of dimensions (images, spectrograms, file bytes)
+EXAMPLE_INPUTS = {"pixels": 4, "spectrogram": 3, "bytes": 2}
+
+
 def classify_outputs(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Logits ``(B, C)`` of ``model(idx, key_padding_mask=...)`` (the mask only when the batch has one), or of
-    ``model(pixels)`` for images."""
-    if "pixels" in batch:
-        return model(batch["pixels"])
+    ``model(x)`` for whole examples (``pixels``, ``spectrogram``, ``bytes``)."""
+    for key in EXAMPLE_INPUTS:
+        if key in batch:
+            return model(batch[key])
     mask = batch.get("key_padding_mask")
     return model(batch["idx"]) if mask is None else model(batch["idx"], key_padding_mask=mask)
 
@@ -32,7 +37,8 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor],
     Args:
         model: maps ``idx (B, T)`` (and ``key_padding_mask (B, T)``, True = real token), or ``pixels``, to
             logits ``(B, C)``.
-        batch: ``{"idx": (B, T) int64 | "pixels": (B, C, H, W) float, "targets": (B,) int64,
+        batch: ``{"idx": (B, T) int64 | "pixels": (B, C, H, W) float | "spectrogram": (B, frames, bins) float |
+            "bytes": (B, L) int64, "targets": (B,) int64,
             ["key_padding_mask": (B, T) bool]}``.
 
     Returns:
@@ -43,9 +49,11 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor],
         ValueError: ``targets`` are not ``(B,)`` labels, the logits are not ``(B, C)``, ``label_smoothing`` outside
             [0, 1).
     """
-    idx, targets = batch["pixels"] if "pixels" in batch else batch["idx"], batch["targets"]
-    if targets.dim() != 1 or idx.dim() != (4 if "pixels" in batch else 2) or targets.shape[0] != idx.shape[0]:
-        raise ValueError(f"classify needs idx (B, T) or pixels (B, C, H, W), and targets (B,), got "
+    key = next((k for k in EXAMPLE_INPUTS if k in batch), "idx")
+    idx, targets = batch[key], batch["targets"]
+    if targets.dim() != 1 or idx.dim() != EXAMPLE_INPUTS.get(key, 2) or targets.shape[0] != idx.shape[0]:
+        raise ValueError(f"classify needs idx (B, T), pixels (B, C, H, W), spectrogram (B, frames, bins) or bytes "
+                         f"(B, L), and targets (B,), got "
                          f"{tuple(idx.shape)} and "
                          f"{tuple(targets.shape)}; per-token targets belong to the lm objective")
     logits = classify_outputs(model, batch)

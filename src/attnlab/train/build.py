@@ -58,7 +58,8 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     if kind in ("forecast", "irregular"):  # the series shape comes from the data
         mcfg = _series_config(cfg, mcfg, data.model_shape())
     model = _model_for(cfg, mcfg, data, kind)  # first: a model of the wrong family is the clearer message
-    images = getattr(getattr(data, "dataset", None), "image_shape", None) is not None  # the ViT checks its tokens
+    # images, spectrograms and files: the model checks its own input size
+    images = getattr(getattr(data, "dataset", None), "whole_examples", False)
     images = images or kind in ("forecast", "irregular")  # series models check their own token counts
     if seq_len > mcfg.max_seq_len and not images:
         what = "data.seq_len" if seq_len == d.seq_len else f"the dataset's longest sequence ({seq_len} tokens)"

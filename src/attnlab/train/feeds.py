@@ -108,18 +108,21 @@ class DatasetFeed:
         return SplitSampler(self.dataset.train, batch_size, seed, rank, world_size, grad_accum)
 
     def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
-                     world_size: int = 1) -> list[dict[str, Tensor]]:
-        """The first ``num_batches * batch_size * world_size`` test rows (fewer if the split is smaller),
-        in order, this rank's share of each batch."""
+                     world_size: int = 1, split: str = "val") -> list[dict[str, Tensor]]:
+        """The first ``num_batches * batch_size * world_size`` rows of ``split`` (fewer if the split is smaller),
+        in order, this rank's share of each batch. ``"val"`` is the dataset's validation split where it has one,
+        else its test split; ``"test"`` the test split."""
         out = []
-        n = len(self.dataset.test)
+        val = getattr(self.dataset, "val", None)  # suite datasets may have one; seq2seq datasets do not
+        rows_of = val if split == "val" and val is not None else self.dataset.test
+        n = len(rows_of)
         per = batch_size * world_size
         for b in range(num_batches):
             if b * per >= n:
                 break
             rows = torch.arange(b * per, min((b + 1) * per, n))[rank::world_size]  # (<= B,)
             if len(rows):
-                out.append(self.dataset.test.batch(rows))
+                out.append(rows_of.batch(rows))
         return out
 
 

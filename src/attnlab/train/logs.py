@@ -78,15 +78,26 @@ def loss_text(val: float, data) -> str:
     return f"{val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit})"
 
 
+def _data_summary(cfg, trainer) -> str:
+    """What the run trains on, in a few words: windows of a series, images, spectrograms, files or token ids."""
+    dataset = getattr(trainer.data, "dataset", None)  # a suite dataset: its own ids, or whole examples
+    if getattr(trainer.data, "kind", None) == "forecast":
+        series = trainer.data.data
+        return f"{len(series.train)} training windows, lookback {series.lookback}, horizon {series.horizon}"
+    if getattr(dataset, "image_shape", None) is not None:
+        return "x".join(map(str, dataset.image_shape)) + " images"
+    if getattr(dataset, "audio_shape", None) is not None:
+        return "{} frames x {} mel bins spectrograms".format(*dataset.audio_shape)
+    if getattr(dataset, "byte_length", None) is not None:
+        return f"files of up to {dataset.byte_length} bytes"
+    if dataset is not None:
+        return f"its own token ids, vocab {trainer.data.vocab_size}"
+    return f"{cfg.data.tokenizer}, vocab {trainer.data.vocab_size}"
+
+
 def opening_line(cfg, trainer, num_parameters: int, resume: bool) -> str:
     """What ``attnlab train`` prints before the first step: model, data, precision, processes, run folder."""
-    dataset = getattr(trainer.data, "dataset", None)  # a suite dataset: its own ids, or images
-    shape = getattr(dataset, "image_shape", None)
-    series = getattr(trainer.data, "data", None) if getattr(trainer.data, "kind", None) == "forecast" else None
-    what = (f"{len(series.train)} training windows, lookback {series.lookback}, horizon {series.horizon}"
-            if series is not None else "x".join(map(str, shape)) + " images" if shape is not None else f"its own token ids, vocab "
-            f"{trainer.data.vocab_size}" if dataset is not None else f"{cfg.data.tokenizer}, vocab "
-            f"{trainer.data.vocab_size}")
+    what = _data_summary(cfg, trainer)
     return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "
             f"{cfg.data.dataset} ({what}), {trainer.precision}, "
             f"{trainer.info.world_size} process(es), device {trainer.info.device} -> {trainer.run_dir}"

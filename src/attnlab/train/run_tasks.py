@@ -21,6 +21,7 @@ from ..objectives.seq2seq import character_error_rate
 from .build import build_for_config, step_options
 from .checkpoint import latest_checkpoint, load_weights
 from .distributed import resolve_device
+from .feeds import DatasetFeed
 from .precision import autocast, resolve_precision
 from .rundir import kept_tokenizer
 from .task_feeds import feed_for_config
@@ -69,7 +70,7 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
     step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
     n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
     sums: dict[str, float] = {}
-    batches = feed.eval_batches(bs, n)
+    batches = feed.eval_batches(bs, n, split="test") if isinstance(feed, DatasetFeed) else feed.eval_batches(bs, n)
     for batch in tqdm(batches, desc="eval", disable=not progress, dynamic_ncols=True):
         with autocast(precision, dev):
             _, metrics = step_fn(model, {k: v.to(dev) for k, v in batch.items()})
@@ -88,7 +89,8 @@ def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precisio
     dataset = feed.dataset
     n = max_batches or math.ceil(len(dataset.test) / bs)
     logits, targets = [], []
-    for batch in tqdm(feed.eval_batches(bs, n), desc="eval test", disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(feed.eval_batches(bs, n, split="test"), desc="eval test", disable=not progress,
+                      dynamic_ncols=True):
         with autocast(precision, dev):
             logits.append(model_outputs("classify", model, {k: v.to(dev) for k, v in batch.items()}).float().cpu())
         targets.append(batch["targets"])

@@ -8,7 +8,8 @@
   (:class:`~attnlab.train.forecast_feed.ForecastFeed`).
 - ``data.dataset`` naming a suite dataset (``sentiment``, ``listops``, ``mqar``, ``digits``, ...) trains on it through
   a :class:`~attnlab.train.feeds.DatasetFeed` (the model gets that dataset's head); an image dataset with the
-  ``crop_padding`` / ``flip`` options through :class:`AugmentedImageFeed`.
+  ``crop_padding`` / ``flip`` options through :class:`AugmentedImageFeed`, a spectrogram dataset with the
+  ``freq_mask`` / ``time_mask`` options through :class:`AugmentedAudioFeed`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from ..config import RunConfig
 from ..data.registry import get_dataset, list_datasets
 from ..data.text import LMData, WindowSampler, build_lm_data, eval_batches
+from ..data.audio.fbank import spec_augment
 from ..data.vision.augment import augment_images
 from ..objectives.mlm import mask_tokens
 from .feeds import DatasetFeed, LMDatasetFeed
@@ -147,6 +149,30 @@ class AugmentingSampler:
         self.rows.load_state_dict(state)
 
 
+class AugmentedAudioFeed(DatasetFeed):
+    """A spectrogram dataset whose training batches get SpecAugment masks (Park et al. 2019; the ``freq_mask`` /
+    ``time_mask`` options of the dataset: the widest band of mel bins / frames) as a pure function of ``(seed, step,
+    micro-batch, rank)``, filled with 0 (the normalised mean, as AST does); evaluation batches are not masked."""
+
+    def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                grad_accum: int = 1) -> "SpecAugmentSampler":
+        return SpecAugmentSampler(super().sampler(batch_size, seed, rank, world_size, grad_accum),
+                                  self.dataset.options["freq_mask"], self.dataset.options["time_mask"])
+
+
+class SpecAugmentSampler(AugmentingSampler):
+    """A :class:`~attnlab.train.feeds.SplitSampler` whose ``spectrogram`` is masked; same state and resume."""
+
+    def __init__(self, rows, freq_mask: int, time_mask: int):
+        self.rows, self.freq_mask, self.time_mask = rows, freq_mask, time_mask
+
+    def next(self) -> dict[str, Tensor]:
+        step, micro = divmod(self.rows.position, self.rows.grad_accum)
+        b = self.rows.next()
+        g = _generator(self.rows.seed, step, micro, self.rows.rank)
+        return {**b, "spectrogram": spec_augment(b["spectrogram"], self.freq_mask, self.time_mask, g)}
+
+
 def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
     """The feed ``cfg`` trains on, or ``None`` for plain text language modelling (see the module docstring).
 
@@ -190,10 +216,14 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
 
 
 def feed_for_dataset(dataset) -> DatasetFeed:
-    """The feed of a suite dataset: augmented images when its options ask for it, else the plain dataset feed."""
+    """The feed of a suite dataset: augmented images or spectrograms when its options ask for it, else the plain
+    dataset feed."""
     if getattr(dataset, "image_shape", None) is not None and (dataset.options.get("crop_padding")
                                                             or dataset.options.get("flip")):
         return AugmentedImageFeed(dataset)
+    if getattr(dataset, "audio_shape", None) is not None and (dataset.options.get("freq_mask")
+                                                            or dataset.options.get("time_mask")):
+        return AugmentedAudioFeed(dataset)
     return LMDatasetFeed(dataset) if dataset.kind == "lm" else DatasetFeed(dataset)
 
 

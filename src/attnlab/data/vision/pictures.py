@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..base import SuiteDataset, SuiteSplit, long_tensor, split_rngs
+from ..base import SuiteDataset, SuiteSplit, class_files, long_tensor, split_rngs
 from ..sources import source_path
 from .images import CLASSES as FASHION_CLASSES
 from .images import _subset, load_fashion_mnist
@@ -117,7 +117,7 @@ def make_image_folder(path: str = "", image_size: int = 32, channels: int = 3, t
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    files = _class_files(path)
+    files = class_files(path, IMAGE_SUFFIXES, "image_folder", "images")
     (rng,) = split_rngs(seed, 1)
     parts = {"train": ([], []), "test": ([], [])}
     for label, (name, paths) in enumerate(files.items()):
@@ -133,24 +133,6 @@ def make_image_folder(path: str = "", image_size: int = 32, channels: int = 3, t
     options = dict(path=str(path), image_size=image_size, channels=channels, test_fraction=test_fraction, seed=seed,
                    **augment)
     return _dataset("image_folder", arrays["train"], arrays["test"], tuple(files), options)
-
-
-def _class_files(path: str) -> dict[str, list[Path]]:
-    """Class name -> sorted image files; checks the layout (one sub-folder per class, two classes or more)."""
-    if not path:
-        raise ValueError("image_folder needs data.options.path: a folder with one sub-folder of images per class")
-    root = Path(path)
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder")
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise ValueError(f"image folder {str(root)!r} has {len(classes)} class sub-folder(s); classification needs "
-                         "at least two (one sub-folder of images per class)")
-    files = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for d in classes}
-    empty = [name for name, paths in files.items() if not paths]
-    if empty:
-        raise ValueError(f"class folder(s) {empty} of {str(root)!r} hold no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
 
 
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
