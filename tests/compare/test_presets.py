@@ -24,9 +24,11 @@ def test_preset_loads_with_unique_cells(path):
 def test_full_preset_covers_every_kernel_and_task_with_three_seeds():
     cfg = load_compare_config(PRESETS / "full.yaml")
     assert sorted({v.name for v in cfg.compare.variants}) == sorted(list_attention())
-    # encoder-decoders train with `attnlab train`; image datasets need a vision model (the vision grid's tasks)
+    # encoder-decoders train with `attnlab train`; image datasets need a vision model (the vision grid's tasks),
+    # spectrograms and files an audio or bytes model (the audio grid's)
     grid_tasks = [n for n in list_datasets() if DATASETS.get(n).kind != "seq2seq" and DATASETS.get(n).source != "digits"
-                  and n not in ("fashion_images", "image_folder")]
+                  and n not in ("fashion_images", "image_folder", "keywords", "audio_folder", "keyword_bytes",
+                                "file_types")]
     assert sorted({t.name for t in cfg.compare.tasks}) == sorted(["char_lm", *grid_tasks])
     assert len(cfg.compare.seeds) == 3
 

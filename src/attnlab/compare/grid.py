@@ -206,9 +206,9 @@ def _cell_data(cell: Cell):
     except FileNotFoundError as e:
         raise CellSkipped(cell.key, f"data missing: {e}") from None
     feed = feed_for_dataset(dataset)
-    # classify/regression models are sized to the dataset; lm datasets keep the base model's max_seq_len, and image
-    # models their own (their token count follows from image and patch size)
-    own = dataset.kind == "lm" or getattr(dataset, "image_shape", None) is not None
+    # classify/regression models are sized to the dataset; lm datasets keep the base model's max_seq_len, and models
+    # of whole examples (images, spectrograms, files) their own (their token count follows from the input and patches)
+    own = dataset.kind == "lm" or getattr(dataset, "whole_examples", False)
     cfg = cell.run_config(dataset.seq_len, dataset.vocab_size, None if own else dataset.seq_len)
     return dataset, feed, cfg
 

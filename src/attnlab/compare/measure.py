@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..data.base import SuiteDataset, SuiteSplit
 from ..objectives import model_outputs
+from ..objectives.classify import EXAMPLE_INPUTS
 from ..objectives.baselines import regression_baselines
 from ..objectives.metrics import score, squared_error_by_position
 from ..train.precision import autocast
@@ -65,8 +66,9 @@ class PeakMemory:
 
 
 def _tokens(batch: dict[str, Tensor]) -> int:
-    if "pixels" in batch:
-        return batch["pixels"].shape[0]  # one per image: an image dataset's speed reads in images/s
+    for key in EXAMPLE_INPUTS:  # one per image, spectrogram or file: such a dataset's speed reads in examples/s
+        if key in batch:
+            return batch[key].shape[0]
     x = batch["idx"] if "idx" in batch else batch["inputs"]
     return x.shape[0] * x.shape[1]  # sequence positions: (B, T) ids or (B, T, D) vectors
 
