@@ -140,7 +140,8 @@ class ObjectiveConfig(BaseModel):
                                         "on a seq2seq dataset), forecast = series forecasting (a series preset on an "
                                         "embedded series or a CSV file), patch_mask = PatchTST's masked-patch "
                                         "pretraining on the same windows, irregular = the irregular-series classifier "
-                                        "on the synthetic task; `attnlab list objectives`")
+                                        "on the synthetic task, ssast = SSAST's masked spectrogram patches (an ssast "
+                                        "preset on keywords or audio_folder); `attnlab list objectives`")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="seq2seq, mlm and classify: share of the "
                                                                      "target probability spread over the vocabulary "
                                                                      "or the classes")

@@ -102,3 +102,42 @@ def test_models_that_do_not_fit_the_data_are_one_line(tmp_path, dataset, model, 
     cfg = config(tmp_path / "r", dataset=dataset, model=model, options=options, **overrides)
     with pytest.raises(ValueError, match=message):
         build_for_config(cfg, torch.device("cpu"), feed_for_config(cfg))
+
+
+@needs_espeak
+def test_ssast_pretrains_and_its_encoder_seeds_a_fine_tune(tmp_path):
+    from safetensors.torch import load_file
+
+    from attnlab.train.checkpoint import latest_checkpoint
+
+    pre = tmp_path / "ssast"
+    cfg = config(pre, model="ssast-tiny", steps=120, options=SMALL)
+    cfg.objective.name = "ssast"
+    train(cfg, progress=False)
+    losses = [json.loads(line)["loss"] for line in (pre / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line and "val_loss" not in line]
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])  # discriminative + 10 x generative falls
+    scores = evaluate_run(pre, progress=False)
+    assert scores["split"] == "test" and {"discriminative_loss", "generative_loss", "pretext_accuracy"} <= set(scores)
+    tune = tmp_path / "tune"
+    ft = config(tune, steps=5, options=SMALL, patch_stride=[8, 8], max_seq_len=34, init_from=str(pre))
+    train(ft, progress=False)
+    source = load_file(str(latest_checkpoint(pre).path / "model.safetensors"))
+    _, model, _ = build_for_config(ft, torch.device("cpu"), feed_for_config(ft))
+    from attnlab.train.init_from import init_from_run
+
+    report = init_from_run(model, pre)
+    assert "body.embed.proj.weight" in report["loaded"] and "head.weight" in report["initialised"]
+    assert torch.equal(dict(model.named_parameters())["body.embed.proj.weight"], source["encoder.embed.proj.weight"])
+
+
+@needs_espeak
+@pytest.mark.parametrize("model, dataset, message", [
+    ("ast-tiny", "keywords", "pretrains an SSAST preset"),
+    ("ssast-tiny", "sentiment", "pretrains on spectrograms: set data.dataset"),
+])
+def test_ssast_misuse_is_one_line(tmp_path, model, dataset, message):
+    cfg = config(tmp_path / "r", dataset=dataset, model=model, options=SMALL if dataset == "keywords" else {})
+    cfg.objective.name = "ssast"
+    with pytest.raises(ValueError, match=message):
+        build_for_config(cfg, torch.device("cpu"), feed_for_config(cfg))

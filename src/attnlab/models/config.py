@@ -121,7 +121,7 @@ class ModelConfig(BaseModel):
     revin_affine: bool = Field(False, description="series: learnable per-variate scale and shift inside RevIN")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="series: dropout on the flatten head (PatchTST)")
     mask_ratio: float = Field(0.4, gt=0.0, lt=1.0, description="series (PatchTST pretraining): share of patches "
-                                                               "masked per window and variate")
+                                                               "masked per window and variate; audio (SSAST): per clip")
     moving_avg: int = Field(25, ge=1, description="series: moving-average kernel of the trend (DLinear, Autoformer); "
                                                   "odd")
 

@@ -19,6 +19,7 @@ from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
 from .seq2seq import seq2seq_step
+from .spectrogram import ssast_step
 
 StepFn = Callable[..., tuple]
 
@@ -77,6 +78,7 @@ register_objective("seq2seq")(seq2seq_step)
 register_objective("forecast")(forecast_step)
 register_objective("patch_mask")(patch_mask_step)
 register_objective("irregular")(irregular_step)
+register_objective("ssast")(ssast_step)
 
 # what a model returns for a batch of each dataset kind of the suite (attnlab.data.base.DatasetKind)
 OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
@@ -100,5 +102,5 @@ def model_outputs(kind: str, model: nn.Module, batch: dict[str, Tensor]) -> Tens
 
 
 __all__ = ["OUTPUTS", "classify_step", "get_objective", "list_objectives", "lm_step", "mlm_step", "model_outputs",
-           "forecast_step", "objective_step", "seq2seq_step",
+           "forecast_step", "objective_step", "seq2seq_step", "ssast_step",
            "register_objective", "regression_step"]

@@ -48,7 +48,8 @@ def build_for_config(cfg: RunConfig, device: torch.device, feed=None,
     data = feed if feed is not None else build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
     kind = getattr(data, "kind", "lm")  # a suite dataset or a masked corpus decides its own objective
     objective = cfg.objective.name
-    pretrain = (kind, objective) == ("forecast", "patch_mask")  # masked-patch pretraining on forecasting windows
+    # masked-patch pretraining on forecasting windows, or on spectrograms (SSAST)
+    pretrain = (kind, objective) in (("forecast", "patch_mask"), ("classify", "ssast"))
     if kind != "lm" and objective not in ("lm", kind) and not pretrain:
         raise ValueError(f"objective.name={objective!r} does not fit the dataset of kind {kind!r}; "
                          f"remove objective.name or set it to {kind!r}")
@@ -95,6 +96,8 @@ def _series_config(cfg: RunConfig, mcfg, shape: dict):
 def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
     """The preset's model, under the dataset's head for classify/regression; checked against what ``kind`` trains."""
     model = build_model(cfg.model.name, mcfg)
+    if cfg.objective.name == "ssast":
+        return _spectrogram_pretrainer(cfg, model, data)
     if kind in ("classify", "regression"):
         from ..models.heads import wrap_for_dataset
 
@@ -110,6 +113,26 @@ def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
     if cfg.objective.name == "lm" and kind == "lm" and not getattr(model, "causal", False):
         raise ValueError(f"objective lm needs a causal decoder, but model.name={cfg.model.name!r} is not one; "
                          "use a gpt preset (`attnlab list models`)")
+    return model
+
+
+def _spectrogram_pretrainer(cfg: RunConfig, model: nn.Module, data) -> nn.Module:
+    """The SSAST preset of ``objective.name: ssast``, checked against the spectrograms of the dataset.
+
+    Raises:
+        ValueError: not an SSAST preset, not a spectrogram dataset, or other frames / mel bins than the dataset's.
+    """
+    if not getattr(model, "spectrogram_pretrainer", False):
+        raise ValueError(f"objective ssast pretrains an SSAST preset (ssast-tiny, ssast-small); model.name="
+                         f"{cfg.model.name!r} is a {type(model).__name__}")
+    shape = getattr(getattr(data, "dataset", None), "audio_shape", None)
+    if shape is None:
+        raise ValueError(f"objective ssast pretrains on spectrograms: set data.dataset to keywords or audio_folder, not "
+                         f"{cfg.data.dataset!r}")
+    if (model.cfg.frames, model.cfg.mel_bins) != tuple(shape):
+        raise ValueError(f"the dataset's spectrograms are {shape[0]} frames x {shape[1]} mel bins but the model reads "
+                         f"{model.cfg.frames} x {model.cfg.mel_bins}: set model.frames={shape[0]} "
+                         f"model.mel_bins={shape[1]}, or the dataset's options")
     return model
 
 

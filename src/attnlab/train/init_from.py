@@ -1,7 +1,7 @@
 """``model.init_from: RUN``: start a model from another run's newest checkpoint (pretrain, then fine-tune).
 
-Every tensor of the new model whose name (ignoring the ``body.`` prefix a task head adds) and shape match a tensor
-of the checkpoint is copied; the rest (a new head) keeps its initialisation. The token embedding may differ in rows
+Every tensor of the new model whose name (ignoring the ``body.`` prefix a task head adds, and the ``encoder.`` prefix
+of an SSAST pretraining run) and shape match a tensor of the checkpoint is copied; the rest (a new head) keeps its initialisation. The token embedding may differ in rows
 only when the pretraining run read UTF-8 bytes (``data.tokenizer: byte``): ids 0-255 are the same bytes in every
 byte-level dataset, so those rows are copied and the others (``[MASK]``, padding, ``[CLS]``) are initialised.
 """
@@ -71,7 +71,8 @@ def _copy_matching(model: nn.Module, weights: dict, byte_level: bool) -> tuple[l
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     for name, target in params.items():
-        source = weights.get(name, weights.get(name.removeprefix("body.")))
+        bare = name.removeprefix("body.")  # a task head's body, or an SSAST pretrainer's encoder
+        source = weights.get(name, weights.get(bare, weights.get("encoder." + bare)))
         if source is None or any(name.startswith(p) for p in HEAD_PREFIXES):
             initialised.append(name)
         elif source.shape == target.shape:

@@ -115,3 +115,27 @@ class MaskedSpectrogramModel(nn.Module):
         loss = loss_d + self.generative_weight * loss_g
         return loss, {"loss": loss.detach(), "discriminative_loss": loss_d.detach(),
                       "generative_loss": loss_g.detach(), "pretext_accuracy": accuracy}
+
+
+class SSAST(MaskedSpectrogramModel):
+    """SSAST pretraining as a preset (``objective.name: ssast`` in ``attnlab train``): an :class:`AST` encoder of
+    ``cfg`` (non-overlapping patches, no classification head) with ``round(mask_ratio * N)`` patches masked per
+    clip. ``forward(spec (B, frames, mel_bins))`` -> ``(loss, metrics)``. Its encoder's tensors are named
+    ``encoder.*``; ``model.init_from`` copies them into an AST of the same shape for fine-tuning.
+
+    Raises:
+        ValueError: overlapping patches (``patch_stride`` must equal ``patch_size``), or a mask ratio that leaves
+            fewer than two visible patches.
+    """
+
+    spectrogram_pretrainer = True
+
+    def __init__(self, cfg):
+        encoder = AST(cfg.model_copy(update={"num_classes": 0}))
+        rows, cols = encoder.grid
+        n = rows * cols
+        super().__init__(encoder, max(1, min(n - 2, round(cfg.mask_ratio * n))))
+        self.cfg = cfg
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
