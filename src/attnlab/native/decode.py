@@ -120,8 +120,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, bias:
 
     Shapes: q ``(B, H, T, Dh)``, k/v ``(B, Hkv, S, Dh)`` (``H`` a multiple of ``Hkv``; any strides with a unit
     last one, e.g. the filled part of a cache buffer) -> ``(B, H, T, Dh)`` in q's dtype. ``keep`` (bool, True =
-    attend) and ``bias`` (additive) broadcast to ``(B, H, T, S)``; a query with no key kept gives zeros. bf16
-    queries against an fp32 cache (as autocast makes them) are left to SDPA: attending in fp32 here measured slower.
+    attend) and ``bias`` (additive) broadcast to ``(B, H, T, S)``; a query with no key kept gives zeros. Queries
+    and keys of different dtypes are declined (attnlab's caches store keys in the dtype they arrive in, so under
+    autocast both are bf16).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.device.type != "cpu":
         return None
