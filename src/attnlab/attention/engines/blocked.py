@@ -137,7 +137,8 @@ class _SpanAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qb, k_buf, v_buf, k_idx, drop, groups, band, keep_probs, bias):
-        # qb (B, Hk, nb, G*b, Dh) pre-scaled; drop (1|B, nb, b, L) True = masked; bias None or (Hk, nb, G*b, L)
+        # qb (B, Hk, nb, G*b, Dh) pre-scaled; drop (1|B, nb, b, L) True = masked; bias None, (Hk, nb, G*b, L) or
+        # (B, Hk, nb, G*b, L) (query-dependent: HaloNet's relative logits)
         B, Hk, nb, M, D = qb.shape
         acc = _acc(qb.dtype)
         out = torch.empty_like(qb)
@@ -193,8 +194,8 @@ class _SpanAttention(torch.autograd.Function):
                 p, probs[i] = probs[i], None
             dvc = torch.matmul(p.transpose(-1, -2).to(dc.dtype), dc)  # (.., c, L, Dh)
             ds = torch.matmul(dc, vc.transpose(-1, -2)).to(acc).sub_(delta[sel][..., s0:s1, :, :]).mul_(p)
-            if dbias is not None:  # the bias adds to the scores: its gradient is theirs, summed over the batch
-                _bias(dbias, sel, s0, s1).add_(ds if isinstance(sel[0], int) else ds.sum(0))
+            if dbias is not None:  # the bias adds to the scores: its gradient is theirs (summed over a shared batch)
+                _bias(dbias, sel, s0, s1).add_(ds if isinstance(sel[0], int) or dbias.dim() == 5 else ds.sum(0))
             ds = ds.to(qc.dtype)  # (.., c, M, L)
             _matmul_into(dq[sel][..., s0:s1, :, :], ds, kc)
             dkc = torch.matmul(ds.transpose(-1, -2), qc)  # (.., c, L, Dh)
@@ -240,7 +241,10 @@ def _drop(drop: Tensor, sel, s0: int, s1: int) -> Tensor:
 
 
 def _bias(bias: Tensor, sel, s0: int, s1: int) -> Tensor:
-    """Chunk of the ``(Hk, nb, G*b, L)`` score bias: ``(Hk, c, M, L)``, or ``(c, M, L)`` for one head (a view)."""
+    """Chunk of the ``(Hk, nb, G*b, L)`` score bias: ``(Hk, c, M, L)``, or ``(c, M, L)`` for one head (a view); of a
+    per-example ``(B, Hk, nb, G*b, L)`` bias: ``(B, Hk, c, M, L)``, or ``(c, M, L)`` for one example and head."""
+    if bias.dim() == 5:
+        return bias[sel[0], sel[1], s0:s1] if isinstance(sel[0], int) else bias[:, :, s0:s1]
     return bias[sel[1], s0:s1] if isinstance(sel[0], int) else bias[:, s0:s1]
 
 
@@ -293,7 +297,8 @@ def _masked_scores(qc: Tensor, kc: Tensor, drop: Tensor, groups: int, dest: Tens
 def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Tensor, scale: float,
                       recompute: bool = False, bias: Tensor | None = None) -> Tensor:
     """Exact softmax attention on a :class:`SpanPlan`, pairs in ``drop`` masked out, plus an optional additive
-    score ``bias (H, nb, b, L)`` laid out like the plan's spans (a relative position bias; differentiable).
+    score ``bias (H, nb, b, L)`` or ``(B, H, nb, b, L)`` laid out like the plan's spans (a relative position bias,
+    or query-dependent relative logits; differentiable).
 
     ``recompute=False`` keeps the ``(B, H, T, L)`` probabilities for backward (memory ``O(N * L)``, the
     fastest); ``True`` recomputes them chunk by chunk in backward (memory ``O(N * Dh)``, ~20% slower).
@@ -326,7 +331,8 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpanPlan, drop: Ten
     grads = q.requires_grad or k.requires_grad or v.requires_grad or (bias is not None and bias.requires_grad)
     keep_probs = not recompute and torch.is_grad_enabled() and grads
     if bias is not None:  # (H, nb, b, L) -> (Hk, nb, G*b, L): a group's G query heads are rows of one block
-        bias = bias.reshape(Hk, G, nb, b, L).transpose(1, 2).reshape(Hk, nb, G * b, L)
+        lead = bias.shape[:-4]  # () or (B,)
+        bias = bias.reshape(*lead, Hk, G, nb, b, L).transpose(-4, -3).reshape(*lead, Hk, nb, G * b, L)
     ob = _SpanAttention.apply(qb, k_buf, v_buf, plan.k_idx, drop, G, band, keep_probs, bias)  # (B, Hk, nb, G*b, Dh)
     ob = ob.view(B, Hk, nb, G, b, D).transpose(2, 3).reshape(B, H, nb * b, D)  # (B, H, nb*b, Dh)
     return ob[:, :, :T] if plan.q_pad is not None else ob.index_select(2, plan.slot)  # (B, H, T, Dh)

@@ -5,20 +5,27 @@ Queries are cut into non-overlapping blocks of ``b`` tokens (2-D: ``b x b`` tile
 queries of a block attend to the same key window, the block grown by a halo of ``h`` on every side
 (``b + 2h`` keys in 1-D, ``(b + 2h)^2`` in 2-D). Borders use ``pad_mode="mask"``: window positions
 outside the sequence / grid are masked out (not zero keys). Grids or sequences not divisible by ``b``
-get a partial last block whose missing queries are discarded. HaloNet's factorised relative-position
-logits are **not** implemented (v1 choice): scores are plain ``q.k / sqrt(Dh)``.
+get a partial last block whose missing queries are discarded.
+
+HaloNet's factorised relative-position logits (``relative_logits=True``; timm's ``PosEmbedRel``): two tables
+``R_h, R_w (2 W - 1, Dh)`` with ``W = b + 2h``, shared by the heads, and for a query at ``(y, x)`` and a key at
+``(y', x')`` the logit ``q.k / sqrt(Dh) + q.R_h[y' - y + W - 1] + q.R_w[x' - x + W - 1]`` (the unscaled query, timm's
+default ``scale_pos_embed=False``; 1-D sequences use ``R_w`` alone). The term depends on the query, so it is laid
+out as a per-example bias of the blocked engine, whose backward gives the tables and the queries their gradient;
+it holds ``B H N (b + 2h)^m`` logits, so ``recompute=True`` no longer keeps memory at ``O(N Dh)`` with it.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..base import AttentionKernel
 from ..capabilities import Capabilities
 from ..context import AttentionContext
 from ..engines.blocked import SpanLayout, blocked_attention, cached_plan, combine_axes, context_drop
 from ..engines.blocked import check_grid
+from ..reference import reference_attention
 from ..registry import register_attention
 
 
@@ -71,15 +78,18 @@ class BlockLocalAttention(AttentionKernel):
         recompute: recompute attention probabilities in backward (memory ``O(N * Dh)`` instead of
             ``O(N * span)``, ~20% slower); default keeps them.
         scale: score scale, default ``1/sqrt(Dh)``.
+        relative_logits: learn HaloNet's factorised relative-position logits (see the module docstring).
+        head_dim: the query size the tables are made for (filled in by the attention shell).
 
     Raises:
-        ValueError: ``block_size < 1``, ``halo < 0``, a grid that does not match ``T``, or ``T != S``
-            (no cached decoding).
+        ValueError: ``block_size < 1``, ``halo < 0``, ``relative_logits`` without ``head_dim``, a grid that does not
+            match ``T``, or ``T != S`` (no cached decoding).
     """
 
     capabilities = Capabilities(attn_bias=False, kv_cache=False, grid_2d=True, complexity="O(N*(b+2h)^m)")
 
-    def __init__(self, block_size: int = 8, halo: int = 3, recompute: bool = False, scale: float | None = None):
+    def __init__(self, block_size: int = 8, halo: int = 3, recompute: bool = False, scale: float | None = None,
+                 relative_logits: bool = False, head_dim: int | None = None):
         super().__init__(scale=scale)
         self.recompute = recompute
         if not isinstance(block_size, int) or block_size < 1:
@@ -87,6 +97,34 @@ class BlockLocalAttention(AttentionKernel):
         if not isinstance(halo, int) or halo < 0:
             raise ValueError(f"halo must be an int >= 0, got {halo!r}")
         self.block_size, self.halo = block_size, halo
+        self.rel_h = self.rel_w = None
+        if relative_logits:
+            if not head_dim:
+                raise ValueError("block_local relative_logits needs head_dim (the attention shell passes it)")
+            rows = 2 * (block_size + 2 * halo) - 1
+            self.rel_h, self.rel_w = (nn.Parameter(nn.init.trunc_normal_(torch.empty(rows, head_dim),
+                                                                         std=head_dim ** -0.5)) for _ in range(2))
+
+    def relative_logits(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, cols: int | None) -> Tensor:
+        """``q (B, H, ..., Dh)`` at key-axis positions ``q_pos`` against keys at ``k_pos`` (broadcastable index
+        tensors, ``-1`` = none) -> the relative logits ``(B, H, *broadcast shape)``; ``cols`` is the grid's width
+        (``None``: 1-D, the column table alone)."""
+        W = self.block_size + 2 * self.halo
+        q_pos, k_pos = q_pos.clamp(min=0), k_pos.clamp(min=0)
+        acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for bf16 inputs, fp64 stays fp64
+        qf = q.to(acc)
+
+        def term(table: Tensor, offset: Tensor) -> Tensor:
+            logits = qf @ table.to(acc).t()  # (B, H, ..., 2W - 1)
+            idx = (offset + W - 1).clamp(0, 2 * W - 2)  # pairs outside the window are masked out anyway
+            idx = idx.expand(*logits.shape[:2], *idx.shape)
+            return logits.gather(-1, idx)
+
+        if cols is None:
+            return term(self.rel_w, (k_pos - q_pos).expand(*q.shape[2:-1], k_pos.shape[-1]))
+        dy, dx = k_pos // cols - q_pos // cols, k_pos % cols - q_pos % cols
+        shape = (*q.shape[2:-1], k_pos.shape[-1])
+        return term(self.rel_h, dy.expand(shape)) + term(self.rel_w, dx.expand(shape))
 
     def _check(self, T: int, S: int, ctx: AttentionContext) -> tuple[int, int] | None:
         if ctx.grid is not None:
@@ -101,7 +139,25 @@ class BlockLocalAttention(AttentionKernel):
         grid = self._check(T, S, ctx) or (1, S)  # 1-D is a one-row grid
         plan = cached_plan(halo_grid_layout, T, S, ctx.causal, *grid, self.block_size, self.halo, q.device)
         scale = self.softmax_scale(q.shape[-1])
-        return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute)
+        bias = None
+        if self.rel_h is not None:  # per-example (B, H, nb, b, L): the queries of each block against its span
+            nb, b = plan.q_pos.shape
+            qb = q.index_select(2, plan.q_pos.clamp(min=0).flatten() - (S - T)).view(*q.shape[:2], nb, b, -1)
+            cols = None if ctx.grid is None else grid[1]
+            bias = self.relative_logits(qb, plan.q_pos[:, :, None], plan.k_pos[:, None, :], cols).to(q.dtype)
+        return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute, bias)
+
+    def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+        """The dense map, with the relative logits when the kernel has them."""
+        if self.rel_h is None:
+            return super().attention_map(q, k, v, ctx)
+        T, S = q.shape[2], k.shape[2]
+        keep = self.full_mask(T, S, ctx, q.device)
+        cols = None if ctx.grid is None else ctx.grid[1]
+        pos = torch.arange(S, device=q.device)
+        bias = self.relative_logits(q, pos[S - T:, None], pos[None, :], cols)  # (B, H, T, S)
+        _, w = reference_attention(q, k, v, keep=keep, bias=bias.to(q.dtype), scale=self.softmax_scale(q.shape[-1]))
+        return w
 
     def pattern_mask(self, T: int, S: int, ctx: AttentionContext, device=None) -> Tensor:
         grid = self._check(T, S, ctx)
@@ -113,4 +169,4 @@ class BlockLocalAttention(AttentionKernel):
         return (my[:, None, :, None] & mx[None, :, None, :]).reshape(T, S)[None, None]
 
     def extra_repr(self) -> str:
-        return f"block_size={self.block_size}, halo={self.halo}"
+        return f"block_size={self.block_size}, halo={self.halo}" + (", relative_logits" if self.rel_h is not None else "")
