@@ -1,6 +1,7 @@
 """HaloNet's factorised relative-position logits in ``block_local`` (Vaswani et al. 2021; timm's ``PosEmbedRel``):
 ``q.k / sqrt(Dh) + q.R_h[dy] + q.R_w[dx]`` against the dense formula written out here, forward and gradients
-(queries, keys, values and both tables), on grids the blocks do not divide, with GQA, in 1-D, and the dense map."""
+(queries, keys, values and both tables), on grids the blocks do not divide, with GQA, in 1-D (a one-row grid),
+and the dense map."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ def dense_logits(q, R_h, R_w, grid, T):
     dy = pos[None, :] // cols - pos[:, None] // cols
     dx = pos[None, :] % cols - pos[:, None] % cols
     rel = torch.einsum("bhtd,tsd->bhts", q, R_w[(dx + W - 1).clamp(0, 2 * W - 2)])
-    if grid is not None:
-        rel = rel + torch.einsum("bhtd,tsd->bhts", q, R_h[(dy + W - 1).clamp(0, 2 * W - 2)])
-    return rel
+    return rel + torch.einsum("bhtd,tsd->bhts", q, R_h[(dy + W - 1).clamp(0, 2 * W - 2)])  # 1-D: one row, dy = 0
 
 
 @pytest.mark.parametrize("grid, b, h, H, Hk", [((6, 7), 3, 1, 4, 2), ((5, 5), 5, 2, 2, 2), ((4, 9), 2, 2, 2, 1),
@@ -46,7 +45,8 @@ def test_relative_logits_equal_the_dense_formula(grid, b, h, H, Hk):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # the reference's softmax runs in fp32
     torch.testing.assert_close(kernel.attention_weights(q, k, v, ctx), ref_w, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out)
-    wrt = [q, k, v, kernel.rel_w] + ([kernel.rel_h] if grid is not None else [])
+    wrt = [q, k, v, kernel.rel_w, kernel.rel_h]  # 1-D: R_h's gradient is ~0 (one row term per query), but it is
+    # in the graph, so distributed training sees every parameter used
     for got, want in zip(torch.autograd.grad((out * g).sum(), wrt), torch.autograd.grad((ref * g).sum(), wrt)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

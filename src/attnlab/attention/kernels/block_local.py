@@ -10,7 +10,8 @@ get a partial last block whose missing queries are discarded.
 HaloNet's factorised relative-position logits (``relative_logits=True``; timm's ``PosEmbedRel``): two tables
 ``R_h, R_w (2 W - 1, Dh)`` with ``W = b + 2h``, shared by the heads, and for a query at ``(y, x)`` and a key at
 ``(y', x')`` the logit ``q.k / sqrt(Dh) + q.R_h[y' - y + W - 1] + q.R_w[x' - x + W - 1]`` (the unscaled query, timm's
-default ``scale_pos_embed=False``; 1-D sequences use ``R_w`` alone). The term depends on the query, so it is laid
+default ``scale_pos_embed=False``; a 1-D sequence is a one-row grid, whose row term is the same for every key
+and leaves the softmax unchanged). The term depends on the query, so it is laid
 out as a per-example bias of the blocked engine, whose backward gives the tables and the queries their gradient;
 it holds ``B H N (b + 2h)^m`` logits, so ``recompute=True`` no longer keeps memory at ``O(N Dh)`` with it.
 """
@@ -105,10 +106,10 @@ class BlockLocalAttention(AttentionKernel):
             self.rel_h, self.rel_w = (nn.Parameter(nn.init.trunc_normal_(torch.empty(rows, head_dim),
                                                                          std=head_dim ** -0.5)) for _ in range(2))
 
-    def relative_logits(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, cols: int | None) -> Tensor:
+    def relative_logits(self, q: Tensor, q_pos: Tensor, k_pos: Tensor, cols: int) -> Tensor:
         """``q (B, H, ..., Dh)`` at key-axis positions ``q_pos`` against keys at ``k_pos`` (broadcastable index
         tensors, ``-1`` = none) -> the relative logits ``(B, H, *broadcast shape)``; ``cols`` is the grid's width
-        (``None``: 1-D, the column table alone)."""
+        (a 1-D sequence: its length)."""
         W = self.block_size + 2 * self.halo
         q_pos, k_pos = q_pos.clamp(min=0), k_pos.clamp(min=0)
         acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for bf16 inputs, fp64 stays fp64
@@ -120,8 +121,6 @@ class BlockLocalAttention(AttentionKernel):
             idx = idx.expand(*logits.shape[:2], *idx.shape)
             return logits.gather(-1, idx)
 
-        if cols is None:
-            return term(self.rel_w, (k_pos - q_pos).expand(*q.shape[2:-1], k_pos.shape[-1]))
         dy, dx = k_pos // cols - q_pos // cols, k_pos % cols - q_pos % cols
         shape = (*q.shape[2:-1], k_pos.shape[-1])
         return term(self.rel_h, dy.expand(shape)) + term(self.rel_w, dx.expand(shape))
@@ -143,8 +142,7 @@ class BlockLocalAttention(AttentionKernel):
         if self.rel_h is not None:  # per-example (B, H, nb, b, L): the queries of each block against its span
             nb, b = plan.q_pos.shape
             qb = q.index_select(2, plan.q_pos.clamp(min=0).flatten() - (S - T)).view(*q.shape[:2], nb, b, -1)
-            cols = None if ctx.grid is None else grid[1]
-            bias = self.relative_logits(qb, plan.q_pos[:, :, None], plan.k_pos[:, None, :], cols).to(q.dtype)
+            bias = self.relative_logits(qb, plan.q_pos[:, :, None], plan.k_pos[:, None, :], grid[1]).to(q.dtype)
         return blocked_attention(q, k, v, plan, context_drop(plan, ctx), scale, self.recompute, bias)
 
     def attention_map(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
@@ -153,7 +151,7 @@ class BlockLocalAttention(AttentionKernel):
             return super().attention_map(q, k, v, ctx)
         T, S = q.shape[2], k.shape[2]
         keep = self.full_mask(T, S, ctx, q.device)
-        cols = None if ctx.grid is None else ctx.grid[1]
+        cols = S if ctx.grid is None else ctx.grid[1]
         pos = torch.arange(S, device=q.device)
         bias = self.relative_logits(q, pos[S - T:, None], pos[None, :], cols)  # (B, H, T, S)
         _, w = reference_attention(q, k, v, keep=keep, bias=bias.to(q.dtype), scale=self.softmax_scale(q.shape[-1]))
