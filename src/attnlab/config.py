@@ -110,6 +110,8 @@ class DataConfig(BaseModel):
     target: list[str] = Field([], description="forecast: columns to forecast; [] = the embedded series' default")
     exogenous: list[str] | None = Field(None, description="forecast: input-only columns (covariates); None = the "
                                                           "embedded series' default, [] = none")
+    calendar: list[Literal["hour", "weekday", "month", "dayofyear"]] = Field(
+        [], description="forecast: calendar features added as exogenous sin/cos columns (dated series only)")
     lookback: int = Field(96, ge=1, description="forecast: look-back window in time steps")
     horizon: int = Field(24, ge=1, description="forecast: steps forecast")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="forecast: last share of the rows held out for "

@@ -16,7 +16,7 @@ from ..models.series.baselines import default_baselines
 from ..objectives.forecast import evaluate_forecast, model_predictor
 from .feeds import SplitSampler, TokenIds
 
-SERIES_KEYS = ("timestamp", "target", "exogenous", "lookback", "horizon", "test_fraction", "fill")
+SERIES_KEYS = ("timestamp", "target", "exogenous", "calendar", "lookback", "horizon", "test_fraction", "fill")
 SHAPE_KEYS = ("lookback", "horizon", "num_variates", "num_exogenous")
 
 
@@ -67,7 +67,7 @@ def forecast_feed(cfg: RunConfig) -> ForecastFeed:
         raise ValueError(f"objective forecast trains on a series: set data.dataset to a .csv file or one of "
                          f"{sorted(EMBEDDED_SERIES)}, not {d.dataset!r}")
     return ForecastFeed(load_forecast_data(d.dataset, d.timestamp, d.target or None, d.exogenous, d.fill, d.lookback,
-                                           d.horizon, d.val_fraction, d.test_fraction))
+                                           d.horizon, d.val_fraction, d.test_fraction, d.calendar))
 
 
 def check_not_series(cfg: RunConfig) -> None:

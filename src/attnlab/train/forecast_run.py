@@ -18,7 +18,7 @@ import torch
 
 from ..config import load_config
 from ..core.io import write_text
-from ..data.series import read_csv_series
+from ..data.series import add_calendar, read_csv_series
 from .build import build_for_config
 from .checkpoint import latest_checkpoint, load_weights
 from .distributed import resolve_device
@@ -46,8 +46,10 @@ def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | 
     _, model, _ = build_for_config(cfg, dev, feed)
     load_weights(model, latest_checkpoint(run_dir))
     model.eval()
+    generated = {f"{f}_{part}" for f in cfg.data.calendar for part in ("sin", "cos")}  # made from the timestamps
     frame = read_csv_series(input_csv, timestamp or cfg.data.timestamp or "timestamp", list(data.frame.target),
-                            list(data.frame.exogenous), cfg.data.fill)
+                            [c for c in data.frame.exogenous if c not in generated], cfg.data.fill)
+    frame = add_calendar(frame, list(cfg.data.calendar))
     L, T = data.lookback, data.horizon
     need = L + (T if holdout else 0)
     if len(frame.values) < need:

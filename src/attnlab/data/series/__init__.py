@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .calendar import CALENDAR, add_calendar
 from .embedded import EMBEDDED_SERIES
 from .frame import FILL_POLICIES, SeriesDataError, SeriesFrame, clean_frame, read_csv_series, select
 from .windows import ForecastData, WindowSplit, make_forecast_data, split_borders
@@ -53,12 +54,15 @@ def load_series(dataset: str, timestamp: str | None = None, target: list[str] | 
 
 def load_forecast_data(dataset: str, timestamp: str | None = None, target: list[str] | None = None,
                        exogenous: list[str] | None = None, fill: str = "error", lookback: int = 96, horizon: int = 24,
-                       val_fraction: float = 0.1, test_fraction: float = 0.2) -> ForecastData:
-    """:func:`load_series` under the protocol of :mod:`.windows` (same errors, plus splits too short)."""
-    frame = load_series(dataset, timestamp, target, exogenous, fill)
+                       val_fraction: float = 0.1, test_fraction: float = 0.2,
+                       calendar: list[str] | None = None) -> ForecastData:
+    """:func:`load_series` (plus the ``calendar`` features of :mod:`.calendar` as exogenous columns) under the
+    protocol of :mod:`.windows` (same errors, plus splits too short and calendar features of plain-number
+    timestamps)."""
+    frame = add_calendar(load_series(dataset, timestamp, target, exogenous, fill), list(calendar or []))
     return make_forecast_data(frame, lookback, horizon, val_fraction, test_fraction)
 
 
-__all__ = ["EMBEDDED_SERIES", "FILL_POLICIES", "ForecastData", "SeriesDataError", "SeriesFrame", "WindowSplit",
+__all__ = ["CALENDAR", "EMBEDDED_SERIES", "add_calendar", "FILL_POLICIES", "ForecastData", "SeriesDataError", "SeriesFrame", "WindowSplit",
            "clean_frame", "is_series", "load_forecast_data", "load_series", "make_forecast_data", "read_csv_series",
            "select", "split_borders"]
