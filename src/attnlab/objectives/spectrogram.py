@@ -8,7 +8,9 @@ from torch import Tensor, nn
 
 
 def ssast_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """``batch["spectrogram"] (B, frames, mel_bins)`` -> ``(loss, {"loss", "discriminative_loss", "generative_loss",
+    """SSAST's masked spectrogram patch modelling (Gong et al. 2022): the joint discriminative + generative loss.
+
+    ``batch["spectrogram"] (B, frames, mel_bins)`` -> ``(loss, {"loss", "discriminative_loss", "generative_loss",
     "pretext_accuracy", "examples"})``.
 
     Raises:
