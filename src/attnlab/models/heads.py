@@ -114,6 +114,15 @@ class ImageClassifier(nn.Module):
         return self.head(self.dropout(self.body.pooled(pixels)))  # (B, C)
 
 
+def check_spectrogram_shape(cfg, shape: tuple[int, int]) -> None:
+    """Raises ``ValueError`` naming the settings when a spectrogram model's ``(frames, mel_bins)`` are not ``shape``."""
+    if (cfg.frames, cfg.mel_bins) != tuple(shape):
+        frames, bins = shape
+        raise ValueError(f"the dataset's spectrograms are {frames} frames x {bins} mel bins but the model reads "
+                         f"{cfg.frames} x {cfg.mel_bins}: set model.frames={frames} model.mel_bins={bins} (and "
+                         "max_seq_len to the token count the error then names), or the dataset's options")
+
+
 class PooledClassifier(nn.Module):
     """Spectrograms ``(B, frames, bins)`` (an audio body: AST) or file bytes ``(B, L)`` (a bytes body: ByteFormer) ->
     logits ``(B, num_classes)``: the body's pooled representation, dropout, linear (the family's own head is
@@ -130,20 +139,14 @@ class PooledClassifier(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         cfg, audio = body.cfg, dataset.audio_shape is not None
-        family = "audio" if hasattr(body, "grid") and hasattr(body.embed, "patches") else \
-            "bytes" if hasattr(body, "tokens") and hasattr(body, "merges") else None
-        if family != ("audio" if audio else "bytes"):
+        if getattr(body, "reads", None) != ("spectrogram" if audio else "bytes"):
             wanted = "a spectrogram model (ast-*, passt-*)" if audio else "a bytes model (byteformer-*)"
             raise ValueError(f"dataset {dataset.name!r} needs {wanted}, not a {type(body).__name__}; "
                              "`attnlab list models` lists them")
-        if audio and (cfg.frames, cfg.mel_bins) != tuple(dataset.audio_shape):
-            frames, bins = dataset.audio_shape
-            raise ValueError(f"the dataset's spectrograms are {frames} frames x {bins} mel bins but the model reads "
-                             f"{cfg.frames} x {cfg.mel_bins}: set model.frames={frames} model.mel_bins={bins} (and "
-                             "max_seq_len to the token count the error then names), or the dataset's options")
+        if audio:
+            check_spectrogram_shape(cfg, dataset.audio_shape)
         if not audio:
-            k = cfg.patch_size
-            tokens = (max(dataset.byte_length, k) - k) // (k // 2) + 1
+            tokens = body.tokens_of(dataset.byte_length)
             if tokens > cfg.max_seq_len:
                 raise ValueError(f"the dataset's files are up to {dataset.byte_length} bytes = {tokens} tokens but "
                                  f"model.max_seq_len={cfg.max_seq_len}; set model.max_seq_len={tokens}, or shorter files "
@@ -247,4 +250,5 @@ def wrap_for_dataset(body: TransformerBody, dataset) -> nn.Module:
                      "take a head")
 
 
-__all__ = ["ImageClassifier", "InContextRegressor", "PooledClassifier", "SequenceClassifier", "VectorEmbeddings", "wrap_for_dataset"]
+__all__ = ["ImageClassifier", "InContextRegressor", "PooledClassifier", "SequenceClassifier", "VectorEmbeddings",
+           "check_spectrogram_shape", "wrap_for_dataset"]

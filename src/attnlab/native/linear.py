@@ -30,7 +30,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``(..., K) -> (..., N)``; see the module docstring for when the
     transposed-gradient backward is used. Without gradients, a few rows (a decoding step) go to the native
     skinny kernel (:mod:`attnlab.native.decode`) where it applies."""
-    if not torch.is_grad_enabled() and decode.usable(x, weight, bias) is not None:
+    if not torch.is_grad_enabled():  # no weight gradient to speed up; decode.linear falls back to F.linear
         return decode.linear(x, weight, bias)
     if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
             and weight.shape[1] > weight.shape[0] and load(FAMILY) is not None):

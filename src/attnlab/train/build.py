@@ -129,10 +129,9 @@ def _spectrogram_pretrainer(cfg: RunConfig, model: nn.Module, data) -> nn.Module
     if shape is None:
         raise ValueError(f"objective ssast pretrains on spectrograms: set data.dataset to keywords or audio_folder, not "
                          f"{cfg.data.dataset!r}")
-    if (model.cfg.frames, model.cfg.mel_bins) != tuple(shape):
-        raise ValueError(f"the dataset's spectrograms are {shape[0]} frames x {shape[1]} mel bins but the model reads "
-                         f"{model.cfg.frames} x {model.cfg.mel_bins}: set model.frames={shape[0]} "
-                         f"model.mel_bins={shape[1]}, or the dataset's options")
+    from ..models.heads import check_spectrogram_shape
+
+    check_spectrogram_shape(model.cfg, shape)
     return model
 
 

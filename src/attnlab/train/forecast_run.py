@@ -19,6 +19,7 @@ import torch
 from ..config import load_config
 from ..core.io import write_text
 from ..data.series import add_calendar, read_csv_series
+from ..data.series.calendar import calendar_columns
 from .build import build_for_config
 from .checkpoint import latest_checkpoint, load_weights
 from .distributed import resolve_device
@@ -46,7 +47,7 @@ def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | 
     _, model, _ = build_for_config(cfg, dev, feed)
     load_weights(model, latest_checkpoint(run_dir))
     model.eval()
-    generated = {f"{f}_{part}" for f in cfg.data.calendar for part in ("sin", "cos")}  # made from the timestamps
+    generated = set(calendar_columns(cfg.data.calendar))  # made from the input's timestamps below
     frame = read_csv_series(input_csv, timestamp or cfg.data.timestamp or "timestamp", list(data.frame.target),
                             [c for c in data.frame.exogenous if c not in generated], cfg.data.fill)
     frame = add_calendar(frame, list(cfg.data.calendar))

@@ -64,21 +64,13 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
         losses = [float(objective_step("patch_mask")(model, {k: v.to(dev) for k, v in b.items()})[0]) * len(b["inputs"])
                   for b in feed.eval_batches(bs, 0)]
         return {**head, "split": "val", "masked_mse": sum(losses) / len(feed.data.val), "windows": len(feed.data.val)}
-    if resolved.objective.name == "ssast":  # pretraining: its losses on the test clips (masks of a fixed seed)
-        torch.manual_seed(0)
-        step_fn = objective_step("ssast")
-        sums, batches = {}, feed.eval_batches(bs, max_batches or math.ceil(len(feed.dataset.test) / bs), split="test")
-        for batch in batches:
-            _, metrics = step_fn(model, {k: v.to(dev) for k, v in batch.items()})
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        return {**head, **{k: v / len(batches) for k, v in sums.items() if k != "examples"}, "batches": len(batches)}
-    if feed.kind == "classify":
+    if feed.kind == "classify" and resolved.objective.name == "classify":  # (ssast pretrains on the same clips)
         plot = run_dir / CONFUSION_PNG if save else None
         return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot)}
     step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
     n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
     sums: dict[str, float] = {}
+    torch.manual_seed(0)  # masks a model draws itself (SSAST) are the same at every evaluation
     batches = feed.eval_batches(bs, n, split="test") if isinstance(feed, DatasetFeed) else feed.eval_batches(bs, n)
     for batch in tqdm(batches, desc="eval", disable=not progress, dynamic_ncols=True):
         with autocast(precision, dev):

@@ -53,20 +53,38 @@ def spectrograms(waves: list[torch.Tensor], rate: int, sample_rate: int, seconds
     return feats[:, :frames] if F >= frames else torch.nn.functional.pad(feats, (0, 0, 0, frames - F), value=feats.min())
 
 
-def _check(words, seconds, sample_rate, mel_bins, frames, freq_mask, time_mask) -> tuple[str, ...]:
+def check_words(words, test: str) -> tuple[str, ...]:
+    """The keyword list (default: the digits), checked with the ``test`` split it is scored on.
+
+    Raises:
+        ValueError: fewer than two distinct non-empty words, ``test`` not voices / asterisk, asterisk with other
+            words than the digits.
+    """
     words = tuple(DIGITS if words is None else words)
     if len(words) < 2 or len(set(words)) != len(words) or not all(isinstance(w, str) and w.strip() for w in words):
         raise ValueError(f"words must be at least two distinct non-empty words, got {list(words)!r}")
-    check_positive(sample_rate=sample_rate, mel_bins=mel_bins, frames=frames)
+    if test not in ("voices", "asterisk"):
+        raise ValueError(f"test must be 'voices' (held-out synthetic voices) or 'asterisk' (real recordings), got {test!r}")
+    if test == "asterisk" and words != DIGITS:
+        raise ValueError(f"test='asterisk' scores the ten digits; words must be {list(DIGITS)} (the default)")
+    return words
+
+
+def check_clip(seconds, sample_rate) -> None:
+    """Raises ``ValueError`` for a clip length outside 0.1-30 s or a non-positive sample rate."""
+    check_positive(sample_rate=sample_rate)
     if not isinstance(seconds, (int, float)) or not 0.1 <= seconds <= 30:
         raise ValueError(f"seconds must be a clip length between 0.1 and 30, got {seconds!r}")
+
+
+def _check_spectrogram(mel_bins, frames, freq_mask, time_mask) -> None:
+    check_positive(mel_bins=mel_bins, frames=frames)
     for name, v in (("freq_mask", freq_mask), ("time_mask", time_mask)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be an int >= 0 (the widest SpecAugment band; 0 = off), got {v!r}")
     if freq_mask > mel_bins or time_mask > frames:
         raise ValueError(f"SpecAugment bands of up to {freq_mask} bins / {time_mask} frames do not fit {mel_bins} "
                          f"bins x {frames} frames")
-    return words
 
 
 def voice_splits(train_voices: int, val_voices: int, test_voices: int, seed: int) -> tuple[list[str], ...]:
@@ -110,6 +128,20 @@ def asterisk_digits(root: str | Path | None = None) -> tuple[list[torch.Tensor],
     return list(waves), rates[0], list(range(10))
 
 
+def keyword_splits(words: tuple[str, ...], train_voices: int, val_voices: int, test_voices: int, test: str,
+                   seed: int) -> list[tuple[list[torch.Tensor], int, list[int]]]:
+    """``(waveforms, sample rate, labels)`` of the train, val and test splits: espeak-ng clips of disjoint voices,
+    the test split the Asterisk recordings when ``test="asterisk"`` (``keywords`` and ``keyword_bytes`` share them).
+    """
+    out = []
+    for split_voices, rng in zip(voice_splits(train_voices, val_voices, test_voices, seed), split_rngs(seed, 3)):
+        clips, labels = keyword_clips(words, split_voices, rng)
+        out.append(([torch.from_numpy(w) for w in synthesise_all(clips)], RATE, labels))
+    if test == "asterisk":
+        out[2] = asterisk_digits()
+    return out
+
+
 def _normalise(train: torch.Tensor, *others: torch.Tensor | None) -> tuple[tuple[float, float], list]:
     mean, std = float(train.mean()), float(train.std()) + 1e-6
     return (mean, std), [None if x is None else (x - mean) / (2 * std) for x in (train, *others)]
@@ -127,22 +159,12 @@ def make_keywords(words: list[str] | None = None, train_voices: int = 120, val_v
         FileNotFoundError: espeak-ng (or, for ``test="asterisk"``, the asterisk sounds) not installed.
         ValueError: bad words, sizes or masks; ``test`` not voices / asterisk; asterisk with other words.
     """
-    words = _check(words, seconds, sample_rate, mel_bins, frames, freq_mask, time_mask)
-    if test not in ("voices", "asterisk"):
-        raise ValueError(f"test must be 'voices' (held-out synthetic voices) or 'asterisk' (real recordings), got {test!r}")
-    if test == "asterisk" and words != DIGITS:
-        raise ValueError(f"test='asterisk' scores the ten digits; words must be {list(DIGITS)} (the default)")
-    splits = voice_splits(train_voices, val_voices, test_voices, seed)
-    rngs = split_rngs(seed, 3)
-    specs, labels = [], []
-    for split_voices, rng in zip(splits, rngs):
-        clips, y = keyword_clips(words, split_voices, rng)
-        waves = [torch.from_numpy(w) for w in synthesise_all(clips)]
-        specs.append(spectrograms(waves, RATE, sample_rate, seconds, mel_bins, frames))
-        labels.append(y)
-    if test == "asterisk":
-        waves, rate, y = asterisk_digits()
-        specs[2], labels[2] = spectrograms(waves, rate, sample_rate, seconds, mel_bins, frames), y
+    words = check_words(words, test)
+    check_clip(seconds, sample_rate)
+    _check_spectrogram(mel_bins, frames, freq_mask, time_mask)
+    parts = keyword_splits(words, train_voices, val_voices, test_voices, test, seed)
+    specs = [spectrograms(waves, rate, sample_rate, seconds, mel_bins, frames) for waves, rate, _ in parts]
+    labels = [y for _, _, y in parts]
     norm, (tr, va, te) = _normalise(*specs)
     split = lambda x, y: SuiteSplit(x.contiguous(), long_tensor(np.array(y)), input_key="spectrogram")  # noqa: E731
     options = dict(words=list(words), train_voices=train_voices, val_voices=val_voices, test_voices=test_voices,
@@ -165,7 +187,8 @@ def make_audio_folder(path: str = "", sample_rate: int = 16000, seconds: float =
     """
     from ..base import class_files
 
-    _check(["a", "b"], seconds, sample_rate, mel_bins, frames, freq_mask, time_mask)
+    check_clip(seconds, sample_rate)
+    _check_spectrogram(mel_bins, frames, freq_mask, time_mask)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     files = class_files(path, (".wav",), "audio_folder", "WAV files")

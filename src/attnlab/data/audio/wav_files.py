@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..base import SuiteDataset, SuiteSplit, as_bytes, check_positive, long_tensor, split_rngs
-from .keywords import DIGITS, asterisk_digits, fit_length, keyword_clips, voice_splits
-from .speech import RATE, synthesise_all
+from ..base import SuiteDataset, SuiteSplit, as_bytes, long_tensor
+from .keywords import check_clip, check_words, fit_length, keyword_splits
 from .wav import resample, wav_bytes
 
 
@@ -32,25 +31,14 @@ def make_keyword_bytes(words: list[str] | None = None, train_voices: int = 120, 
         FileNotFoundError: espeak-ng (or the asterisk sounds) not installed.
         ValueError: bad words, sizes, ``encoding`` or ``test``.
     """
-    words = tuple(DIGITS if words is None else words)
-    if len(words) < 2 or len(set(words)) != len(words):
-        raise ValueError(f"words must be at least two distinct words, got {list(words)!r}")
-    check_positive(sample_rate=sample_rate)
+    words = check_words(words, test)
+    check_clip(seconds, sample_rate)
     if encoding not in ("mulaw8", "pcm8", "pcm16"):
         raise ValueError(f"encoding must be one of ['mulaw8', 'pcm16', 'pcm8'], got {encoding!r}")
-    if test not in ("voices", "asterisk") or (test == "asterisk" and words != DIGITS):
-        raise ValueError(f"test must be 'voices' or 'asterisk' (the ten digits only), got {test!r} with {list(words)}")
-    if not isinstance(seconds, (int, float)) or not 0.1 <= seconds <= 30:
-        raise ValueError(f"seconds must be a clip length between 0.1 and 30, got {seconds!r}")
-    splits, rows, labels = voice_splits(train_voices, val_voices, test_voices, seed), [], []
-    for split_voices, rng in zip(splits, split_rngs(seed, 3)):  # the same clips as keywords with the same options
-        clips, y = keyword_clips(words, split_voices, rng)
-        rows.append(_files([torch.from_numpy(w) for w in synthesise_all(clips)], RATE, sample_rate, seconds,
-                           encoding))
-        labels.append(y)
-    if test == "asterisk":
-        waves, rate, labels[2] = asterisk_digits()
-        rows[2] = _files(waves, rate, sample_rate, seconds, encoding)
+    # the same clips as keywords with the same options
+    parts = keyword_splits(words, train_voices, val_voices, test_voices, test, seed)
+    rows = [_files(waves, rate, sample_rate, seconds, encoding) for waves, rate, _ in parts]
+    labels = [y for _, _, y in parts]
     split = lambda x, y: SuiteSplit(x, long_tensor(np.array(y)), input_key="bytes")  # noqa: E731
     options = dict(words=list(words), train_voices=train_voices, val_voices=val_voices, test_voices=test_voices,
                    seconds=seconds, sample_rate=sample_rate, encoding=encoding, test=test, seed=seed)

@@ -43,6 +43,11 @@ def phases(timestamps: np.ndarray, feature: str) -> np.ndarray:
     return (day - year.astype("datetime64[D]")).astype(np.int64) / 365.25
 
 
+def calendar_columns(features: list[str]) -> list[str]:
+    """The column names :func:`add_calendar` appends for ``features``: ``<feature>_sin``, ``<feature>_cos`` each."""
+    return [f"{f}_{part}" for f in features for part in ("sin", "cos")]
+
+
 def add_calendar(frame: SeriesFrame, features: list[str]) -> SeriesFrame:
     """``frame`` with ``<feature>_sin`` / ``<feature>_cos`` exogenous columns appended for each of ``features``.
 
@@ -58,10 +63,9 @@ def add_calendar(frame: SeriesFrame, features: list[str]) -> SeriesFrame:
     if not frame.is_datetime:
         raise SeriesDataError(f"{frame.name}: data.calendar needs date/time stamps, but its timestamps are plain "
                               "numbers (years or indices); remove data.calendar")
-    names, columns = [], []
+    names, columns = calendar_columns(features), []
     for f in features:
         angle = 2 * np.pi * phases(frame.timestamps, f)
-        names += [f"{f}_sin", f"{f}_cos"]
         columns += [np.sin(angle), np.cos(angle)]
     clash = sorted(set(names) & set(frame.columns))
     if clash:

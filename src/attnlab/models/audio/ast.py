@@ -152,6 +152,7 @@ class AST(TransformerBody):
     """
 
     causal = False
+    reads = "spectrogram"  # the whole-example input it classifies (models.heads.PooledClassifier)
 
     def __init__(self, cfg: ModelConfig):
         embed = SpectrogramPatches(cfg)

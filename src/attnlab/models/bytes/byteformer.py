@@ -69,6 +69,7 @@ class ByteFormer(nn.Module):
     """
 
     causal = False
+    reads = "bytes"  # the whole-example input it classifies (models.heads.PooledClassifier)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -95,6 +96,10 @@ class ByteFormer(nn.Module):
         for block in self.blocks:
             block.attn.kernel.capabilities.require(block.attn.kernel.name, bidirectional=True, key_padding_mask=True,
                                                    packed=cfg.window_size < cfg.max_seq_len)
+
+    def tokens_of(self, length: int) -> int:
+        """Tokens a file of ``length`` bytes becomes (what ``max_seq_len`` must hold)."""
+        return conv_tokens(length, self.cfg.patch_size)
 
     def tokens(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """``bytes (B, L)`` -> conv tokens with positions ``(B, T, dim)`` and their mask ``(B, T)``."""
