@@ -121,3 +121,26 @@ def test_a_model_without_attention_weights_is_a_clear_error(tmp_path, capsys):
                             ("grad_rollout", "a VAN has no attention layers")]:
         assert main(["viz", run, "--method", method]) != 0
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pooling,shape", [("mean", (16, 4)), ("cls", (17, 5))])
+def test_cvt_with_strided_keys_is_explained(tmp_path, pooling, shape):
+    # CvT's keys and values come from a stride-2 convolution: (T, S) maps with S < T, placed on the query grid
+    # (4x4 queries, 2x2 keys, and the class token in front of both with pooling=cls).
+    run = _train(tmp_path / "cvt", {"name": "cvt-tiny", "image_size": 8, "num_channels": 1, "kv_stride": 2,
+                                    "pooling": pooling, "stage_embed": [[3, 1, 1], [3, 2, 1]]},
+                 {"dataset": "digits", "batch_size": 32})
+    subject = open_subject(run, index=2)
+    out, maps = maps_with_gradients(subject.model, subject.run)
+    with torch.no_grad():
+        torch.testing.assert_close(out, subject.run(), rtol=1e-5, atol=1e-5)
+    assert maps[-1].shape[-2:] == shape
+    for method in ("rollout", "grad_rollout", "raw"):
+        assert main(["viz", run, "--method", method, "--index", "2"]) == 0
+        rel = np.array(_json(run, method)["relevance"])
+        assert rel.shape == (16,) and (rel >= 0).all() and rel.max() > 0
+    assert "strided keys" in _json(run, "rollout")["note"]
+    assert main(["viz", run, "--method", "distance"]) == 0
+    dist = _json(run, "distance")["distance"]
+    assert [len(r) for r in dist] == [b.attn.attn.num_heads for s in subject.body.stages for b in s.blocks]
+    assert all(0 <= d <= np.hypot(7, 7) for r in dist for d in r)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnlab.models import create_model
-from attnlab.viz.attention import (discard_weakest, fuse_heads, grad_rollout, head_importance,
+from attnlab.viz.attention import (discard_weakest, fuse_heads, grad_rollout, head_importance, key_placement,
                                    mean_attention_distance, rollout)
 
 
@@ -90,3 +90,51 @@ def test_a_head_with_a_zero_output_projection_has_zero_importance():
     assert scores[1][2] == 0.0 and (scores[0] > 0).all()
     with pytest.raises(ValueError, match="no attention layers"):
         head_importance(torch.nn.Linear(2, 2), lambda m: torch.zeros(()))
+
+
+def test_key_placement_against_the_convolution_windows():
+    # A 5x4 grid, 3x3 keys of stride 2 and padding 1 (CvT's): keys (3x2), each spread over the cells its window reads.
+    grid, placed = (5, 4), key_placement((5, 4), 3, 2, 1, prefix=1)
+    assert placed.shape == (1 + 3 * 2, 1 + 5 * 4)
+    assert placed[0, 0] == 1 and placed[0, 1:].sum() == 0 and placed[1:, 0].sum() == 0   # the class token
+    torch.testing.assert_close(placed.sum(-1), torch.ones(7))
+    for key in range(6):
+        kr, kc = divmod(key, 2)
+        cells = [r * 4 + c for r in range(2 * kr - 1, 2 * kr + 2) for c in range(2 * kc - 1, 2 * kc + 2)
+                 if 0 <= r < 5 and 0 <= c < 4]
+        want = torch.zeros(20)
+        want[cells] = 1 / len(cells)
+        torch.testing.assert_close(placed[1 + key, 1:], want)
+    centre = key_placement(grid, 3, 2, 1, how="centre")
+    assert [divmod(int(i), 4) for i in centre.argmax(-1)] == [(2 * r, 2 * c) for r in range(3) for c in range(2)]
+    torch.testing.assert_close(key_placement((3, 3), 1, 1, 0), torch.eye(9))   # stride 1, 1x1: the identity
+    with pytest.raises(ValueError, match="how must be"):
+        key_placement(grid, 3, 2, 1, how="edge")
+
+
+def test_rollout_of_strided_keys_equals_the_placed_maps_rolled_out():
+    torch.manual_seed(0)
+    spread = key_placement((4, 4), 3, 2, 1, prefix=1)                 # 17 queries, 5 keys
+    maps = [torch.softmax(torch.randn(2, 3, 17, 5), -1) for _ in range(2)]
+    placed = [m.mean(1) @ spread for m in maps]
+    eye = torch.eye(17)
+    want = torch.eye(17).expand(2, 17, 17)
+    for a in placed:
+        a = (a + eye) / 2
+        want = (a / a.sum(-1, keepdim=True)) @ want
+    torch.testing.assert_close(rollout(maps, spread=spread), want)
+    grads = [torch.randn_like(m) for m in maps]
+    fused = [(m * g).clamp(min=0).mean(1) @ spread for m, g in zip(maps, grads)]
+    torch.testing.assert_close(grad_rollout(maps, grads, spread=spread), rollout([f[:, None] for f in fused]))
+    with pytest.raises(ValueError, match=r"\(B, H, 17, 5\)"):
+        rollout([torch.softmax(torch.randn(1, 1, 17, 6), -1)], spread=spread)
+
+
+def test_attention_distance_to_strided_keys_uses_their_centres():
+    # Every query of a 4x4 grid attends only to the key whose window is centred on grid cell (2, 2).
+    centre = key_placement((4, 4), 3, 2, 1, how="centre")             # (4, 16): keys at (0,0), (0,2), (2,0), (2,2)
+    m = torch.zeros(1, 1, 16, 4)
+    m[..., 3] = 1.0
+    ys, xs = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    want = torch.hypot(ys - 2, xs - 2).mean() * 3                     # 3 pixels per token
+    torch.testing.assert_close(mean_attention_distance([m], (4, 4), 3, centre)[0, 0], want)

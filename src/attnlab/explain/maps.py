@@ -10,9 +10,13 @@ UniFormer's global stages), with any kernel that can return its weights.
   model has prefix tokens, the last position's row for a causal model (what the next-token prediction draws on),
   otherwise the mean over rows (mean pooling averages every row).
 
-Gradient rollout needs the maps inside the forward pass: for it, each shell's output is recomputed as
-``out_proj(merge(A V))`` from its kernel's map ``A`` (exact for kernels whose output is their map times ``V``; a
-kernel whose output is not is refused, with the gap).
+Gradient rollout needs the maps inside the forward pass: for it, each attention kernel's output is recomputed as
+``A V`` from its map ``A`` (exact for kernels whose output is their map times ``V``; a kernel whose output is not is
+refused, with the gap).
+
+Keys on a coarser grid than the queries (CvT's strided key/value projections) give ``(T, S)`` maps; ``spread``
+(``(S, T)``, see :func:`attnlab.viz.attention.key_placement`) places each key on the query tokens it was made from,
+so such maps roll out and read like self-attention maps.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..attention.base import AttentionKernel
 from ..attention.capabilities import CapabilityError
 from ..models.transformer import collect_attention_maps
 from ..viz.attention import attention_shells, fuse_heads, grad_rollout, rollout
@@ -57,37 +62,46 @@ def model_maps(model: nn.Module, run: Callable[[], object], body: nn.Module | No
     return collect_attention_maps(shells, run)
 
 
+def attention_kernels(model: nn.Module) -> list[nn.Module]:
+    """The attention kernels ``model`` calls, in module order, without kernels nested inside another kernel (a
+    composite kernel's parts are its business)."""
+    outer: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, AttentionKernel) and not any(name.startswith(o + ".") for o, _ in outer):
+            outer.append((name, m))
+    return [m for _, m in outer]
+
+
 def maps_with_gradients(model: nn.Module, run: Callable[[], Tensor], name: str = "") -> tuple[Tensor, list[Tensor]]:
-    """``run()``'s output with every shell's output recomputed from its map, and those maps (which keep their
-    gradients once the output is back-propagated), in call order.
+    """``run()``'s output with every attention kernel's output recomputed as its map times ``V``, and those maps
+    (which keep their gradients once the output is back-propagated), in call order. Hooks sit on the kernels, so
+    attention computed outside a shell's forward (CvT's convolutional projections) is reached too.
 
     Raises:
         CapabilityError: no attention layers; a kernel without weights; a kernel whose output is not its map times V
-            (its gap is named); attention computed outside the shells' forward (CvT's convolutional projections).
+            (its gap is named).
     """
     name = name or type(model).__name__
-    shells = attention_shells(model)
-    if not shells:
+    kernels = attention_kernels(model)
+    if not kernels:
         raise CapabilityError(f"a {name} has no attention layers: gradient rollout needs attention maps")
     maps: list[Tensor] = []
 
     def hook(module, args, kwargs, output):
-        x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
-        positions = args[2] if len(args) > 2 else kwargs.get("positions")
-        q, k, v = module.project(x, positions, ctx)
-        w = module.kernel.attention_weights(q, k, v, ctx)
+        q, k, v = args[:3]
+        ctx = args[3] if len(args) > 3 else kwargs.get("ctx")
+        w = module.attention_weights(q, k, v, ctx)
         w.retain_grad()
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)  # grouped K/V heads serve H // Hkv query heads
-        B, T = x.shape[:2]
-        y = module.out_proj((w.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, module.num_heads * module.head_dim))
+        y = (w.to(v.dtype) @ v).to(output.dtype)
         gap = (y - output).abs().max().item()
         if gap > 1e-3 * (1.0 + output.abs().max().item()):
-            raise CapabilityError(f"attention {module.kernel.name!r}'s output is not its map times V (differs by "
+            raise CapabilityError(f"attention {module.name!r}'s output is not its map times V (differs by "
                                   f"{gap:.3g}): gradient rollout cannot use its map; use --method rollout")
         maps.append(w)
         return y
 
-    hooks = [s.register_forward_hook(hook, with_kwargs=True) for s in shells]
+    hooks = [k.register_forward_hook(hook, with_kwargs=True) for k in kernels]
     try:
         with torch.enable_grad():
             out = run()
@@ -95,21 +109,21 @@ def maps_with_gradients(model: nn.Module, run: Callable[[], Tensor], name: str =
         for h in hooks:
             h.remove()
     if not maps:
-        raise CapabilityError(f"a {name} computes its attention outside the shells' forward pass, so gradient rollout "
-                              "cannot reach its maps; use --method rollout, raw or heads")
+        raise CapabilityError(f"a {name} never called its attention kernels, so gradient rollout has no maps; use "
+                              "--method heads")
     return out, maps
 
 
-def trailing_run(maps: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+def trailing_run(maps: list[Tensor], spread: Tensor | None = None) -> tuple[list[Tensor], list[int]]:
     """The last maps that share the last map's shape (one stage of a hierarchical model), and their layer indices.
 
     Raises:
-        ValueError: no maps, or a last map that is not square (cross-attention).
+        ValueError: no maps, or a last map that is not square (cross-attention) and no ``spread`` for its keys.
     """
     if not maps:
         raise ValueError("the model returned no attention maps")
     shape = maps[-1].shape
-    if shape[-1] != shape[-2]:
+    if shape[-1] != shape[-2] and spread is None:
         raise ValueError(f"the last attention map is {shape[-2]}x{shape[-1]} (queries x keys of another length): "
                          "rollout needs self-attention maps; use --method raw")
     first = len(maps) - 1
@@ -128,8 +142,10 @@ def read_relevance(R: Tensor, content: int, causal: bool) -> Tensor:
 
 def relevance(method: str, maps: list[Tensor], content: int, causal: bool, head_fusion: str = "mean",
               discard_ratio: float = 0.0, layer: int | None = None, head: int | None = None,
-              grads: list[Tensor] | None = None) -> Relevance:
+              grads: list[Tensor] | None = None, spread: Tensor | None = None) -> Relevance:
     """The relevance of the first input of the batch by ``method`` (``rollout``, ``grad_rollout``, ``raw``).
+    ``spread (S, T)`` places the keys of the last stage's ``(T, S)`` maps on its query tokens (see the module
+    docstring); a raw map of another layer must then have that stage's shape.
 
     Raises:
         ValueError: unknown method, a layer or head out of range, maps of the wrong shape.
@@ -145,14 +161,23 @@ def relevance(method: str, maps: list[Tensor], content: int, causal: bool, head_
         if head is not None and not 0 <= head < m.shape[1]:
             raise ValueError(f"head {head} does not exist: layer {i} has {m.shape[1]} heads")
         fused = m[:, head] if head is not None else fuse_heads(m, head_fusion)
+        if spread is not None and fused.shape[-1] != fused.shape[-2]:
+            if fused.shape[-1] != spread.shape[0]:
+                raise ValueError(f"layer {i % len(maps)} has {fused.shape[-1]} keys on another grid than the last "
+                                 "stage's; explain a layer of the last stage")
+            fused = fused @ spread.to(fused)
         which = f"head {head}" if head is not None else f"heads fused by {head_fusion}"
         return Relevance(read_relevance(fused[0], min(content, fused.shape[-1]), causal),
                          f"raw attention of layer {i % len(maps)}, {which}", [i % len(maps)])
-    run, layers = trailing_run(maps)
+    run, layers = trailing_run(maps, spread)
+    square = run[-1].shape[-1] == run[-1].shape[-2]
+    spread = None if square else spread
     if method == "rollout":
-        R = rollout([m[:1] for m in run], head_fusion, discard_ratio)
+        R = rollout([m[:1] for m in run], head_fusion, discard_ratio, spread)
     else:
-        R = grad_rollout([m[:1] for m in run], [g[:1] for g in (grads or [])[layers[0]:]], discard_ratio)
+        R = grad_rollout([m[:1] for m in run], [g[:1] for g in (grads or [])[layers[0]:]], discard_ratio, spread)
     note = f"{method} over layers {layers[0]}..{layers[-1]}" + ("" if layers[0] == 0 else
                                                               " (the last stage: earlier maps have another size)")
+    if spread is not None:
+        note += "; strided keys spread over the pixels their convolution reads"
     return Relevance(read_relevance(R[0], min(content, R.shape[-1]), causal), note, layers)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..attention.capabilities import CapabilityError
 from ..core.io import write_json
-from ..viz.attention import FUSIONS, attention_shells, head_importance, mean_attention_distance
+from ..viz.attention import FUSIONS, attention_shells, head_importance, key_placement, mean_attention_distance
 from ..viz.figures import layer_head_png, overlay_png, ragged_table, tokens_png
 from .maps import MAP_METHODS, maps_with_gradients, model_maps, relevance
 
@@ -227,17 +227,35 @@ def _distances(subject: Subject) -> tuple[list[list[float]], str]:
     maps = model_maps(subject.model, subject.run, subject.body, subject.inputs if subject.kind == "image" else None)
     rows = []
     for m in maps:
-        if m.shape[-1] != m.shape[-2]:
-            continue  # cross-attention to a strided key grid: no distance on one grid
         if subject.kind == "text":
             rows.append(mean_attention_distance([m], (1, m.shape[-1]))[0].tolist())
-        else:
-            grid, _ = content_grid(subject.body, m.shape[-1])
-            side = subject.inputs.shape[-1] / grid[1]  # pixels per token of this stage
-            rows.append(mean_attention_distance([m], grid, side)[0].tolist())
-    if not rows:
-        raise ValueError("no self-attention maps to measure distances on")
+            continue
+        grid, _ = content_grid(subject.body, m.shape[-2])
+        side = subject.inputs.shape[-1] / grid[1]  # pixels per token of this stage
+        keys = None if m.shape[-1] == m.shape[-2] else strided_keys(subject, m, "centre")
+        rows.append(mean_attention_distance([m], grid, side, keys)[0].tolist())
     return rows, "tokens" if subject.kind == "text" else "pixels"
+
+
+def strided_keys(subject: Subject, m: Tensor, how: str) -> Tensor:
+    """The ``(S, T)`` placement (:func:`key_placement`) of a ``(B, H, T, S)`` map's keys made by a strided
+    convolution over the query grid (a body with ``key_layout()``: CvT).
+
+    Raises:
+        ValueError: a map whose keys the model does not say how it made.
+    """
+    T, S = m.shape[-2:]
+    layout = getattr(subject.body, "key_layout", None)
+    if subject.kind != "image" or layout is None:
+        raise ValueError(f"an attention map is {T}x{S} (queries x keys of another length) and "
+                         f"{type(subject.body).__name__} does not say where its keys sit; use --method heads")
+    grid, prefix = content_grid(subject.body, T)
+    kernel, stride, padding = layout()
+    placed = key_placement(grid, kernel, stride, padding, prefix, how, m.device)
+    if placed.shape[0] != S:
+        raise ValueError(f"an attention map has {S} keys, but a {kernel}x{kernel} convolution of stride {stride} "
+                         f"makes {placed.shape[0]} from a {grid[0]}x{grid[1]} grid")
+    return placed
 
 
 def _relevance_figure(subject: Subject, method: str, out: Path, layer, head, head_fusion, discard_ratio,
@@ -251,17 +269,14 @@ def _relevance_figure(subject: Subject, method: str, out: Path, layer, head, hea
     else:
         maps = model_maps(subject.model, subject.run, subject.body,
                           subject.inputs if subject.kind == "image" else None)
-    tokens = maps[-1].shape[-1]
-    if maps[-1].shape[-2] != tokens:
-        raise ValueError(f"the last attention map is {maps[-1].shape[-2]}x{tokens} (queries x keys on a coarser grid: "
-                         f"cross-attention, e.g. CvT with kv_stride > 1); relevance needs self-attention maps: train "
-                         f"with model.kv_stride=1, or use --method heads")
+    tokens = maps[-1].shape[-2]  # queries: a CvT's strided keys are fewer, placed on the queries by `spread`
+    spread = None if maps[-1].shape[-1] == tokens else strided_keys(subject, maps[-1], "spread")
     if subject.kind == "image":
         grid, prefix = content_grid(subject.body, tokens)
         content = grid[0] * grid[1]
     else:
         content = tokens
-    rel = relevance(method, maps, content, subject.causal, head_fusion, discard_ratio, layer, head, grads)
+    rel = relevance(method, maps, content, subject.causal, head_fusion, discard_ratio, layer, head, grads, spread)
     record.update(note=rel.note, layers=rel.layers, relevance=rel.values.tolist())
     title = f"{rel.note} — {subject.label}"
     if subject.kind == "text":
@@ -269,6 +284,6 @@ def _relevance_figure(subject: Subject, method: str, out: Path, layer, head, hea
     heats = {method: rel.values.view(grid).numpy()}
     if method == "raw" and head is None:
         for h in range(maps[rel.layers[0]].shape[1]):
-            heats[f"head {h}"] = relevance("raw", maps, content, False, layer=rel.layers[0], head=h).values.view(
-                grid).numpy()
+            heats[f"head {h}"] = relevance("raw", maps, content, False, layer=rel.layers[0], head=h,
+                                           spread=spread).values.view(grid).numpy()
     return overlay_png(subject.shown, heats, out / f"{method}.png", title)

@@ -25,13 +25,50 @@ from torch import Tensor, nn
 FUSIONS = ("mean", "max", "min")
 
 
-def _check_maps(maps: list[Tensor]) -> None:
+def _check_maps(maps: list[Tensor], spread: Tensor | None = None) -> None:
     if not maps:
         raise ValueError("no attention maps: pass model.attention_maps(...) (one (B, H, T, T) tensor per layer)")
     shapes = {tuple(m.shape) for m in maps}
-    if len(shapes) != 1 or any(len(s) != 4 or s[2] != s[3] for s in shapes):
-        raise ValueError(f"attention maps must all be (B, H, T, T) of one shape (self-attention over the same tokens), "
+    keys = None if spread is None else spread.shape  # (S, T): maps are (B, H, T, S)
+    if len(shapes) != 1 or any(len(s) != 4 or (s[2] != s[3] if keys is None else (s[3], s[2]) != tuple(keys))
+                               for s in shapes):
+        want = "(B, H, T, T)" if keys is None else f"(B, H, {keys[1]}, {keys[0]})"
+        raise ValueError(f"attention maps must all be {want} of one shape (self-attention over the same tokens), "
                          f"got {sorted(shapes)}; hierarchical models change T between stages: roll out one stage")
+
+
+def key_placement(grid: tuple[int, int], kernel: int, stride: int, padding: int, prefix: int = 0,
+                  how: str = "spread", device=None) -> Tensor:
+    """``(S, T)``: where each key of a strided convolutional key grid sits on the query grid (CvT's keys: a
+    ``kernel x kernel`` convolution of stride ``stride`` and zero padding ``padding`` over the ``rows x cols`` query
+    grid). ``how="spread"`` shares each key's weight evenly over the grid tokens its window reads (rows sum to 1, so
+    ``map @ placement`` is again a row-stochastic ``(T, T)`` map); ``how="centre"`` puts it on its window's centre
+    (exact positions, for attention distances). The ``prefix`` tokens (class token) come first in both and map to
+    themselves. ``T = prefix + rows * cols``, ``S = prefix + rows' * cols'``.
+
+    Raises:
+        ValueError: an unknown ``how``, or a convolution that leaves no keys.
+    """
+    if how not in ("spread", "centre"):
+        raise ValueError(f"how must be 'spread' or 'centre', got {how!r}")
+    rows, cols = grid
+    kr, kc = ((n + 2 * padding - kernel) // stride + 1 for n in grid)
+    if kr < 1 or kc < 1:
+        raise ValueError(f"a {kernel}x{kernel} convolution of stride {stride} leaves no keys on a {rows}x{cols} grid")
+
+    def axis(n_in: int, n_out: int) -> Tensor:  # (n_out, n_in) placement along one axis
+        start = torch.arange(n_out) * stride - padding
+        if how == "centre":
+            return nn.functional.one_hot(start + (kernel - 1) // 2, n_in).float()
+        idx = torch.arange(n_in)
+        return ((idx >= start[:, None]) & (idx < start[:, None] + kernel)).float()
+
+    grid_part = torch.kron(axis(rows, kr), axis(cols, kc))  # (kr * kc, rows * cols), row-major on both sides
+    grid_part = grid_part / grid_part.sum(-1, keepdim=True)
+    out = torch.zeros(prefix + kr * kc, prefix + rows * cols, device=device)
+    out[:prefix, :prefix] = torch.eye(prefix)
+    out[prefix:, prefix:] = grid_part.to(device)
+    return out
 
 
 def fuse_heads(maps: Tensor, head_fusion: str = "mean") -> Tensor:
@@ -76,40 +113,53 @@ def _roll(fused_layers: list[Tensor]) -> Tensor:
     return result
 
 
-def rollout(maps: list[Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0) -> Tensor:
+def rollout(maps: list[Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
+            spread: Tensor | None = None) -> Tensor:
     """Attention rollout of per-layer maps ``[(B, H, T, T)] * L`` -> ``(B, T, T)``: row ``i`` is how much token ``i``
-    of the last layer draws on each input token (row 0 of a class-token model explains its prediction).
+    of the last layer draws on each input token (row 0 of a class-token model explains its prediction). Maps whose
+    keys are ``S`` tokens of a coarser grid, ``(B, H, T, S)``, take ``spread (S, T)`` (:func:`key_placement`): each
+    fused map is placed on the query tokens as ``fused @ spread`` before the discard.
 
     Raises:
-        ValueError: no maps, maps of different shapes, an unknown fusion, a ratio outside [0, 1).
+        ValueError: no maps, maps of different shapes (or not matching ``spread``), an unknown fusion, a ratio
+            outside [0, 1).
     """
-    _check_maps(maps)
-    return _roll([discard_weakest(fuse_heads(m.float(), head_fusion), discard_ratio) for m in maps])
+    _check_maps(maps, spread)
+    return _roll([discard_weakest(_place(fuse_heads(m.float(), head_fusion), spread), discard_ratio) for m in maps])
 
 
-def grad_rollout(maps: list[Tensor], grads: list[Tensor], discard_ratio: float = 0.0) -> Tensor:
+def grad_rollout(maps: list[Tensor], grads: list[Tensor], discard_ratio: float = 0.0,
+                 spread: Tensor | None = None) -> Tensor:
     """Gradient-weighted rollout: heads fused as ``mean_h(relu(A * dA))`` (``grads`` the maps' gradients of the
-    explained score, same shapes) -> ``(B, T, T)``.
+    explained score, same shapes), placed by ``spread`` as in :func:`rollout` -> ``(B, T, T)``.
 
     Raises:
         ValueError: no maps, maps and gradients of different shapes or counts.
     """
-    _check_maps(maps)
+    _check_maps(maps, spread)
     if len(grads) != len(maps) or any(g.shape != m.shape for g, m in zip(grads, maps)):
         raise ValueError("grads must hold one gradient per map, of the map's shape")
-    fused = [(m.float() * g.float()).clamp(min=0).mean(1) for m, g in zip(maps, grads)]
+    fused = [_place((m.float() * g.float()).clamp(min=0).mean(1), spread) for m, g in zip(maps, grads)]
     return _roll([discard_weakest(f, discard_ratio) for f in fused])
 
 
-def mean_attention_distance(maps: list[Tensor], grid: tuple[int, int], patch_size: int = 1) -> Tensor:
+def _place(fused: Tensor, spread: Tensor | None) -> Tensor:
+    return fused if spread is None else fused @ spread.to(fused)
+
+
+def mean_attention_distance(maps: list[Tensor], grid: tuple[int, int], patch_size: float = 1,
+                            placement: Tensor | None = None) -> Tensor:
     """``(layers, heads)`` mean attention distance in pixels (patch centres ``patch_size`` apart) over the last
     ``rows * cols`` tokens of each map (the grid; tokens before it are prefix tokens, left out), averaged over queries
-    and the batch.
+    and the batch. Maps with keys on a coarser grid, ``(B, H, T, S)``, take their keys' ``placement (S, T)``
+    (:func:`key_placement` with ``how="centre"``: each key at its window's centre).
 
     Raises:
         ValueError: no maps, or maps with fewer tokens than the grid.
     """
-    _check_maps(maps)
+    _check_maps(maps, placement)
+    if placement is not None:
+        maps = [m.float() @ placement.to(m.device) for m in maps]
     rows, cols = grid
     n = rows * cols
     if maps[0].shape[-1] < n:

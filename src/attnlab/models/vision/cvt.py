@@ -257,6 +257,12 @@ class CvT(Classifies, nn.Module):
                 a.maps = None
         return maps
 
+    def key_layout(self) -> tuple[int, int, int]:
+        """``(kernel, stride, padding)`` of the convolution that makes keys and values from a stage's grid: where
+        each key of an attention map sits on the query grid (``attnlab viz`` places strided keys with it)."""
+        conv = self.stages[0].blocks[0].attn.conv_k.conv
+        return conv.kernel_size[0], self.cfg.kv_stride, conv.padding[0]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
