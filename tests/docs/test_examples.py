@@ -81,6 +81,8 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     # the forecasting recipe the README trains and then evaluates and forecasts from
     Sub("configs/forecast-taylor.yaml", "steps: 1500", "steps: 20", "1,500 steps take ~1 min; 20 train, write the "
         "test table and a checkpoint that `attnlab eval` and `attnlab forecast` read"),
+    Sub("configs/forecast-taylor-calendar.yaml", "steps: 1500", "steps: 20", "same, for the TimeXer recipe with "
+        "the calendar known over the horizon"),
     Sub("README.md", "train.run_dir=runs/forecast-taylor-it train.steps=300", "train.run_dir=runs/forecast-taylor-it "
         "train.steps=5", "same, for the iTransformer variant"),
     # the distillation recipes the README runs

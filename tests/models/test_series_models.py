@@ -81,6 +81,35 @@ def test_timexer_exogenous_tokens_reach_the_forecast_only_through_the_global_tok
         create_model("timexer-tiny", num_variates=1, num_exogenous=1, cross_attention="sliding_window", **SHAPE)
 
 
+def test_timexer_with_future_exogenous_values():
+    torch.manual_seed(0)
+    m = create_model("timexer-tiny", num_variates=1, num_exogenous=2, future_exog=True, **SHAPE).eval()
+    assert m.uses_future_exog and m.exo_proj.weight.shape[1] == 48 + 12  # each exogenous token: look-back + horizon
+    x, fut = torch.randn(3, 48, 3), torch.randn(3, 12, 2)
+    y = m(x, future_exog=fut)
+    assert y.shape == (3, 12, 1)
+    assert (m(x, future_exog=fut + 1.0) - y).abs().max() > 1e-6      # the horizon's values reach the forecast
+    torch.testing.assert_close(m.revin._mean[0, 0], x[0].mean(0))   # ... but not the look-back's statistics
+    # With the horizon columns of the exogenous projection zeroed, it is the look-back-only TimeXer (same weights).
+    plain = create_model("timexer-tiny", num_variates=1, num_exogenous=2, **SHAPE).eval()
+    state = {k: v for k, v in m.state_dict().items()}
+    state["exo_proj.weight"] = state["exo_proj.weight"][:, :48].clone()
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        m.exo_proj.weight[:, 48:] = 0
+    torch.testing.assert_close(m(x, future_exog=fut), plain(x), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"pass future_exog of shape \(batch, 12, 2\)"):
+        m(x)
+    with pytest.raises(ValueError, match=r"expects future_exog of shape \(3, 12, 2\).*\(3, 12, 3\)"):
+        m(x, future_exog=torch.randn(3, 12, 3))
+    with pytest.raises(ValueError, match="reads the look-back only"):
+        plain(x, future_exog=fut)
+    with pytest.raises(ValueError, match="PatchTST does not read exogenous values over the horizon; use TimeXer"):
+        create_model("patchtst-tiny", num_variates=1, num_exogenous=2, future_exog=True, **SHAPE)
+    with pytest.raises(ValueError, match="future_exog needs exogenous columns"):
+        create_model("timexer-tiny", num_variates=1, num_exogenous=0, future_exog=True, **SHAPE)
+
+
 def test_autoformer_without_seasonal_paths_returns_the_trend_input():
     m = create_model("autoformer-tiny", num_variates=2, num_exogenous=1, **SHAPE).eval()
     x = torch.randn(2, 48, 3)

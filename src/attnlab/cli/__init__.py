@@ -163,12 +163,15 @@ def _forecast(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--timestamp", default=None, help="time column of the input (default: the run's data.timestamp, "
                                                      "else 'timestamp')")
     p.add_argument("--holdout", action="store_true", help="keep the input's last horizon rows back as the truth")
+    p.add_argument("--future", default=None, help="CSV of the exogenous columns over the next horizon steps (a "
+                                                  "model trained with model.future_exog)")
     p.add_argument("--device", default="auto")
 
     def run(args: argparse.Namespace) -> None:
         from ..train.forecast_run import forecast_file
 
-        r = forecast_file(args.run_dir, args.input, args.output, args.plot, args.timestamp, args.holdout, args.device)
+        r = forecast_file(args.run_dir, args.input, args.output, args.plot, args.timestamp, args.holdout, args.device,
+                          args.future)
         print(f"wrote {r['rows']} forecast steps to {args.output}" + (f" (MAE {r['mae']:.4g} in original units)"
                                                                         if "mae" in r else ""))
 

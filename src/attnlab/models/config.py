@@ -116,6 +116,8 @@ class ModelConfig(BaseModel):
     horizon: int | None = Field(None, ge=1, description="series: steps forecast; None = data.horizon")
     num_variates: int | None = Field(None, ge=1, description="series: target columns forecast; None = from the data")
     num_exogenous: int | None = Field(None, ge=0, description="series: exogenous input columns; None = from the data")
+    future_exog: bool = Field(False, description="series (TimeXer): exogenous values over the horizon are known in "
+                              "advance (calendar, weather forecasts, schedules) and read with the look-back's")
     revin: bool = Field(True, description="series: instance normalisation of every input window (RevIN, Kim et al. "
                                           "2022), undone on the forecast")
     revin_affine: bool = Field(False, description="series: learnable per-variate scale and shift inside RevIN")

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..core.registry import Registry
 from .classify import classify_outputs, classify_step
-from .forecast import forecast_step, irregular_step, patch_mask_step
+from .forecast import forecast_of, forecast_step, irregular_step, patch_mask_step
 from .lm import lm_step
 from .mlm import mlm_step
 from .regression import regression_outputs, regression_step
@@ -85,7 +85,7 @@ OUTPUTS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Tensor]] = {
     "lm": lambda model, batch: model(batch["idx"]),  # (B, T, V) logits
     "classify": classify_outputs,  # (B, C) logits
     "regression": regression_outputs,  # (B, T) predictions
-    "forecast": lambda model, batch: model(batch["inputs"]),  # (B, T, C_t) forecast
+    "forecast": forecast_of,  # (B, T, C_t) forecast
     "irregular": lambda model, batch: model(batch["times"], batch["values"], batch["observed"], batch["padding"]),
 }
 

@@ -16,12 +16,33 @@ import torch
 from torch import Tensor, nn
 
 
+def uses_future_exog(model: nn.Module) -> bool:
+    """Whether ``model`` (or the module a DDP wrapper holds) reads exogenous values over the horizon."""
+    return bool(getattr(getattr(model, "module", model), "uses_future_exog", False))
+
+
+def forecast_of(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """``model(inputs)``, or ``model(inputs, future_exog=...)`` for a model that reads the horizon's exogenous
+    values (only such a model is given them: for any other they would be a leak).
+
+    Raises:
+        ValueError: such a model and a batch without ``future_exog``.
+    """
+    if not uses_future_exog(model):
+        return model(batch["inputs"])
+    if "future_exog" not in batch:
+        raise ValueError("the model reads exogenous values over the horizon (model.future_exog) but the batch has "
+                         "none; build its batches with future_exog=True")
+    return model(batch["inputs"], future_exog=batch["future_exog"])
+
+
 def forecast_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean squared error of ``model(inputs)`` against ``targets``.
 
     Args:
-        model: maps ``inputs (B, L, C)`` to a forecast ``(B, T, C_t)``.
-        batch: ``{"inputs": (B, L, C), "targets": (B, T, C_t), ...}``.
+        model: maps ``inputs (B, L, C)`` to a forecast ``(B, T, C_t)`` (and ``future_exog (B, T, C_x)`` when it
+            declares ``uses_future_exog``: :func:`forecast_of`).
+        batch: ``{"inputs": (B, L, C), "targets": (B, T, C_t), ["future_exog"], ...}``.
 
     Returns:
         ``loss`` (scalar, differentiable) and detached metrics ``{"loss", "mse", "mae"}``.
@@ -29,7 +50,7 @@ def forecast_step(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, d
     Raises:
         ValueError: forecast and targets differ in shape.
     """
-    pred = model(batch["inputs"])
+    pred = forecast_of(model, batch)
     targets = batch["targets"]
     if pred.shape != targets.shape:
         raise ValueError(f"forecast of shape {tuple(pred.shape)} but targets {tuple(targets.shape)}; the model's "
@@ -89,7 +110,7 @@ def evaluate_forecast(predict: Callable[[dict[str, Tensor]], Tensor], split, bat
         batch_size: windows per call (any value gives the same metrics up to float rounding).
         target_std: ``(C_t,)`` training std of the targets, for ``mae_original`` (omitted when ``None``).
         device: where batches are moved (default: where they are).
-        future_exog: give ``predict`` the exogenous values over the horizon (baselines that declare it).
+        future_exog: give ``predict`` the exogenous values over the horizon (forecasters that declare it).
 
     Returns:
         ``{"mse", "mae", ["mae_original"], "windows", "values"}``.
@@ -126,6 +147,6 @@ def evaluate_forecast(predict: Callable[[dict[str, Tensor]], Tensor], split, bat
 
 
 def model_predictor(model: nn.Module) -> Callable[[dict[str, Tensor]], Tensor]:
-    """``batch -> model(batch["inputs"])`` in eval mode (dropout off, batch-independent)."""
+    """``batch -> model(batch["inputs"])`` (:func:`forecast_of`) in eval mode (dropout off, batch-independent)."""
     model.eval()
-    return lambda batch: model(batch["inputs"]).float()
+    return lambda batch: forecast_of(model, batch).float()

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..config import RunConfig
 from ..data.series import ForecastData, is_series, load_forecast_data
 from ..models.series.baselines import default_baselines
-from ..objectives.forecast import evaluate_forecast, model_predictor
+from ..objectives.forecast import evaluate_forecast, model_predictor, uses_future_exog
 from .feeds import SplitSampler, TokenIds
 
 SERIES_KEYS = ("timestamp", "target", "exogenous", "calendar", "lookback", "horizon", "test_fraction", "fill")
@@ -28,14 +28,16 @@ class ForecastFeed:
     kind = "forecast"
     vocab_size = None
 
-    def __init__(self, data: ForecastData):
+    def __init__(self, data: ForecastData, future_exog: bool = False):
         self.data = data
+        self.future_exog = future_exog  # batches carry the horizon's exogenous values (model.future_exog)
         self.tokenizer = TokenIds(None, "window")
         self.seq_len = data.lookback
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                 grad_accum: int = 1) -> SplitSampler:
-        return SplitSampler(self.data.train, batch_size, seed, rank, world_size, grad_accum)
+        split = _WithFuture(self.data.train) if self.future_exog else self.data.train
+        return SplitSampler(split, batch_size, seed, rank, world_size, grad_accum)
 
     def eval_batches(self, batch_size: int, num_batches: int, rank: int = 0,
                      world_size: int = 1) -> list[dict[str, Tensor]]:
@@ -44,13 +46,26 @@ class ForecastFeed:
         for start in range(0, n, per):
             rows = torch.arange(start, min(start + per, n))[rank::world_size]
             if len(rows):
-                out.append(self.data.val.batch(rows))
+                out.append(self.data.val.batch(rows, future_exog=self.future_exog))
         return out
 
     def model_shape(self) -> dict[str, int]:
         """The series fields of the model config this data fills in."""
         return {"lookback": self.data.lookback, "horizon": self.data.horizon,
                 "num_variates": self.data.num_targets, "num_exogenous": self.data.num_exogenous}
+
+
+class _WithFuture:
+    """A :class:`~attnlab.data.series.WindowSplit` whose batches include the horizon's exogenous values."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        return self.split.batch(index, future_exog=True)
 
 
 def forecast_feed(cfg: RunConfig) -> ForecastFeed:
@@ -67,7 +82,8 @@ def forecast_feed(cfg: RunConfig) -> ForecastFeed:
         raise ValueError(f"objective forecast trains on a series: set data.dataset to a .csv file or one of "
                          f"{sorted(EMBEDDED_SERIES)}, not {d.dataset!r}")
     return ForecastFeed(load_forecast_data(d.dataset, d.timestamp, d.target or None, d.exogenous, d.fill, d.lookback,
-                                           d.horizon, d.val_fraction, d.test_fraction, d.calendar))
+                                           d.horizon, d.val_fraction, d.test_fraction, d.calendar),
+                        cfg.model.future_exog)
 
 
 def check_not_series(cfg: RunConfig) -> None:
@@ -93,7 +109,8 @@ def forecast_report(model: nn.Module, data: ForecastData, batch_size: int = 256,
     """
     std = data.std[: data.num_targets]
     was = model.training
-    out = {"model": evaluate_forecast(model_predictor(model), data.test, batch_size, std, device)}
+    out = {"model": evaluate_forecast(model_predictor(model), data.test, batch_size, std, device,
+                                      future_exog=uses_future_exog(model))}
     model.train(was)
     if baselines:
         rows = {}

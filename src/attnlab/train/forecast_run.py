@@ -5,6 +5,11 @@ last ``lookback`` rows are normalised with the run's training statistics (re-der
 deterministic), the model forecasts ``horizon`` steps, and the output CSV gets one row per forecast step in
 original units. With ``holdout`` the input's last ``horizon`` rows are kept back as the truth, the forecast starts
 before them and the output (and plot) include the truth and the errors.
+
+A model that reads exogenous values over the horizon (TimeXer with ``model.future_exog``) gets them from the held-back
+rows with ``holdout``, else from ``future``: a CSV of the next ``horizon`` steps with the time column and the
+exogenous columns (the calendar columns of ``data.calendar`` are computed from the steps' times; with only calendar
+columns no file is needed).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import torch
 
 from ..config import load_config
 from ..core.io import write_text
-from ..data.series import add_calendar, read_csv_series
+from ..data.series import SeriesFrame, add_calendar, read_csv_series
 from ..data.series.calendar import calendar_columns
+from ..objectives.forecast import forecast_of, uses_future_exog
 from .build import build_for_config
 from .checkpoint import latest_checkpoint, load_weights
 from .distributed import resolve_device
@@ -27,13 +33,16 @@ from .task_feeds import feed_for_config
 
 
 def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | Path, plot: str | Path | None = None,
-                  timestamp: str | None = None, holdout: bool = False, device: str = "auto") -> dict:
+                  timestamp: str | None = None, holdout: bool = False, device: str = "auto",
+                  future: str | Path | None = None) -> dict:
     """Forecast the run's horizon after the input's history; returns ``{"rows", "horizon", ["mae"]}``.
 
     Raises:
         FileNotFoundError: no run / checkpoint / input file.
         ValueError: not a forecast run; the input lacks a column (did-you-mean), has fewer rows than the look-back
-            (plus the horizon with ``holdout``), or fails the series checks (one line each).
+            (plus the horizon with ``holdout``), or fails the series checks (one line each); a model that reads the
+            horizon's exogenous values and no ``future`` file (or one with other steps), or a ``future`` file for a
+            model that does not.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -59,11 +68,19 @@ def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | 
     end = len(frame.values) - (T if holdout else 0)
     history = frame.values[end - L:end]
     x = torch.from_numpy(data.normalise(history).astype(np.float32))[None].to(dev)
-    with torch.no_grad():
-        y = data.denormalise_targets(model(x)[0].double().cpu().numpy())  # (T, C_t) original units
     ts = frame.timestamps
-    step = ts[-1] - ts[-2]
-    future = ts[end - 1] + step * np.arange(1, T + 1)
+    times = ts[end - 1] + (ts[-1] - ts[-2]) * np.arange(1, T + 1)
+    batch = {"inputs": x}
+    if uses_future_exog(model):
+        exo = frame.values[end:end + T, data.num_targets:] if holdout else _future_exog(
+            future, times, cfg, data, timestamp or cfg.data.timestamp or "timestamp")
+        c = data.num_targets
+        batch["future_exog"] = torch.from_numpy(((exo - data.mean[c:]) / data.std[c:]).astype(np.float32))[None].to(dev)
+    elif future is not None:
+        raise ValueError(f"--future: {run_dir}'s model reads the look-back only (model.future_exog is off); drop it")
+    with torch.no_grad():
+        y = data.denormalise_targets(forecast_of(model, batch)[0].double().cpu().numpy())  # (T, C_t) original units
+    future = times
     truth = frame.values[end:end + T, : data.num_targets] if holdout else None
     write_text(output_csv, _forecast_csv(future, frame.target, y, truth))
     out = {"rows": T, "horizon": T}
@@ -72,6 +89,30 @@ def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | 
     if plot is not None:
         _plot(ts[end - L:end], history[:, : data.num_targets], future, y, truth, frame.target, plot)
     return out
+
+
+def _future_exog(path, times: np.ndarray, cfg, data, timestamp: str) -> np.ndarray:
+    """``(T, C_x)`` exogenous values (original units) at the forecast steps ``times``: the ``path`` CSV's columns
+    plus the calendar columns computed from ``times``."""
+    generated = set(calendar_columns(cfg.data.calendar))
+    given = [c for c in data.frame.exogenous if c not in generated]
+    T = len(times)
+    if given and path is None:
+        raise ValueError(f"this run's model reads exogenous values over the horizon (model.future_exog): give --future "
+                         f"FILE.csv with the next {T} steps of {given} and the time column {timestamp!r}, or "
+                         "--holdout")
+    values = np.zeros((T, 0))
+    if given:
+        fut = read_csv_series(path, timestamp, [], given, cfg.data.fill)
+        n = min(len(fut.timestamps), T)
+        if n < T or not np.array_equal(fut.timestamps[:T], times):
+            first = str(times[0]).replace("T", " ")
+            raise ValueError(f"--future {path}: needs the {T} steps after the input's last row ({first}, then every "
+                             f"{times[1] - times[0] if T > 1 else 'step'}), got {len(fut.timestamps)} rows from "
+                             f"{str(fut.timestamps[0]).replace('T', ' ')}")
+        values = fut.values[:T]
+    frame = SeriesFrame(str(path or "the forecast steps"), times, values, tuple(given), exogenous=tuple(given))
+    return add_calendar(frame, list(cfg.data.calendar)).values
 
 
 def _forecast_csv(times, names, forecast: np.ndarray, truth: np.ndarray | None) -> str:

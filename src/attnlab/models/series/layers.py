@@ -42,6 +42,14 @@ class RevIN(nn.Module):
         x = (x - self._mean) / self._std
         return x * self.weight + self.bias if self.affine else x
 
+    def norm_like(self, x: Tensor, channels: slice) -> Tensor:
+        """Other steps ``(B, T, c)`` of ``channels`` normalised with the last :meth:`norm` call's statistics (e.g.
+        exogenous values over the horizon, which must not leak into the look-back's statistics)."""
+        if self._mean is None:
+            raise RuntimeError("RevIN.norm_like before norm")
+        x = (x - self._mean[..., channels]) / self._std[..., channels]
+        return x * self.weight[channels] + self.bias[channels] if self.affine else x
+
     def denorm(self, y: Tensor) -> Tensor:
         if self._mean is None:
             raise RuntimeError("RevIN.denorm before norm")
@@ -86,16 +94,26 @@ def decompose(x: Tensor, kernel: int) -> tuple[Tensor, Tensor]:
     return x - trend, trend
 
 
+FUTURE_EXOG_MODELS = ("TimeXer",)
+
+
 def series_shape(cfg: ModelConfig, model: str) -> tuple[int, int, int, int]:
     """``(lookback, horizon, num_variates, num_exogenous)`` of a series config.
 
     Raises:
-        ValueError: one of them unset (they come from the data when a run is built; set them to build by hand).
+        ValueError: one of them unset (they come from the data when a run is built; set them to build by hand);
+            ``future_exog`` for a model that does not read exogenous values over the horizon, or without exogenous
+            columns.
     """
     missing = [k for k in ("lookback", "horizon", "num_variates") if getattr(cfg, k) is None]
     if missing:
         raise ValueError(f"{model} needs model.{', model.'.join(missing)} (set from the data by `attnlab train`; "
                          "give them when building the model by hand)")
+    if cfg.future_exog and model not in FUTURE_EXOG_MODELS:
+        raise ValueError(f"model.future_exog: {model} does not read exogenous values over the horizon; use "
+                         f"{' or '.join(FUTURE_EXOG_MODELS)} (timexer-small), or set model.future_exog=false")
+    if cfg.future_exog and not cfg.num_exogenous:
+        raise ValueError("model.future_exog needs exogenous columns: set data.exogenous or data.calendar")
     return cfg.lookback, cfg.horizon, cfg.num_variates, cfg.num_exogenous or 0
 
 

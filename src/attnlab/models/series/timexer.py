@@ -11,7 +11,9 @@ denormalised with the target columns' statistics.
 
 Historical exogenous values (the look-back of every exogenous column) are the exogenous input, as in the
 reference code. Without exogenous columns every target column is also an exogenous token (the reference's
-multivariate mode).
+multivariate mode). With ``future_exog`` (our extension; the paper reads the look-back only) an exogenous column
+known in advance over the horizon (calendar features, weather forecasts, schedules) is embedded from its look-back
+and horizon together (``Linear(L + T, d)``); RevIN normalises the horizon values with the look-back's statistics.
 
 The blocks come from the shared body's builder (:func:`~attnlab.models.transformer.build_blocks`: the schedule of
 ``attention`` per layer, post-norm); the cross-attention shells are added per layer.
@@ -33,11 +35,13 @@ from .layers import RevIN, check_inputs, check_kernels, series_shape
 
 
 class TimeXer(nn.Module):
-    """``inputs (B, L, C)`` (targets first, then exogenous columns) -> forecast ``(B, T, C_t)``.
+    """``inputs (B, L, C)`` (targets first, then exogenous columns) and, with ``future_exog``, ``future_exog (B, T,
+    C_x)`` -> forecast ``(B, T, C_t)``.
 
     Raises:
         ValueError: unset series shape, ``lookback`` not a multiple of ``patch_size`` (the reference silently drops
-            the newest steps), ``prenorm`` (TimeXer is post-norm); at call, inputs of the wrong shape.
+            the newest steps), ``prenorm`` (TimeXer is post-norm), ``future_exog`` without exogenous columns; at call,
+            inputs of the wrong shape, or a missing (or unexpected) ``future_exog``.
         CapabilityError: a self-attention kernel that cannot serve the patch tokens, or a cross-attention kernel
             without ``cross_attention`` (both name the kernels that can).
     """
@@ -60,7 +64,8 @@ class TimeXer(nn.Module):
         self.register_buffer("pos", SinusoidalPositionalEmbedding(self.num_patches, d)(torch.arange(self.num_patches)),
                              persistent=False)
         self.global_token = nn.Parameter(torch.randn(c_t, d))
-        self.exo_proj = nn.Linear(L, d)
+        self.uses_future_exog = bool(cfg.future_exog)
+        self.exo_proj = nn.Linear(L + T if self.uses_future_exog else L, d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = build_blocks(cfg)
         self.cross = nn.ModuleList(
@@ -88,12 +93,17 @@ class TimeXer(nn.Module):
                 raise CapabilityError(f"TimeXer's global tokens cross-attend to the exogenous tokens, which attention "
                                       f"{shell.kernel.name!r} cannot do; set model.cross_attention to one of {can}")
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor, future_exog: Tensor | None = None) -> Tensor:
         L, T, c_t, c_x = self.shape
         check_inputs(inputs, L, c_t + c_x, "TimeXer")
         x = self.revin.norm(inputs) if self.revin is not None else inputs
         B = x.shape[0]
         exo = x[..., c_t:] if c_x else x[..., :c_t]  # no exogenous columns: the targets are the variate tokens
+        if self.uses_future_exog:
+            exo = torch.cat([exo, self._future(future_exog, B)], dim=1)  # (B, L + T, C_x)
+        elif future_exog is not None:
+            raise ValueError("this TimeXer reads the look-back only (model.future_exog=false): do not pass "
+                             "future_exog")
         ex = self.dropout(self.exo_proj(exo.transpose(1, 2)))  # (B, C_x, d), fixed across layers
         endo = x[..., :c_t].transpose(1, 2).reshape(B * c_t, self.num_patches, self.patch_len)  # (B*C_t, N, P)
         tokens = self.patch_proj(endo) + self.pos.to(x.dtype)
@@ -108,3 +118,14 @@ class TimeXer(nn.Module):
         h = self.final_norm(h).reshape(B, c_t, self.num_patches + 1, -1).transpose(2, 3).flatten(2)  # d-major
         y = self.head_dropout(self.head(h)).transpose(1, 2)  # (B, T, C_t)
         return self.revin.denorm(y) if self.revin is not None else y
+
+    def _future(self, future_exog: Tensor | None, batch: int) -> Tensor:
+        """The horizon's exogenous values, checked and normalised like the look-back's."""
+        L, T, c_t, c_x = self.shape
+        if future_exog is None:
+            raise ValueError("this TimeXer reads exogenous values over the horizon (model.future_exog): pass "
+                             f"future_exog of shape (batch, {T}, {c_x})")
+        if future_exog.shape != (batch, T, c_x) or not future_exog.is_floating_point():
+            raise ValueError(f"TimeXer expects future_exog of shape ({batch}, {T}, {c_x}) (horizon, exogenous "
+                             f"columns), got {tuple(future_exog.shape)} {future_exog.dtype}")
+        return self.revin.norm_like(future_exog, slice(c_t, None)) if self.revin is not None else future_exog
