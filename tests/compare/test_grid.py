@@ -93,6 +93,14 @@ def test_grid_runs_resumes_and_reports(tmp_path, text_file):
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("# Results\n\nintro text\n") and text.count("<!-- results:start -->") == 1
     assert "8 finished cells" in text and text.count("| softmax |") == 3
+    # a named section: a second grid in the same document, next to the main one, replaced on its own
+    publish(out, doc, section="vision")
+    publish(out, doc, section="vision")
+    text = doc.read_text(encoding="utf-8")
+    assert text.count("<!-- results:start -->") == 1 and text.count("<!-- results:vision:start -->") == 1
+    assert text.count("## Latest grid: vision") == 1 and text.count("| softmax |") == 6
+    with pytest.raises(ValueError, match="section name 'a b'"):
+        publish(out, doc, section="a b")
 
 
 def test_parallel_workers_give_the_sequential_results(tmp_path, text_file):
