@@ -73,3 +73,5 @@ def test_attention_swap_on_load_and_errors(tmp_path):
         load_ast(folder)
     with pytest.raises(ValueError, match="pooling='mean'"):
         save_ast(attnlab.models.create_model("ast-tiny", pooling="mean", max_seq_len=50), tmp_path / "no")
+    with pytest.raises(ValueError, match=r"patch_shape \[32, 2\] \(its patches are square\)"):
+        save_ast(attnlab.models.create_model("ast-tiny", patch_shape=[32, 2], patch_stride=None), tmp_path / "frames")

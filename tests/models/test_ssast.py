@@ -85,3 +85,49 @@ def test_bad_settings():
         MaskedSpectrogramModel(create_model("ast-tiny"), mask_patches=5)
     with pytest.raises(ValueError, match="must be in 1..30"):
         MaskedSpectrogramModel(create_model("ast-tiny", **TINY), mask_patches=31)
+
+
+FRAMES = dict(TINY, patch_shape=[32, 2], max_seq_len=34)  # ast-tiny with frame patches: 32 mel bins x 2 frames
+
+
+def test_frame_patches_are_every_mel_bin_of_two_frames():
+    torch.manual_seed(0)
+    model = MaskedSpectrogramModel(create_model("ast-tiny", **FRAMES), mask_patches=20)
+    assert model.encoder.grid == (1, 32)
+    spec = torch.randn(2, 64, 32)                                     # (batch, frames, mel bins)
+    want = torch.stack([spec[:, 2 * t:2 * t + 2].transpose(1, 2).reshape(2, 64) for t in range(32)], dim=1)
+    torch.testing.assert_close(model.targets(spec), want)             # patch t: mel-major, frames 2t and 2t+1
+    conv = model.encoder.embed.proj                                   # one token per frame pair, all mel bins
+    assert tuple(conv.kernel_size) == (32, 2) and tuple(conv.stride) == (32, 2)
+    token = model.encoder.embed.patches(spec)[:, :, 0, 5]             # (B, dim): the patch of frames 10 and 11
+    direct = torch.einsum("bft,dft->bd", spec[:, 10:12].transpose(1, 2), conv.weight[:, 0]) + conv.bias
+    torch.testing.assert_close(token, direct, atol=1e-5, rtol=1e-5)
+    masked = mask_clusters(4, (1, 32), 20, torch.Generator().manual_seed(0))
+    assert all(len(set(r.tolist())) == 20 for r in masked)            # the clusters become runs of frames
+
+
+def test_frame_pretraining_lowers_the_loss_and_feeds_a_frame_ast():
+    torch.manual_seed(0)
+    model = MaskedSpectrogramModel(create_model("ast-tiny", **FRAMES), mask_patches=16)
+    model.generator = torch.Generator().manual_seed(0)
+    spec = torch.randn(1, 64, 32) + 0.1 * torch.randn(32, 64, 32)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = model(spec)[1]
+    for _ in range(60):
+        loss, metrics = model(spec)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["generative_loss"] < 0.5 * first["generative_loss"]
+    tuned = create_model("ast-tiny", **{**FRAMES, "num_classes": 3})
+    missing, unexpected = tuned.load_state_dict(model.encoder.state_dict(), strict=False)
+    assert not unexpected and len(missing) == 4 and tuned.classify(spec[:2]).shape == (2, 3)
+
+
+def test_frame_patch_settings_are_checked():
+    with pytest.raises(ValueError, match=r"patch_shape is \[frequency, time\]"):
+        create_model("ast-tiny", patch_shape=[32])
+    with pytest.raises(ValueError, match="smaller than one patch of 2 frames x 64 mel bins"):
+        create_model("ast-tiny", **{**FRAMES, "patch_shape": [64, 2]})
+    with pytest.raises(ValueError, match=r"must equal the patch size \[32, 2\]"):
+        MaskedSpectrogramModel(create_model("ast-tiny", **{**FRAMES, "patch_stride": [32, 1], "max_seq_len": 70}), 5)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..core.io import writable_folder, write_json
-from ..models.audio.ast import AST, patch_strides
+from ..models.audio.ast import AST, patch_kernel, patch_strides
 from ..models.config import ModelConfig
 from .files import copy_mapped, read_checkpoint, write_safetensors
 
@@ -92,7 +92,9 @@ def save_ast(model: AST, path: str | os.PathLike) -> Path:
     problems = [p for p, bad in (("pooling='mean'", cfg.pooling != "cls"), ("biases off", not cfg.bias),
                                  ("attention kernels other than softmax", cfg.attention != "softmax"),
                                  (f"mlp={cfg.mlp!r}", cfg.mlp != "mlp"),
-                                 ("axis_positions (PaSST)", cfg.axis_positions)) if bad]
+                                 ("axis_positions (PaSST)", cfg.axis_positions),
+                                 (f"patch_shape {cfg.patch_shape} (its patches are square)",
+                                  bool(cfg.patch_shape) and cfg.patch_shape[0] != cfg.patch_shape[1])) if bad]
     if problems:
         raise ValueError(f"transformers' AST cannot run this model ({', '.join(problems)})")
     folder = writable_folder(path)
@@ -107,7 +109,7 @@ def save_ast(model: AST, path: str | os.PathLike) -> Path:
         "architectures": ["ASTModel" if base else "ASTForAudioClassification"], "hidden_size": cfg.dim,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
         "intermediate_size": cfg.resolved_mlp_dim, "hidden_act": {v: k for k, v in ACTIVATIONS.items()}[cfg.activation],
-        "layer_norm_eps": cfg.norm_eps, "patch_size": cfg.patch_size, "frequency_stride": fs, "time_stride": ts,
+        "layer_norm_eps": cfg.norm_eps, "patch_size": patch_kernel(cfg)[0], "frequency_stride": fs, "time_stride": ts,
         "max_length": cfg.frames, "num_mel_bins": cfg.mel_bins, "qkv_bias": True, "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         **({} if base else {"id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},

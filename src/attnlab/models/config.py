@@ -91,6 +91,9 @@ class ModelConfig(BaseModel):
                                                    "joins")
     mel_bins: int = Field(128, ge=1, description="AST: mel bins of the input spectrogram (its frequency axis)")
     frames: int = Field(1024, ge=1, description="AST: frames of the input spectrogram (its time axis)")
+    patch_shape: list[int] = Field(default_factory=list, description="AST/SSAST: [frequency, time] patch size when "
+                                   "patches are not square (SSAST's frame patches: [128, 2]); empty = patch_size "
+                                   "in both")
     patch_stride: int | list[int] | None = Field(None, description="stride between patches: series (PatchTST) steps, "
                                                  "None = patch_size // 2; AST [frequency, time] or one int for both "
                                                  "(AST: [10, 10], overlapping), None = patch_size (no overlap)")
@@ -179,6 +182,8 @@ class ModelConfig(BaseModel):
             if getattr(self, field) not in valid:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid names: {sorted(valid)}")
         self._check_grid_attention()
+        if self.patch_shape and (len(self.patch_shape) != 2 or min(self.patch_shape) < 1):
+            raise ValueError(f"patch_shape is [frequency, time], both >= 1 (e.g. [128, 2]); got {self.patch_shape}")
         strides = [self.patch_stride] if isinstance(self.patch_stride, int) else self.patch_stride or []
         if any(st < 1 for st in strides):
             raise ValueError(f"patch_stride must be >= 1, got {self.patch_stride}")

@@ -1,9 +1,10 @@
 """Audio Spectrogram Transformer (Gong, Chung & Glass 2021, "AST: Audio Spectrogram Transformer"), any kernel.
 
 A log-mel spectrogram ``(B, frames, mel_bins)`` (:func:`attnlab.data.audio.fbank`) is read as a one-channel image
-``(B, 1, mel_bins, frames)``; ``patch_size x patch_size`` patches with stride ``patch_stride = [f_s, t_s]``
-(overlapping in AST: 16 with stride 10) become tokens in frequency-major order (token ``i_f * T' + i_t``, with
-``F' = (mel_bins - 16) // f_s + 1``, ``T' = (frames - 16) // t_s + 1``). With ``pooling="cls"`` (AST) a class token
+``(B, 1, mel_bins, frames)``; ``k_f x k_t`` patches (``patch_size`` in both, or ``patch_shape = [k_f, k_t]``, e.g.
+SSAST's frame patches ``[128, 2]``) with stride ``patch_stride = [f_s, t_s]`` (overlapping in AST: 16 with stride 10)
+become tokens in frequency-major order (token ``i_f * T' + i_t``, with ``F' = (mel_bins - k_f) // f_s + 1``,
+``T' = (frames - k_t) // t_s + 1``). With ``pooling="cls"`` (AST) a class token
 and a DeiT distillation token come first and the clip is the mean of the two; learned positions are added to
 every token; the shared pre-norm body and a final LayerNorm follow; the head is LayerNorm + linear. With
 ``pooling="mean"`` there are no prefix tokens and every grid kernel runs on the ``(F', T')`` patch grid.
@@ -30,15 +31,21 @@ from ..transformer import TransformerBody, init_weights
 from ..probe import check_prefix_tokens
 
 
+def patch_kernel(cfg: ModelConfig) -> tuple[int, int]:
+    """``(frequency, time)`` size of a patch: ``patch_shape``, or ``patch_size`` in both."""
+    return (cfg.patch_shape[0], cfg.patch_shape[1]) if cfg.patch_shape else (cfg.patch_size, cfg.patch_size)
+
+
 def patch_strides(cfg: ModelConfig) -> tuple[int, int]:
-    """``(frequency, time)`` strides of the patches: ``patch_stride`` as a pair, one int for both, or ``patch_size``.
+    """``(frequency, time)`` strides of the patches: ``patch_stride`` as a pair, one int for both, or the patch size
+    (:func:`patch_kernel`: no overlap).
 
     Raises:
         ValueError: a list that is not two positive ints.
     """
     stride = cfg.patch_stride
     if stride is None:
-        return cfg.patch_size, cfg.patch_size
+        return patch_kernel(cfg)
     pair = [stride, stride] if isinstance(stride, int) else list(stride)
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"patch_stride is [frequency, time] (or one int), both >= 1; got {stride}")
@@ -56,15 +63,15 @@ class SpectrogramPatches(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        k = cfg.patch_size
+        kf, kt = patch_kernel(cfg)
         fs, ts = patch_strides(cfg)
-        if cfg.mel_bins < k or cfg.frames < k:
-            raise ValueError(f"a {cfg.frames} x {cfg.mel_bins} spectrogram is smaller than one {k}x{k} patch; "
-                             "use a smaller patch_size or more frames")
+        if cfg.mel_bins < kf or cfg.frames < kt:
+            raise ValueError(f"a {cfg.frames}-frame x {cfg.mel_bins}-mel-bin spectrogram is smaller than one patch of "
+                             f"{kt} frames x {kf} mel bins; use a smaller patch_size / patch_shape or more frames")
         self.shape = (cfg.frames, cfg.mel_bins)
-        self.grid = ((cfg.mel_bins - k) // fs + 1, (cfg.frames - k) // ts + 1)
+        self.grid = ((cfg.mel_bins - kf) // fs + 1, (cfg.frames - kt) // ts + 1)
         self.patchout = self._check_patchout(cfg.patchout, self.grid)
-        self.proj = nn.Conv2d(1, cfg.dim, kernel_size=k, stride=(fs, ts))
+        self.proj = nn.Conv2d(1, cfg.dim, kernel_size=(kf, kt), stride=(fs, ts))
         self.prefix = 2 if cfg.pooling == "cls" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if self.prefix else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if self.prefix else None
@@ -141,7 +148,8 @@ class SpectrogramPatches(nn.Module):
 class AST(TransformerBody):
     """Spectrogram classifier / feature extractor (see the module docstring).
 
-    Config fields used: ``mel_bins``, ``frames``, ``patch_size``, ``patch_stride``, ``pooling``, ``dim``,
+    Config fields used: ``mel_bins``, ``frames``, ``patch_size`` / ``patch_shape``, ``patch_stride``, ``pooling``,
+    ``dim``,
     ``num_layers``, ``num_heads``, ``mlp_dim``, ``norm_eps``, ``attention`` (+ options), ``num_classes``.
 
     Raises:

@@ -28,3 +28,12 @@ register_model("ssast-small", SSAST, "SSAST pretraining of ast-small's encoder: 
                "with patch_stride [16, 16] and max_seq_len 50", dim=192, num_layers=6, num_heads=3, mel_bins=128,
                frames=98, patch_size=16, patch_stride=[16, 16], pooling="cls", max_seq_len=50, norm_eps=1e-12,
                mask_ratio=0.75)
+register_model("ssast-frame-small", SSAST, "SSAST's frame-based pretraining (Gong et al. 2022) of ast-small's "
+               "encoder with patches of every mel bin x 2 frames (a 1 x 49 grid), 37 of 49 masked per clip; fine-tune "
+               "with model.init_from in ast-frame-small", dim=192, num_layers=6, num_heads=3, mel_bins=128,
+               frames=98, patch_size=16, patch_shape=[128, 2], pooling="cls", max_seq_len=51, norm_eps=1e-12,
+               mask_ratio=0.75)
+register_model("ast-frame-small", AST, "ast-small with SSAST's frame patches (every mel bin x 2 frames, a 1 x 49 "
+               "grid): the fine-tuning model of ssast-frame-small", dim=192, num_layers=6, num_heads=3, mel_bins=128,
+               frames=98, patch_size=16, patch_shape=[128, 2], pooling="cls", max_seq_len=51, norm_eps=1e-12,
+               num_classes=12)

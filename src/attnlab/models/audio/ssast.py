@@ -13,8 +13,10 @@ mask embedding before the positions. Two heads read the encoder output at the ma
 - generative: the mean squared error of the reconstructed patches.
 
 The joint loss is ``L_d + 10 L_g``, from one encoder pass with one mask (the reference runs two passes with two
-masks). Targets are the normalised spectrogram's patches (``unfold`` with stride = kernel). Frame tokenisation
-(``128 x 2`` patches) is not here: AST's patches are square.
+masks). Targets are the normalised spectrogram's patches (``unfold`` with stride = kernel). Patches are square
+(``patch_size``, SSAST's patch-based model) or frames (``patch_shape: [128, 2]``: every mel bin of 2 frames, a
+``1 x T'`` grid; the clusters then become runs of ``C`` neighbouring frames, as the reference's offsets
+``s + T' i + j`` leave the grid for ``i >= 1``).
 
 Shapes: ``spec (B, frames, mel_bins)`` -> ``(loss, metrics)``; ``mask_clusters`` -> ``(B, mask_patches)`` indices.
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ast import AST, patch_strides
+from .ast import AST, patch_kernel, patch_strides
 
 
 def mask_clusters(batch: int, grid: tuple[int, int], count: int, generator: torch.Generator | None = None,
@@ -69,7 +71,7 @@ class MaskedSpectrogramModel(nn.Module):
     """An AST encoder with SSAST's mask embedding and its two prediction heads (see the module docstring).
 
     Args:
-        encoder: an :class:`AST` with non-overlapping patches (stride = ``patch_size``).
+        encoder: an :class:`AST` with non-overlapping patches (stride = the patch size).
         mask_patches: patches masked per clip (SSAST: 400 of 512).
         generative_weight: weight of the reconstruction loss (SSAST: 10).
 
@@ -80,21 +82,22 @@ class MaskedSpectrogramModel(nn.Module):
     def __init__(self, encoder: AST, mask_patches: int, generative_weight: float = 10.0):
         super().__init__()
         cfg = encoder.cfg
-        if patch_strides(cfg) != (cfg.patch_size, cfg.patch_size):
+        self.kernel = patch_kernel(cfg)
+        if patch_strides(cfg) != self.kernel:
             raise ValueError(f"masked patch modelling needs non-overlapping patches: patch_stride={cfg.patch_stride} "
-                             f"must equal patch_size={cfg.patch_size} while pretraining")
+                             f"must equal the patch size {list(self.kernel)} while pretraining")
         F_, T_ = encoder.grid
         if not 1 <= mask_patches <= F_ * T_ - 2:
             raise ValueError(f"mask_patches={mask_patches} must be in 1..{F_ * T_ - 2} for the {F_} x {T_} grid")
         self.encoder, self.mask_patches, self.generative_weight = encoder, mask_patches, generative_weight
         self.mask_embed = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, 1, cfg.dim)))
-        self.cpred, self.gpred = _head(cfg.dim, cfg.patch_size ** 2), _head(cfg.dim, cfg.patch_size ** 2)
+        size = self.kernel[0] * self.kernel[1]
+        self.cpred, self.gpred = _head(cfg.dim, size), _head(cfg.dim, size)
         self.generator = None
 
     def targets(self, spec: Tensor) -> Tensor:
-        """``(B, N, k^2)``: the spectrogram's patches in token order (frequency-major)."""
-        k = self.encoder.cfg.patch_size
-        return F.unfold(spec.transpose(1, 2).unsqueeze(1).float(), k, stride=k).transpose(1, 2)
+        """``(B, N, k_f k_t)``: the spectrogram's patches in token order (frequency-major)."""
+        return F.unfold(spec.transpose(1, 2).unsqueeze(1).float(), self.kernel, stride=self.kernel).transpose(1, 2)
 
     def forward(self, spec: Tensor, masked: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Joint loss and metrics for ``spec (B, frames, mel_bins)``; ``masked (B, M)`` indices or drawn here."""
@@ -109,7 +112,7 @@ class MaskedSpectrogramModel(nn.Module):
         h, grid = embed.assemble(tokens.transpose(1, 2).reshape(B, D, rows, cols))
         z = self.encoder.encode(None, inputs_embeds=h, grid=grid)[:, embed.prefix:]  # (B, N, D)
         picked = z.gather(1, masked[..., None].expand(-1, -1, D))  # (B, M, D)
-        target = self.targets(spec).gather(1, masked[..., None].expand(-1, -1, self.encoder.cfg.patch_size ** 2))
+        target = self.targets(spec).gather(1, masked[..., None].expand(-1, -1, self.kernel[0] * self.kernel[1]))
         loss_d, accuracy = discriminative_loss(target, self.cpred(picked).float())
         loss_g = F.mse_loss(self.gpred(picked).float(), target)
         loss = loss_d + self.generative_weight * loss_g
@@ -124,7 +127,7 @@ class SSAST(MaskedSpectrogramModel):
     ``encoder.*``; ``model.init_from`` copies them into an AST of the same shape for fine-tuning.
 
     Raises:
-        ValueError: overlapping patches (``patch_stride`` must equal ``patch_size``), or a mask ratio that leaves
+        ValueError: overlapping patches (``patch_stride`` must equal the patch size), or a mask ratio that leaves
             fewer than two visible patches.
     """
 
