@@ -60,19 +60,25 @@ def test_masked_patches_become_the_mask_embedding_before_the_positions():
     torch.testing.assert_close(tokens[keep], patches[keep])
 
 
+def _pretrain(model, spec, steps: int = 60):
+    """The metrics before and after ``steps`` Adam steps on one batch of clips."""
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = model(spec)[1]
+    for _ in range(steps):
+        loss, metrics = model(spec)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, metrics
+
+
 def test_pretraining_lowers_both_losses_and_the_encoder_fine_tunes():
     torch.manual_seed(0)
     model = MaskedSpectrogramModel(create_model("ast-tiny", **TINY), mask_patches=12)
     model.generator = torch.Generator().manual_seed(0)
     base = torch.randn(1, 64, 32)
     spec = base + 0.1 * torch.randn(32, 64, 32)  # structured clips: one pattern plus noise
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    first = model(spec)[1]
-    for _ in range(60):
-        loss, metrics = model(spec)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    first, metrics = _pretrain(model, spec)
     assert metrics["generative_loss"] < 0.5 * first["generative_loss"]
     assert metrics["discriminative_loss"] < first["discriminative_loss"]
     tuned = create_model("ast-tiny", **{**TINY, "num_classes": 3})
@@ -111,13 +117,7 @@ def test_frame_pretraining_lowers_the_loss_and_feeds_a_frame_ast():
     model = MaskedSpectrogramModel(create_model("ast-tiny", **FRAMES), mask_patches=16)
     model.generator = torch.Generator().manual_seed(0)
     spec = torch.randn(1, 64, 32) + 0.1 * torch.randn(32, 64, 32)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    first = model(spec)[1]
-    for _ in range(60):
-        loss, metrics = model(spec)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    first, metrics = _pretrain(model, spec)
     assert metrics["generative_loss"] < 0.5 * first["generative_loss"]
     tuned = create_model("ast-tiny", **{**FRAMES, "num_classes": 3})
     missing, unexpected = tuned.load_state_dict(model.encoder.state_dict(), strict=False)
