@@ -119,8 +119,8 @@ def fbank_speed(reps: int) -> dict:
     g = np.random.default_rng(0)
     waves = torch.from_numpy(g.standard_normal((200, 16000)).astype(np.float32) * 0.1)
 
-    def ours():
-        return fbank(waves, 16000, 80)
+    def ours(dtype):
+        return lambda: fbank(waves, 16000, 80, dtype=dtype)
 
     def reference():
         opts = knf.FbankOptions()
@@ -131,11 +131,13 @@ def fbank_speed(reps: int) -> dict:
             online.input_finished()
             np.array([online.get_frame(i) for i in range(online.num_frames_ready)])
 
-    return paired({"attnlab": ours, "kaldi-native-fbank": reference}, reps, items=len(waves))
+    return paired({"attnlab": ours(torch.float64), "attnlab-float32": ours(torch.float32),
+                   "kaldi-native-fbank": reference}, reps, items=len(waves))
 
 
 def paired(runs: dict, reps: int, items: int) -> dict:
-    """Alternating repetitions of ``runs`` (first one is attnlab): items/s (median) and the paired ratios."""
+    """Alternating repetitions of ``runs`` (attnlab's first, named ``attnlab*``): items/s (median) and the paired
+    ratios ``<attnlab run>_vs_<peer>`` (peer time / attnlab time, median over repetitions)."""
     for fn in runs.values():
         fn()
     times = {k: [] for k in runs}
@@ -144,10 +146,10 @@ def paired(runs: dict, reps: int, items: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    first = next(iter(runs))
+    ours = [k for k in runs if k.startswith("attnlab")]
     return {**{f"{k}_per_s": items / statistics.median(v) for k, v in times.items()},
-            **{f"attnlab_vs_{k}": statistics.median(o / a for a, o in zip(times[first], v))
-               for k, v in times.items() if k != first}}
+            **{f"{a}_vs_{k}": statistics.median(o / t for t, o in zip(times[a], v))
+               for a in ours for k, v in times.items() if k not in ours}}
 
 
 def ast_speed(reps: int) -> dict:
@@ -198,8 +200,9 @@ def main() -> None:
         result["fbank"] = fbank_speed(args.reps)
         result["ast_forward"] = ast_speed(args.reps)
         f, a = result["fbank"], result["ast_forward"]
-        print_table([{"what": "filterbank clips/s", "attnlab": f["attnlab_per_s"],
-                      "peer": f["kaldi-native-fbank_per_s"], "paired": f["attnlab_vs_kaldi-native-fbank"]}]
+        print_table([{"what": f"filterbank clips/s ({name})", "attnlab": f[f"{run}_per_s"],
+                      "peer": f["kaldi-native-fbank_per_s"], "paired": f[f"{run}_vs_kaldi-native-fbank"]}
+                     for run, name in (("attnlab", "float64"), ("attnlab-float32", "float32"))]
                     + [{"what": f"AST forward {p} spectrograms/s", "attnlab": a[p]["attnlab_per_s"],
                         "peer": a[p]["transformers_per_s"], "paired": a[p]["attnlab_vs_transformers"]}
                        for p in ("fp32", "bf16")], ["what", "attnlab", "peer", "paired"])
