@@ -99,7 +99,7 @@ $(DATA_STAMP): $(STAMP)
 	else echo "could not install Debian's $(DEBIAN_DATA) (no apt-get, or not root): their tests will skip"; fi
 
 docs: $(STAMP)
-	$(PY) -m attnlab.config docs/config.md
+	$(PY) -m attnlab.config_reference docs/config.md
 	$(PY) -m attnlab.distill docs/distill-config.md
 	$(PY) -m attnlab.catalogue docs/attention.md
 

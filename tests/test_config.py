@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnlab.config import RunConfig, build_config, config_reference, load_config, parse_overrides
+from attnlab.config import RunConfig, build_config, load_config, parse_overrides
+from attnlab.config_reference import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "char-gpt.yaml"
@@ -99,7 +100,7 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_reference_doc_is_current():
     doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
-    assert doc == config_reference(), "regenerate with: python -m attnlab.config docs/config.md"
+    assert doc == config_reference(), "regenerate with: python -m attnlab.config_reference docs/config.md"
     for section in ("model", "data", "objective", "train"):
         for key in RunConfig.model_fields[section].annotation.model_fields:
             assert f"`{section}.{key}`" in doc

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "attention": 3,
     "models": 4,
     "objectives": 5, "interop": 5,
-    "infer": 6, "config": 6,
+    "infer": 6, "config": 6, "config_reference": 7,
     "train": 7,
     "compare": 8, "distill": 8, "explain": 8,
     "catalogue": 9, "cli": 9,

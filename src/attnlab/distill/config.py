@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ModelSection, SavedAsYaml, TrainConfig, section_reference, check_keys, deep_merge, format_validation_error, parse_overrides
+from ..config import ModelSection, SavedAsYaml, TrainConfig, check_keys, deep_merge, format_validation_error, parse_overrides
+from ..config_reference import section_reference
 from ..core.yamlfile import load_yaml
 
 LOSSES = ("attention", "value_relation", "qq", "kk", "vv", "qk", "embedding_mse")
