@@ -1,16 +1,37 @@
-"""Run-directory bookkeeping: ``metrics.jsonl`` (one JSON row per optimizer step), ``summary.json``, and the lines a
-run prints about its losses."""
+"""Run-directory bookkeeping: what a run returns (:class:`TrainResult`), ``metrics.jsonl`` (one JSON row per optimizer
+step), ``summary.json``, and the lines a run prints about its losses."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..core.io import write_text
 from ..viz.curves import read_metrics
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`attnlab.train.train` did. ``stopped`` is ``completed``, ``interrupted`` or ``early_stopping``."""
+
+    run_dir: Path
+    step: int
+    stopped: str
+    losses: list[float] = field(default_factory=list)
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    num_parameters: int = 0
+
 
 RUN_FILES = ("config.yaml", "tokenizer.json", "metrics.jsonl", "summary.json", "loss_curve.png", "eval.json")
 

@@ -14,7 +14,6 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,32 +37,13 @@ from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_
                          load_weights, restore_rng, save_checkpoint, write_failure)
 from .fingerprint import check_resume, fingerprint
 from .evaluation import evaluate_batches
-from .logs import MetricsLog, opening_line, print_summary, truncate_metrics
+from .logs import MetricsLog, TrainingDiverged, TrainResult, opening_line, print_summary, truncate_metrics
 from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
 from .precision import autocast, resolve_precision
 from .rundir import check_flags, clear_run, kept_tokenizer, lock_run_dir, write_run_files
 from .signals import Abort, install_stop_handlers, restore_handlers
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainResult:
-    """What a call to :func:`train` did. ``stopped`` is ``completed``, ``interrupted`` or ``early_stopping``."""
-
-    run_dir: Path
-    step: int
-    stopped: str
-    losses: list[float] = field(default_factory=list)
-    final_val_loss: float | None = None
-    best_val_loss: float | None = None
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    num_parameters: int = 0
 
 
 def seed_everything(seed: int) -> None:
