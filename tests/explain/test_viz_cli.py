@@ -144,3 +144,32 @@ def test_cvt_with_strided_keys_is_explained(tmp_path, pooling, shape):
     dist = _json(run, "distance")["distance"]
     assert [len(r) for r in dist] == [b.attn.attn.num_heads for s in subject.body.stages for b in s.blocks]
     assert all(0 <= d <= np.hypot(7, 7) for r in dist for d in r)
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("viz") / "enc", {"name": "encoder-tiny", "max_seq_len": 64},
+                  {"dataset": "sentiment", "options": {"max_len": 64}, "batch_size": 16})
+
+
+def test_text_classifier_is_explained_from_a_text_or_a_test_example(sentiment_run, capsys):
+    assert main(["viz", sentiment_run, "--method", "rollout", "--text", "a gem of a film"]) == 0
+    rec = _json(sentiment_run, "rollout")
+    rel = np.array(rec["relevance"])
+    assert rel.shape == (15,) and rel.sum() == pytest.approx(1.0, abs=1e-5)   # one per byte; mean pooling: mean row
+    assert rec["input"].startswith("the text, predicted ")
+    for method in ("grad_rollout", "raw", "distance", "heads"):
+        assert main(["viz", sentiment_run, "--method", method, "--index", "3"]) == 0
+    assert _json(sentiment_run, "distance")["unit"] == "tokens"
+    assert np.array(_json(sentiment_run, "heads")["importance"]).max() > 0
+    subject = open_subject(sentiment_run, index=3)
+    out, maps = maps_with_gradients(subject.model, subject.run)
+    with torch.no_grad():
+        torch.testing.assert_close(out, subject.run(), rtol=1e-5, atol=1e-5)
+    assert subject.inputs.shape[1] == len(subject.shown) and "<pad>" not in subject.shown   # its real tokens only
+    for argv, message in [(["--text", "x" * 80], "the text is 80 tokens (UTF-8 bytes) but the run's inputs hold 64"),
+                          (["--index", "99999"], "out of range: the test split has"),
+                          (["--text", ""], "the text is empty")]:
+        assert main(["viz", sentiment_run, "--method", "rollout", *argv]) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err

@@ -19,14 +19,16 @@ METHODS = ("rollout", "grad_rollout", "raw", "distance", "heads")
 
 
 def add_viz_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run directory written by `attnlab train` (an image classifier or a language model)")
+    p.add_argument("run_dir", help="run directory written by `attnlab train` (an image or text classifier, or a "
+                                  "language model)")
     p.add_argument("--method", required=True, choices=METHODS,
                    help="rollout | grad_rollout | raw (one layer) | distance (mean attention distance) | heads "
                         "(head importance)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="image file of the run's size (image runs)")
-    src.add_argument("--index", type=non_negative_int, help="a test-split image by index (image runs; default 0)")
-    src.add_argument("--text", help="text to explain (language-model runs)")
+    src.add_argument("--index", type=non_negative_int, help="a test-split example by index (classifier runs; "
+                                                           "default 0)")
+    src.add_argument("--text", help="text to explain (language models; text classifiers of a text dataset)")
     p.add_argument("--layer", type=integer, default=None, help="raw: the layer (default the last; -1 = last)")
     p.add_argument("--head", type=non_negative_int, default=None, help="raw: one head (default: heads fused)")
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="how heads are fused")

@@ -112,6 +112,8 @@ class SuiteDataset:
             ``seq_len`` 1).
         val: a validation split the trainer evaluates on while training (else ``test``'s first rows), for
             datasets whose test split is held out in another way (the keyword sets: other voices).
+        text_codec: how a text becomes this dataset's token ids (``"bytes"``: UTF-8 bytes; see
+            :func:`attnlab.data.text.sentiment.encode_text`), ``None`` when inputs are not text.
     """
 
     name: str
@@ -133,6 +135,7 @@ class SuiteDataset:
     audio_norm: tuple[float, float] | None = None
     byte_length: int | None = None
     val: SuiteSplit | None = None
+    text_codec: str | None = None
 
     @property
     def whole_examples(self) -> bool:

@@ -146,6 +146,34 @@ def _text_subject(run_dir: Path, text: str, device) -> Subject:
                    bool(getattr(run.model, "causal", True)), f"next token {run.tokenizer.decode([target])!r}")
 
 
+def _token_subject(run_dir: Path, cfg, feed, text: str | None, index: int | None, device) -> Subject:
+    """A sequence classifier (encoder or GPT body, mean pooling) on a text or a test example: relevance is read as
+    the mean over rows, as the pooling averages every position."""
+    from ..data.text.sentiment import encode_text, token_text
+
+    model, data = _load_classifier(run_dir, cfg, feed, device), feed.dataset
+    if text is not None:
+        if data.text_codec != "bytes":
+            raise ValueError(f"{data.name!r} has no text encoding: explain one of its test examples with --index N")
+        ids, label = encode_text(text, data.seq_len, bool(data.options.get("add_cls"))), "the text"
+    else:
+        i = 0 if index is None else index
+        if not 0 <= i < len(data.test.inputs):
+            raise ValueError(f"--index {i} is out of range: the test split has {len(data.test.inputs)} examples")
+        mask = data.test.key_padding_mask
+        ids = data.test.inputs[i] if mask is None else data.test.inputs[i][mask[i]]  # its real tokens
+        label = f"test example {i} (label {data.label_names[int(data.test.targets[i])]})"
+    x = ids[None].to(device)
+    with torch.no_grad():
+        target = int(model(x).argmax(-1))
+    n = min(HEADS_BATCH, len(data.test.inputs))
+    fixed = data.test.subset(slice(0, n)).to(device)
+    loss = (lambda m: F.cross_entropy(m(fixed.inputs, key_padding_mask=fixed.key_padding_mask), fixed.targets))
+    shown = [token_text(int(t)) for t in ids] if data.text_codec == "bytes" else [str(int(t)) for t in ids]
+    return Subject("text", model, model.body, x, lambda: model(x), target, loss, shown, False,
+                   f"{label}, predicted {data.label_names[target]}")
+
+
 def open_subject(run_dir: str | Path, image: str | None = None, index: int | None = None, text: str | None = None,
                  device: str = "auto") -> Subject:
     """Load ``run_dir``'s model and the input to explain.
@@ -168,8 +196,11 @@ def open_subject(run_dir: str | Path, image: str | None = None, index: int | Non
         if image is not None or index is not None:
             raise ValueError(f"{run_dir} is a language model: explain a text with --text, not an image")
         return _text_subject(run_dir, text or "", dev)
-    if getattr(getattr(feed, "dataset", None), "image_shape", None) is None:
-        raise ValueError(f"attnlab viz explains image classifiers and language models; {run_dir} trained "
+    data = getattr(feed, "dataset", None)
+    if data is not None and data.kind == "classify" and not data.whole_examples and data.grid is None:
+        return _token_subject(run_dir, cfg, feed, text, index, dev)
+    if getattr(data, "image_shape", None) is None:
+        raise ValueError(f"attnlab viz explains image and text classifiers and language models; {run_dir} trained "
                          f"{cfg.model.name} on {cfg.data.dataset!r} ({feed.kind})")
     if text is not None:
         raise ValueError(f"{run_dir} classifies images: give --image FILE or --index N, not --text")

@@ -87,6 +87,31 @@ def encode_bytes(texts: list[str], max_len: int, add_cls: bool = False) -> tuple
     return long_tensor(ids), torch.from_numpy(mask)
 
 
+def encode_text(text: str, max_len: int, add_cls: bool = False) -> torch.Tensor:
+    """One text as the ``(T,)`` ids of a ``bytes`` dataset (the CLS token first with ``add_cls``), unpadded.
+
+    Raises:
+        ValueError: an empty text, or one longer than ``max_len`` tokens (it would be cut).
+    """
+    ids, mask = encode_bytes([text], len(text.encode("utf-8")) + int(add_cls) + 1, add_cls)
+    n = int(mask.sum())
+    if n <= int(add_cls):
+        raise ValueError("the text is empty; give the text to explain")
+    if n > max_len:
+        raise ValueError(f"the text is {n} tokens (UTF-8 bytes) but the run's inputs hold {max_len}; shorten it")
+    return ids[0, :n]
+
+
+def token_text(token: int) -> str:
+    """How a ``bytes`` dataset's token reads: the byte's character (``\\xNN`` for non-ASCII bytes), ``<pad>``,
+    ``<cls>``."""
+    if token == PAD:
+        return "<pad>"
+    if token == CLS:
+        return "<cls>"
+    return chr(token) if 32 <= token < 127 or token in (9, 10) else f"\\x{token:02x}"
+
+
 def make_sentiment(max_len: int = 256, add_cls: bool = False, test_fraction: float = 0.2, seed: int = 0,
                    path: str | Path | None = None) -> SuiteDataset:
     """Rotten Tomatoes fresh/rotten classification from raw UTF-8 bytes.
@@ -119,4 +144,4 @@ def make_sentiment(max_len: int = 256, add_cls: bool = False, test_fraction: flo
     return SuiteDataset(name="sentiment", kind="classify", train=split(perm[n_test:]), test=split(perm[:n_test]),
                        seq_len=max_len, metric="accuracy", vocab_size=VOCAB_SIZE, num_classes=2,
                        vocab={"<pad>": PAD, "<cls>": CLS}, label_names=("rotten", "fresh"),
-                       options=options)
+                       options=options, text_codec="bytes")
