@@ -9,7 +9,7 @@ inference. Peers, in the same run and alternating order:
     native_avx512 the native kernel on AVX-512 BF16 instructions
 
 Both native paths are timed past the document lengths up to which attnlab uses them (``MAX_DOC_LEN``:
-1,024 tokens on AMX, 96 on AVX-512), which is how those limits were chosen. Reports the median time per
+1,024 tokens on both paths), which is how those limits were chosen. Reports the median time per
 batch, the speedup over ``sdpa_bf16`` and useful GFLOP/s
 (``4 * docs * H * L^2 * Dh``). Writes ``benchmarks/results/native_attention.json``.
 

@@ -13,11 +13,11 @@ from .marshal import (Spans, check_status, doc_table, fake_gradients, gradient_b
 
 FAMILY = "attention_bf16"
 
-# Longest document each path takes; longer ones go to PyTorch's flash kernel, which tiles the keys and
-# wins there (benchmarks/native_attention.py: AMX still 1.3-1.5x SDPA at 512 tokens; AVX-512 1.1-2.5x
-# up to 80 tokens, 0.8-1.1x at 128, behind from 256, also with PyTorch held to AVX-512 by
-# ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16).
-MAX_DOC_LEN = {"amx": 1024, "avx512": 96}
+# Longest document each path takes; longer ones go to PyTorch's flash kernel, which tiles the keys
+# (benchmarks/native_attention.py, 1 thread: AMX 1.3-1.5x SDPA at 512 tokens; AVX-512 BF16 without AMX
+# 2.3-2.6x SDPA from 128 to 1,024 tokens, head sizes 32 and 64, 2.6-3.6x at 2 threads; an earlier,
+# slower build of the AVX-512 path lost to SDPA from 128 tokens, which had kept it at 96).
+MAX_DOC_LEN = {"amx": 1024, "avx512": 1024}
 
 
 def usable(q: Tensor, k: Tensor, v: Tensor, *, grad: bool = False) -> bool:
