@@ -54,7 +54,7 @@ def test_bad_spectrograms_are_one_line():
     model = create_model("ast-tiny")
     with pytest.raises(ValueError, match=r"expected spectrograms of shape \(batch, 64 frames, 32 mel bins\)"):
         model(torch.randn(2, 32, 64))
-    with pytest.raises(ValueError, match="smaller than one 8x8 patch"):
+    with pytest.raises(ValueError, match="smaller than one patch of 8 frames x 8 mel bins"):
         create_model("ast-tiny", frames=4)
     with pytest.raises(ValueError, match="set max_seq_len=52"):
         create_model("ast-tiny", max_seq_len=20)
