@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..attention.base import AttentionKernel
 from ..attention.capabilities import CapabilityError
-from ..models.transformer import collect_attention_maps
+from ..models.transformer import collect_attention_maps, kernel_call
 from ..viz.attention import attention_shells, fuse_heads, grad_rollout, rollout
 
 MAP_METHODS = ("rollout", "grad_rollout", "raw")
@@ -88,8 +88,7 @@ def maps_with_gradients(model: nn.Module, run: Callable[[], Tensor], name: str =
     maps: list[Tensor] = []
 
     def hook(module, args, kwargs, output):
-        q, k, v = args[:3]
-        ctx = args[3] if len(args) > 3 else kwargs.get("ctx")
+        q, k, v, ctx = kernel_call(args, kwargs)
         w = module.attention_weights(q, k, v, ctx)
         w.retain_grad()
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)  # grouped K/V heads serve H // Hkv query heads

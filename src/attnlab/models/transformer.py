@@ -229,10 +229,19 @@ class TransformerBody(nn.Module):
 
 
 def collect_attention_maps(shells: list[nn.Module], run: Callable[[], object]) -> list[Tensor]:
-    """The ``(B, H, T, S)`` map of every call of ``shells`` (attention shells) while ``run()`` runs without
-    gradients, each recomputed through its kernel's reference path, in call order."""
+    """The ``(B, H, T, S)`` map of every kernel call of ``shells`` (attention shells, or any module holding its
+    kernel as ``.kernel``, e.g. CvT's convolutional attention) while ``run()`` runs without gradients, each
+    recomputed through its kernel's reference path from the q, k, v the kernel was given, in call order."""
     maps: list[Tensor] = []
-    hooks = [shell.register_forward_hook(_weights_hook(maps), with_kwargs=True) for shell in shells]
+
+    def hook(kernel, args, kwargs, output):
+        q, k, v, ctx = kernel_call(args, kwargs)
+        w = kernel.attention_weights(q, k, v, ctx)
+        main = w.shape[0] if ctx is None or ctx.num_main_rows is None else ctx.num_main_rows
+        maps.append(w[:main])  # without rows a stack hook appended
+
+    kernels = list({id(s.kernel): s.kernel for s in shells}.values())  # a kernel shared by shells hooks once
+    hooks = [kernel.register_forward_hook(hook, with_kwargs=True) for kernel in kernels]
     try:
         with torch.no_grad():
             run()
@@ -242,12 +251,7 @@ def collect_attention_maps(shells: list[nn.Module], run: Callable[[], object]) -
     return maps
 
 
-def _weights_hook(store: list):
-    def hook(module: MultiHeadAttention, args, kwargs, output):
-        x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
-        positions = args[2] if len(args) > 2 else kwargs.get("positions")
-        q, k, v = module.project(x, positions, ctx)
-        w = module.kernel.attention_weights(q, k, v, ctx)
-        main = w.shape[0] if ctx.num_main_rows is None else ctx.num_main_rows
-        store.append(w[:main])  # without rows a stack hook appended
-    return hook
+def kernel_call(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor, object]:
+    """``(q, k, v, ctx)`` of an attention kernel's ``forward(q, k, v, ctx=None)`` call, as a forward hook sees it."""
+    q, k, v = args[:3]
+    return q, k, v, args[3] if len(args) > 3 else kwargs.get("ctx")

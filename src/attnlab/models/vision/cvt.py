@@ -33,6 +33,7 @@ from ...layers.mlp import build_mlp
 from ..config import ModelConfig
 from .pixels import Classifies, check_pixels
 from ..probe import kernels_serving, probe_failure
+from ..transformer import collect_attention_maps
 from .swin import init_linear_and_norm
 
 
@@ -81,7 +82,6 @@ class ConvAttention(nn.Module):
             options = {"scale": width ** -0.5, **options}  # CvT scales by the stage width (a user value wins)
         self.attn = MultiHeadAttention(width, heads, heads, kernel=kernel, kernel_options=options, bias=bias,
                                        dropout=dropout, max_seq_len=max_seq_len)
-        self.maps: list[Tensor] | None = None  # set by CvT.attention_maps
 
     def context(self, grid: tuple[int, int]) -> AttentionContext:
         """Self-attention on the grid (``kv_stride == 1``), else cross-attention to the strided key grid."""
@@ -97,8 +97,6 @@ class ConvAttention(nn.Module):
         v = shell.split_heads(shell.v_proj(ins[2]), shell.num_heads)
         ctx = self.context(grid)
         out = shell.kernel(q, k, v, ctx)  # (B, H, T, Dh)
-        if self.maps is not None:
-            self.maps.append(shell.kernel.attention_weights(q, k, v, ctx))
         return shell.dropout(shell.out_proj(out.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -245,17 +243,8 @@ class CvT(Classifies, nn.Module):
         Raises:
             CapabilityError: a kernel that has no attention weights.
         """
-        attns = [b.attn for s in self.stages for b in s.blocks]
-        maps: list[Tensor] = []
-        for a in attns:
-            a.maps = maps
-        try:
-            with torch.no_grad():
-                self(pixels)
-        finally:
-            for a in attns:
-                a.maps = None
-        return maps
+        shells = [b.attn.attn for s in self.stages for b in s.blocks]
+        return collect_attention_maps(shells, lambda: self(pixels))
 
     def key_layout(self) -> tuple[int, int, int]:
         """``(kernel, stride, padding)`` of the convolution that makes keys and values from a stage's grid: where
