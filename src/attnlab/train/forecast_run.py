@@ -80,14 +80,13 @@ def forecast_file(run_dir: str | Path, input_csv: str | Path, output_csv: str | 
         raise ValueError(f"--future: {run_dir}'s model reads the look-back only (model.future_exog is off); drop it")
     with torch.no_grad():
         y = data.denormalise_targets(forecast_of(model, batch)[0].double().cpu().numpy())  # (T, C_t) original units
-    future = times
     truth = frame.values[end:end + T, : data.num_targets] if holdout else None
-    write_text(output_csv, _forecast_csv(future, frame.target, y, truth))
+    write_text(output_csv, _forecast_csv(times, frame.target, y, truth))
     out = {"rows": T, "horizon": T}
     if truth is not None:
         out["mae"] = float(np.abs(y - truth).mean())
     if plot is not None:
-        _plot(ts[end - L:end], history[:, : data.num_targets], future, y, truth, frame.target, plot)
+        _plot(ts[end - L:end], history[:, : data.num_targets], times, y, truth, frame.target, plot)
     return out
 
 
@@ -104,8 +103,7 @@ def _future_exog(path, times: np.ndarray, cfg, data, timestamp: str) -> np.ndarr
     values = np.zeros((T, 0))
     if given:
         fut = read_csv_series(path, timestamp, [], given, cfg.data.fill)
-        n = min(len(fut.timestamps), T)
-        if n < T or not np.array_equal(fut.timestamps[:T], times):
+        if len(fut.timestamps) < T or not np.array_equal(fut.timestamps[:T], times):
             first = str(times[0]).replace("T", " ")
             raise ValueError(f"--future {path}: needs the {T} steps after the input's last row ({first}, then every "
                              f"{times[1] - times[0] if T > 1 else 'step'}), got {len(fut.timestamps)} rows from "
