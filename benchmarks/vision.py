@@ -6,6 +6,11 @@ saved, and loaded by ``attnlab.load_pretrained`` (so both run the same numbers; 
 two libraries alternate within every repetition; ``paired`` is the median over repetitions of transformers' time
 over attnlab's (the shared machine's speed drifts, the pairing cancels it).
 
+Both libraries spend most of a step in the same matrix products (oneDNN/MKL GEMMs). One profiled step per library
+gives each one's GEMM share and ``bound``: transformers' step time over attnlab's GEMM time, the ratio attnlab
+would reach if everything but its matrix products cost nothing (no implementation that runs the same GEMMs can
+beat it). ``gemm GF/s`` is a large square matmul's rate on this machine, for scale.
+
     python benchmarks/vision.py            # 6 repetitions per cell
     python benchmarks/vision.py --quick    # 3, forward only for ViT-B/16
 """
@@ -20,7 +25,7 @@ import time
 
 import torch
 
-from common import machine_info, print_table, write_json
+from common import machine_info, matmul_peak, print_table, write_json
 
 BATCH = 8
 
@@ -70,6 +75,21 @@ def make_steps(model, kind: str, x: torch.Tensor, y: torch.Tensor, precision: st
     return {"forward": forward, "train": train}
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def gemm_share(step) -> tuple[float, float]:
+    """(seconds of one profiled call of ``step``, seconds of it inside GEMM kernels), by the ops' self CPU time."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
+    return total, gemm
+
+
 def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
@@ -91,6 +111,10 @@ def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
         out[mode] = {lib: {"images_per_s": BATCH / statistics.median(ts), "times_s": [round(t, 4) for t in ts]}
                      for lib, ts in times.items()}
         out[mode]["paired"] = statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"]))
+        profiled = {lib: gemm_share(steps[lib][mode]) for lib in ("attnlab", "hf")}
+        for lib, (total, gemm) in profiled.items():
+            out[mode][lib].update(profiled_s=round(total, 4), gemm_s=round(gemm, 4), gemm_share=gemm / total)
+        out[mode]["bound"] = profiled["hf"][0] / profiled["attnlab"][1]
     return out
 
 
@@ -102,6 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     repeats = 3 if args.quick else args.repeats
     rows, results = [], {}
+    peak = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
     for arch in args.arch:
         modes = ["forward"] if args.quick and arch == "vit-b16" else ["forward", "train"]
         for precision in ("fp32", "bf16"):
@@ -110,11 +135,13 @@ def main() -> None:
                 r = res[mode]
                 rows.append({"model": arch, "precision": precision, "step": mode,
                              "attnlab img/s": r["attnlab"]["images_per_s"], "hf img/s": r["hf"]["images_per_s"],
-                             "paired vs HF": r["paired"], "max |logit diff|": res["max_logit_diff_fp32"]})
+                             "paired vs HF": r["paired"], "GEMM share attnlab": r["attnlab"]["gemm_share"],
+                             "GEMM share HF": r["hf"]["gemm_share"], "bound": r["bound"],
+                             "gemm GF/s": peak[precision], "max |logit diff|": res["max_logit_diff_fp32"]})
     table = print_table(rows, ["model", "precision", "step", "attnlab img/s", "hf img/s", "paired vs HF",
-                               "max |logit diff|"])
+                               "GEMM share attnlab", "GEMM share HF", "bound", "gemm GF/s", "max |logit diff|"])
     path = write_json("vision", {"batch": BATCH, "repeats": repeats, "machine": machine_info(), "results": results,
-                                 "table": table})
+                                 "matmul_gflops": peak, "table": table})
     print(f"wrote {path}")
 
 

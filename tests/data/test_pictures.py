@@ -107,3 +107,30 @@ def test_crops_pad_with_the_fill_value_per_channel():
     assert torch.equal(out[:, 0][~inside[:, 0]].unique(), torch.tensor([-2.0]))
     assert torch.equal(out[:, 1][~inside[:, 1]].unique(), torch.tensor([5.0]))
     assert (~inside).any()
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_drawn_size():
+    """Zhong et al. 2017: each chosen image differs from its input in exactly one rectangle, of 2-40% of the
+    image and aspect ratio within [0.3, 1/0.3] (up to rounding); the rest is untouched; same seed, same output."""
+    x = torch.full((64, 2, 20, 24), 7.0)  # noise never equals 7 exactly, so the changed pixels are the rectangle
+    out = augment_images(x, erase=1.0, generator=torch.Generator().manual_seed(5))
+    again = augment_images(x, erase=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out, again) and torch.equal(x, torch.full_like(x, 7.0))
+    for img in out:
+        changed = (img != 7.0).any(0)
+        assert changed.any()
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert int(changed.sum()) == h * w and (img[:, changed] != 7.0).all()  # a full rectangle, all channels
+        assert 0.02 * 480 - 2 * (h + w) <= h * w <= 0.4 * 480 + 2 * (h + w)
+        assert 0.3 * w - 1 <= h <= w / 0.3 + 1
+    some = augment_images(x, erase=0.25, generator=torch.Generator().manual_seed(0))
+    erased = (some != 7.0).flatten(1).any(1).float().mean().item()
+    assert 0.1 < erased < 0.45  # ~ a quarter of the 64 images
+    assert torch.equal(augment_images(x, erase=0.0), x)
+
+
+@pytest.mark.parametrize("erase", [-0.1, 1.5, True, "half"])
+def test_bad_erase_probability_is_one_line(erase):
+    with pytest.raises(ValueError, match="erase must be a probability in"):
+        get_dataset("digits", erase=erase)

@@ -54,6 +54,19 @@ def test_augmented_batches_are_a_function_of_seed_and_step():
     assert not torch.equal(plain_first["pixels"], first[0]["pixels"])  # ...shifted and flipped
 
 
+def test_random_erasing_alone_turns_on_augmentation_and_resumes_exactly():
+    feed = feed_for_config(digits_config("unused", erase=1.0))
+    assert isinstance(feed, AugmentedImageFeed)
+    a, b = feed.sampler(16, seed=2), feed.sampler(16, seed=2)
+    first = [a.next() for _ in range(2)]
+    b.load_state_dict({**a.state_dict(), "position": 1})
+    assert torch.equal(b.next()["pixels"], first[1]["pixels"])
+    plain = feed_for_config(digits_config("unused")).sampler(16, seed=2).next()["pixels"]
+    changed = (plain != first[0]["pixels"]).flatten(1)
+    assert changed.any(1).all()  # every image got a rectangle (erase=1.0)...
+    assert (changed.float().mean(1) <= 0.4 + 0.1).all()  # ...of at most ~40% of its 64 pixels
+
+
 def test_confusion_matrix_counts():
     counts = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
     assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]

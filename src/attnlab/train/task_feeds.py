@@ -118,29 +118,32 @@ class MaskingSampler:
 
 
 class AugmentedImageFeed(DatasetFeed):
-    """An image dataset whose training batches are augmented (``crop_padding``, ``flip`` options of the dataset) as
+    """An image dataset whose training batches are augmented (``crop_padding``, ``flip``, ``erase`` options) as
     a pure function of ``(seed, step, micro-batch, rank)``; evaluation batches are not augmented. Crops pad with a
     black pixel in the dataset's normalisation."""
 
     def sampler(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                 grad_accum: int = 1) -> "AugmentingSampler":
         mean, std = self.dataset.image_norm
+        options = self.dataset.options
         return AugmentingSampler(super().sampler(batch_size, seed, rank, world_size, grad_accum),
-                                 self.dataset.options["crop_padding"], self.dataset.options["flip"],
-                                 tuple(-m / s for m, s in zip(mean, std)))
+                                 options["crop_padding"], options["flip"], tuple(-m / s for m, s in zip(mean, std)),
+                                 options.get("erase", 0.0))
 
 
 class AugmentingSampler:
     """A :class:`~attnlab.train.feeds.SplitSampler` whose ``pixels`` are augmented; same state and resume."""
 
-    def __init__(self, rows, crop_padding: int, flip: bool, fill: tuple[float, ...] | None = None):
-        self.rows, self.crop_padding, self.flip, self.fill = rows, crop_padding, flip, fill
+    def __init__(self, rows, crop_padding: int, flip: bool, fill: tuple[float, ...] | None = None,
+                 erase: float = 0.0):
+        self.rows, self.crop_padding, self.flip, self.fill, self.erase = rows, crop_padding, flip, fill, erase
 
     def next(self) -> dict[str, Tensor]:
         step, micro = divmod(self.rows.position, self.rows.grad_accum)
         b = self.rows.next()
         g = _generator(self.rows.seed, step, micro, self.rows.rank)
-        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g, self.fill)}
+        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g, self.fill,
+                                                     self.erase)}
 
     def state_dict(self) -> dict:
         return self.rows.state_dict()
@@ -218,8 +221,8 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
 def feed_for_dataset(dataset) -> DatasetFeed:
     """The feed of a suite dataset: augmented images or spectrograms when its options ask for it, else the plain
     dataset feed."""
-    if getattr(dataset, "image_shape", None) is not None and (dataset.options.get("crop_padding")
-                                                            or dataset.options.get("flip")):
+    if getattr(dataset, "image_shape", None) is not None and any(dataset.options.get(k)
+                                                                 for k in ("crop_padding", "flip", "erase")):
         return AugmentedImageFeed(dataset)
     if getattr(dataset, "audio_shape", None) is not None and (dataset.options.get("freq_mask")
                                                             or dataset.options.get("time_mask")):

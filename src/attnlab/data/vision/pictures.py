@@ -7,8 +7,9 @@
   resized to ``image_size``, a seeded train/test split per class.
 
 Pixels are scaled to [0, 1] and normalised per channel with the training split's mean and standard deviation
-(``dataset.image_norm``). Training-time augmentation (random crop after zero padding, horizontal flip) is a
-pair of dataset options the trainer's feed applies to each batch: ``crop_padding`` and ``flip``.
+(``dataset.image_norm``). Training-time augmentation (random crop after zero padding, horizontal flip, random
+erasing) is three dataset options the trainer's feed applies to each batch: ``crop_padding``, ``flip`` and
+``erase`` (the probability that an image gets a rectangle of noise).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from .images import _subset, load_fashion_mnist
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def _check_augment(crop_padding: int, flip: bool) -> dict:
+def _check_augment(crop_padding: int, flip: bool, erase: float = 0.0) -> dict:
     if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
         raise ValueError(f"crop_padding must be an int >= 0 (pixels of zero padding before a random crop), "
                          f"got {crop_padding!r}")
     if not isinstance(flip, bool):
         raise ValueError(f"flip must be true or false, got {flip!r}")
-    return dict(crop_padding=crop_padding, flip=flip)
+    if isinstance(erase, bool) or not isinstance(erase, (int, float)) or not 0.0 <= erase <= 1.0:
+        raise ValueError(f"erase must be a probability in [0, 1] (the share of training images that get a "
+                         f"rectangle of noise; 0.25 is usual), got {erase!r}")
+    return dict(crop_padding=crop_padding, flip=flip, erase=float(erase))
 
 
 def _dataset(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
@@ -54,14 +58,15 @@ def _dataset(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.nda
 
 
 def make_fashion_images(num_train: int | None = None, num_test: int | None = None, crop_padding: int = 0,
-                        flip: bool = False, seed: int = 0, root: str | Path | None = None) -> SuiteDataset:
+                        flip: bool = False, seed: int = 0, root: str | Path | None = None,
+                        erase: float = 0.0) -> SuiteDataset:
     """Fashion-MNIST as ``(N, 1, 28, 28)`` images, 10 classes; ``num_train`` / ``num_test`` pick seeded subsets.
 
     Raises:
         FileNotFoundError: the IDX files are missing (message names the apt command).
         ValueError: bad subset sizes or augmentation options.
     """
-    augment = _check_augment(crop_padding, flip)
+    augment = _check_augment(crop_padding, flip, erase)
     for name, v in (("num_train", num_train), ("num_test", num_test)):
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a positive int or None, got {v!r}")
@@ -76,14 +81,14 @@ def make_fashion_images(num_train: int | None = None, num_test: int | None = Non
 
 
 def make_digits(test_fraction: float = 0.2, crop_padding: int = 0, flip: bool = False, seed: int = 0,
-                path: str | Path | None = None) -> SuiteDataset:
+                path: str | Path | None = None, erase: float = 0.0) -> SuiteDataset:
     """The 8x8 UCI digits bundled with scikit-learn as ``(N, 1, 8, 8)`` images, 10 classes, seeded split.
 
     Raises:
         FileNotFoundError: scikit-learn (its ``digits.csv.gz``) is missing; the message names the pip command.
         ValueError: ``test_fraction`` outside (0, 1), bad augmentation options, a malformed file.
     """
-    augment = _check_augment(crop_padding, flip)
+    augment = _check_augment(crop_padding, flip, erase)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     path = source_path("digits") if path is None else Path(path)
@@ -102,7 +107,7 @@ def make_digits(test_fraction: float = 0.2, crop_padding: int = 0, flip: bool = 
 
 
 def make_image_folder(path: str = "", image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,
-                      crop_padding: int = 0, flip: bool = False, seed: int = 0) -> SuiteDataset:
+                      crop_padding: int = 0, flip: bool = False, seed: int = 0, erase: float = 0.0) -> SuiteDataset:
     """Images of ``path/<class>/*.{png,jpg,...}``, resized to ``image_size`` square, ``channels`` 1 (grey) or 3
     (RGB); per class a seeded ``test_fraction`` goes to the test split (at least one image stays in train).
 
@@ -110,7 +115,7 @@ def make_image_folder(path: str = "", image_size: int = 32, channels: int = 3, t
         ValueError: no path, a folder that does not exist, fewer than two class folders, a class folder without
             images, an image Pillow cannot read (names it), bad sizes or options.
     """
-    augment = _check_augment(crop_padding, flip)
+    augment = _check_augment(crop_padding, flip, erase)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
     if not isinstance(image_size, int) or image_size < 1:
