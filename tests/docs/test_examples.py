@@ -95,7 +95,7 @@ SUBSTITUTIONS: tuple[Sub, ...] = (
     Sub("README.md", "train.steps=300            #", "train.steps=20             #",
         "vision example: 300 steps take ~15 s; 20 train, evaluate and draw the confusion matrix"),
     Sub("configs/bytes-filetypes.yaml", "steps: 600", "steps: 5", "600 steps take ~2 min; 5 train and checkpoint"),
-    Sub("configs/vision-fashion.yaml", "steps: 6500", "steps: 3", "6,500 steps take ~19 min; 3 train, checkpoint "
+    Sub("configs/vision-fashion.yaml", "steps: 6000", "steps: 3", "6,000 steps take ~19 min; 3 train, checkpoint "
         "and leave a run that `attnlab eval` scores on the 10,000 test images"),
     Sub("README.md", "train.steps=300 train.run_dir=runs/vision-digits-na", "train.steps=5 train.run_dir="
         "runs/vision-digits-na", "same, with neighbourhood attention"),
