@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sysconfig
-import time
 import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -157,7 +156,6 @@ def _params():
 class Outcome:
     ok: bool
     output: str
-    seconds: float
 
 
 @dataclass
@@ -235,7 +233,6 @@ def alarm(seconds: int, what: str):
 def run_python(block: Block, session: DocSession, monkeypatch) -> Outcome:
     code = compile("\n" * block.line + substituted(block), str(ROOT / block.doc), "exec")
     buf = StringIO()
-    start = time.perf_counter()
     with monkeypatch.context() as mp:
         mp.chdir(session.workdir)
         for key, value in {**OFFLINE, "MPLBACKEND": "Agg"}.items():
@@ -248,7 +245,7 @@ def run_python(block: Block, session: DocSession, monkeypatch) -> Outcome:
         except (Exception, SystemExit):  # noqa: BLE001 - reported with its traceback (Ctrl-C still stops pytest)
             buf.write(traceback.format_exc())
             ok = False
-    return Outcome(ok, buf.getvalue(), time.perf_counter() - start)
+    return Outcome(ok, buf.getvalue())
 
 
 def _run_bash(script: str, session: DocSession, timeout: float) -> tuple[int, str]:
@@ -264,16 +261,14 @@ def _run_bash(script: str, session: DocSession, timeout: float) -> tuple[int, st
 
 
 def run_shell(block: Block, session: DocSession) -> Outcome:
-    start = time.perf_counter()
     rc, out = _run_bash("set -eo pipefail\nPS4='+ [${SECONDS}s] '\nset -x\n" + substituted(block), session,
                         SHELL_TIMEOUT_S)
-    return Outcome(rc == 0, out + f"\n[exit status {rc}]", time.perf_counter() - start)
+    return Outcome(rc == 0, out + f"\n[exit status {rc}]")
 
 
 def run_console(block: Block, session: DocSession) -> Outcome:
     """Run the ``$`` commands; each shown output line must appear (in order) in what they print. A command
     may exit non-zero only when the block shows output (an error message is the point of the example)."""
-    start = time.perf_counter()
     commands, expected = console_commands(substituted(block))
     outputs, failed = [], []
     for command in commands:
@@ -290,21 +285,20 @@ def run_console(block: Block, session: DocSession) -> Outcome:
             problems.append(f"shown output not printed (in this order): {line!r}")
         else:
             pos = m.end()
-    return Outcome(not problems, text + "".join(f"\n{p}" for p in problems), time.perf_counter() - start)
+    return Outcome(not problems, text + "".join(f"\n{p}" for p in problems))
 
 
 def run_yaml(block: Block, session: DocSession) -> Outcome:
     """A recipe must load and validate (``attnlab.config.load_config``); it is not trained."""
     from attnlab.config import load_config
 
-    start = time.perf_counter()
     path = session.workdir / f"recipe_L{block.line}.yaml"
     path.write_text(substituted(block), encoding="utf-8")
     try:
         cfg = load_config(path)
-        return Outcome(True, repr(cfg), time.perf_counter() - start)
+        return Outcome(True, repr(cfg))
     except Exception:  # noqa: BLE001
-        return Outcome(False, traceback.format_exc(), time.perf_counter() - start)
+        return Outcome(False, traceback.format_exc())
 
 
 def run_block(block: Block, session: DocSession, monkeypatch) -> Outcome:
@@ -344,7 +338,6 @@ def test_example(block: Block, sessions, monkeypatch):
         session.outcomes[block.line] = run_block(block, session, monkeypatch)
     outcome = session.outcomes[block.line]
     print(outcome.output)
-    print(f"[{block.id}: {outcome.seconds:.1f} s]")
     if not outcome.ok:
         note = f" (earlier blocks of this file failed: {', '.join(earlier_failed)})" if earlier_failed else ""
         lines = outcome.output.rstrip().splitlines()

@@ -142,8 +142,8 @@ class AugmentingSampler:
         step, micro = divmod(self.rows.position, self.rows.grad_accum)
         b = self.rows.next()
         g = _generator(self.rows.seed, step, micro, self.rows.rank)
-        return {**b, "pixels": augment_images(b["pixels"], self.crop_padding, self.flip, g, self.fill,
-                                                     self.erase)}
+        pixels = augment_images(b["pixels"], self.crop_padding, self.flip, g, self.fill, self.erase)
+        return {**b, "pixels": pixels}
 
     def state_dict(self) -> dict:
         return self.rows.state_dict()
