@@ -29,6 +29,8 @@ def test_writes_eval_json_and_refuses_a_folder_in_use(run):
         with pytest.raises(RunLockedError, match="is in use by pid"):
             evaluate_run(run, max_batches=2, progress=False)
         assert evaluate_run(run, max_batches=2, progress=False, save=False) == result  # reads only: no lock needed
+    with pytest.raises(ValueError, match="trains a language model.*leave out --tta"):
+        evaluate_run(run, max_batches=2, progress=False, save=False, tta="flip")
     assert not (run / "eval.json").exists()
 
 

@@ -59,6 +59,8 @@ def test_seq2seq_recipe_trains_and_eval_decodes_the_test_split(tmp_path):
     # the decoding metrics agree with a direct greedy decode of the same checkpoint
     assert result["exact_match"] == pytest.approx(_direct_exact_match(run), abs=1e-9)
     assert json.loads((run / "eval.json").read_text())["exact_match"] == result["exact_match"]
+    with pytest.raises(ValueError, match="applies to image classification runs.*leave out --tta"):
+        evaluate_run(run, progress=False, save=False, tta="flip")
 
 
 def _direct_exact_match(run) -> float:

@@ -11,7 +11,10 @@ import torch
 
 from attnlab.config import build_config
 from attnlab.models import create_model
+from attnlab.objectives import model_outputs
 from attnlab.train import evaluate_run, train
+from attnlab.train.build import build_for_config
+from attnlab.train.checkpoint import latest_checkpoint, load_weights
 from attnlab.train.task_feeds import AugmentedImageFeed, feed_for_config
 from attnlab.viz.confusion import confusion_matrix
 
@@ -38,6 +41,25 @@ def test_vit_trains_on_digits_and_eval_draws_the_confusion_matrix(tmp_path):
     assert result["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
     assert result["accuracy"] <= result["top5_accuracy"] <= 1.0
     assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # test-time augmentation: the mean probabilities of each image and its mirror, written beside the plain result
+    flipped = evaluate_run(run, progress=False, tta="flip")
+    cfg = digits_config(run)
+    feed = feed_for_config(cfg)
+    _, model, _ = build_for_config(cfg, torch.device("cpu"), feed)
+    load_weights(model, latest_checkpoint(run))
+    with torch.no_grad():
+        x, y = feed.dataset.test.inputs, feed.dataset.test.targets
+        p = (model_outputs("classify", model.eval(), {"pixels": x}).softmax(-1)
+             + model_outputs("classify", model, {"pixels": x.flip(-1)}).softmax(-1)) / 2
+    assert flipped["tta"] == "flip" and flipped["examples"] == 359
+    assert flipped["accuracy"] == pytest.approx(float((p.argmax(-1) == y).float().mean()), abs=1e-6)
+    assert flipped["loss"] == pytest.approx(float(-p[torch.arange(len(y)), y].log().mean()), rel=1e-4)
+    assert flipped["accuracy"] != result["accuracy"] or flipped["loss"] != pytest.approx(result["loss"], rel=1e-4)
+    assert json.loads((run / "eval-flip.json").read_text())["accuracy"] == flipped["accuracy"]
+    assert json.loads((run / "eval.json").read_text())["accuracy"] == result["accuracy"]
+    assert (run / "confusion_matrix-flip.png").exists()
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'crop'; choose from flip"):
+        evaluate_run(run, progress=False, save=False, tta="crop")
 
 
 def test_augmented_batches_are_a_function_of_seed_and_step():

@@ -113,6 +113,7 @@ def _generate(p: argparse.ArgumentParser) -> Handler:
     "attnlab eval runs/char-gpt",
     "attnlab eval runs/char-gpt --split train --max-batches 50",
     "attnlab eval runs/seq2seq-reversal   # greedy decoding of the test split: exact match, character error rate",
+    "attnlab eval runs/vision-fashion --tta flip   # each test image and its mirror image, probabilities averaged",
 ])
 def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("run_dir", help="run directory written by `attnlab train`")
@@ -122,6 +123,9 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--max-batches", type=positive_int, default=None,
                    help="stop after this many batches, 1 or more (default: the whole split)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=["flip"], default=None,
+                   help="test-time augmentation of an image classifier: 'flip' averages the class probabilities of "
+                        "each test image and its mirror image (for models trained with flip: true)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
 
@@ -129,7 +133,7 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
         from ..train.run import evaluate_run
 
         r = evaluate_run(args.run_dir, args.split, args.batch_size, args.max_batches, args.device,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, tta=args.tta)
         if args.json:
             print(json.dumps(r))
             return
@@ -140,7 +144,8 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
             return
         if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
             scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
-            print(f"{r['split']} ({r['objective']}): {scores}; checkpoint step {r['step']}")
+            how = f"{r['objective']}, test-time augmentation {r['tta']}" if "tta" in r else r["objective"]
+            print(f"{r['split']} ({how}): {scores}; checkpoint step {r['step']}")
             for s in r.get("samples", []):
                 print(f"  {s['source'][:60]!r} -> {s['prediction']!r} (reference {s['reference']!r})")
             return

@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
 from .lock import RunLock, RunLockedError
 from .rundir import kept_tokenizer
-from .run_tasks import evaluate_task_run
+from .run_tasks import TTA_MODES, evaluate_task_run
 from .task_feeds import feed_for_config
 from .precision import autocast, resolve_precision
 
@@ -93,33 +93,42 @@ def generate_text(run: LoadedRun, prompt: str, max_new_tokens: int = 200, temper
 
 def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None = None,
                  max_batches: int | None = None, device: str = "auto", progress: bool = True,
-                 save: bool = True) -> dict:
+                 save: bool = True, tta: str | None = None) -> dict:
     """Loss over a whole split in non-overlapping windows of ``data.seq_len`` (each token scored once); a run of a
     seq2seq, masked-LM or suite dataset is scored on its test split instead (:mod:`.run_tasks`: greedy decoding
     with exact match and character error rate for seq2seq, the objective's metrics otherwise).
 
     Returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}`` and, with ``save``, writes it to ``eval.json`` in
     the run directory, holding the run's lock meanwhile. A run folder that cannot be written (read-only) still gives
-    the result; a line on stderr says ``eval.json`` was not written.
+    the result; a line on stderr says ``eval.json`` was not written. ``tta="flip"`` scores an image classifier on
+    the mean class probabilities of each test image and its mirror image (test-time augmentation), written to
+    ``eval-flip.json`` (and ``confusion_matrix-flip.png``) beside the plain evaluation.
 
     Raises:
-        ValueError: ``split`` not ``val`` or ``train``.
+        ValueError: ``split`` not ``val`` or ``train``; ``tta`` unknown or given for a run that is not an image
+            classifier.
         FileNotFoundError: not a run directory, or no checkpoint yet.
         RunLockedError: ``save`` and another process writes into the run directory (``attnlab train``); the message
             names it (``save=False`` evaluates without writing, so without the lock).
     """
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    if tta is not None and tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     run_dir = _require_run_dir(run_dir)
     lock = _lock_for_writing(run_dir) if save else None
     try:
         cfg = load_config(run_dir / "config.yaml")
         if feed_for_config(cfg) is not None:  # seq2seq, masked LM or a suite dataset: scored on its own split
-            result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress, save=lock is not None)
+            result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress, save=lock is not None,
+                                       tta=tta)
+        elif tta is not None:
+            raise ValueError(f"test-time augmentation ({tta}) applies to image classification runs; {run_dir} trains "
+                             f"a language model on {cfg.data.dataset!r}: leave out --tta")
         else:
             result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
-        if lock is not None:
-            _write_eval(run_dir, result)
+        if lock is not None:  # an augmented score goes next to the plain one, not over it
+            _write_eval(run_dir, result, "eval.json" if tta is None else f"eval-{tta}.json")
         return result
     finally:
         if lock is not None:
@@ -141,16 +150,16 @@ def _lock_for_writing(run_dir: Path) -> RunLock | None:
         return None
 
 
-def _write_eval(run_dir: Path, result: dict) -> None:
+def _write_eval(run_dir: Path, result: dict, name: str = "eval.json") -> None:
     try:
-        write_json(run_dir / "eval.json", result)
+        write_json(run_dir / name, result)
     except OSError as e:
-        _not_saved(run_dir, e)
+        _not_saved(run_dir, e, name)
 
 
-def _not_saved(run_dir: Path, e: OSError) -> None:
+def _not_saved(run_dir: Path, e: OSError, name: str = "eval.json") -> None:
     reason = f"{e.strerror}: {str(e.filename)!r}" if e.strerror and e.filename is not None else str(e)
-    print(f"attnlab: cannot write {run_dir / 'eval.json'} ({reason}); the result is not saved", file=sys.stderr)
+    print(f"attnlab: cannot write {run_dir / name} ({reason}); the result is not saved", file=sys.stderr)
 
 
 @torch.no_grad()

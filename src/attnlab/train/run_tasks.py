@@ -2,7 +2,8 @@
 
 A seq2seq run is scored by greedy decoding of the test split (exact match and character error rate, plus the
 teacher-forced loss); a classifier by loss, accuracy, top-5 accuracy (more than 5 classes) and its confusion
-matrix (also drawn as ``confusion_matrix.png``); a forecaster by MSE/MAE over every test window next to the
+matrix (also drawn as ``confusion_matrix.png``), an image classifier optionally with test-time augmentation
+(``tta="flip"``: the mean of the class probabilities of each image and its mirror image); a forecaster by MSE/MAE over every test window next to the
 closed-form baselines (:func:`~attnlab.train.forecast_feed.forecast_report`); the other kinds by their objective's metrics over the test split
 (masked LM: fixed masked validation windows).
 """
@@ -28,18 +29,22 @@ from .task_feeds import feed_for_config
 
 MLM_EVAL_BATCHES = 50  # masked validation windows scored by default
 CONFUSION_PNG = "confusion_matrix.png"
+TTA_MODES = ("flip",)  # test-time augmentations of image classifiers
 
 
 @torch.no_grad()
 def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max_batches: int | None,
-                      device: str, progress: bool, save: bool = True) -> dict:
+                      device: str, progress: bool, save: bool = True, tta: str | None = None) -> dict:
     """The evaluation of a feed run (see the module docstring) as a JSON-ready dict; with ``save`` a classifier's
     confusion matrix is drawn into ``RUN/confusion_matrix.png``.
 
     Raises:
         FileNotFoundError / CheckpointError: no (intact) checkpoint.
+        ValueError: ``tta`` given for a run that is not an image classifier.
     """
     feed = feed_for_config(cfg, kept_tokenizer(run_dir, cfg.data.tokenizer))
+    if tta is not None:
+        check_tta(tta, feed)
     dev = resolve_device(device)
     _, model, resolved = build_for_config(cfg, dev, feed)
     ckpt = latest_checkpoint(run_dir)
@@ -65,8 +70,10 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
                   for b in feed.eval_batches(bs, 0)]
         return {**head, "split": "val", "masked_mse": sum(losses) / len(feed.data.val), "windows": len(feed.data.val)}
     if feed.kind == "classify" and resolved.objective.name == "classify":  # (ssast pretrains on the same clips)
-        plot = run_dir / CONFUSION_PNG if save else None
-        return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot)}
+        plot = (run_dir / (CONFUSION_PNG if tta is None else f"confusion_matrix-{tta}.png")) if save else None
+        if tta is not None:
+            head["tta"] = tta
+        return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot, tta)}
     step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
     n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
     sums: dict[str, float] = {}
@@ -81,10 +88,31 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
     return {**head, **means, "batches": len(batches)}
 
 
-def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precision: str, progress: bool,
-                    plot: Path | None) -> dict:
-    """Loss, accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix over the test split."""
+def check_tta(tta: str, feed) -> None:
+    """Raises ValueError unless ``tta`` is a known mode and the run classifies images."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
+    dataset = getattr(feed, "dataset", None)
+    if feed.kind != "classify" or getattr(dataset, "image_shape", None) is None:
+        raise ValueError(f"test-time augmentation ({tta}) applies to image classification runs; this run trains on "
+                         f"{getattr(dataset, 'name', 'a dataset')!r} ({feed.kind}), not images: leave out --tta")
+
+
+def _log_probs(model, batch: dict, tta: str | None) -> torch.Tensor:
+    """``(B, classes)`` log class probabilities; with ``tta="flip"`` those of the mean probability of each image
+    and its mirror image (left-right), the usual test-time augmentation of models trained with ``flip: true``."""
     from ..objectives import model_outputs
+
+    z = model_outputs("classify", model, batch).float().log_softmax(-1)
+    if tta is None:
+        return z
+    mirrored = model_outputs("classify", model, {**batch, "pixels": batch["pixels"].flip(-1)}).float()
+    return torch.logsumexp(torch.stack([z, mirrored.log_softmax(-1)]), dim=0) - math.log(2.0)
+
+
+def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precision: str, progress: bool,
+                    plot: Path | None, tta: str | None = None) -> dict:
+    """Loss, accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix over the test split."""
     from ..viz.confusion import confusion_matrix, plot_confusion_matrix
 
     dataset = feed.dataset
@@ -93,7 +121,7 @@ def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precisio
     for batch in tqdm(feed.eval_batches(bs, n, split="test"), desc="eval test", disable=not progress,
                       dynamic_ncols=True):
         with autocast(precision, dev):
-            logits.append(model_outputs("classify", model, {k: v.to(dev) for k, v in batch.items()}).float().cpu())
+            logits.append(_log_probs(model, {k: v.to(dev) for k, v in batch.items()}, tta).cpu())
         targets.append(batch["targets"])
     z, y = torch.cat(logits), torch.cat(targets)
     out = {"loss": float(torch.nn.functional.cross_entropy(z, y)), "accuracy": float((z.argmax(-1) == y).float().mean()),
