@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -78,11 +80,25 @@ def make_steps(model, kind: str, x: torch.Tensor, y: torch.Tensor, precision: st
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 pointed at the null device meanwhile (C++ logging bypasses ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def gemm_share(step) -> tuple[float, float]:
     """(seconds of one profiled call of ``step``, seconds of it inside GEMM kernels), by the ops' self CPU time."""
     from torch.profiler import profile
 
-    with profile() as prof:
+    with quiet_stderr(), profile() as prof:  # the profiler's C++ side logs two lines per use on stderr
         step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) / 1e6
