@@ -3,9 +3,10 @@
 A seq2seq run is scored by greedy decoding of the test split (exact match and character error rate, plus the
 teacher-forced loss); a classifier by loss, accuracy, top-5 accuracy (more than 5 classes) and its confusion
 matrix (also drawn as ``confusion_matrix.png``), an image classifier optionally with test-time augmentation
-(``tta="flip"``: the mean of the class probabilities of each image and its mirror image); a forecaster by MSE/MAE over every test window next to the
-closed-form baselines (:func:`~attnlab.train.forecast_feed.forecast_report`); the other kinds by their objective's metrics over the test split
-(masked LM: fixed masked validation windows).
+(``tta="flip"``: the mean of the class probabilities of each image and its mirror image); a forecaster by
+MSE/MAE over every test window next to the closed-form baselines
+(:func:`~attnlab.train.forecast_feed.forecast_report`); the other kinds by their objective's metrics over the
+test split (masked LM: fixed masked validation windows).
 """
 
 from __future__ import annotations
