@@ -131,27 +131,11 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
 
     def run(args: argparse.Namespace) -> None:
         from ..train.run import evaluate_run
+        from .results import eval_lines
 
         r = evaluate_run(args.run_dir, args.split, args.batch_size, args.max_batches, args.device,
                          progress=not args.no_progress, tta=args.tta)
-        if args.json:
-            print(json.dumps(r))
-            return
-        if r.get("objective") == "forecast":  # the test table: the model and the baselines
-            from ..train.forecast_feed import report_lines
-
-            print("\n".join(report_lines(r)) + f"\ncheckpoint step {r['step']}")
-            return
-        if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
-            scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
-            how = f"{r['objective']}, test-time augmentation {r['tta']}" if "tta" in r else r["objective"]
-            print(f"{r['split']} ({how}): {scores}; checkpoint step {r['step']}")
-            for s in r.get("samples", []):
-                print(f"  {s['source'][:60]!r} -> {s['prediction']!r} (reference {s['reference']!r})")
-            return
-        unit = next(k for k in r if k.startswith("bits_per_")).removeprefix("bits_per_")
-        print(f"{args.split} loss {r['loss']:.4f} nats/{unit} ({r[f'bits_per_{unit}']:.3f} bits/{unit}) "
-              f"over {r['tokens']:,} tokens, checkpoint step {r['step']}")
+        print(json.dumps(r) if args.json else "\n".join(eval_lines(r, args.split)))
 
     return run
 

@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
 from .lock import RunLock, RunLockedError
 from .rundir import kept_tokenizer
-from .run_tasks import TTA_MODES, evaluate_task_run
+from .run_tasks import check_tta_mode, evaluate_task_run, tta_refused
 from .task_feeds import feed_for_config
 from .precision import autocast, resolve_precision
 
@@ -113,8 +113,8 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
     """
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
-    if tta is not None and tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
+    if tta is not None:
+        check_tta_mode(tta)
     run_dir = _require_run_dir(run_dir)
     lock = _lock_for_writing(run_dir) if save else None
     try:
@@ -123,8 +123,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
             result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress, save=lock is not None,
                                        tta=tta)
         elif tta is not None:
-            raise ValueError(f"test-time augmentation ({tta}) applies to image classification runs; {run_dir} trains "
-                             f"a language model on {cfg.data.dataset!r}: leave out --tta")
+            raise tta_refused(tta, f"trains a language model on {cfg.data.dataset!r}")
         else:
             result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
         if lock is not None:  # an augmented score goes next to the plain one, not over it

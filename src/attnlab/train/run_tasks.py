@@ -44,10 +44,10 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
         ValueError: ``tta`` given for a run that is not an image classifier.
     """
     feed = feed_for_config(cfg, kept_tokenizer(run_dir, cfg.data.tokenizer))
-    if tta is not None:
-        check_tta(tta, feed)
     dev = resolve_device(device)
     _, model, resolved = build_for_config(cfg, dev, feed)
+    if tta is not None:
+        _check_tta(tta, feed, resolved.objective.name)
     ckpt = latest_checkpoint(run_dir)
     load_weights(model, ckpt)
     model.eval()
@@ -89,14 +89,26 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
     return {**head, **means, "batches": len(batches)}
 
 
-def check_tta(tta: str, feed) -> None:
-    """Raises ValueError unless ``tta`` is a known mode and the run classifies images."""
+def check_tta_mode(tta: str) -> None:
+    """Raises ValueError unless ``tta`` is one of :data:`TTA_MODES`."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
-    dataset = getattr(feed, "dataset", None)
-    if feed.kind != "classify" or getattr(dataset, "image_shape", None) is None:
-        raise ValueError(f"test-time augmentation ({tta}) applies to image classification runs; this run trains on "
-                         f"{getattr(dataset, 'name', 'a dataset')!r} ({feed.kind}), not images: leave out --tta")
+
+
+def tta_refused(tta: str, what: str) -> ValueError:
+    """The error for test-time augmentation asked of a run that does not classify images (``what`` says what the
+    run does instead)."""
+    return ValueError(f"test-time augmentation ({tta}) applies to image classification runs; this run {what}: "
+                      f"leave out --tta")
+
+
+def _check_tta(tta: str, feed, objective: str) -> None:
+    """Raises ValueError unless the run classifies images (the feed's dataset has an ``image_shape``)."""
+    check_tta_mode(tta)
+    dataset = getattr(feed, "dataset", None)  # forecast feeds hold windows, not a suite dataset
+    if feed.kind != "classify" or objective != "classify" or getattr(dataset, "image_shape", None) is None:
+        raise tta_refused(tta, f"trains {objective} on {getattr(dataset, 'name', 'its dataset')!r}, not image "
+                               f"classification")
 
 
 def _log_probs(model, batch: dict, tta: str | None) -> torch.Tensor:
