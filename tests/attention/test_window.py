@@ -90,3 +90,35 @@ def test_bad_grids_and_options_are_clear():
                AttentionContext(grid=(4, 4)))
     with pytest.raises(ValueError, match=r"shift must be in \[0, 4\)"):
         build_attention("window", structural=s, window_size=4, shift=4)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_attention_gradients_equal_dense_attention_with_bias(shift):
+    """The gathers into window order and back carry their own backward (the inverse permutation): the gradients of
+    q, k, v and the bias table must equal those of dense attention under the same mask and bias."""
+    torch.manual_seed(1)
+    rows, cols, m, H, D = 8, 12, 4, 2, 8
+    kernel = build_attention("window", structural=dict(num_heads=H, num_kv_heads=H, head_dim=D, max_seq_len=96),
+                             window_size=m, shift=shift)
+    ctx = AttentionContext(causal=False, grid=(rows, cols))
+    qkv = [torch.randn(2, H, rows * cols, D, requires_grad=True) for _ in range(3)]
+    weights = torch.randn(2, H, rows * cols, D)
+    (kernel(*qkv, ctx) * weights).sum().backward()
+    ours = [t.grad.clone() for t in qkv] + [kernel.rel_bias.grad.clone()]
+    for t in [*qkv, kernel.rel_bias]:
+        t.grad = None
+    keep = _dense_reference_mask(rows, cols, m, shift)
+    ref, _ = reference_attention(*qkv, keep=keep, bias=kernel.pattern_bias(rows * cols, rows * cols, ctx), scale=D ** -0.5)
+    (ref * weights).sum().backward()
+    for got, want in zip(ours, [t.grad for t in qkv] + [kernel.rel_bias.grad]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_window_order_is_the_partition_of_the_rolled_grid():
+    from attnlab.attention.kernels.window import window_order
+
+    x = torch.arange(8 * 12).view(1, 1, 96, 1)
+    for s in (0, 3):
+        perm, inv = window_order((8, 12), (4, 6), s)
+        assert torch.equal(perm, to_windows(x, (8, 12), (4, 6), s).reshape(-1))
+        assert torch.equal(perm[inv], torch.arange(96))

@@ -95,3 +95,31 @@ def test_geglu_is_the_tanh_gelu_gated_mlp():
     x = torch.randn(3, 8)
     expected = mlp.fc_out(torch.nn.functional.gelu(mlp.gate(x), approximate="tanh") * mlp.up(x))
     torch.testing.assert_close(mlp(x), expected)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
+def test_mlp_inference_fuses_the_activation_into_the_matmul(activation):
+    """Without gradients on CPU, ``act(fc_in(x))`` is one oneDNN call: the formula's values in fp32, to bf16
+    rounding with bf16 weights and under bf16 autocast; with gradients (and for a few rows) it is not used."""
+    from attnlab.layers.mlp import fused_linear_activation
+
+    torch.manual_seed(0)
+    mlp = MLP(32, 96, activation)
+    x = torch.randn(4, 50, 32)
+    act = get_activation(activation)
+    w, b = mlp.fc_in.weight, mlp.fc_in.bias
+    with torch.no_grad():
+        expected = act(x @ w.T + b)
+        fused = fused_linear_activation(x, w, b, activation)
+        torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mlp(x), act(x @ w.T + b) @ mlp.fc_out.weight.T + mlp.fc_out.bias,
+                                   atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = fused_linear_activation(x, w, b, activation)
+        half = fused_linear_activation(x.bfloat16(), w.bfloat16(), b.bfloat16(), activation)
+        for got in (auto, half):
+            assert got.dtype == torch.bfloat16
+            assert (got.float() - expected).abs().max() <= 0.02 * expected.abs().max()
+        assert fused_linear_activation(x[:1, :10], w, b, activation) is None  # decoding-sized: the skinny kernel
+        assert fused_linear_activation(x, w, b, "silu") is None
+    assert fused_linear_activation(x, w, b, activation) is None  # gradients enabled: no backward for the op

@@ -13,7 +13,6 @@ the difference is below ``e^-80`` of a weight).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import AttentionKernel
@@ -60,6 +59,35 @@ def from_windows(x: Tensor, grid: tuple[int, int], window: tuple[int, int], shif
     if shift:
         x = torch.roll(x, shifts=(shift, shift), dims=(2, 3))
     return x.reshape(B, H, rows * cols, D)
+
+
+def window_order(grid: tuple[int, int], window: tuple[int, int], shift: int, device=None) -> tuple[Tensor, Tensor]:
+    """``(perm, inv)``, both ``(rows * cols,)`` long: ``perm[p]`` is the row-major token at position ``p`` of the
+    window order of :func:`to_windows` (window by window, row-major inside each, on the grid rolled by
+    ``-shift``); ``inv`` is its inverse permutation."""
+    (rows, cols), (mh, mw) = grid, window
+    wr, wc, ir, ic = torch.meshgrid(*(torch.arange(n, device=device) for n in (rows // mh, cols // mw, mh, mw)),
+                                    indexing="ij")
+    perm = (((wr * mh + ir + shift) % rows) * cols + (wc * mw + ic + shift) % cols).reshape(-1)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=device)
+    return perm, inv
+
+
+class _Permute(torch.autograd.Function):
+    """``x.index_select(dim, perm)`` whose backward gathers with the inverse permutation ``inv`` (autograd's own
+    backward of ``index_select`` scatter-adds, which is many times slower on CPU for a permutation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int, perm: Tensor, inv: Tensor) -> Tensor:
+        ctx.dim = dim
+        ctx.save_for_backward(inv)
+        return x.index_select(dim, perm)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(ctx.dim, inv), None, None, None
 
 
 @register_attention("window")
@@ -111,17 +139,18 @@ class WindowAttention(AttentionKernel):
             raise ValueError(f"window was built for num_heads={self.num_heads}, got q with {H} heads")
         return rows, cols
 
-    def window_bias(self, ctx: AttentionContext, device, dtype) -> Tensor | None:
-        """``(nW | 1, H | 1, N, N)`` additive float: the relative bias plus ``-inf`` where the shift mask forbids."""
+    def window_bias(self, ctx: AttentionContext, device, dtype=None) -> Tensor | None:
+        """``(nW | 1, H | 1, N, N)`` additive float: the relative bias plus ``-inf`` where the shift mask forbids
+        (in ``dtype``; ``None``: the bias table's)."""
         n = self.window[0] * self.window[1]
         bias = None
         if self.rel_bias is not None:
             idx = relative_position_index(self.window, device)
-            bias = self.rel_bias[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)[None].to(dtype)  # (1, H, N, N)
+            bias = self.rel_bias[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)[None]  # (1, H, N, N)
         if self.shift:
-            forbid = self._shift_mask(ctx.grid, device).to(dtype)  # (nW, 1, N, N)
-            bias = forbid if bias is None else bias + forbid
-        return bias
+            forbid = self._shift_mask(ctx.grid, device)  # (nW, 1, N, N)
+            bias = forbid if bias is None else bias + forbid.to(bias.dtype)
+        return bias if dtype is None or bias is None else bias.to(dtype)
 
     def _shift_mask(self, grid: tuple[int, int], device) -> Tensor:
         """``(nW, 1, N, N)`` float: 0 where the 3x3 band labels of the rolled canvas agree, ``-inf`` elsewhere
@@ -141,14 +170,27 @@ class WindowAttention(AttentionKernel):
         B, H, T, D = q.shape
         grid = self._check_grid(ctx, T, k.shape[2], H)
         k, v = expand_kv_heads(k, H), expand_kv_heads(v, H)
-        qw, kw, vw = (to_windows(t, grid, self.window, self.shift) for t in (q, k, v))  # (B, nW, H, N, Dh)
-        nw, n = qw.shape[1], qw.shape[3]
-        bias = self.window_bias(ctx, q.device, q.dtype)  # (nW | 1, H | 1, N, N)
-        if bias is not None:  # 4-D batches of windows: the shape PyTorch's fused CPU kernels take
-            bias = bias.expand(B, nw, H, n, n).reshape(B * nw, H, n, n)
-        flat = [t.reshape(B * nw, H, n, D) for t in (qw, kw, vw)]
-        out = F.scaled_dot_product_attention(*flat, attn_mask=bias, scale=self.softmax_scale(D))
-        return from_windows(out.view(B, nw, H, n, D), grid, self.window, self.shift)
+        perm, inv = self._window_order(grid, q.device)
+        nw, n = T // (self.window[0] * self.window[1]), self.window[0] * self.window[1]
+        # one gather per tensor into window order (roll and partition at once), then batched matrix products over
+        # all (batch, head, window) triples with the bias broadcast over the batch: faster on CPU than the fused
+        # SDPA kernel fed a bias copied once per image (1.2-1.4x per Swin-T block, measured fwd and fwd+bwd)
+        qw, kw, vw = (_Permute.apply(t, 2, perm, inv).view(B, H, nw, n, D) for t in (q, k, v))
+        scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, H, nW, N, N)
+        bias = self.window_bias(ctx, q.device, None)  # (nW | 1, H | 1, N, N) in the parameters' dtype
+        scale = self.softmax_scale(D)
+        scores = scores * scale if bias is None else torch.add(bias.transpose(0, 1), scores, alpha=scale)
+        out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
+        # back to the raster order, laid out (B, T, H, D) so that the shell's merge of the heads is a view
+        return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)
+
+    def _window_order(self, grid: tuple[int, int], device) -> tuple[Tensor, Tensor]:
+        """``(perm, inv)`` for the last grid and device: window-order position -> raster token and back."""
+        key = (grid, str(device))
+        if getattr(self, "_order_key", None) != key:
+            self._order = window_order(grid, self.window, self.shift, device)
+            self._order_key = key
+        return self._order
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:
