@@ -77,7 +77,8 @@ def make_steps(model, kind: str, x: torch.Tensor, y: torch.Tensor, precision: st
     return {"forward": forward, "train": train}
 
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+# matrix products; attnlab's inference MLP runs its first matmul with the activation fused (mostly GEMM time)
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
 
 
 @contextlib.contextmanager

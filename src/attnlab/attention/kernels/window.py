@@ -179,7 +179,9 @@ class WindowAttention(AttentionKernel):
         scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, H, nW, N, N)
         bias = self.window_bias(ctx, q.device, None)  # (nW | 1, H | 1, N, N) in the parameters' dtype
         scale = self.softmax_scale(D)
-        scores = scores * scale if bias is None else torch.add(bias.transpose(0, 1), scores, alpha=scale)
+        if bias is not None:  # (H, nW | 1, N, N) contiguous: the sum then keeps the scores' layout for the softmax
+            bias = bias.transpose(0, 1).contiguous()
+        scores = scores * scale if bias is None else torch.add(bias, scores, alpha=scale)
         out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
         # back to the raster order, laid out (B, T, H, D) so that the shell's merge of the heads is a view
         return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)

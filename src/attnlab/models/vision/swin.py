@@ -71,7 +71,9 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         B, _, C = x.shape
         rows, cols = grid
-        x = F.pad(x.view(B, rows, cols, C), (0, 0, 0, cols % 2, 0, rows % 2))
+        x = x.view(B, rows, cols, C)
+        if rows % 2 or cols % 2:  # (a pad of zeros would still copy)
+            x = F.pad(x, (0, 0, 0, cols % 2, 0, rows % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x.reshape(B, -1, 4 * C)))
 
