@@ -108,7 +108,8 @@ def test_window_attention_gradients_equal_dense_attention_with_bias(shift):
     for t in [*qkv, kernel.rel_bias]:
         t.grad = None
     keep = _dense_reference_mask(rows, cols, m, shift)
-    ref, _ = reference_attention(*qkv, keep=keep, bias=kernel.pattern_bias(rows * cols, rows * cols, ctx), scale=D ** -0.5)
+    bias = kernel.pattern_bias(rows * cols, rows * cols, ctx)
+    ref, _ = reference_attention(*qkv, keep=keep, bias=bias, scale=D ** -0.5)
     (ref * weights).sum().backward()
     for got, want in zip(ours, [t.grad for t in qkv] + [kernel.rel_bias.grad]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

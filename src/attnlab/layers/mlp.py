@@ -64,12 +64,14 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     """``act(F.linear(x, weight, bias))`` as one oneDNN call (PyTorch's ``mkldnn._linear_pointwise``, the op its
     CPU compiler fuses into), or None where it does not apply: gradients enabled (the op has no backward), not
     CPU, fewer than :data:`FUSED_MIN_ROWS` rows, an activation oneDNN lacks, mixed dtypes outside bf16 autocast,
-    or a PyTorch built without oneDNN. Under bf16 autocast the operands are cast to bf16 as autocast would.
+    or a PyTorch built without oneDNN or with it switched off. Under bf16 autocast the operands are cast to bf16
+    as autocast would.
 
     Shapes: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` -> ``(..., N)``.
     """
     if (torch.is_grad_enabled() or x.device.type != "cpu" or activation not in ONEDNN_ACTIVATIONS
-            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not torch.backends.mkldnn.is_available()):
+            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not torch.backends.mkldnn.is_available()
+            or not torch.backends.mkldnn.enabled):  # (the user's torch.backends.mkldnn.flags(enabled=False))
         return None
     floats = (torch.float32, torch.bfloat16)
     if autocast_bf16_cpu() and x.dtype in floats and weight.dtype in floats:
