@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..native.decode import MAX_ROWS
 from ..native.linear import Linear, linear
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
@@ -57,7 +58,7 @@ class MLP(nn.Module):
 
 # activation name -> (oneDNN post-op, its algorithm)
 ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
-FUSED_MIN_ROWS = 64  # fewer rows (decoding) go to the native skinny kernel of :func:`linear` instead
+FUSED_MIN_ROWS = MAX_ROWS + 1  # up to MAX_ROWS rows (decoding) go to the native skinny kernel instead
 
 
 def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor | None:
