@@ -123,3 +123,44 @@ def test_window_order_is_the_partition_of_the_rolled_grid():
         perm, inv = window_order((8, 12), (4, 6), s)
         assert torch.equal(perm, to_windows(x, (8, 12), (4, 6), s).reshape(-1))
         assert torch.equal(perm[inv], torch.arange(96))
+
+
+def test_window_attention_first_called_in_inference_mode_still_trains():
+    """The window order is cached at the first call and saved for backward by later ones: made under
+    ``torch.inference_mode`` it would be an inference tensor, which autograd refuses to save."""
+    kernel = build_attention("window", structural=dict(num_heads=2, num_kv_heads=2, head_dim=8, max_seq_len=96),
+                             window_size=4, shift=2)
+    ctx = AttentionContext(causal=False, grid=(8, 12))
+    q = torch.randn(1, 2, 96, 8)
+    with torch.inference_mode():
+        kernel(q, q, q, ctx)
+    qg = q.clone().requires_grad_()
+    kernel(qg, qg, qg, ctx).square().sum().backward()
+    assert qg.grad is not None and qg.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["bf16 tensors", "bf16 autocast"])
+def test_window_attention_in_bf16_takes_fp32_logits(mode):
+    """Logits of standard deviation ~6 (trained Swin heads reach such scales): rounded to bf16 before the softmax
+    they would move outputs by ~0.1-0.4; with fp32 logits (as SDPA computes them) only the probabilities and the
+    output carry bf16 rounding. Reference: fp64 dense attention on the same bf16-rounded inputs and bias table."""
+    torch.manual_seed(0)
+    H, D, grid = 2, 16, (14, 14)
+    kernel = build_attention("window", structural=dict(num_heads=H, num_kv_heads=H, head_dim=D, max_seq_len=196),
+                             window_size=7, shift=3)
+    with torch.no_grad():
+        kernel.rel_bias.normal_(0, 2)
+    ctx = AttentionContext(causal=False, grid=grid)
+    q, k, v = (torch.randn(2, H, 196, D).bfloat16() for _ in range(3))
+    q = (q * 6).bfloat16()
+    if mode == "bf16 tensors":
+        kernel = kernel.bfloat16()
+        out = kernel(q, k, v, ctx)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = kernel(q, k, v, ctx)
+    assert out.dtype == torch.bfloat16
+    keep = _dense_reference_mask(*grid, 7, 3)
+    bias = kernel.pattern_bias(196, 196, ctx).double()
+    ref, _ = reference_attention(q.double(), k.double(), v.double(), keep=keep, bias=bias, scale=D ** -0.5)
+    assert (out.double() - ref).abs().max() < 0.03

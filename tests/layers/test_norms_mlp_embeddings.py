@@ -97,10 +97,19 @@ def test_geglu_is_the_tanh_gelu_gated_mlp():
     torch.testing.assert_close(mlp(x), expected)
 
 
+def _fusion():
+    from attnlab.layers.mlp import fusion_available
+
+    return fusion_available(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not _fusion(), reason="this PyTorch build has no oneDNN fused linear")
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
-def test_mlp_inference_fuses_the_activation_into_the_matmul(activation):
+def test_mlp_inference_fuses_the_activation_into_the_matmul(activation, monkeypatch):
     """Without gradients on CPU, ``act(fc_in(x))`` is one oneDNN call: the formula's values in fp32, to bf16
-    rounding with bf16 weights and under bf16 autocast; with gradients (and for a few rows) it is not used."""
+    rounding with bf16 weights and under bf16 autocast; with gradients, for decoding-sized inputs (up to 64 rows)
+    and for a hooked ``fc_in`` it is not used."""
+    from attnlab.layers import mlp as mlp_module
     from attnlab.layers.mlp import fused_linear_activation
 
     torch.manual_seed(0)
@@ -108,18 +117,27 @@ def test_mlp_inference_fuses_the_activation_into_the_matmul(activation):
     x = torch.randn(4, 50, 32)
     act = get_activation(activation)
     w, b = mlp.fc_in.weight, mlp.fc_in.bias
+    calls = []
+    monkeypatch.setattr(mlp_module, "fused_linear_activation",
+                        lambda *a: calls.append(1) or fused_linear_activation(*a))
     with torch.no_grad():
         expected = act(x @ w.T + b)
-        fused = fused_linear_activation(x, w, b, activation)
-        torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(mlp(x), act(x @ w.T + b) @ mlp.fc_out.weight.T + mlp.fc_out.bias,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused_linear_activation(x, w, b, activation), expected, atol=1e-5, rtol=1e-5)
+        calls.clear()
+        y = mlp(x)
+        assert calls == [1]  # MLP.forward took the fused path
+        torch.testing.assert_close(y, expected @ mlp.fc_out.weight.T + mlp.fc_out.bias, atol=1e-5, rtol=1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             auto = fused_linear_activation(x, w, b, activation)
         half = fused_linear_activation(x.bfloat16(), w.bfloat16(), b.bfloat16(), activation)
         for got in (auto, half):
             assert got.dtype == torch.bfloat16
             assert (got.float() - expected).abs().max() <= 0.02 * expected.abs().max()
-        assert fused_linear_activation(x[:1, :10], w, b, activation) is None  # decoding-sized: the skinny kernel
+        assert fused_linear_activation(x.reshape(-1, 32)[:64], w, b, activation) is None  # the decode kernel's rows
+        assert fused_linear_activation(x.reshape(-1, 32)[:65], w, b, activation) is not None
         assert fused_linear_activation(x, w, b, "silu") is None
+        handle = mlp.fc_in.register_forward_hook(lambda mod, inp, out: out * 0)
+        calls.clear()
+        assert mlp(x).abs().max() <= mlp.fc_out.bias.abs().max() + 1e-6 and calls == []  # the hook ran
+        handle.remove()
     assert fused_linear_activation(x, w, b, activation) is None  # gradients enabled: no backward for the op

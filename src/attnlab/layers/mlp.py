@@ -31,9 +31,9 @@ class MLP(nn.Module):
     bias-free matmul followed by attnlab's native bias + GELU kernel, which keeps the GELU's derivative for
     a one-multiply backward that also gives the bias gradient (:mod:`attnlab.native.pointwise`); the result
     equals PyTorch's to bf16 rounding. Inference on CPU runs ``act(fc_in(x))`` as one oneDNN matmul with the
-    activation applied to its output tiles (:func:`fused_linear_activation`): the same values in fp32 (to summation
-    order), and 1.5x faster where the hidden layer is large (a Swin-T stage-1 MLP: 23 vs 35 ms at batch 8), since
-    the activation reads nothing back from memory.
+    activation applied to its output tiles (:func:`fused_linear_activation`; a plain, unhooked ``fc_in`` only):
+    the same values in fp32 (to summation order), one pass less over the hidden activation, which is what costs
+    where that activation is large (Swin-T's first stage).
     """
 
     def __init__(self, dim: int, mlp_dim: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
@@ -52,27 +52,36 @@ class MLP(nn.Module):
             if a is None:  # the native kernel is unavailable
                 a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))
             return self.dropout(self.fc_out(a))
-        h = fused_linear_activation(x, self.fc_in.weight, self.fc_in.bias, self.activation)
+        h = None
+        if type(self.fc_in) in (nn.Linear, Linear) and not (self.fc_in._forward_hooks or self.fc_in._forward_pre_hooks):
+            # (a wrapped, parametrized or hooked fc_in keeps its own forward)
+            h = fused_linear_activation(x, self.fc_in.weight, self.fc_in.bias, self.activation)
         return self.dropout(self.fc_out(self.act(self.fc_in(x)) if h is None else h))
 
 
-# activation name -> (oneDNN post-op, its algorithm)
-ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
+# activation name (None: none) -> (oneDNN post-op, its algorithm)
+ONEDNN_ACTIVATIONS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
 FUSED_MIN_ROWS = MAX_ROWS + 1  # up to MAX_ROWS rows (decoding) go to the native skinny kernel instead
+
+
+def fusion_available(device: torch.device) -> bool:
+    """oneDNN's fused linear (``mkldnn._linear_pointwise``) exists in this PyTorch build, is switched on
+    (``torch.backends.mkldnn.flags``), and ``device`` is the CPU."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor | None:
     """``act(F.linear(x, weight, bias))`` as one oneDNN call (PyTorch's ``mkldnn._linear_pointwise``, the op its
     CPU compiler fuses into), or None where it does not apply: gradients enabled (the op has no backward), not
     CPU, fewer than :data:`FUSED_MIN_ROWS` rows, an activation oneDNN lacks, mixed dtypes outside bf16 autocast,
-    or a PyTorch built without oneDNN or with it switched off. Under bf16 autocast the operands are cast to bf16
-    as autocast would.
+    bf16 on a CPU without native bf16 support, or no oneDNN fusion (:func:`fusion_available`). Under bf16
+    autocast the operands are cast to bf16 as autocast would.
 
     Shapes: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` -> ``(..., N)``.
     """
-    if (torch.is_grad_enabled() or x.device.type != "cpu" or activation not in ONEDNN_ACTIVATIONS
-            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not torch.backends.mkldnn.is_available()
-            or not torch.backends.mkldnn.enabled):  # (the user's torch.backends.mkldnn.flags(enabled=False))
+    if (torch.is_grad_enabled() or activation is None or activation not in ONEDNN_ACTIVATIONS
+            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not fusion_available(x.device)):
         return None
     floats = (torch.float32, torch.bfloat16)
     if autocast_bf16_cpu() and x.dtype in floats and weight.dtype in floats:
@@ -81,6 +90,8 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
         dtype = x.dtype
     else:
         return None
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None  # oneDNN would run bf16 on a slow reference path
     attr, algorithm = ONEDNN_ACTIVATIONS[activation]
     b = None if bias is None else bias.to(dtype)
     return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), b, attr, [], algorithm)

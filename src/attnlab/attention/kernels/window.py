@@ -12,6 +12,8 @@ the difference is below ``e^-80`` of a weight).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -72,6 +74,17 @@ def window_order(grid: tuple[int, int], window: tuple[int, int], shift: int, dev
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel(), device=device)
     return perm, inv
+
+
+def window_scores(qw: Tensor, kw: Tensor) -> Tensor:
+    """``qw @ kw^T`` over the last two axes, outside autocast; bf16/fp16 inputs are multiplied in fp32 (as
+    SDPA's fused kernels accumulate them), so the logits carry no low-precision rounding into the softmax."""
+    if qw.dtype in (torch.float16, torch.bfloat16):
+        qw, kw = qw.float(), kw.float()
+    device = qw.device.type
+    guard = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+    with guard:
+        return torch.matmul(qw, kw.transpose(-1, -2))
 
 
 class _Permute(torch.autograd.Function):
@@ -156,30 +169,32 @@ class WindowAttention(AttentionKernel):
         """``(nW, 1, N, N)`` float: 0 where the 3x3 band labels of the rolled canvas agree, ``-inf`` elsewhere
         (kept for the last grid and device: every call of a stage asks for the same one)."""
         key = (grid, str(device))
-        if getattr(self, "_mask_key", None) != key:
+        cached = getattr(self, "_mask", None)  # (key, mask), like the window order
+        if cached is None or cached[0] != key:
             rows, cols = grid
             n = self.window[0] * self.window[1]
-            labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
-            lw = to_windows(labels, grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
-            forbid = torch.zeros(lw.shape[0], 1, n, n, device=device)
-            self._mask = forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[:, None], float("-inf"))
-            self._mask_key = key
-        return self._mask
+            with torch.inference_mode(False), torch.no_grad():
+                labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
+                lw = to_windows(labels, grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
+                forbid = torch.zeros(lw.shape[0], 1, n, n, device=device)
+                cached = (key, forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[:, None], float("-inf")))
+            self._mask = cached
+        return cached[1]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         B, H, T, D = q.shape
         grid = self._check_grid(ctx, T, k.shape[2], H)
-        k, v = expand_kv_heads(k, H), expand_kv_heads(v, H)
         perm, inv = self._window_order(grid, q.device)
         nw, n = T // (self.window[0] * self.window[1]), self.window[0] * self.window[1]
         # one gather per tensor into window order (roll and partition at once), then batched matrix products over
-        # all (batch, head, window) triples with the bias broadcast over the batch: faster on CPU than the fused
-        # SDPA kernel fed a bias copied once per image (1.2-1.4x per Swin-T block, measured fwd and fwd+bwd)
-        qw, kw, vw = (_Permute.apply(t, 2, perm, inv).view(B, H, nw, n, D) for t in (q, k, v))
-        scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, H, nW, N, N)
-        bias = self.window_bias(ctx, q.device, None)  # (nW | 1, H | 1, N, N) in the parameters' dtype
+        # all (batch, head, window) triples with the bias broadcast over the batch: on CPU faster than PyTorch's
+        # fused SDPA fed a bias copied once per image (benchmarks/vision.py, Swin-T)
+        qw = _Permute.apply(q, 2, perm, inv).view(B, H, nw, n, D)
+        kw, vw = (expand_kv_heads(_Permute.apply(t, 2, perm, inv), H).view(B, H, nw, n, D) for t in (k, v))
+        scores = window_scores(qw, kw)  # (B, H, nW, N, N), fp32 for bf16/fp16 inputs
+        bias = self.window_bias(ctx, q.device, None)  # (nW | 1, H | 1, N, N)
         scale = self.softmax_scale(D)
-        if bias is not None:  # (H, nW | 1, N, N) contiguous: the sum then keeps the scores' layout for the softmax
+        if bias is not None:  # (H | 1, nW | 1, N, N) contiguous: the sum keeps the scores' layout for the softmax
             bias = bias.transpose(0, 1).contiguous()
         scores = scores * scale if bias is None else torch.add(bias, scores, alpha=scale)
         out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
@@ -187,12 +202,15 @@ class WindowAttention(AttentionKernel):
         return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)
 
     def _window_order(self, grid: tuple[int, int], device) -> tuple[Tensor, Tensor]:
-        """``(perm, inv)`` for the last grid and device: window-order position -> raster token and back."""
+        """``(perm, inv)`` for the last grid and device: window-order position -> raster token and back. Made
+        outside inference mode: they are saved for backward by every later call, training ones too."""
         key = (grid, str(device))
-        if getattr(self, "_order_key", None) != key:
-            self._order = window_order(grid, self.window, self.shift, device)
-            self._order_key = key
-        return self._order
+        cached = getattr(self, "_order", None)  # one (key, value) tuple: no torn read between two threads
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (key, window_order(grid, self.window, self.shift, device))
+            self._order = cached
+        return cached[1]
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:
