@@ -16,9 +16,6 @@ from torch import Tensor, nn
 from ..layers.mlp import MLP, ONEDNN_ACTIVATIONS, fusion_available
 from ..native.linear import Linear
 
-_ONEDNN = ONEDNN_ACTIVATIONS  # attnlab activation -> oneDNN (attr, algorithm)
-
-
 class FusedLinear(nn.Module):
     """``act(x @ W^T + b)`` in one oneDNN call, sharing the linear's parameters. ``(..., in) -> (..., out)``.
 
@@ -28,10 +25,10 @@ class FusedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, activation: str | None = None):
         super().__init__()
-        if activation not in _ONEDNN:
-            raise ValueError(f"no fused form of activation {activation!r}; fusable: {[a for a in _ONEDNN if a]}")
+        if activation not in ONEDNN_ACTIVATIONS:
+            raise ValueError(f"no fused form of activation {activation!r}; fusable: {[a for a in ONEDNN_ACTIVATIONS if a]}")
         self.weight, self.bias = linear.weight, linear.bias
-        self.attr, self.algorithm = _ONEDNN[activation]
+        self.attr, self.algorithm = ONEDNN_ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, in)
@@ -58,7 +55,7 @@ def fuse_linears(model: nn.Module) -> int:
         return 0
     swapped = 0
     for block in model.blocks:
-        if type(block.mlp) is MLP and block.mlp.activation in _ONEDNN and block.mlp.fc_in.bias is not None:
+        if type(block.mlp) is MLP and block.mlp.activation in ONEDNN_ACTIVATIONS and block.mlp.fc_in.bias is not None:
             block.mlp = FusedMLP(block.mlp)
             swapped += 1
         if type(block.attn.out_proj) in (nn.Linear, Linear) and block.attn.out_proj.bias is not None:

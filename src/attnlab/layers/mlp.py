@@ -52,10 +52,10 @@ class MLP(nn.Module):
             if a is None:  # the native kernel is unavailable
                 a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))
             return self.dropout(self.fc_out(a))
-        h = None
-        if type(self.fc_in) in (nn.Linear, Linear) and not (self.fc_in._forward_hooks or self.fc_in._forward_pre_hooks):
+        fc_in, h = self.fc_in, None
+        if type(fc_in) in (nn.Linear, Linear) and not (fc_in._forward_hooks or fc_in._forward_pre_hooks):
             # (a wrapped, parametrized or hooked fc_in keeps its own forward)
-            h = fused_linear_activation(x, self.fc_in.weight, self.fc_in.bias, self.activation)
+            h = fused_linear_activation(x, fc_in.weight, fc_in.bias, self.activation)
         return self.dropout(self.fc_out(self.act(self.fc_in(x)) if h is None else h))
 
 

@@ -152,65 +152,59 @@ class WindowAttention(AttentionKernel):
             raise ValueError(f"window was built for num_heads={self.num_heads}, got q with {H} heads")
         return rows, cols
 
-    def window_bias(self, ctx: AttentionContext, device, dtype=None) -> Tensor | None:
-        """``(nW | 1, H | 1, N, N)`` additive float: the relative bias plus ``-inf`` where the shift mask forbids
-        (in ``dtype``; ``None``: the bias table's)."""
+    def window_bias(self, ctx: AttentionContext, device) -> Tensor | None:
+        """``(H | 1, nW | 1, N, N)`` contiguous additive float: the relative bias plus ``-inf`` where the shift mask
+        forbids (heads first: added to ``(B, H, nW, N, N)`` scores, the sum keeps their layout for the softmax)."""
         n = self.window[0] * self.window[1]
         bias = None
         if self.rel_bias is not None:
             idx = relative_position_index(self.window, device)
-            bias = self.rel_bias[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)[None]  # (1, H, N, N)
+            bias = self.rel_bias[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)[:, None]  # (H, 1, N, N)
         if self.shift:
-            forbid = self._shift_mask(ctx.grid, device)  # (nW, 1, N, N)
+            forbid = self._cached("mask", ctx.grid, device, self._shift_mask)  # (1, nW, N, N)
             bias = forbid if bias is None else bias + forbid.to(bias.dtype)
-        return bias if dtype is None or bias is None else bias.to(dtype)
+        return None if bias is None else bias.contiguous()
 
     def _shift_mask(self, grid: tuple[int, int], device) -> Tensor:
-        """``(nW, 1, N, N)`` float: 0 where the 3x3 band labels of the rolled canvas agree, ``-inf`` elsewhere
-        (kept for the last grid and device: every call of a stage asks for the same one)."""
+        """``(1, nW, N, N)`` float: 0 where the 3x3 band labels of the rolled canvas agree, ``-inf`` elsewhere."""
+        rows, cols = grid
+        n = self.window[0] * self.window[1]
+        labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
+        lw = to_windows(labels, grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
+        forbid = torch.zeros(1, lw.shape[0], n, n, device=device)
+        return forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[None], float("-inf"))
+
+    def _cached(self, name: str, grid: tuple[int, int], device, make):
+        """``make(grid, device)``, kept for the last grid and device (every call of a stage asks for the same one)
+        as one ``(key, value)`` tuple, so two threads never read a key with another's value. Made outside
+        inference mode: the window order is saved for backward by every later call, training ones too."""
         key = (grid, str(device))
-        cached = getattr(self, "_mask", None)  # (key, mask), like the window order
+        cached = self.__dict__.get("_cache_" + name)
         if cached is None or cached[0] != key:
-            rows, cols = grid
-            n = self.window[0] * self.window[1]
             with torch.inference_mode(False), torch.no_grad():
-                labels = band_labels(rows, cols, self.window, self.shift, device).reshape(1, 1, rows * cols, 1)
-                lw = to_windows(labels, grid, self.window, 0)[0, :, 0, :, 0]  # (nW, N) labels per window
-                forbid = torch.zeros(lw.shape[0], 1, n, n, device=device)
-                cached = (key, forbid.masked_fill((lw[:, :, None] != lw[:, None, :])[:, None], float("-inf")))
-            self._mask = cached
+                cached = (key, make(grid, device))
+            self.__dict__["_cache_" + name] = cached
         return cached[1]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         B, H, T, D = q.shape
         grid = self._check_grid(ctx, T, k.shape[2], H)
-        perm, inv = self._window_order(grid, q.device)
-        nw, n = T // (self.window[0] * self.window[1]), self.window[0] * self.window[1]
+        perm, inv = self._cached("order", grid, q.device,
+                                 lambda g, dev: window_order(g, self.window, self.shift, dev))
+        n = self.window[0] * self.window[1]
+        nw = T // n
         # one gather per tensor into window order (roll and partition at once), then batched matrix products over
         # all (batch, head, window) triples with the bias broadcast over the batch: on CPU faster than PyTorch's
         # fused SDPA fed a bias copied once per image (benchmarks/vision.py, Swin-T)
         qw = _Permute.apply(q, 2, perm, inv).view(B, H, nw, n, D)
         kw, vw = (expand_kv_heads(_Permute.apply(t, 2, perm, inv), H).view(B, H, nw, n, D) for t in (k, v))
         scores = window_scores(qw, kw)  # (B, H, nW, N, N), fp32 for bf16/fp16 inputs
-        bias = self.window_bias(ctx, q.device, None)  # (nW | 1, H | 1, N, N)
+        bias = self.window_bias(ctx, q.device)  # (H | 1, nW | 1, N, N)
         scale = self.softmax_scale(D)
-        if bias is not None:  # (H | 1, nW | 1, N, N) contiguous: the sum keeps the scores' layout for the softmax
-            bias = bias.transpose(0, 1).contiguous()
         scores = scores * scale if bias is None else torch.add(bias, scores, alpha=scale)
         out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
         # back to the raster order, laid out (B, T, H, D) so that the shell's merge of the heads is a view
         return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)
-
-    def _window_order(self, grid: tuple[int, int], device) -> tuple[Tensor, Tensor]:
-        """``(perm, inv)`` for the last grid and device: window-order position -> raster token and back. Made
-        outside inference mode: they are saved for backward by every later call, training ones too."""
-        key = (grid, str(device))
-        cached = getattr(self, "_order", None)  # one (key, value) tuple: no torn read between two threads
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cached = (key, window_order(grid, self.window, self.shift, device))
-            self._order = cached
-        return cached[1]
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:
