@@ -1,5 +1,5 @@
-"""Linear layers for bf16 training on CPU whose backward gets the weight gradient from a transposed
-copy of the output gradient (``csrc/transpose.c``).
+"""Linear layers for CPU: bf16 training whose backward gets the weight gradient from a transposed copy of
+the output gradient (``csrc/transpose.c``), and fp32 on oneDNN.
 
 A linear layer's weight gradient ``dW = dY^T X`` reduces over all tokens. oneDNN computes it 1.4-1.8x
 faster with ``dY^T`` contiguous than from the transposed view autograd passes it (measured at the shapes
@@ -10,26 +10,45 @@ narrows (``in_features > out_features``: a Transformer MLP's output projection, 
 gradient, ~2% of a GPT training step); elsewhere it costs what it saves. (``(X^T dY)^T`` from a saved
 ``X^T`` is as fast, but its transposed result costs more in the copies into the fp32 ``.grad`` than it
 saves.) It applies under bf16 autocast (or to bf16 tensors) on CPU when a weight gradient is wanted and
-the native library is available; otherwise :func:`linear` is ``F.linear``.
+the native library is available.
+
+fp32 on CPUs with AVX-512 goes to oneDNN instead of MKL (:func:`onednn_fp32`): PyTorch's ``F.linear`` and the
+matmuls of its backward call MKL's sgemm for fp32, and oneDNN's fp32 GEMM (the one PyTorch's CPU compiler
+uses, ``mkldnn._linear_pointwise``) takes 0.7-0.9x its time on such CPUs at Transformer shapes, forward and
+input gradient alike (``benchmarks/vision.py`` shows the effect on ViT-B/16 and Swin-T). Same precision
+(fp32 products and sums, another summation order), so results match ``F.linear`` to fp32 rounding. Products
+under :data:`ONEDNN_MIN_MACS` multiply-adds stay with ``F.linear``, whose fixed cost is lower. Elsewhere
+:func:`linear` is ``F.linear``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import decode, load
 from .marshal import grad_wanted, threads
 from .pointwise import autocast_bf16_cpu
 
 FAMILY = "transpose"
+# below this many multiply-adds (rows x K x N) F.linear's lower fixed cost wins (measured: 65 x 128 x 384 is
+# 1.14x slower in oneDNN, 65 x 128 x 512 0.83x)
+ONEDNN_MIN_MACS = 1 << 22
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``(..., K) -> (..., N)``; see the module docstring for when the
     transposed-gradient backward is used. Without gradients, a few rows (a decoding step) go to the native
     skinny kernel (:mod:`attnlab.native.decode`) where it applies."""
+    if onednn_fp32(x, weight, bias):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _OneDNNLinear.apply(x, weight, bias)
+        return _onednn_linear(x, weight, bias)
     if not torch.is_grad_enabled():  # no weight gradient to speed up; decode.linear falls back to F.linear
         return decode.linear(x, weight, bias)
     if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
@@ -43,8 +62,66 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+@functools.cache
+def _onednn_fp32_faster() -> bool:
+    """This PyTorch has oneDNN's linear op and the CPU AVX-512 (where oneDNN's fp32 GEMM was measured faster)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
+def onednn_fp32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether :func:`linear` sends ``F.linear(x, weight, bias)`` to oneDNN: fp32 tensors on a CPU with AVX-512,
+    no autocast, oneDNN switched on (``torch.backends.mkldnn.flags``), at least :data:`ONEDNN_MIN_MACS`
+    multiply-adds, and more rows than the decoding kernel takes without gradients (:data:`decode.MAX_ROWS`)."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.dim() != 2
+            or (bias is not None and bias.dtype != torch.float32) or x.dim() < 2 or x.shape[-1] != weight.shape[1]
+            or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled):
+        return False
+    rows = x.numel() // max(1, x.shape[-1])
+    if rows * weight.shape[0] * weight.shape[1] < ONEDNN_MIN_MACS:
+        return False
+    return (torch.is_grad_enabled() or rows > decode.MAX_ROWS) and _onednn_fp32_faster()
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` by oneDNN: ``(..., K) -> (..., N)``."""
+    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")  # (M, N)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``F.linear`` with oneDNN computing the output and the input gradient (``dY W``, the weight read
+    transposed in place); the weight gradient ``dY^T X`` stays with PyTorch (oneDNN is no faster there)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor):
+        x, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (M, N)
+        if dy2.stride(-1) != 1:
+            dy2 = dy2.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.mkldnn._linear_pointwise(dy2, weight.t(), None, "none", [], "").view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = dy2.t() @ x.reshape(-1, x.shape[-1])  # (N, M) @ (M, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) whose bf16 CPU training backward uses :func:`linear`."""
+    """``nn.Linear`` (same parameters and state dict) computed by :func:`linear` (bf16 training backward, fp32
+    on oneDNN, few-row decoding)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)

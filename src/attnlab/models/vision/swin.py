@@ -28,6 +28,7 @@ from ...attention.context import AttentionContext
 from ...attention.shell import MultiHeadAttention
 from ...layers.droppath import DropPath
 from ...layers.mlp import build_mlp
+from ...native.linear import Linear
 from ..config import ModelConfig
 from ..transformer import collect_attention_maps
 from .pixels import Classifies, check_pixels
@@ -66,7 +67,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         B, _, C = x.shape

@@ -1,0 +1,99 @@
+"""attnlab.native.linear's fp32 path on oneDNN: the same values and gradients as ``F.linear`` (to fp32 summation
+order), taken exactly where :func:`onednn_fp32` says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.models import create_model
+from attnlab.native import linear as native_linear
+from attnlab.native.linear import Linear, linear, onednn_fp32
+
+pytestmark = pytest.mark.skipif(not native_linear._onednn_fp32_faster(),
+                                reason="hardware: oneDNN's fp32 path is used only on CPUs with AVX-512")
+
+
+def _close(a, b):
+    """fp32 results of two summation orders: within a few ulps of the output's scale."""
+    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+    original = native_linear._onednn_linear
+    monkeypatch.setattr(native_linear, "_onednn_linear", lambda *a: seen.append(1) or original(*a))
+    return seen
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_forward_and_gradients_match_f_linear(calls, bias, frozen):
+    torch.manual_seed(0)
+    layer = Linear(96, 160, bias=bias).requires_grad_(not frozen)
+    x = torch.randn(300, 3, 96).transpose(0, 1).requires_grad_()  # (3, 300, 96), not contiguous
+    dy = torch.randn(3, 300, 160)
+    y = layer(x)
+    y.backward(dy)
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    assert calls == [1] and type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+    x.grad = None
+    layer.zero_grad()
+    y_ref = F.linear(x, layer.weight, layer.bias)
+    y_ref.backward(dy)
+    assert _close(y, y_ref)
+    for g, p in zip(grads, [x, *layer.parameters()]):
+        assert (g is None) == frozen if p is not x else g is not None
+        if g is not None:
+            assert g.shape == p.shape and _close(g, p.grad)
+
+
+def test_without_gradients_and_under_inference_mode(calls):
+    torch.manual_seed(0)
+    w, b = torch.randn(256, 128), torch.randn(256)
+    x = torch.randn(2, 200, 128)
+    with torch.no_grad():
+        y = linear(x, w, b)
+    with torch.inference_mode():
+        y2 = linear(x, w, b)
+    assert calls == [1, 1] and y.grad_fn is None
+    assert _close(y, F.linear(x, w, b)) and torch.equal(y, y2)
+
+
+def test_where_it_is_not_used(calls):
+    """Small products, few rows without gradients (the decoding kernel's), autocast, fp64, oneDNN switched off."""
+    w, x = torch.randn(512, 128), torch.randn(400, 128)
+    assert onednn_fp32(x, w, None)
+    assert not onednn_fp32(x[:100], w[:16], None)  # 100 x 16 x 128 multiply-adds < ONEDNN_MIN_MACS
+    with torch.no_grad():
+        assert not onednn_fp32(x[:64], w, None) and onednn_fp32(x[:65], w, None)
+    assert onednn_fp32(x[:64], w, None)  # with gradients every row count above the size goes to oneDNN
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn_fp32(x, w, None)
+        linear(x, w)
+    assert not onednn_fp32(x.double(), w.double(), None)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not onednn_fp32(x, w, None)
+        assert torch.equal(linear(x, w), F.linear(x, w))
+    assert calls == []
+
+
+def test_model_outputs_match_pytorch_linear(monkeypatch):
+    """A whole ViT's logits and parameter gradients agree with the model run on F.linear everywhere."""
+    torch.manual_seed(0)
+    model = create_model("vit-tiny", dim=96, num_heads=4)  # 64 patches of 32 x 32 pixels
+    pixels = torch.randn(4, 3, 32, 32)
+
+    def run():
+        model.zero_grad()
+        logits = model.classify(pixels)
+        logits.square().sum().backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits, grads = run()
+    monkeypatch.setattr(native_linear, "ONEDNN_MIN_MACS", 1 << 62)
+    logits_ref, grads_ref = run()
+    assert _close(logits, logits_ref)
+    assert all(_close(grads[n], grads_ref[n]) for n in grads)
