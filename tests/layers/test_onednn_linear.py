@@ -97,3 +97,35 @@ def test_model_outputs_match_pytorch_linear(monkeypatch):
     logits_ref, grads_ref = run()
     assert _close(logits, logits_ref)
     assert all(_close(grads[n], grads_ref[n]) for n in grads)
+
+
+@pytest.mark.skipif(not native_linear._onednn_bf16_native(), reason="hardware: oneDNN has no native bf16 on this CPU")
+def test_bf16_inference_reads_a_cached_packed_weight(monkeypatch):
+    """Without gradients, bf16 products (autocast or bf16 tensors) equal F.linear's exactly, from a copy of the
+    weight in oneDNN's layout made once and remade after the weight changes."""
+    from attnlab.native import decode
+
+    packs = []
+    original = decode.packed
+    monkeypatch.setattr(decode, "packed", lambda w, dtype, layout="panels": packs.append(layout) or original(w, dtype, layout))
+    monkeypatch.setattr(decode, "_packed", {})
+    torch.manual_seed(0)
+    w, b, x = torch.randn(512, 128), torch.randn(512), torch.randn(3, 100, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            y = linear(x, w, b)
+            assert y.dtype == torch.bfloat16 and torch.equal(y, F.linear(x, w, b))
+        assert len(decode._packed) == 1
+        w.mul_(-1)  # an optimizer step, say: the cached copy is stale
+        assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+        assert len(decode._packed) == 1  # replaced, not added
+    xb, wb = x.bfloat16(), w.bfloat16()
+    with torch.no_grad():
+        assert torch.equal(linear(xb, wb), F.linear(xb, wb))
+    assert packs == ["onednn"] * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not native_linear.onednn_bf16_packed(x, w, b)  # gradients enabled
+        with torch.no_grad():
+            assert not native_linear.onednn_bf16_packed(x[:, :21], w, b)  # 63 rows: the decode kernel's
+            with torch.backends.mkldnn.flags(enabled=False):
+                assert not native_linear.onednn_bf16_packed(x, w, b)

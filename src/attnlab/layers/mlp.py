@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..native.decode import MAX_ROWS
+from ..native.decode import MAX_ROWS, packed
 from ..native.linear import Linear, linear
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
@@ -76,7 +76,8 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     CPU compiler fuses into), or None where it does not apply: gradients enabled (the op has no backward), not
     CPU, fewer than :data:`FUSED_MIN_ROWS` rows, an activation oneDNN lacks, mixed dtypes outside bf16 autocast,
     bf16 on a CPU without native bf16 support, or no oneDNN fusion (:func:`fusion_available`). Under bf16
-    autocast the operands are cast to bf16 as autocast would.
+    autocast the operands are cast to bf16 as autocast would; a bf16 product reads the weight from a cached
+    copy in oneDNN's blocked layout (``attnlab.native.decode.packed``).
 
     Shapes: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` -> ``(..., N)``.
     """
@@ -94,7 +95,9 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
         return None  # oneDNN would run bf16 on a slow reference path
     attr, algorithm = ONEDNN_ACTIVATIONS[activation]
     b = None if bias is None else bias.to(dtype)
-    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), b, attr, [], algorithm)
+    # bf16: the weight reordered once into oneDNN's layout and cached, as attnlab.native.linear does
+    w = packed(weight, dtype, "onednn") if dtype == torch.bfloat16 else weight
+    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), w, b, attr, [], algorithm)
 
 
 class SwiGLU(nn.Module):
