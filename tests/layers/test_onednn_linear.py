@@ -129,3 +129,41 @@ def test_bf16_inference_reads_a_cached_packed_weight(monkeypatch):
             assert not native_linear.onednn_bf16_packed(x[:, :21], w, b)  # 63 rows: the decode kernel's
             with torch.backends.mkldnn.flags(enabled=False):
                 assert not native_linear.onednn_bf16_packed(x, w, b)
+
+
+def test_double_backward_through_the_onednn_path():
+    """A gradient penalty (create_graph=True) differentiates the backward again, as with F.linear."""
+    torch.manual_seed(0)
+    w = torch.randn(256, 128, requires_grad=True)
+    x = torch.randn(300, 128, requires_grad=True)
+
+    def penalty(fn):
+        (gx,) = torch.autograd.grad(fn(x, w).tanh().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.square().sum(), w)
+        return gw
+
+    assert onednn_fp32(x, w, None)
+    assert _close(penalty(linear), penalty(F.linear))
+
+
+def test_torch_compile_lowers_f_linear_itself():
+    """Under torch.compile the oneDNN paths step aside (the compiler lowers F.linear to its own GEMMs; tracing
+    the op with a plain weight failed in its lowering): a compiled ViT's logits and gradients equal eager ones."""
+    torch.manual_seed(0)
+    model = create_model("vit-tiny", dim=128, num_heads=4)
+    pixels = torch.randn(8, 3, 32, 32)
+    ref = model.classify(pixels)
+    ref.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model.classify)
+        out = compiled(pixels)
+        out.sum().backward()
+        with torch.no_grad():
+            out_no_grad = compiled(pixels)
+    finally:
+        torch._dynamo.reset()
+    assert _close(out, ref) and _close(out_no_grad, ref)
+    assert all(_close(p.grad, g) for p, g in zip(model.parameters(), grads))

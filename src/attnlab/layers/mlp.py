@@ -74,14 +74,16 @@ def fusion_available(device: torch.device) -> bool:
 def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor | None:
     """``act(F.linear(x, weight, bias))`` as one oneDNN call (PyTorch's ``mkldnn._linear_pointwise``, the op its
     CPU compiler fuses into), or None where it does not apply: gradients enabled (the op has no backward), not
-    CPU, fewer than :data:`FUSED_MIN_ROWS` rows, an activation oneDNN lacks, mixed dtypes outside bf16 autocast,
-    bf16 on a CPU without native bf16 support, or no oneDNN fusion (:func:`fusion_available`). Under bf16
+    CPU, under ``torch.compile`` (it fuses by itself), fewer than :data:`FUSED_MIN_ROWS` rows, an activation
+    oneDNN lacks, mixed dtypes outside bf16 autocast, bf16 on a CPU without native bf16 support, or no oneDNN
+    fusion (:func:`fusion_available`). Under bf16
     autocast the operands are cast to bf16 as autocast would; a bf16 product reads the weight from a cached
     copy in oneDNN's blocked layout (``attnlab.native.decode.packed``).
 
     Shapes: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` -> ``(..., N)``.
     """
-    if (torch.is_grad_enabled() or activation is None or activation not in ONEDNN_ACTIVATIONS
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or activation is None
+            or activation not in ONEDNN_ACTIVATIONS
             or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not fusion_available(x.device)):
         return None
     floats = (torch.float32, torch.bfloat16)

@@ -28,7 +28,6 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from . import decode, load
 from .marshal import grad_wanted, threads
@@ -75,7 +74,10 @@ def _onednn_fp32_faster() -> bool:
 def onednn_fp32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether :func:`linear` sends ``F.linear(x, weight, bias)`` to oneDNN: fp32 tensors on a CPU with AVX-512,
     no autocast, oneDNN switched on (``torch.backends.mkldnn.flags``), at least :data:`ONEDNN_MIN_MACS`
-    multiply-adds, and more rows than the decoding kernel takes without gradients (:data:`decode.MAX_ROWS`)."""
+    multiply-adds, more rows than the decoding kernel takes without gradients (:data:`decode.MAX_ROWS`), and
+    not while ``torch.compile`` traces (the compiler lowers ``F.linear`` to oneDNN itself)."""
+    if torch.compiler.is_compiling():  # PyTorch's compiler picks (and packs) its own oneDNN GEMMs
+        return False
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.dim() != 2
             or (bias is not None and bias.dtype != torch.float32) or x.dim() < 2 or x.shape[-1] != weight.shape[1]
             or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled):
@@ -91,9 +93,10 @@ def onednn_bf16_packed(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     autocast) on oneDNN with the weight reordered once into oneDNN's blocked layout and cached
     (:func:`decode.packed`; ~0.9x the time of ``F.linear``, which reorders it on every call; the same values):
     CPU with native bf16 in oneDNN, oneDNN switched on, more than :data:`decode.MAX_ROWS` rows and at least
-    :data:`ONEDNN_MIN_MACS` multiply-adds. The cache holds a bf16 copy of each weight it serves until the
+    :data:`ONEDNN_MIN_MACS` multiply-adds; not while ``torch.compile`` traces. The cache holds a bf16 copy of each weight it serves until the
     weight changes or :func:`decode.release`."""
-    if torch.is_grad_enabled() or x.device.type != "cpu" or weight.dim() != 2 or x.dim() < 2:
+    if (torch.compiler.is_compiling() or torch.is_grad_enabled() or x.device.type != "cpu" or weight.dim() != 2
+            or x.dim() < 2):
         return False
     floats = (torch.float32, torch.bfloat16)
     if not (autocast_bf16_cpu() and x.dtype in floats and weight.dtype in floats
@@ -124,7 +127,9 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class _OneDNNLinear(torch.autograd.Function):
     """``F.linear`` with oneDNN computing the output and the input gradient (``dY W``, the weight read
-    transposed in place); the weight gradient ``dY^T X`` stays with PyTorch (oneDNN is no faster there)."""
+    transposed in place); the weight gradient ``dY^T X`` stays with PyTorch (oneDNN is no faster there). A
+    backward that builds a graph (``create_graph=True``) uses PyTorch's matmul throughout, so it can be
+    differentiated again."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -133,14 +138,15 @@ class _OneDNNLinear(torch.autograd.Function):
         return _onednn_linear(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy: Tensor):
         x, weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])  # (M, N)
         if dy2.stride(-1) != 1:
             dy2 = dy2.contiguous()
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # create_graph: ops autograd can differentiate
+            dx = (dy2 @ weight).view(x.shape)
+        elif ctx.needs_input_grad[0]:
             dx = torch.ops.mkldnn._linear_pointwise(dy2, weight.t(), None, "none", [], "").view(x.shape)
         if ctx.needs_input_grad[1]:
             dw = dy2.t() @ x.reshape(-1, x.shape[-1])  # (N, M) @ (M, K)
