@@ -99,38 +99,6 @@ def test_model_outputs_match_pytorch_linear(monkeypatch):
     assert all(_close(grads[n], grads_ref[n]) for n in grads)
 
 
-@pytest.mark.skipif(not native_linear._onednn_bf16_native(), reason="hardware: oneDNN has no native bf16 on this CPU")
-def test_bf16_inference_reads_a_cached_packed_weight(monkeypatch):
-    """Without gradients, bf16 products (autocast or bf16 tensors) equal F.linear's exactly, from a copy of the
-    weight in oneDNN's layout made once and remade after the weight changes."""
-    from attnlab.native import decode
-
-    packs = []
-    original = decode.packed
-    monkeypatch.setattr(decode, "packed", lambda w, dtype, layout="panels": packs.append(layout) or original(w, dtype, layout))
-    monkeypatch.setattr(decode, "_packed", {})
-    torch.manual_seed(0)
-    w, b, x = torch.randn(512, 128), torch.randn(512), torch.randn(3, 100, 128)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for _ in range(2):
-            y = linear(x, w, b)
-            assert y.dtype == torch.bfloat16 and torch.equal(y, F.linear(x, w, b))
-        assert len(decode._packed) == 1
-        w.mul_(-1)  # an optimizer step, say: the cached copy is stale
-        assert torch.equal(linear(x, w, b), F.linear(x, w, b))
-        assert len(decode._packed) == 1  # replaced, not added
-    xb, wb = x.bfloat16(), w.bfloat16()
-    with torch.no_grad():
-        assert torch.equal(linear(xb, wb), F.linear(xb, wb))
-    assert packs == ["onednn"] * 4
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not native_linear.onednn_bf16_packed(x, w, b)  # gradients enabled
-        with torch.no_grad():
-            assert not native_linear.onednn_bf16_packed(x[:, :21], w, b)  # 63 rows: the decode kernel's
-            with torch.backends.mkldnn.flags(enabled=False):
-                assert not native_linear.onednn_bf16_packed(x, w, b)
-
-
 def test_double_backward_through_the_onednn_path():
     """A gradient penalty (create_graph=True) differentiates the backward again, as with F.linear."""
     torch.manual_seed(0)
@@ -167,3 +135,40 @@ def test_torch_compile_lowers_f_linear_itself():
         torch._dynamo.reset()
     assert _close(out, ref) and _close(out_no_grad, ref)
     assert all(_close(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def test_bias_with_strides(calls):
+    """oneDNN ignores a bias's strides: a strided or broadcast bias is made contiguous first."""
+    torch.manual_seed(0)
+    x, w = torch.randn(300, 128), torch.randn(256, 128)
+    for bias in (torch.randn(512)[::2], torch.randn(1).expand(256)):
+        with torch.no_grad():
+            assert _close(linear(x, w, bias), F.linear(x, w, bias))
+    assert len(calls) == 2
+
+
+def test_forward_mode_ad_and_function_transforms():
+    """Forward-mode AD gets F.linear's tangent; torch.func transforms, torch.jit.trace and tensor subclasses
+    take F.linear (oneDNN's op has no batching rule, no tracer support for its arguments)."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    w, b = torch.randn(256, 128, requires_grad=True), torch.randn(256)
+    x, t = torch.randn(300, 128), torch.randn(300, 128)
+    with fwAD.dual_level():
+        y = linear(fwAD.make_dual(x, t), w, b)
+        assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+        assert _close(fwAD.unpack_dual(y).tangent, F.linear(t, w))
+    params = {"w": w.detach(), "b": b}
+    gw = torch.func.grad(lambda p: linear(x, p["w"], p["b"]).square().sum())(params)["w"]
+    w_ref = w.detach().clone().requires_grad_()
+    F.linear(x, w_ref, b).square().sum().backward()
+    assert _close(gw, w_ref.grad)
+    with torch.no_grad():
+        traced = torch.jit.trace(Linear(128, 256).eval(), x)
+    assert traced(x).shape == (300, 256)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    assert not onednn_fp32(x.as_subclass(Tagged), w, b) and onednn_fp32(x, w, b)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..native.decode import MAX_ROWS, packed
-from ..native.linear import Linear, linear
+from ..native.decode import MAX_ROWS
+from ..native.linear import Linear, linear, plain_eager
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
 ACTIVATIONS = {
@@ -74,17 +74,16 @@ def fusion_available(device: torch.device) -> bool:
 def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor | None:
     """``act(F.linear(x, weight, bias))`` as one oneDNN call (PyTorch's ``mkldnn._linear_pointwise``, the op its
     CPU compiler fuses into), or None where it does not apply: gradients enabled (the op has no backward), not
-    CPU, under ``torch.compile`` (it fuses by itself), fewer than :data:`FUSED_MIN_ROWS` rows, an activation
-    oneDNN lacks, mixed dtypes outside bf16 autocast, bf16 on a CPU without native bf16 support, or no oneDNN
-    fusion (:func:`fusion_available`). Under bf16
-    autocast the operands are cast to bf16 as autocast would; a bf16 product reads the weight from a cached
-    copy in oneDNN's blocked layout (``attnlab.native.decode.packed``).
+    CPU, tensors that are not plain eager ones (``attnlab.native.linear.plain_eager``: compiled, traced,
+    ``torch.func``, subclasses), fewer than :data:`FUSED_MIN_ROWS` rows, an activation oneDNN lacks, mixed
+    dtypes outside bf16 autocast, bf16 on a CPU without native bf16 support, or no oneDNN fusion
+    (:func:`fusion_available`). Under bf16 autocast the operands are cast to bf16 as autocast would.
 
     Shapes: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` -> ``(..., N)``.
     """
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or activation is None
-            or activation not in ONEDNN_ACTIVATIONS
-            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not fusion_available(x.device)):
+    if (torch.is_grad_enabled() or activation is None or activation not in ONEDNN_ACTIVATIONS
+            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or not fusion_available(x.device)
+            or not plain_eager(x, weight, bias)):
         return None
     floats = (torch.float32, torch.bfloat16)
     if autocast_bf16_cpu() and x.dtype in floats and weight.dtype in floats:
@@ -96,10 +95,8 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None  # oneDNN would run bf16 on a slow reference path
     attr, algorithm = ONEDNN_ACTIVATIONS[activation]
-    b = None if bias is None else bias.to(dtype)
-    # bf16: the weight reordered once into oneDNN's layout and cached, as attnlab.native.linear does
-    w = packed(weight, dtype, "onednn") if dtype == torch.bfloat16 else weight
-    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), w, b, attr, [], algorithm)
+    b = None if bias is None else bias.to(dtype).contiguous()  # the op ignores a bias's strides
+    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), b, attr, [], algorithm)
 
 
 class SwiGLU(nn.Module):

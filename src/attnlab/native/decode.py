@@ -10,8 +10,7 @@ blocks; at these sizes their fixed costs dominate (``benchmarks/seq2seq.py``: an
 :func:`linear` reads the weight from a copy packed in 16-column panels, made once per weight and kept while
 the weight is unchanged (keyed by its storage and version counter): it doubles the memory of the layers it
 serves, which is why only inference without gradients uses it, and why :func:`release` drops the packed
-copies (the same cache keeps the oneDNN-layout bf16 copies of :mod:`attnlab.native.linear`'s larger
-no-gradient products). fp32 inputs use fp32 panels; bf16 inputs (or fp32 under CPU bf16 autocast, as ``F.linear`` would cast
+copies. fp32 inputs use fp32 panels; bf16 inputs (or fp32 under CPU bf16 autocast, as ``F.linear`` would cast
 them) use bf16 pair panels and give bf16 results. Everything else (gradients wanted, more than
 :data:`MAX_ROWS` rows, CUDA, no native library) is ``F.linear``; :func:`attention` returns None where it does
 not apply and the caller runs SDPA.
@@ -35,9 +34,9 @@ MAX_ROWS = 64  # above this, oneDNN's blocked GEMM is as fast: the call overhead
 # fp32 weights smaller than this (K * N) are as fast in PyTorch (its fixed cost is lower than ours; bf16 GEMMs have
 # a larger one, so bf16 takes the kernel at every size): measured at 8 rows, see the module docstring
 MIN_FP32_WEIGHT = 0
-# (id(weight), layout) -> (weak reference, key, packed copy); the reference's callback drops the entry with the
-# weight (a WeakKeyDictionary would compare tensors with ==, elementwise, on a hash collision)
-_packed: dict[tuple[int, str], tuple[weakref.ref, tuple, Tensor]] = {}
+# id(weight) -> (weak reference, key, panels); the reference's callback drops the entry with the weight
+# (a WeakKeyDictionary would compare tensors with ==, elementwise, on a hash collision)
+_packed: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 
 
 def pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
@@ -50,27 +49,21 @@ def pack(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return w.view(-1, 16, K // 2, 2).permute(0, 2, 1, 3).contiguous()
 
 
-def packed(weight: Tensor, dtype: torch.dtype, layout: str = "panels") -> Tensor:
-    """The cached copy of ``weight`` in ``dtype``, remade when the weight was changed in place or replaced.
-    ``layout``: ``"panels"`` (:func:`pack`, this module's kernel) or ``"onednn"`` (oneDNN's blocked layout for
-    ``mkldnn._linear_pointwise``, which then skips reordering the weight on every call)."""
+def packed(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """The cached panels of ``weight`` in ``dtype``, repacked when the weight was changed in place or replaced."""
     # inference tensors (made under torch.inference_mode) keep no version counter: keyed by storage alone
     version = -1 if weight.is_inference() else weight._version
     key = (weight.data_ptr(), version, tuple(weight.shape), weight.dtype, dtype)
-    ident = (id(weight), layout)
-    entry = _packed.get(ident)
+    entry = _packed.get(id(weight))
     if entry is None or entry[0]() is not weight or entry[1] != key:
+        ident = id(weight)
         ref = weakref.ref(weight, lambda _, ident=ident: _packed.pop(ident, None))
-        if layout == "panels":
-            copy = pack(weight, dtype)
-        else:
-            copy = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
-        entry = _packed[ident] = (ref, key, copy)
+        entry = _packed[ident] = (ref, key, pack(weight, dtype))
     return entry[2]
 
 
 def release() -> None:
-    """Drop every packed copy (they are rebuilt on the next call that uses them)."""
+    """Drop every packed copy (they are rebuilt on the next decoding call)."""
     _packed.clear()
 
 

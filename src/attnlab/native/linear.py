@@ -28,6 +28,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor as is_functorch_wrapped
 
 from . import decode, load
 from .marshal import grad_wanted, threads
@@ -49,9 +50,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             return _OneDNNLinear.apply(x, weight, bias)
         return _onednn_linear(x, weight, bias)
     if not torch.is_grad_enabled():  # no weight gradient to speed up; decode.linear falls back to F.linear
-        if onednn_bf16_packed(x, weight, bias):
-            b = None if bias is None else bias.to(torch.bfloat16)
-            return _onednn_linear(x.to(torch.bfloat16), decode.packed(weight, torch.bfloat16, "onednn"), b)
         return decode.linear(x, weight, bias)
     if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
             and weight.shape[1] > weight.shape[0] and load(FAMILY) is not None):
@@ -75,8 +73,8 @@ def onednn_fp32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether :func:`linear` sends ``F.linear(x, weight, bias)`` to oneDNN: fp32 tensors on a CPU with AVX-512,
     no autocast, oneDNN switched on (``torch.backends.mkldnn.flags``), at least :data:`ONEDNN_MIN_MACS`
     multiply-adds, more rows than the decoding kernel takes without gradients (:data:`decode.MAX_ROWS`), and
-    not while ``torch.compile`` traces (the compiler lowers ``F.linear`` to oneDNN itself)."""
-    if torch.compiler.is_compiling():  # PyTorch's compiler picks (and packs) its own oneDNN GEMMs
+    :func:`plain_eager` tensors."""
+    if not plain_eager(x, weight, bias):
         return False
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.dim() != 2
             or (bias is not None and bias.dtype != torch.float32) or x.dim() < 2 or x.shape[-1] != weight.shape[1]
@@ -88,40 +86,22 @@ def onednn_fp32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (torch.is_grad_enabled() or rows > decode.MAX_ROWS) and _onednn_fp32_faster()
 
 
-def onednn_bf16_packed(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether :func:`linear` without gradients runs a bf16 product (bf16 tensors, or fp32 ones under CPU bf16
-    autocast) on oneDNN with the weight reordered once into oneDNN's blocked layout and cached
-    (:func:`decode.packed`; ~0.9x the time of ``F.linear``, which reorders it on every call; the same values):
-    CPU with native bf16 in oneDNN, oneDNN switched on, more than :data:`decode.MAX_ROWS` rows and at least
-    :data:`ONEDNN_MIN_MACS` multiply-adds; not while ``torch.compile`` traces. The cache holds a bf16 copy of each weight it serves until the
-    weight changes or :func:`decode.release`."""
-    if (torch.compiler.is_compiling() or torch.is_grad_enabled() or x.device.type != "cpu" or weight.dim() != 2
-            or x.dim() < 2):
+def plain_eager(*tensors: Tensor | None) -> bool:
+    """Eager PyTorch on plain tensors: not traced by ``torch.compile`` (which lowers ``F.linear`` to oneDNN
+    itself) or ``torch.jit``, no ``torch.func`` transform and no tensor subclass (each would meet an op it
+    does not handle)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    floats = (torch.float32, torch.bfloat16)
-    if not (autocast_bf16_cpu() and x.dtype in floats and weight.dtype in floats
-            or x.dtype == weight.dtype == torch.bfloat16):
-        return False
-    if bias is not None and bias.dtype not in floats or x.shape[-1] != weight.shape[1]:
-        return False
-    rows = x.numel() // max(1, x.shape[-1])
-    return (rows > decode.MAX_ROWS and rows * weight.shape[0] * weight.shape[1] >= ONEDNN_MIN_MACS
-            and torch.backends.mkldnn.enabled and _onednn_bf16_native())
-
-
-@functools.cache
-def _onednn_bf16_native() -> bool:
-    """This PyTorch has oneDNN's linear op and oneDNN runs bf16 natively on this CPU."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return all(t is None or (type(t) in (Tensor, nn.Parameter) and not is_functorch_wrapped(t)) for t in tensors)
 
 
 def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` by oneDNN: ``(..., K) -> (..., N)``; ``weight`` dense or from :func:`decode.packed`."""
+    """``F.linear`` by oneDNN: ``(..., K) -> (..., N)``."""
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")  # (M, N)
+    b = None if bias is None else bias.contiguous()  # the op ignores a bias's strides
+    y = torch.ops.mkldnn._linear_pointwise(x2, weight, b, "none", [], "")  # (M, N)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -129,13 +109,25 @@ class _OneDNNLinear(torch.autograd.Function):
     """``F.linear`` with oneDNN computing the output and the input gradient (``dY W``, the weight read
     transposed in place); the weight gradient ``dY^T X`` stays with PyTorch (oneDNN is no faster there). A
     backward that builds a graph (``create_graph=True``) uses PyTorch's matmul throughout, so it can be
-    differentiated again."""
+    differentiated again; forward-mode AD gets the tangent from ``F.linear``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor | None, dweight: Tensor | None, dbias: Tensor | None) -> Tensor:
+        x, weight = ctx.saved_tensors
+        parts = [F.linear(dx, weight) if dx is not None else None, F.linear(x, dweight) if dweight is not None else None,
+                 dbias]
+        return sum(p for p in parts if p is not None)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
