@@ -14,8 +14,9 @@ the native library is available.
 
 fp32 on CPUs with AVX-512 goes to oneDNN instead of MKL (:func:`onednn_fp32`): PyTorch's ``F.linear`` and the
 matmuls of its backward call MKL's sgemm for fp32, and oneDNN's fp32 GEMM (the one PyTorch's CPU compiler
-uses, ``mkldnn._linear_pointwise``) takes 0.7-0.9x its time on such CPUs at Transformer shapes, forward and
-input gradient alike (``benchmarks/vision.py`` shows the effect on ViT-B/16 and Swin-T). Same precision
+uses, ``mkldnn._linear_pointwise``) is faster on such CPUs at Transformer shapes: 0.68-0.97x the time of the
+forward, 0.85-0.97x of forward and backward together, whose weight gradient stays with PyTorch
+(``benchmarks/linear_fp32.py``; ``benchmarks/vision.py`` shows the effect on ViT-B/16 and Swin-T). Same precision
 (fp32 products and sums, another summation order), so results match ``F.linear`` to fp32 rounding. Products
 under :data:`ONEDNN_MIN_MACS` multiply-adds stay with ``F.linear``, whose fixed cost is lower. Elsewhere
 :func:`linear` is ``F.linear``.
