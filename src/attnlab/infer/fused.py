@@ -10,11 +10,11 @@ itself, :func:`~attnlab.layers.mlp.fused_linear_activation`; this module adds th
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..layers.mlp import MLP, ONEDNN_ACTIVATIONS, fusion_available
-from ..native.linear import Linear
+from ..native.linear import Linear, onednn_linear
+
 
 class FusedLinear(nn.Module):
     """``act(x @ W^T + b)`` in one oneDNN call, sharing the linear's parameters. ``(..., in) -> (..., out)``.
@@ -31,9 +31,7 @@ class FusedLinear(nn.Module):
         self.attr, self.algorithm = ONEDNN_ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1])  # (N, in)
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, self.attr, [], self.algorithm)
-        return y.view(*x.shape[:-1], y.shape[-1])  # (..., out)
+        return onednn_linear(x, self.weight, self.bias, self.attr, self.algorithm)  # (..., out)
 
 
 class FusedMLP(nn.Module):

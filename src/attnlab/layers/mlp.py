@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..native.decode import MAX_ROWS
-from ..native.linear import Linear, linear, plain_eager
+from ..native.linear import Linear, linear, onednn_linear, plain_eager
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
 ACTIVATIONS = {
@@ -95,8 +95,7 @@ def fused_linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None  # oneDNN would run bf16 on a slow reference path
     attr, algorithm = ONEDNN_ACTIVATIONS[activation]
-    b = None if bias is None else bias.to(dtype).contiguous()  # the op ignores a bias's strides
-    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), b, attr, [], algorithm)
+    return onednn_linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), attr, algorithm)
 
 
 class SwiGLU(nn.Module):

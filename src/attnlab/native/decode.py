@@ -11,8 +11,8 @@ blocks; at these sizes their fixed costs dominate (``benchmarks/seq2seq.py``: an
 the weight is unchanged (keyed by its storage and version counter): it doubles the memory of the layers it
 serves, which is why only inference without gradients uses it, and why :func:`release` drops the packed
 copies. Writes the key cannot see need :func:`release` too: through ``weight.data`` (a version counter of its
-own) or into an inference tensor (none; keyed by storage alone). fp32 inputs use fp32 panels; bf16 inputs (or fp32 under CPU bf16 autocast, as ``F.linear`` would cast
-them) use bf16 pair panels and give bf16 results. Everything else (gradients wanted, more than
+own) or into an inference tensor (none; keyed by storage alone). fp32 inputs use fp32 panels; bf16 inputs (or
+fp32 under CPU bf16 autocast, as ``F.linear`` would cast them) use bf16 pair panels and give bf16 results. Everything else (gradients wanted, more than
 :data:`MAX_ROWS` rows, CUDA, no native library) is ``F.linear``; :func:`attention` returns None where it does
 not apply and the caller runs SDPA.
 """

@@ -46,10 +46,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     transposed-gradient backward is used. Without gradients, a few rows (a decoding step) go to the native
     skinny kernel (:mod:`attnlab.native.decode`) where it applies."""
     if onednn_fp32(x, weight, bias):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad)):
+        if grad_wanted(x, weight, bias):
             return _OneDNNLinear.apply(x, weight, bias)
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     if not torch.is_grad_enabled():  # no weight gradient to speed up; decode.linear falls back to F.linear
         return decode.linear(x, weight, bias)
     if (x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and grad_wanted(weight)
@@ -96,13 +95,15 @@ def plain_eager(*tensors: Tensor | None) -> bool:
     return all(t is None or (type(t) in (Tensor, nn.Parameter) and not is_functorch_wrapped(t)) for t in tensors)
 
 
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` by oneDNN: ``(..., K) -> (..., N)``."""
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, attr: str = "none", algorithm: str = "") -> Tensor:
+    """``F.linear`` by oneDNN (``mkldnn._linear_pointwise``), with the post-op ``attr``/``algorithm`` applied to
+    its output tiles (``"none"``; an activation: ``layers.mlp.ONEDNN_ACTIVATIONS``): ``(..., K) -> (..., N)``.
+    No autograd: callers check that no gradient is wanted or wrap it (:class:`_OneDNNLinear`)."""
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     b = None if bias is None else bias.contiguous()  # the op ignores a bias's strides
-    y = torch.ops.mkldnn._linear_pointwise(x2, weight, b, "none", [], "")  # (M, N)
+    y = torch.ops.mkldnn._linear_pointwise(x2, weight, b, attr, [], algorithm)  # (M, N)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -114,7 +115,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
