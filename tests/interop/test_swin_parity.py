@@ -15,16 +15,17 @@ from attnlab.models import create_model  # noqa: E402
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-def _hf_swin(tmp_path, image_size=32, classifier=True, seed=0):
-    """A random tiny Swin saved by transformers; every parameter randomised (transformers zeroes the bias tables)."""
-    cfg = transformers.SwinConfig(image_size=image_size, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2],
-                                  num_heads=[2, 4], window_size=4, num_labels=5)
+def _hf_swin(tmp_path, image_size=32, classifier=True, seed=0, embed_dim=16):
+    """A random tiny Swin saved by transformers; every parameter randomised (transformers zeroes the bias tables).
+    Heads of ``embed_dim / 2`` channels: 8 by default, 16 and up where the native fp32 window kernel runs."""
+    cfg = transformers.SwinConfig(image_size=image_size, patch_size=2, num_channels=3, embed_dim=embed_dim,
+                                  depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=5)
     torch.manual_seed(seed)
     model = (transformers.SwinForImageClassification if classifier else transformers.SwinModel)(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 and p.shape[0] in (16, 32, 64) else 0.0))
-    folder = tmp_path / f"hf-{image_size}-{classifier}"
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 and p.shape[0] in (16, 32, 64, 128) else 0.0))
+    folder = tmp_path / f"hf-{image_size}-{classifier}-{embed_dim}"
     model.save_pretrained(folder)
     return model, folder
 
@@ -40,6 +41,32 @@ def test_hidden_states_and_logits_match_transformers(tmp_path, image_size):
         torch.testing.assert_close(hidden, hf.swin.layernorm(ref.hidden_states[-1]), **TOL)
         torch.testing.assert_close(ours.classify(x), ref.logits, **TOL)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("image_size", [32, 36])
+def test_the_native_window_kernel_matches_transformers_with_gradients(tmp_path, monkeypatch, image_size):
+    """Heads of 16 channels take attnlab's native fp32 window kernel (where the CPU has AVX-512): logits equal
+    transformers', and every parameter's gradient equals transformers' own, bias tables included."""
+    from attnlab.native import window_fp32
+    from native_cpu import family_runs
+
+    hf, folder = _hf_swin(tmp_path, image_size, embed_dim=32)
+    ours = load_swin(folder)
+    calls, op = [], window_fp32.attend_windows_fp32_op
+    monkeypatch.setattr(window_fp32, "attend_windows_fp32_op", lambda *a: calls.append(1) or op(*a))
+    x, y = torch.randn(2, 3, image_size, image_size), torch.tensor([1, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.classify(x), hf(pixel_values=x).logits, **TOL)
+    assert len(calls) == (4 if family_runs("attention_fp32") else 0)
+    # gradients in eval mode: the checkpoint's stochastic depth (drop_path_rate 0.1) stays off in both
+    torch.nn.functional.cross_entropy(ours.classify(x), y).backward()
+    torch.nn.functional.cross_entropy(hf(pixel_values=x).logits, y).backward()
+    table = lambda m: [b.attn.kernel.rel_bias for s in m.stages for b in s.blocks]  # noqa: E731
+    hf_table = [p for name, p in hf.named_parameters() if name.endswith("relative_position_bias_table")]
+    assert len(hf_table) == len(table(ours)) == 4
+    for a, b in zip(table(ours), hf_table):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(ours.head.weight.grad, hf.classifier.weight.grad, atol=1e-5, rtol=1e-3)
 
 
 def test_a_backbone_without_head_loads_too(tmp_path):

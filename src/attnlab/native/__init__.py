@@ -6,7 +6,8 @@ with only the instruction-set flags it needs, so each is available or not on its
 - ``attention_bf16`` (``common.c``, ``forward.c``, ``backward.c``): exact softmax attention over packed
   documents in bfloat16, forward and backward, on AMX tiles where the CPU has AMX-BF16 (Sapphire Rapids
   and later) and AVX-512 BF16 otherwise (``ATTNLAB_NATIVE_AMX=0`` forces the latter);
-- ``attention_fp32`` (``attention_fp32.c``): the same in float32 on AVX-512F and FMA;
+- ``attention_fp32`` (``attention_fp32.c``, ``window_fp32.c``): the same in float32 on AVX-512F and FMA, and
+  Swin's window attention at inference (:mod:`attnlab.native.window_fp32`);
 - ``pointwise`` (``pointwise.c``): fused LayerNorm and bias + GELU for bf16-autocast training (AVX-512 BF16);
 - ``transpose`` (``transpose.c``): a bf16 transpose for weight gradients (AVX-512F);
 - ``decode`` (``skinny.c``, ``decode_attention.c``): the few-row linear layers and few-query attention of a

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-HEADERS = ("kernels.h", "attnlab_native.h")  # in every family's hash: simpler than tracking each file's includes
+HEADERS = ("kernels.h", "attnlab_native.h", "fp32_blocks.h")  # in every family's hash: simpler than tracking each file's includes
 # -fvisibility=hidden: only the functions attnlab_native.h declares with ATTNLAB_API are exported.
 BASE_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden"]
 LIBS = ["-lm"]
@@ -63,7 +63,7 @@ _BF16 = ("AVX512F", "AVX512BW", "AVX512VL", "AVX512_BF16", "FMA")
 PROBE = Family("probe", ("probe.c",))
 FAMILIES = {family.name: family for family in (
     Family("attention_bf16", ("common.c", "forward.c", "backward.c"), needs=_BF16, uses=("AMX_BF16",)),
-    Family("attention_fp32", ("attention_fp32.c",), needs=("AVX512F", "FMA")),
+    Family("attention_fp32", ("attention_fp32.c", "window_fp32.c"), needs=("AVX512F", "FMA")),
     Family("pointwise", ("pointwise.c",), needs=_BF16),
     Family("transpose", ("transpose.c",), needs=("AVX512F",)),
     Family("decode", ("skinny.c", "decode_attention.c"), needs=_BF16),

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..base import AttentionKernel
 from ..capabilities import Capabilities, CapabilityError
+from ...native.window_fp32 import windows_attention_fp32
 from ..context import AttentionContext
 from ..reference import expand_kv_heads
 from ..registry import register_attention
@@ -193,18 +194,31 @@ class WindowAttention(AttentionKernel):
                                  lambda g, dev: window_order(g, self.window, self.shift, dev))
         n = self.window[0] * self.window[1]
         nw = T // n
+        bias = self.window_bias(ctx, q.device)  # (H | 1, nW | 1, N, N)
+        scale = self.softmax_scale(D)
+        out = self._native(q, k, v, perm, n, bias, scale)
+        if out is not None:
+            return out
         # one gather per tensor into window order (roll and partition at once), then batched matrix products over
         # all (batch, head, window) triples with the bias broadcast over the batch: on CPU faster than PyTorch's
         # fused SDPA fed a bias copied once per image (benchmarks/vision.py, Swin-T)
         qw = _Permute.apply(q, 2, perm, inv).view(B, H, nw, n, D)
         kw, vw = (expand_kv_heads(_Permute.apply(t, 2, perm, inv), H).view(B, H, nw, n, D) for t in (k, v))
         scores = window_scores(qw, kw)  # (B, H, nW, N, N), fp32 for bf16/fp16 inputs
-        bias = self.window_bias(ctx, q.device)  # (H | 1, nW | 1, N, N)
-        scale = self.softmax_scale(D)
         scores = scores * scale if bias is None else torch.add(bias, scores, alpha=scale)
         out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
         # back to the raster order, laid out (B, T, H, D) so that the shell's merge of the heads is a view
         return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)
+
+    @staticmethod
+    def _native(q: Tensor, k: Tensor, v: Tensor, perm: Tensor, n: int, bias: Tensor | None, scale: float):
+        """The native fp32 kernel's result (one pass per window, in cache), or ``None`` where it cannot run. bf16
+        inputs (autocast) go through it in fp32 and come back rounded, as the batched products round them."""
+        low = q.dtype if q.dtype == torch.bfloat16 and q.device.type == "cpu" else None
+        if low is not None:
+            q, k, v = q.float(), k.float(), v.float()
+        out = windows_attention_fp32(q, k, v, perm, n, bias, scale)
+        return out if out is None or low is None else out.to(low)
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,143 @@
+"""The native fp32 Swin window attention (``attnlab.native.window_fp32``): forward, q/k/v and bias-table gradients
+against the dense reference formula under the brute-force window mask, where it is taken and where not, bf16
+autocast through it, bad layouts, and the operators' registration for torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab.attention import AttentionContext, build_attention, reference_attention
+from attnlab.native import window_fp32
+from native_cpu import family_runs
+
+pytestmark = pytest.mark.skipif(not family_runs("attention_fp32"),
+                                reason="the native fp32 kernels need x86-64 with AVX-512F and FMA, and gcc")
+
+
+def _kernel(window, shift, heads, head_dim, tokens, relative_bias=True):
+    kernel = build_attention("window", structural=dict(num_heads=heads, num_kv_heads=heads, head_dim=head_dim,
+                                                       max_seq_len=tokens),
+                             window_size=window, shift=shift, relative_bias=relative_bias)
+    if kernel.rel_bias is not None:
+        with torch.no_grad():
+            kernel.rel_bias.normal_(0, 0.5)  # larger than the init, so a wrong bias shows
+    return kernel
+
+
+def _reference(kernel, q, k, v, ctx):
+    """Dense softmax attention under the kernel's own pattern (mask and relative bias), heads expanded."""
+    T = q.shape[2]
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    bias = kernel.pattern_bias(T, T, ctx)
+    out, _ = reference_attention(q, k, v, keep=kernel.pattern_mask(T, T, ctx), bias=bias,
+                                 scale=q.shape[-1] ** -0.5)
+    return out
+
+
+class Spy:
+    """Counts the native operator's calls (wraps ``window_fp32.attend_windows_fp32_op``)."""
+
+    def __init__(self, monkeypatch):
+        self.calls, op = 0, window_fp32.attend_windows_fp32_op
+
+        def counted(*args):
+            self.calls += 1
+            return op(*args)
+        monkeypatch.setattr(window_fp32, "attend_windows_fp32_op", counted)
+
+
+@settings(max_examples=12, deadline=None)
+@given(mh=st.integers(2, 5), mw=st.integers(2, 5), wr=st.integers(1, 3), wc=st.integers(1, 3),
+       shift=st.integers(0, 4), heads=st.sampled_from([(2, 2), (4, 2), (3, 1)]), head_dim=st.sampled_from([16, 32, 48]),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_forward_and_gradients_equal_the_dense_formula(mh, mw, wr, wc, shift, heads, head_dim, bias, seed):
+    shift = shift % min(mh, mw)
+    H, Hkv = heads
+    rows, cols = mh * wr, mw * wc
+    T = rows * cols
+    torch.manual_seed(seed)
+    kernel = _kernel((mh, mw), shift, H, head_dim, T, bias)
+    ctx = AttentionContext(grid=(rows, cols))
+    q = torch.randn(2, H, T, head_dim, requires_grad=True)
+    k, v = (torch.randn(2, Hkv, T, head_dim, requires_grad=True) for _ in range(2))
+    out = kernel(q, k, v, ctx)
+    assert type(out.grad_fn).__name__.startswith("GeneratedBackwardFor_attnlab_attend_windows_fp32")
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [q, k, v] + ([kernel.rel_bias] if bias else []), dout)
+    ref = _reference(kernel, q, k, v, ctx)
+    ref_grads = torch.autograd.grad(ref, [q, k, v] + ([kernel.rel_bias] if bias else []), dout)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=5e-5, rtol=1e-4)
+
+
+def test_inference_takes_the_native_kernel_and_matches_the_pytorch_path(monkeypatch):
+    torch.manual_seed(0)
+    kernel = _kernel(4, 2, 3, 32, 96)
+    ctx = AttentionContext(grid=(8, 12))
+    q, k, v = (torch.randn(2, 3, 96, 32) for _ in range(3))
+    spy = Spy(monkeypatch)
+    with torch.inference_mode():
+        native = kernel(q, k, v, ctx)
+    with torch.no_grad():
+        assert torch.equal(kernel(q, k, v, ctx), native)
+    assert spy.calls == 2
+    monkeypatch.setattr(kernel, "_native", lambda *a: None)  # the batched-matmul path
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(q, k, v, ctx), native, atol=2e-6, rtol=1e-5)
+    assert spy.calls == 2
+
+
+def test_bf16_autocast_runs_it_in_fp32_and_rounds_the_output(monkeypatch):
+    torch.manual_seed(1)
+    kernel = _kernel(4, 2, 2, 32, 64)
+    ctx = AttentionContext(grid=(8, 8))
+    q, k, v = (torch.randn(1, 2, 64, 32).bfloat16() for _ in range(3))
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        out = kernel(q, k, v, ctx)
+        ref = _reference(kernel, q.float(), k.float(), v.float(), ctx)
+    assert spy.calls == 1 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)  # one bf16 rounding of the output
+    assert (out.float() - ref).abs().max() <= ref.abs().max() * 2 ** -8
+
+
+@pytest.mark.parametrize("case", ["head_dim 8", "float64"])
+def test_inputs_it_cannot_take_keep_the_pytorch_path(monkeypatch, case):
+    head_dim, dtype = (8, torch.float32) if case == "head_dim 8" else (32, torch.float64)
+    kernel = _kernel(4, 0, 2, head_dim, 64).to(dtype)
+    ctx = AttentionContext(grid=(8, 8))
+    q, k, v = (torch.randn(1, 2, 64, head_dim, dtype=dtype) for _ in range(3))
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        out = kernel(q, k, v, ctx)
+    assert spy.calls == 0
+    torch.testing.assert_close(out, _reference(kernel, q, k, v, ctx), atol=1e-5, rtol=1e-4)
+
+
+def test_a_layout_the_kernel_would_misread_is_refused():
+    q = torch.randn(1, 2, 16, 16)
+    order = torch.randperm(16)
+    with pytest.raises(ValueError, match="windows must tile the tokens"):
+        window_fp32.windows_attention_fp32(q, q, q, order, 5, None, 0.25)
+    with pytest.raises(ValueError, match="windows must tile the tokens"):
+        window_fp32.windows_attention_fp32(q, q, q, order[:8], 4, None, 0.25)
+    with pytest.raises(ValueError, match=r"bias of shape \(2, 3, 4, 4\), expected \(2 or 1, 4 or 1, 4, 4\)"):
+        window_fp32.windows_attention_fp32(q, q, q, order, 4, torch.zeros(2, 3, 4, 4), 0.25)
+
+
+def test_operators_pass_torch_library_opcheck():
+    """Schema, fake implementations, autograd registration and AOT dispatch, as torch.compile uses them."""
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 32, 16, requires_grad=True) for _ in range(3))
+    order = torch.randperm(32)
+    bias = torch.randn(2, 2, 16, 16, requires_grad=True)
+    torch.library.opcheck(window_fp32.attend_windows_fp32_op, (q, k, v, order, 16, bias, 0.25, True))
+    out, lse = window_fp32.attend_windows_fp32_op(q, k, v, order, 16, bias, 0.25, True)
+    torch.library.opcheck(window_fp32.attend_windows_fp32_backward_op,
+                          (q.detach(), k.detach(), v.detach(), torch.randn(out.shape), lse.detach(), order, 16,
+                           bias.detach(), 0.25, True))
