@@ -1,8 +1,10 @@
-"""The native fp32 Swin window attention (``attnlab.native.window_fp32``): forward, q/k/v and bias-table gradients
-against the dense reference formula under the brute-force window mask, where it is taken and where not, bf16
-autocast through it, bad layouts, and the operators' registration for torch.compile."""
+"""The native Swin window attention (``attnlab.native.window_fp32``): forward, q/k/v and bias-table gradients
+against the dense reference formula under the kernel's window mask and bias, where it is taken and where not, bf16
+tensors and their rounding, bad layouts, and the operators' registration for torch.compile."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlab.attention import AttentionContext, build_attention, reference_attention
+from attnlab.attention.kernels import window as window_kernel
+from attnlab import native
 from attnlab.native import window_fp32
 from native_cpu import family_runs
 
@@ -86,34 +90,64 @@ def test_inference_takes_the_native_kernel_and_matches_the_pytorch_path(monkeypa
     with torch.no_grad():
         assert torch.equal(kernel(q, k, v, ctx), native)
     assert spy.calls == 2
-    monkeypatch.setattr(kernel, "_native", lambda *a: None)  # the batched-matmul path
+    monkeypatch.setattr(window_kernel, "windows_attention_fp32", lambda *a: None)  # the batched-matmul path
     with torch.no_grad():
         torch.testing.assert_close(kernel(q, k, v, ctx), native, atol=2e-6, rtol=1e-5)
     assert spy.calls == 2
 
 
-def test_bf16_autocast_runs_it_in_fp32_and_rounds_the_output(monkeypatch):
+def test_bf16_inputs_are_computed_in_fp32_and_rounded_once(monkeypatch):
+    """bf16 q, k, v (autocast) give bf16 outputs and gradients: the fp32 results of the same bf16 values, each
+    rounded to bf16 (nearest even) once."""
     torch.manual_seed(1)
     kernel = _kernel(4, 2, 2, 32, 64)
     ctx = AttentionContext(grid=(8, 8))
-    q, k, v = (torch.randn(1, 2, 64, 32).bfloat16() for _ in range(3))
+    q, k, v = (torch.randn(2, 2, 64, 32).bfloat16().requires_grad_() for _ in range(3))
     spy = Spy(monkeypatch)
-    with torch.no_grad():
-        out = kernel(q, k, v, ctx)
-        ref = _reference(kernel, q.float(), k.float(), v.float(), ctx)
+    out = kernel(q, k, v, ctx)
     assert spy.calls == 1 and out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)  # one bf16 rounding of the output
-    assert (out.float() - ref).abs().max() <= ref.abs().max() * 2 ** -8
+    dout = torch.randn(out.shape).bfloat16()
+    grads = torch.autograd.grad(out, [q, k, v, kernel.rel_bias], dout)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = kernel(q32, k32, v32, ctx)  # the native fp32 path on the same values
+    ref_grads = torch.autograd.grad(ref, [q32, k32, v32, kernel.rel_bias], dout.float())
+    assert torch.equal(out, ref.bfloat16())
+    for g, r in zip(grads[:3], ref_grads[:3]):
+        assert g.dtype == torch.bfloat16 and torch.equal(g, r.bfloat16())
+    torch.testing.assert_close(grads[3], ref_grads[3], atol=1e-6, rtol=1e-5)  # the fp32 table's gradient
+    assert torch.equal(out[0, 0, 0].float(), ref[0, 0, 0].bfloat16().float())
 
 
-@pytest.mark.parametrize("case", ["head_dim 8", "float64"])
+def test_bf16_rounding_is_to_nearest_even_and_keeps_nan():
+    """The kernel rounds its fp32 results to bf16 itself (AVX-512F integer arithmetic). Windows of two tokens with
+    equal scores give the mean of their two values, exact in fp32 and often exactly halfway between two bf16
+    numbers: the result must be PyTorch's rounding of that mean (to nearest, ties to even), NaN and inf kept."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(64, 16, generator=g).bfloat16()
+    b = (a.float() * (1 + 2 ** -7 * torch.randint(-3, 4, (64, 16), generator=g))).bfloat16()  # near a: ties
+    a[0, :4] = torch.tensor([float("nan"), float("inf"), 1.0, 1.0078125]).bfloat16()
+    b[0, :4] = torch.tensor([1.0, 1.0, 1.0078125, 1.015625]).bfloat16()
+    v = torch.stack([a, b], 1).reshape(1, 1, 128, 16)  # token 2i holds a[i], token 2i + 1 holds b[i]
+    zero = torch.zeros_like(v)
+    out = window_fp32.attend_windows_fp32_op(zero, zero, v, torch.arange(128), 2, None, 1.0, False)[0]
+    mean = (a.float() + b.float()) / 2
+    ties = ((mean.view(torch.int32) & 0xFFFF) == 0x8000).sum().item()
+    assert ties > 50  # the case that tells round-half-even from round-half-up
+    for got in (out[0, 0, 0::2], out[0, 0, 1::2]):
+        assert torch.equal(got.isnan(), mean.isnan())
+        assert torch.equal(got.nan_to_num(0.0), mean.bfloat16().nan_to_num(0.0))
+    first = out[0, 0, 0, :4].float().tolist()  # NaN, inf, then 1 + 2^-8 -> 1 and 1 + 3 2^-8 -> 1 + 2^-6 (even)
+    assert first[0] != first[0] and first[1:] == [float("inf"), 1.0, 1.015625]
+
+
+@pytest.mark.parametrize("case", ["head_dim 8", "float64", "native off"])
 def test_inputs_it_cannot_take_keep_the_pytorch_path(monkeypatch, case):
-    head_dim, dtype = (8, torch.float32) if case == "head_dim 8" else (32, torch.float64)
+    head_dim, dtype = {"head_dim 8": (8, torch.float32), "float64": (32, torch.float64)}.get(case, (32, torch.float32))
     kernel = _kernel(4, 0, 2, head_dim, 64).to(dtype)
     ctx = AttentionContext(grid=(8, 8))
     q, k, v = (torch.randn(1, 2, 64, head_dim, dtype=dtype) for _ in range(3))
     spy = Spy(monkeypatch)
-    with torch.no_grad():
+    with torch.no_grad(), (native.disabled() if case == "native off" else contextlib.nullcontext()):
         out = kernel(q, k, v, ctx)
     assert spy.calls == 0
     torch.testing.assert_close(out, _reference(kernel, q, k, v, ctx), atol=1e-5, rtol=1e-4)

@@ -1,5 +1,5 @@
-"""Tensor-level entry to the native Swin window attention (``csrc/window_fp32.c``): fp32, forward and backward,
-on AVX-512 FMA.
+"""Tensor-level entry to the native Swin window attention (``csrc/window_fp32.c``): fp32 arithmetic on fp32 or bf16
+tensors, forward and backward, on AVX-512 FMA.
 
 In PyTorch, Swin's window attention (:class:`attnlab.attention.kernels.window.WindowAttention`, Liu et al. 2021)
 gathers q, k and v into window order, runs two batched products around the bias add and the softmax, and gathers
@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from . import load
-from .documents_fp32 import FAMILY, usable_fp32
-from .marshal import check_status, fake_gradients, gradient_buffers, strides, sum_kv_groups, threads, token_major_like
+from .documents_fp32 import FAMILY
+from .marshal import (check_status, fake_gradients, gradient_buffers, shapes_fit, strides, sum_kv_groups, threads,
+                      token_major_like)
 
 # Largest window the kernel takes (tokens): each thread holds a window's probabilities and score gradients whole.
 MAX_WINDOW_TOKENS = 1024
@@ -27,8 +28,9 @@ def windows_attention_fp32(q: Tensor, k: Tensor, v: Tensor, order: Tensor, windo
                            bias: Tensor | None, scale: float) -> Tensor | None:
     """Softmax attention inside each window of ``window_tokens`` tokens of ``order`` on the native kernel,
     differentiable in q, k, v and ``bias`` (no double backward), or ``None`` when it cannot run these inputs (not
-    CPU float32, ``Dh`` not a multiple of 16 or above 256, windows over :data:`MAX_WINDOW_TOKENS`, the library
-    unavailable); the caller then uses PyTorch.
+    CPU float32 or bfloat16, ``Dh`` not a multiple of 16 or above 256, windows over :data:`MAX_WINDOW_TOKENS`, the
+    library unavailable); the caller then uses PyTorch. Arithmetic is fp32 throughout; bf16 inputs give bf16
+    outputs and gradients, rounded once from fp32.
 
     Args:
         q: ``(B, H, T, Dh)``; k, v: ``(B, Hkv, T, Dh)`` (GQA heads grouped, not expanded), raster order.
@@ -43,7 +45,7 @@ def windows_attention_fp32(q: Tensor, k: Tensor, v: Tensor, order: Tensor, windo
     Raises:
         ValueError: windows that do not tile the tokens, or a bias of another shape.
     """
-    if not usable_fp32(q, k, v) or window_tokens > MAX_WINDOW_TOKENS or load(FAMILY) is None:
+    if not usable(q, k, v) or window_tokens > MAX_WINDOW_TOKENS or load(FAMILY) is None:
         return None
     if bias is not None and (bias.device != q.device or bias.dtype != torch.float32):
         return None
@@ -51,6 +53,14 @@ def windows_attention_fp32(q: Tensor, k: Tensor, v: Tensor, order: Tensor, windo
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     return attend_windows_fp32_op(q, k, v, order.to(device=q.device, dtype=torch.int64).contiguous(),
                                   window_tokens, bias, float(scale), training)[0]
+
+
+def usable(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """CPU tensors, all float32 or all bfloat16, of the shapes :func:`~attnlab.native.marshal.shapes_fit` takes, with
+    unit stride along ``Dh``."""
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return all(t.dtype == q.dtype and t.stride(3) == 1 for t in (q, k, v)) and shapes_fit(q, k, v)
 
 
 def _check_layout(q: Tensor, order: Tensor, n: int, bias: Tensor | None) -> None:
@@ -92,7 +102,7 @@ def attend_windows_fp32_op(q: Tensor, k: Tensor, v: Tensor, order: Tensor, windo
     lse_args = (lse.data_ptr(), held[4].data_ptr()) if with_lse else (None, None)
     check_status(load(FAMILY).attnlab_attend_windows_f32(
         *ptrs, None if bias is None else bias.data_ptr(), bhs, bws, *lse_args, B, T // n, n, H, k.shape[1], Dh,
-        scale, threads(B * (T // n) * H)))
+        int(q.dtype == torch.bfloat16), scale, threads(B * (T // n) * H)))
     return out, lse
 
 
@@ -110,7 +120,7 @@ def attend_windows_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tenso
     ``bias_grad``) from the forward's log-sum-exp."""
     B, H, T, Dh = q.shape
     n, Hkv = window_tokens, k.shape[1]
-    dout = dout if dout.stride(3) == 1 else dout.contiguous()
+    dout = (dout if dout.stride(3) == 1 else dout.contiguous()).to(q.dtype)
     dq, dk, dv = gradient_buffers(q)
     tensors = (q, k, v, dout, lse, dq, dk, dv)
     held = strides(*tensors)  # alive during the call
@@ -121,7 +131,7 @@ def attend_windows_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tenso
     ptrs = [t.data_ptr() for t in (*tensors, *held, order)]
     check_status(load(FAMILY).attnlab_attend_windows_f32_backward(
         *ptrs, None if bias is None else bias.data_ptr(), bhs, bws, partial.data_ptr() if bias_grad else None,
-        bias.numel() if bias_grad else 0, B, T // n, n, H, Hkv, Dh, scale, nthreads))
+        bias.numel() if bias_grad else 0, B, T // n, n, H, Hkv, Dh, int(q.dtype == torch.bfloat16), scale, nthreads))
     return (*sum_kv_groups(dq, dk, dv, Hkv), partial.sum(0) if bias_grad else q.new_empty(0))
 
 

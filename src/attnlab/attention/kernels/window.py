@@ -196,7 +196,8 @@ class WindowAttention(AttentionKernel):
         nw = T // n
         bias = self.window_bias(ctx, q.device)  # (H | 1, nW | 1, N, N)
         scale = self.softmax_scale(D)
-        out = self._native(q, k, v, perm, n, bias, scale)
+        # fp32 and bf16 on AVX-512: one native pass per (image, window, head), in cache
+        out = windows_attention_fp32(q, k, v, perm, n, bias, scale)
         if out is not None:
             return out
         # one gather per tensor into window order (roll and partition at once), then batched matrix products over
@@ -209,16 +210,6 @@ class WindowAttention(AttentionKernel):
         out = torch.matmul(scores.softmax(-1).to(vw.dtype), vw).view(B, H, T, D)
         # back to the raster order, laid out (B, T, H, D) so that the shell's merge of the heads is a view
         return _Permute.apply(out.transpose(1, 2), 1, inv, perm).transpose(1, 2)
-
-    @staticmethod
-    def _native(q: Tensor, k: Tensor, v: Tensor, perm: Tensor, n: int, bias: Tensor | None, scale: float):
-        """The native fp32 kernel's result (one pass per window, in cache), or ``None`` where it cannot run. bf16
-        inputs (autocast) go through it in fp32 and come back rounded, as the batched products round them."""
-        low = q.dtype if q.dtype == torch.bfloat16 and q.device.type == "cpu" else None
-        if low is not None:
-            q, k, v = q.float(), k.float(), v.float()
-        out = windows_attention_fp32(q, k, v, perm, n, bias, scale)
-        return out if out is None or low is None else out.to(low)
 
     # -- the dense pattern, for attention maps and the exactness tests -------------------------------------------
     def _dense_layout(self, ctx: AttentionContext, device) -> tuple[Tensor, Tensor]:

@@ -70,18 +70,20 @@ ATTNLAB_API(attention_fp32) int attnlab_attend_docs_f32_backward(
     const int64_t *dqs, const int64_t *dks, const int64_t *dvs, const int64_t *docs, int64_t ndocs, int heads,
     int kv_heads, int dh, float scale, int causal, int nthreads);
 
+/* Swin window attention (window_fp32.c): fp32 arithmetic; q, k, v, out and the gradients fp32 (bf = 0) or
+ * bf16 (bf = 1). */
 ATTNLAB_API(attention_fp32) int attnlab_attend_windows_f32(
-    const float *q, const float *k, const float *v, float *out, const int64_t *qs, const int64_t *ks,
+    const void *q, const void *k, const void *v, void *out, const int64_t *qs, const int64_t *ks,
     const int64_t *vs, const int64_t *os, const int64_t *order, const float *bias, int64_t bhs, int64_t bws,
-    float *lse, const int64_t *ls, int64_t batch, int64_t windows, int n, int heads, int kv_heads, int dh,
+    float *lse, const int64_t *ls, int64_t batch, int64_t windows, int n, int heads, int kv_heads, int dh, int bf,
     float scale, int nthreads);
 
 ATTNLAB_API(attention_fp32) int attnlab_attend_windows_f32_backward(
-    const float *q, const float *k, const float *v, const float *dout, const float *lse, float *dq, float *dk,
-    float *dv, const int64_t *qs, const int64_t *ks, const int64_t *vs, const int64_t *dos, const int64_t *ls,
+    const void *q, const void *k, const void *v, const void *dout, const float *lse, void *dq, void *dk,
+    void *dv, const int64_t *qs, const int64_t *ks, const int64_t *vs, const int64_t *dos, const int64_t *ls,
     const int64_t *dqs, const int64_t *dks, const int64_t *dvs, const int64_t *order, const float *bias,
     int64_t bhs, int64_t bws, float *dbias, int64_t dbias_size, int64_t batch, int64_t windows, int n, int heads,
-    int kv_heads, int dh, float scale, int nthreads);
+    int kv_heads, int dh, int bf, float scale, int nthreads);
 
 /* ---- pointwise (pointwise.c): LayerNorm and bias + GELU, AVX-512 BF16 -------------------------------- */
 

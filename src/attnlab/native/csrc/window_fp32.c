@@ -1,7 +1,7 @@
-/* Swin window attention in fp32 on AVX-512 FMA, forward (with each row's log-sum-exp for training) and backward
- * (FlashAttention-2's equations, as attention_fp32.c, plus the bias gradient): exact softmax attention inside each
- * window of n tokens, with an additive bias per (head, window) (the relative position bias and the shifted-window
- * mask, -inf where forbidden).
+/* Swin window attention in fp32 arithmetic on AVX-512 FMA (fp32 or bf16 tensors), forward (with each row's
+ * log-sum-exp for training) and backward (FlashAttention-2's equations, as attention_fp32.c, plus the bias
+ * gradient): exact softmax attention inside each window of n tokens, with an additive bias per (head, window) (the
+ * relative position bias and the shifted-window mask, -inf where forbidden).
  *
  * Why: in PyTorch a Swin window attention is three gathers of q, k and v into window order (the cyclic shift and
  * the partition are one permutation of the tokens), two batched matrix products, the bias add, the softmax and a
@@ -11,8 +11,9 @@
  * raster positions.
  *
  * Precision: as attention_fp32.c (fp32 scores, softmax via a degree-6 exp2 polynomial, relative error
- * <= 1.2e-7). A -inf bias gives weight 2^-125 (the polynomial's floor) instead of 0: below fp32's resolution
- * next to the row's own token, which every row keeps.
+ * <= 1.2e-7); bf16 tensors (autocast) are read into fp32 and the results rounded to bf16 once (nearest even).
+ * A -inf bias gives weight 2^-125 (the polynomial's floor) instead of 0: below fp32's resolution next to the
+ * row's own token, which every row keeps.
  * Layout contract (checked in Python): unit stride along the head dimension, head_dim a multiple of 16 and at
  * most 256; order holds a permutation of the T tokens (window w is order[w n .. (w + 1) n)); bias is NULL or
  * n x n blocks at head stride bhs and window stride bws (0 to broadcast).
@@ -22,24 +23,59 @@
 #include "kernels.h"
 #include "fp32_blocks.h"
 
-/* dst row i = src row idx[i] (row stride st), for i < n: dh floats each. */
-static void gather_rows(const float *src, int64_t st, const int64_t *idx, int n, int dh, float *dst) {
-    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * dh, src + idx[i] * st, (size_t)dh * 4);
+/* A head's rows in a (batch, head, token)-strided tensor of fp32 or bf16 elements: the address of its token 0
+ * and the token stride in elements. */
+typedef struct {
+    char *p;
+    int64_t st;
+    int bf;
+} rows_t;
+
+static inline rows_t head_rows(const void *t, const int64_t *s, int64_t b, int64_t h, int bf) {
+    rows_t r = {(char *)t + at(s, b, h, 0) * (bf ? 2 : 4), s[2], bf};
+    return r;
 }
 
-/* dst row idx[i] (row stride st) = src row i, for i < n: dh floats each. */
-static void scatter_rows(const float *src, const int64_t *idx, int n, int dh, float *dst, int64_t st) {
-    for (int i = 0; i < n; i++) memcpy(dst + idx[i] * st, src + (size_t)i * dh, (size_t)dh * 4);
+/* 16 elements at row + d as fp32 (bf16: the upper half of an fp32; AVX-512F only). */
+static inline __m512 load16(rows_t r, int64_t row, int d) {
+    char *p = r.p + (row * r.st + d) * (r.bf ? 2 : 4);
+    if (!r.bf) return _mm512_loadu_ps((const float *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* Stores 16 fp32 at row + d (bf16: rounded to nearest even, NaN kept NaN; AVX-512F only). */
+static inline void store16(rows_t r, int64_t row, int d, __m512 v) {
+    char *p = r.p + (row * r.st + d) * (r.bf ? 2 : 4);
+    if (!r.bf) {
+        _mm512_storeu_ps((float *)p, v);
+        return;
+    }
+    __m512i x = _mm512_castps_si512(v);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i up = _mm512_srli_epi32(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    up = _mm512_mask_mov_epi32(up, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(up));
+}
+
+/* dst row i (fp32, dh wide) = src row idx[i], for i < n (dh % 16 == 0). */
+static void gather_rows(rows_t src, const int64_t *idx, int n, int dh, float *dst) {
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < dh; d += 16) _mm512_storeu_ps(dst + (size_t)i * dh + d, load16(src, idx[i], d));
+}
+
+/* dst row idx[i] = src row i (fp32, dh wide), for i < n (dh % 16 == 0). */
+static void scatter_rows(const float *src, const int64_t *idx, int n, int dh, rows_t dst) {
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < dh; d += 16) store16(dst, idx[i], d, _mm512_loadu_ps(src + (size_t)i * dh + d));
 }
 
 /* A window's rows of q, k and v into local (three n x dh blocks, in that order), and K^T into kt (dh x lp, zero
  * past n; lp = n rounded up to 16). */
-static void gather_window(const float *q, int64_t qst, const float *k, int64_t kst, const float *v, int64_t vst,
-                          const int64_t *idx, int n, int dh, float *local, float *kt) {
+static void gather_window(rows_t q, rows_t k, rows_t v, const int64_t *idx, int n, int dh, float *local, float *kt) {
     size_t rows = (size_t)n * dh;
-    gather_rows(q, qst, idx, n, dh, local);
-    gather_rows(k, kst, idx, n, dh, local + rows);
-    gather_rows(v, vst, idx, n, dh, local + 2 * rows);
+    gather_rows(q, idx, n, dh, local);
+    gather_rows(k, idx, n, dh, local + rows);
+    gather_rows(v, idx, n, dh, local + 2 * rows);
     transpose_f32(local + rows, dh, n, dh, (n + 15) & ~15, kt);
 }
 
@@ -47,21 +83,21 @@ static void gather_window(const float *q, int64_t qst, const float *k, int64_t k
 static void add_row(float *row, const float *b, int n) {
     for (int j = 0; j < n; j += 16) {
         __mmask16 in = first_n(n - j);
-        _mm512_mask_storeu_ps(row + j, in, _mm512_add_ps(_mm512_maskz_loadu_ps(in, row + j), _mm512_maskz_loadu_ps(in, b + j)));
+        __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(in, row + j), _mm512_maskz_loadu_ps(in, b + j));
+        _mm512_mask_storeu_ps(row + j, in, sum);
     }
 }
 
 /* One (image, window, head): q, k, v, o (and lse, when not NULL: each row's base-2 log-sum-exp of its biased
  * scores, at stride lst) point at the head's token 0; idx lists the window's n tokens. Buffers: local 4 n x dh
  * (ql, kl, vl, ol), kt dh x lp, s MR x lp (lp = n rounded up to 16). */
-static void window_one(const float *q, int64_t qst, const float *k, int64_t kst, const float *v, int64_t vst,
-                       float *o, int64_t ost, float *lse, int64_t lst, const int64_t *idx, int n, int dh, float scale,
-                       const float *bias, float *local, float *kt, float *s) {
+static void window_one(rows_t q, rows_t k, rows_t v, rows_t o, float *lse, int64_t lst, const int64_t *idx, int n,
+                       int dh, float scale, const float *bias, float *local, float *kt, float *s) {
     const float scales[MR] = {scale, scale, scale, scale, scale, scale}, mult = 1.4426950408889634f; /* log2 e */
     int lp = (n + 15) & ~15;
     size_t rows = (size_t)n * dh;
     float *ql = local, *kl = ql + rows, *vl = kl + rows, *ol = vl + rows;
-    gather_window(q, qst, k, kst, v, vst, idx, n, dh, local, kt);
+    gather_window(q, k, v, idx, n, dh, local, kt);
     for (int i0 = 0; i0 < n; i0 += MR) {
         int nrows = n - i0 < MR ? n - i0 : MR;
         rows_product(ql + (size_t)i0 * dh, dh, 1, dh, kt, lp, lp, s, lp, nrows, scales); /* S = scale Q K^T */
@@ -75,7 +111,7 @@ static void window_one(const float *q, int64_t qst, const float *k, int64_t kst,
         }
         rows_product(s, lp, 1, n, vl, dh, dh, ol + (size_t)i0 * dh, dh, nrows, inv); /* O = P V / sum */
     }
-    scatter_rows(ol, idx, n, dh, o, ost);
+    scatter_rows(ol, idx, n, dh, o);
 }
 
 /* ---- backward ---------------------------------------------------------------------------------------
@@ -83,18 +119,17 @@ static void window_one(const float *q, int64_t qst, const float *k, int64_t kst,
  *   dS = P o (dP - D),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO,  dbias = dS.
  * One (image, window, head): rows gathered through idx, P and dS kept whole (n x lp), gradients scattered back
  * to the rows' raster positions; dbias (n x n), when not NULL, accumulates dS. local: 5 n x dh buffers. */
-static void window_backward_one(const float *q, int64_t qst, const float *k, int64_t kst, const float *v,
-                                int64_t vst, const float *dout, int64_t dost, const float *lse, int64_t lst,
-                                float *dq, int64_t dqst, float *dk, int64_t dkst, float *dv, int64_t dvst,
-                                const int64_t *idx, int n, int dh, float scale, const float *bias, float *dbias,
-                                float *local, float *kt, float *vt, float *pm, float *dsm, float *dp) {
+static void window_backward_one(rows_t q, rows_t k, rows_t v, rows_t dout, const float *lse, int64_t lst, rows_t dq,
+                                rows_t dk, rows_t dv, const int64_t *idx, int n, int dh, float scale,
+                                const float *bias, float *dbias, float *local, float *kt, float *vt, float *pm,
+                                float *dsm, float *dp) {
     const float ones[MR] = {1, 1, 1, 1, 1, 1}, scales[MR] = {scale, scale, scale, scale, scale, scale};
     const float mult = 1.4426950408889634f; /* log2 e */
     int lp = (n + 15) & ~15;
     size_t rows = (size_t)n * dh;
     float *ql = local, *kl = ql + rows, *vl = kl + rows, *dol = vl + rows, *g = dol + rows;
-    gather_window(q, qst, k, kst, v, vst, idx, n, dh, local, kt);
-    gather_rows(dout, dost, idx, n, dh, dol);
+    gather_window(q, k, v, idx, n, dh, local, kt);
+    gather_rows(dout, idx, n, dh, dol);
     transpose_f32(vl, dh, n, dh, lp, vt);
     for (int i0 = 0; i0 < n; i0 += MR) {
         int nrows = n - i0 < MR ? n - i0 : MR;
@@ -114,21 +149,22 @@ static void window_backward_one(const float *q, int64_t qst, const float *k, int
             }
             __m512 D = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
             for (int j = 0; j < lp; j += 16)
-                _mm512_storeu_ps(ds + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(dpr + j), D)));
+                _mm512_storeu_ps(ds + j,
+                                 _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(dpr + j), D)));
         }
         rows_product(dsr, lp, 1, n, kl, dh, dh, g + (size_t)i0 * dh, dh, nrows, scales); /* dQ = scale dS K */
     }
-    scatter_rows(g, idx, n, dh, dq, dqst);
+    scatter_rows(g, idx, n, dh, dq);
     for (int j0 = 0; j0 < n; j0 += MR) { /* key blocks: dV = P^T dO */
         int nrows = n - j0 < MR ? n - j0 : MR;
         rows_product(pm + j0, 1, lp, n, dol, dh, dh, g + (size_t)j0 * dh, dh, nrows, ones);
     }
-    scatter_rows(g, idx, n, dh, dv, dvst);
+    scatter_rows(g, idx, n, dh, dv);
     for (int j0 = 0; j0 < n; j0 += MR) { /* dK = scale dS^T Q */
         int nrows = n - j0 < MR ? n - j0 : MR;
         rows_product(dsm + j0, 1, lp, n, ql, dh, dh, g + (size_t)j0 * dh, dh, nrows, scales);
     }
-    scatter_rows(g, idx, n, dh, dk, dkst);
+    scatter_rows(g, idx, n, dh, dk);
     if (dbias)
         for (int i = 0; i < n; i++) add_row(dbias + (int64_t)i * n, dsm + (int64_t)i * lp, n);
 }
@@ -138,11 +174,13 @@ static void window_backward_one(const float *q, int64_t qst, const float *k, int
  * backward from lse (dq, and dk and dv per QUERY head; dbias: NULL or one zeroed block of dbias_size floats per
  * thread, laid out as the bias, which the caller sums). */
 struct window_call {
-    const float *q, *k, *v, *dout, *bias;
-    float *out, *lse, *dq, *dk, *dv, *dbias;
+    const void *q, *k, *v, *dout;
+    void *out, *dq, *dk, *dv;
+    const float *bias;
+    float *lse, *dbias;
     const int64_t *qs, *ks, *vs, *os, *ls, *dos, *dqs, *dks, *dvs, *order;
     int64_t bhs, bws, dbias_size, batch, windows;
-    int n, heads, kv_heads, dh;
+    int n, heads, kv_heads, dh, bf;
     float scale;
 };
 
@@ -151,19 +189,20 @@ static void window_item(const struct window_call *c, int64_t it, float *mine, fl
                         float *pm, float *dsm, float *dp) {
     int64_t bw = it / c->heads, b = bw / c->windows, w = bw % c->windows;
     int h = (int)(it % c->heads), hk = h / (c->heads / c->kv_heads), n = c->n, dh = c->dh;
-    const float *q = c->q + at(c->qs, b, h, 0), *k = c->k + at(c->ks, b, hk, 0), *v = c->v + at(c->vs, b, hk, 0);
+    int bf = c->bf;
+    rows_t q = head_rows(c->q, c->qs, b, h, bf), k = head_rows(c->k, c->ks, b, hk, bf);
+    rows_t v = head_rows(c->v, c->vs, b, hk, bf);
     const float *bias = c->bias ? c->bias + h * c->bhs + w * c->bws : NULL;
     const int64_t *idx = c->order + w * n;
     if (!c->dout) {
-        window_one(q, c->qs[2], k, c->ks[2], v, c->vs[2], c->out + at(c->os, b, h, 0), c->os[2],
-                   c->lse ? c->lse + at(c->ls, b, h, 0) : NULL, c->lse ? c->ls[2] : 0, idx, n, dh, c->scale, bias,
-                   local, kt, dp);
+        window_one(q, k, v, head_rows(c->out, c->os, b, h, bf), c->lse ? c->lse + at(c->ls, b, h, 0) : NULL,
+                   c->lse ? c->ls[2] : 0, idx, n, dh, c->scale, bias, local, kt, dp);
         return;
     }
-    window_backward_one(q, c->qs[2], k, c->ks[2], v, c->vs[2], c->dout + at(c->dos, b, h, 0), c->dos[2],
-                        c->lse + at(c->ls, b, h, 0), c->ls[2], c->dq + at(c->dqs, b, h, 0), c->dqs[2],
-                        c->dk + at(c->dks, b, h, 0), c->dks[2], c->dv + at(c->dvs, b, h, 0), c->dvs[2], idx, n, dh,
-                        c->scale, bias, mine ? mine + h * c->bhs + w * c->bws : NULL, local, kt, vt, pm, dsm, dp);
+    window_backward_one(q, k, v, head_rows(c->dout, c->dos, b, h, bf), c->lse + at(c->ls, b, h, 0), c->ls[2],
+                        head_rows(c->dq, c->dqs, b, h, bf), head_rows(c->dk, c->dks, b, h, bf),
+                        head_rows(c->dv, c->dvs, b, h, bf), idx, n, dh, c->scale, bias,
+                        mine ? mine + h * c->bhs + w * c->bws : NULL, local, kt, vt, pm, dsm, dp);
 }
 
 /* Every item of a call on nthreads threads, each with its own buffers. Returns 0, or -1 when a buffer could not
@@ -192,30 +231,30 @@ static int run_windows(const struct window_call *c, int nthreads) {
 
 /* The forward over every (image, window, head); lse: NULL or the (b, h, t)-strided base-2 log-sum-exp for the
  * backward. */
-int attnlab_attend_windows_f32(const float *q, const float *k, const float *v, float *out, const int64_t *qs,
+int attnlab_attend_windows_f32(const void *q, const void *k, const void *v, void *out, const int64_t *qs,
                                const int64_t *ks, const int64_t *vs, const int64_t *os, const int64_t *order,
                                const float *bias, int64_t bhs, int64_t bws, float *lse, const int64_t *ls,
-                               int64_t batch, int64_t windows, int n, int heads, int kv_heads, int dh, float scale,
-                               int nthreads) {
+                               int64_t batch, int64_t windows, int n, int heads, int kv_heads, int dh, int bf,
+                               float scale, int nthreads) {
     struct window_call c = {.q = q, .k = k, .v = v, .bias = bias, .out = out, .lse = lse, .qs = qs, .ks = ks,
                             .vs = vs, .os = os, .ls = ls, .order = order, .bhs = bhs, .bws = bws, .batch = batch,
                             .windows = windows, .n = n, .heads = heads, .kv_heads = kv_heads, .dh = dh,
-                            .scale = scale};
+                            .bf = bf, .scale = scale};
     return run_windows(&c, nthreads);
 }
 
 /* Gradients of attnlab_attend_windows_f32 from its lse; dout the gradient of its output (see window_call). */
-int attnlab_attend_windows_f32_backward(const float *q, const float *k, const float *v, const float *dout,
-                                        const float *lse, float *dq, float *dk, float *dv, const int64_t *qs,
+int attnlab_attend_windows_f32_backward(const void *q, const void *k, const void *v, const void *dout,
+                                        const float *lse, void *dq, void *dk, void *dv, const int64_t *qs,
                                         const int64_t *ks, const int64_t *vs, const int64_t *dos, const int64_t *ls,
                                         const int64_t *dqs, const int64_t *dks, const int64_t *dvs,
                                         const int64_t *order, const float *bias, int64_t bhs, int64_t bws,
                                         float *dbias, int64_t dbias_size, int64_t batch, int64_t windows, int n,
-                                        int heads, int kv_heads, int dh, float scale, int nthreads) {
+                                        int heads, int kv_heads, int dh, int bf, float scale, int nthreads) {
     struct window_call c = {.q = q, .k = k, .v = v, .dout = dout, .bias = bias, .lse = (float *)lse, .dq = dq,
                             .dk = dk, .dv = dv, .dbias = dbias, .qs = qs, .ks = ks, .vs = vs, .ls = ls, .dos = dos,
                             .dqs = dqs, .dks = dks, .dvs = dvs, .order = order, .bhs = bhs, .bws = bws,
                             .dbias_size = dbias_size, .batch = batch, .windows = windows, .n = n, .heads = heads,
-                            .kv_heads = kv_heads, .dh = dh, .scale = scale};
+                            .kv_heads = kv_heads, .dh = dh, .bf = bf, .scale = scale};
     return run_windows(&c, nthreads);
 }
