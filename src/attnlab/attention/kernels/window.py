@@ -8,6 +8,10 @@ visible to a query only if both carry the same label of the 3 x 3 band partition
 in the image. The bias of a pair is ``table[(dy + M_h - 1)(2 M_w - 1) + dx + M_w - 1, head]`` for the offset
 ``(dy, dx)`` = query minus key inside the window. Disallowed pairs get ``-inf`` (the references add ``-100``:
 the difference is below ``e^-80`` of a weight).
+
+On x86 CPUs with AVX-512, fp32 and bf16 calls run on attnlab's native window kernel
+(:mod:`attnlab.native.window_fp32`: each (image, window, head) in cache, forward and backward); elsewhere, and
+for head sizes that are not a multiple of 16, on PyTorch's batched matrix products.
 """
 
 from __future__ import annotations
