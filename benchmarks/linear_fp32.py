@@ -11,15 +11,12 @@ largest difference of outputs relative to their scale. The whole-model effect is
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from attnlab.native.linear import linear, onednn_fp32
-from common import machine_info, print_table, write_json
+from common import machine_info, paired, print_table, repeats_from_args, write_json
 
 # (model, layer, rows, in, out)
 SHAPES = [("vit-b16", "qkv", 1576, 768, 2304), ("vit-b16", "out_proj", 1576, 768, 768),
@@ -30,18 +27,9 @@ SHAPES = [("vit-b16", "qkv", 1576, 768, 2304), ("vit-b16", "out_proj", 1576, 768
 
 
 def _paired(fns: dict, repeats: int) -> dict:
-    """Median seconds per function and the paired median ratio ``F.linear / attnlab``."""
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    ratio = statistics.median(b / a for a, b in zip(times["attnlab"], times["F.linear"]))
-    return {"attnlab_ms": 1e3 * statistics.median(times["attnlab"]),
-            "torch_ms": 1e3 * statistics.median(times["F.linear"]), "ratio": ratio}
+    """Median milliseconds of attnlab and ``F.linear`` and the paired median ratio ``F.linear / attnlab``."""
+    r = paired(fns, repeats, baseline="F.linear", candidate="attnlab")
+    return {"attnlab_ms": r["attnlab_ms"], "torch_ms": r["F.linear_ms"], "ratio": r["ratio"]}
 
 
 def measure(rows: int, k: int, n: int, repeats: int) -> dict:
@@ -64,14 +52,8 @@ def measure(rows: int, k: int, n: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--quick", action="store_true", help="3 repetitions")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    repeats = repeats_from_args(__doc__)
     torch.set_num_threads(2)
-    repeats = 3 if args.quick else args.repeats
     rows, results = [], []
     for model, layer, m, k, n in SHAPES:
         r = measure(m, k, n, repeats)
