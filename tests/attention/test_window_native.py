@@ -175,3 +175,22 @@ def test_operators_pass_torch_library_opcheck():
     torch.library.opcheck(window_fp32.attend_windows_fp32_backward_op,
                           (q.detach(), k.detach(), v.detach(), torch.randn(out.shape), lse.detach(), order, 16,
                            bias.detach(), 0.25, True))
+
+
+def test_double_backward_gives_the_pytorch_paths_second_derivatives(monkeypatch):
+    """A gradient penalty (backward with create_graph=True) recomputes through the differentiable formula."""
+    kernel = _kernel(4, 2, 2, 16, 64)
+    ctx = AttentionContext(grid=(8, 8))
+    results = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(window_kernel, "windows_attention_fp32", lambda *a: None)
+        torch.manual_seed(1)
+        q, k = (torch.randn(2, 2, 64, 16, requires_grad=True) for _ in range(2))
+        out = kernel(q, k, k, ctx)
+        assert ("attend_windows" in type(out.grad_fn).__name__) == native
+        grads = torch.autograd.grad(out.square().sum(), [q, kernel.rel_bias], create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        results.append([out, *grads, *torch.autograd.grad(penalty, [q, k, kernel.rel_bias])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6 * b.abs().max().item(), rtol=1e-5)

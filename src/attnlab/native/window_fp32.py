@@ -27,7 +27,8 @@ MAX_WINDOW_TOKENS = 1024
 def windows_attention_fp32(q: Tensor, k: Tensor, v: Tensor, order: Tensor, window_tokens: int,
                            bias: Tensor | None, scale: float) -> Tensor | None:
     """Softmax attention inside each window of ``window_tokens`` tokens of ``order`` on the native kernel,
-    differentiable in q, k, v and ``bias`` (no double backward), or ``None`` when it cannot run these inputs (not
+    differentiable in q, k, v and ``bias`` (a backward with ``create_graph=True`` recomputes through
+    :func:`windows_reference`, so gradient penalties work), or ``None`` when it cannot run these inputs (not
     CPU float32 or bfloat16, ``Dh`` not a multiple of 16 or above 256, windows over :data:`MAX_WINDOW_TOKENS`, the
     library unavailable); the caller then uses PyTorch. Arithmetic is fp32 throughout; bf16 inputs give bf16
     outputs and gradients, rounded once from fp32.
@@ -148,9 +149,31 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.window_tokens, ctx.scale = window_tokens, scale
 
 
+def windows_reference(q: Tensor, k: Tensor, v: Tensor, order: Tensor, n: int, bias: Tensor | None,
+                      scale: float) -> Tensor:
+    """The kernel's result by PyTorch operations (differentiable to any order; same arguments as
+    :func:`windows_attention_fp32`, fp32 arithmetic, ``q``'s dtype out)."""
+    B, H, T, D = q.shape
+    inv = torch.argsort(order)
+    qw, kw, vw = (t.float().index_select(2, order).repeat_interleave(H // t.shape[1], 1).reshape(B, H, T // n, n, D)
+                  for t in (q, k, v))
+    scores = scale * qw @ kw.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias.float()
+    out = (scores.softmax(-1) @ vw).reshape(B, H, T, D).index_select(2, inv)
+    return out.to(q.dtype)
+
+
 def _backward(ctx, dout: Tensor, _dlse: Tensor):
     q, k, v, lse, order, bias = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[5]
+    if torch.is_grad_enabled():  # backward(create_graph=True): a gradient that is itself differentiable
+        wanted = [t for t, w in zip((q, k, v, bias), (*ctx.needs_input_grad[:3], bias_grad)) if w]
+        grads = iter(torch.autograd.grad(windows_reference(q, k, v, order, ctx.window_tokens, bias, ctx.scale),
+                                         wanted, dout, create_graph=True))
+        dq, dk, dv, dbias = (next(grads) if w else None
+                             for w in (*ctx.needs_input_grad[:3], bias_grad))
+        return dq, dk, dv, None, None, dbias, None, None
     dq, dk, dv, dbias = attend_windows_fp32_backward_op(q, k, v, dout, lse, order, ctx.window_tokens, bias,
                                                         ctx.scale, bias_grad)
     return dq, dk, dv, None, None, dbias if bias_grad else None, None, None
