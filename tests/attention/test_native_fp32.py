@@ -149,15 +149,6 @@ def test_custom_scale_and_unfit_inputs():
         assert documents_attention_fp32(q, k, v, spans, causal=True, scale=None) is None
 
 
-def test_double_backward_is_refused():
-    q, k, v, spans = _packed([20, 12], head_dim=32)
-    q = q.detach().requires_grad_()
-    out = documents_attention_fp32(q, k, v, spans, causal=True, scale=None)
-    (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
-
-
 def test_exp2_polynomial_is_fp32_accurate():
     """The kernel's 2^x (degree-6 polynomial): relative error <= 2.5e-7 over [-125, 0] (fp32 rounds at 6e-8)."""
     lib = native.load()
@@ -235,3 +226,23 @@ def test_operators_pass_torch_library_opcheck():
     dout = torch.randn(out.shape)
     torch.library.opcheck(documents_fp32.attend_documents_fp32_backward_op,
                           (q.detach(), k.detach(), v.detach(), dout, lse.detach(), table, True, 0.2))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_double_backward_gives_the_formulas_second_derivatives(causal):
+    """A gradient penalty (backward with create_graph=True) recomputes through a differentiable formula instead of
+    failing in the backward operator, which has no derivative of its own."""
+    q, k, v, spans = _packed([9, 14], heads=4, kv_heads=2, head_dim=32, batch=2)
+    results = []
+    for fn in (lambda q, k, v: documents_attention_fp32(q, k, v, spans, causal=causal, scale=None),
+               lambda q, k, v: _formula(q, k, v, spans, causal)):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        grads = torch.autograd.grad(out.square().sum(), leaves, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        results.append([out, *grads, *torch.autograd.grad(penalty, leaves)])
+    assert "attend_documents_fp32" in type(
+        documents_attention_fp32(*(t.detach().requires_grad_() for t in (q, k, v)), spans, causal=causal,
+                                 scale=None).grad_fn).__name__
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)

@@ -37,7 +37,8 @@ def documents_attention_fp32(q: Tensor, k: Tensor, v: Tensor, spans: Spans, *,
                              causal: bool, scale: float | None) -> Tensor | None:
     """Softmax attention inside each ``[start, end)`` run of ``spans`` (per batch row; the runs tile the
     row, as :func:`attnlab.attention.engines.documents.document_spans` makes them) on the native fp32 kernel,
-    differentiable (FlashAttention-2's backward from the saved log-sum-exp; no double backward).
+    differentiable (FlashAttention-2's backward from the saved log-sum-exp; a backward with ``create_graph=True``
+    recomputes through :func:`documents_reference`, so gradient penalties work).
 
     q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` (GQA heads grouped, not expanded) -> ``(B, H, T, Dh)`` (a
     transposed view of ``(B, T, H, Dh)`` memory). ``None`` when the kernel cannot run these inputs
@@ -112,8 +113,29 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.causal, ctx.scale = causal, scale
 
 
+def documents_reference(q: Tensor, k: Tensor, v: Tensor, table: Tensor, causal: bool, scale: float) -> Tensor:
+    """The kernel's result by PyTorch operations, differentiable to any order (PyTorch's own fused attention has
+    no double backward on CPU): softmax attention inside each (batch row, first token, length) of ``table``, which
+    tiles every row in order. q ``(B, H, T, Dh)``, k, v ``(B, Hkv, T, Dh)`` -> ``(B, H, T, Dh)``."""
+    group = q.shape[1] // k.shape[1]
+    rows: list[list[Tensor]] = [[] for _ in range(q.shape[0])]
+    for b, start, length in table.tolist():
+        qd, kd, vd = (t[b, :, start:start + length] for t in (q, k, v))
+        scores = scale * qd @ kd.repeat_interleave(group, 0).transpose(-1, -2)  # (H, L, L)
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        rows[b].append(scores.softmax(-1) @ vd.repeat_interleave(group, 0))
+    return torch.stack([torch.cat(r, dim=1) for r in rows])
+
+
 def _backward(ctx, dout: Tensor, _dlse: Tensor):
     q, k, v, lse, table = ctx.saved_tensors
+    if torch.is_grad_enabled():  # backward(create_graph=True): a gradient that is itself differentiable
+        wanted = [t for t, w in zip((q, k, v), ctx.needs_input_grad[:3]) if w]
+        grads = iter(torch.autograd.grad(documents_reference(q, k, v, table, ctx.causal, ctx.scale), wanted, dout,
+                                         create_graph=True))
+        dq, dk, dv = (next(grads) if w else None for w in ctx.needs_input_grad[:3])
+        return dq, dk, dv, None, None, None, None
     dq, dk, dv = attend_documents_fp32_backward_op(q, k, v, dout, lse, table, ctx.causal, ctx.scale)
     return dq, dk, dv, None, None, None, None
 
