@@ -2,9 +2,12 @@
 
 Forward (inference, no grad) and training step (forward + backward + fused AdamW on a cross-entropy loss) images/s
 at 224 px, batch 8, fp32 and bf16 autocast, 2 threads. The models are built by transformers with random weights,
-saved, and loaded by ``attnlab.load_pretrained`` (so both run the same numbers; logits are checked equal first). The
-two libraries alternate within every repetition; ``paired`` is the median over repetitions of transformers' time
-over attnlab's (the shared machine's speed drifts, the pairing cancels it).
+saved, and loaded by ``attnlab.load_pretrained`` (so both run the same numbers; logits are checked equal first). Each
+library runs in a process of its own, so neither's memory allocator state (glibc's adaptive ``mmap`` threshold,
+freed heap kept or returned) changes the other's time: in one process, attnlab's allocations once moved
+transformers' Swin-T training step by 10%. The two alternate within every repetition, one step at a time (the
+other process waits); ``paired`` is the median over repetitions of transformers' time over attnlab's (the shared
+machine's speed drifts, the pairing cancels it).
 
 Both libraries spend most of a step in the same matrix products (oneDNN/MKL GEMMs). One profiled step per library
 gives each one's GEMM share and ``bound``: the paired ratio over attnlab's GEMM share, i.e. transformers' step time
@@ -109,33 +112,108 @@ def gemm_share(step) -> tuple[float, float]:
     return total, gemm
 
 
+def load_model(lib: str, folder: str):
+    """The library's model of the checkpoint saved in ``folder``, in eval mode."""
+    if lib == "hf":
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(folder)
+        config._attn_implementation = "sdpa"
+        return transformers.AutoModelForImageClassification.from_pretrained(folder, config=config).eval()
+    import attnlab
+
+    return attnlab.load_pretrained(folder).eval()
+
+
+def worker(lib: str, folder: str, precision: str, conn) -> None:
+    """One library in a process of its own: loads its model and the shared inputs from ``folder``, then answers
+    the parent's requests on ``conn`` until it closes: ``("logits",)`` -> fp32 logits, ``("time", mode)`` ->
+    seconds of one step, ``("profile", mode)`` -> :func:`gemm_share` of one step."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(2)
+    model = load_model(lib, folder)
+    inputs = load_file(os.path.join(folder, "inputs.safetensors"))
+    x, y = inputs["x"], inputs["y"]
+    steps = make_steps(model, lib, x, y, precision)
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request[0] == "logits":
+            with torch.no_grad():
+                conn.send(logits(model, lib, x))
+        elif request[0] == "time":
+            t0 = time.perf_counter()
+            steps[request[1]]()
+            conn.send(time.perf_counter() - t0)
+        else:
+            conn.send(gemm_share(steps[request[1]]))
+
+
+@contextlib.contextmanager
+def workers(folder: str, precision: str):
+    """``{"attnlab": conn, "hf": conn}``: one :func:`worker` process per library (``spawn``: fresh interpreters),
+    stopped on exit."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    conns, procs = {}, []
+    try:
+        for lib in ("attnlab", "hf"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(lib, folder, precision, child), daemon=True)
+            proc.start()
+            child.close()
+            conns[lib] = parent
+            procs.append(proc)
+        yield conns
+    finally:
+        for conn in conns.values():
+            conn.close()
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+
+
+def ask(conn, *request):
+    conn.send(request)
+    return conn.recv()
+
+
 def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
+    """One (architecture, precision): both libraries in their own processes, one step at a time (the other
+    process waits meanwhile), attnlab first in every repetition."""
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
-        hf, ours = build_pair(arch, folder)
-    x, y = torch.randn(BATCH, 3, 224, 224), torch.randint(0, 1000, (BATCH,))
-    with torch.no_grad():
-        err = (logits(hf, "hf", x) - logits(ours, "attnlab", x)).abs().max().item()
-    steps = {"hf": make_steps(hf, "hf", x, y, precision), "attnlab": make_steps(ours, "attnlab", x, y, precision)}
-    out = {"max_logit_diff_fp32": err}
-    for mode in modes:
-        for lib in steps:
-            steps[lib][mode]()  # warm-up
-        times = {lib: [] for lib in steps}
-        for _ in range(repeats):
-            for lib in ("attnlab", "hf"):
-                t0 = time.perf_counter()
-                steps[lib][mode]()
-                times[lib].append(time.perf_counter() - t0)
-        out[mode] = {lib: {"images_per_s": BATCH / statistics.median(ts), "times_s": [round(t, 4) for t in ts]}
-                     for lib, ts in times.items()}
-        out[mode]["paired"] = statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"]))
-        profiled = {lib: gemm_share(steps[lib][mode]) for lib in ("attnlab", "hf")}
-        for lib, (total, gemm) in profiled.items():
-            out[mode][lib].update(profiled_s=round(total, 4), gemm_s=round(gemm, 4), gemm_share=gemm / total)
-        # attnlab's step with everything but its matrix products free: its time times its GEMM share (a share is
-        # steadier across one profiled step than the step's time, which the machine's drift moves)
-        out[mode]["bound"] = out[mode]["paired"] / out[mode]["attnlab"]["gemm_share"]
+        hf, _ = build_pair(arch, folder)
+        del hf
+        save_file({"x": torch.randn(BATCH, 3, 224, 224), "y": torch.randint(0, 1000, (BATCH,))},
+                  os.path.join(folder, "inputs.safetensors"))
+        with workers(folder, precision) as conns:
+            err = (ask(conns["hf"], "logits") - ask(conns["attnlab"], "logits")).abs().max().item()
+            out = {"max_logit_diff_fp32": err}
+            for mode in modes:
+                for _ in range(2):  # warm-up: the optimizer's state, the processes' heaps
+                    for conn in conns.values():
+                        ask(conn, "time", mode)
+                times = {lib: [] for lib in conns}
+                for _ in range(repeats):
+                    for lib in ("attnlab", "hf"):
+                        times[lib].append(ask(conns[lib], "time", mode))
+                out[mode] = {lib: {"images_per_s": BATCH / statistics.median(ts),
+                                   "times_s": [round(t, 4) for t in ts]} for lib, ts in times.items()}
+                out[mode]["paired"] = statistics.median(h / a for a, h in zip(times["attnlab"], times["hf"]))
+                for lib, conn in conns.items():
+                    total, gemm = ask(conn, "profile", mode)
+                    out[mode][lib].update(profiled_s=round(total, 4), gemm_s=round(gemm, 4), gemm_share=gemm / total)
+                # attnlab's step with everything but its matrix products free: its time times its GEMM share (a
+                # share is steadier across one profiled step than the step's time, which the machine's drift moves)
+                out[mode]["bound"] = out[mode]["paired"] / out[mode]["attnlab"]["gemm_share"]
     return out
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..native.decode import MAX_ROWS
 from ..native.linear import Linear, linear, onednn_linear, plain_eager
+from ..native.mlp_fp32 import mlp_fp32
 from ..native.pointwise import autocast_bf16_cpu, bias_gelu_bf16
 
 ACTIVATIONS = {
@@ -30,7 +31,9 @@ class MLP(nn.Module):
     Training in bf16 on CPU (bf16 autocast or bf16 weights) with the exact GELU, ``gelu(fc_in(x))`` is a
     bias-free matmul followed by attnlab's native bias + GELU kernel, which keeps the GELU's derivative for
     a one-multiply backward that also gives the bias gradient (:mod:`attnlab.native.pointwise`); the result
-    equals PyTorch's to bf16 rounding. Inference on CPU runs ``act(fc_in(x))`` as one oneDNN matmul with the
+    equals PyTorch's to bf16 rounding. fp32 training with a GELU on a CPU with AVX-512 runs the whole MLP as
+    one autograd function whose backward reuses its hidden-gradient buffer (:mod:`attnlab.native.mlp_fp32`;
+    plain, unhooked linear layers only). Inference on CPU runs ``act(fc_in(x))`` as one oneDNN matmul with the
     activation applied to its output tiles (:func:`fused_linear_activation`; a plain, unhooked ``fc_in`` only):
     the same values in fp32 (to summation order), one pass less over the hidden activation, which is what costs
     where that activation is large (Swin-T's first stage).
@@ -52,11 +55,19 @@ class MLP(nn.Module):
             if a is None:  # the native kernel is unavailable
                 a = self.act(h if self.fc_in.bias is None else h + self.fc_in.bias.to(h.dtype))
             return self.dropout(self.fc_out(a))
-        fc_in, h = self.fc_in, None
-        if type(fc_in) in (nn.Linear, Linear) and not (fc_in._forward_hooks or fc_in._forward_pre_hooks):
-            # (a wrapped, parametrized or hooked fc_in keeps its own forward)
+        fc_in, fc_out, h = self.fc_in, self.fc_out, None
+        if _plain(fc_in) and _plain(fc_out) and torch.is_grad_enabled():
+            y = mlp_fp32(x, fc_in.weight, fc_in.bias, fc_out.weight, fc_out.bias, self.activation)
+            if y is not None:
+                return self.dropout(y)
+        if _plain(fc_in):
             h = fused_linear_activation(x, fc_in.weight, fc_in.bias, self.activation)
-        return self.dropout(self.fc_out(self.act(self.fc_in(x)) if h is None else h))
+        return self.dropout(fc_out(self.act(fc_in(x)) if h is None else h))
+
+
+def _plain(layer: nn.Module) -> bool:
+    """A plain linear layer: a wrapped, parametrized or hooked one keeps its own forward."""
+    return type(layer) in (nn.Linear, Linear) and not (layer._forward_hooks or layer._forward_pre_hooks)
 
 
 # activation name (None: none) -> (oneDNN post-op, its algorithm)

@@ -1,0 +1,107 @@
+"""attnlab.native.mlp_fp32: the fp32 training MLP (oneDNN products, the GELU's gradient written over the hidden
+gradient's buffer) gives the composed layers' values and gradients to fp32 summation order, first and second
+order, forward mode too, and is taken exactly where it should be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.layers.mlp import MLP
+from attnlab.native import linear as native_linear
+
+pytestmark = pytest.mark.skipif(not native_linear._onednn_fp32_faster(),
+                                reason="hardware: oneDNN's fp32 path is used only on CPUs with AVX-512")
+
+
+def _close(a, b):
+    return (a - b).abs().max().item() <= 2e-5 * max(1.0, b.abs().max().item())
+
+
+def _reference(mlp: MLP, x):
+    approximate = "tanh" if mlp.activation == "gelu_tanh" else "none"
+    hidden = F.gelu(F.linear(x, mlp.fc_in.weight, mlp.fc_in.bias), approximate=approximate)
+    return F.linear(hidden, mlp.fc_out.weight, mlp.fc_out.bias)
+
+
+def _grads(out, dy, tensors):
+    return torch.autograd.grad(out, [t for t in tensors if t.requires_grad], dy)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", ["none", "fc_in", "fc_out", "input"])
+def test_values_and_gradients_match_the_composed_layers(activation, bias, frozen):
+    torch.manual_seed(0)
+    mlp = MLP(96, 384, activation, bias=bias)
+    x = torch.randn(300, 3, 96).transpose(0, 1).requires_grad_(frozen != "input")  # (3, 300, 96), strided
+    if frozen in ("fc_in", "fc_out"):
+        getattr(mlp, frozen).requires_grad_(False)
+    tensors = [x, *mlp.parameters()]
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ == "FusedMLPBackward"
+    dy = torch.randn_like(y)
+    y_ref = _reference(mlp, x)
+    assert _close(y, y_ref)
+    for g, g_ref in zip(_grads(y, dy, tensors), _grads(y_ref, dy, tensors), strict=True):
+        assert g.abs().max() > 0 and _close(g, g_ref)
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    """The backward writes over a buffer of its own, never over a saved tensor: a second backward through a
+    retained graph sees the forward's activations unchanged."""
+    torch.manual_seed(0)
+    mlp = MLP(64, 256)
+    x = torch.randn(400, 64, requires_grad=True)
+    y = mlp(x)
+    dy = torch.randn_like(y)
+    first = torch.autograd.grad(y, [x, *mlp.parameters()], dy, retain_graph=True)
+    second = torch.autograd.grad(y, [x, *mlp.parameters()], dy)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_second_derivatives_match_the_composed_layers():
+    """A gradient penalty (create_graph=True) differentiates through the recomputed MLP."""
+    torch.manual_seed(0)
+    mlp = MLP(64, 256)
+    x = torch.randn(400, 64, requires_grad=True)
+
+    def penalty(fn):
+        (gx,) = torch.autograd.grad(fn(x).tanh().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [x, *mlp.parameters()])
+
+    assert type(mlp(x).grad_fn).__name__ == "FusedMLPBackward"
+    for g, g_ref in zip(penalty(mlp), penalty(lambda t: _reference(mlp, t)), strict=True):
+        assert g.abs().max() > 0 and _close(g, g_ref)
+
+
+def test_forward_mode_tangent_matches_the_composed_layers():
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    mlp = MLP(64, 256)
+    x, t = torch.randn(400, 64), torch.randn(400, 64)
+    with fwAD.dual_level():
+        y = mlp(fwAD.make_dual(x, t))
+        assert type(y.grad_fn).__name__ == "FusedMLPBackward"
+        tangent = fwAD.unpack_dual(y).tangent
+        y_ref = _reference(mlp, fwAD.make_dual(x, t))
+        assert _close(tangent, fwAD.unpack_dual(y_ref).tangent)
+
+
+def test_where_it_is_not_taken():
+    torch.manual_seed(0)
+    x = torch.randn(400, 64, requires_grad=True)
+    assert type(MLP(64, 256, "relu")(x).grad_fn).__name__ != "FusedMLPBackward"
+    with torch.no_grad():
+        assert MLP(64, 256)(x).grad_fn is None
+    small = MLP(8, 16)  # below oneDNN's size threshold
+    assert type(small(x[:, :8]).grad_fn).__name__ != "FusedMLPBackward"
+    hooked = MLP(64, 256)
+    seen = []
+    hooked.fc_in.register_forward_hook(lambda *a: seen.append(1))
+    assert type(hooked(x).grad_fn).__name__ != "FusedMLPBackward" and seen == [1]
+    assert type(MLP(64, 256).double()(x.double()).grad_fn).__name__ != "FusedMLPBackward"
+    frozen = MLP(64, 256).requires_grad_(False)
+    assert frozen(x.detach()).grad_fn is None
