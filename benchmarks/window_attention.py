@@ -9,6 +9,11 @@ multiply-adds, i.e. 4 N n d FLOP, for N tokens, windows of n and width d) and th
 relative to the outputs' scale (bf16: the PyTorch path rounds the probabilities to bf16 before multiplying them
 with V, the native kernel keeps them in fp32). The whole-model effect is in ``benchmarks/vision.py``.
 
+The same kernel trains bf16 bidirectional attention over whole rows where the bf16 training kernel needs AMX and
+the CPU has none (one window of every token: a ViT's attention); a second table times that route
+(``attnlab.native.attention.documents_attention``) against PyTorch's ``scaled_dot_product_attention`` at ViT-B/16's
+shape (197 tokens, 12 heads of 64, batch 8), forward + backward.
+
     python benchmarks/window_attention.py            # 9 repetitions per cell
     python benchmarks/window_attention.py --quick    # 3
 """
@@ -18,10 +23,13 @@ from __future__ import annotations
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 from attnlab.attention import AttentionContext, build_attention
 from attnlab.attention.kernels import window as window_kernel
+from attnlab.native import attention as native_attention
 from attnlab.native import load
+from attnlab.native.attention import documents_attention
 from common import machine_info, paired, print_table, repeats_from_args, write_json
 
 BATCH, WINDOW, HEAD_DIM = 8, 7, 32
@@ -63,6 +71,26 @@ def measure(side: int, heads: int, dtype: torch.dtype, repeats: int) -> dict:
     return {"forward": fwd, "train": step, "max_rel_diff": err, "native_gflops": gflop / (fwd["native_ms"] / 1e3)}
 
 
+def measure_whole_rows(tokens: int, repeats: int) -> dict | None:
+    """bf16 forward + backward of ViT-B/16's attention on the native route vs SDPA; None where the native route
+    does not take it (a CPU with AMX trains bf16 on its own kernel)."""
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(BATCH, tokens, 3, 12, 64, generator=g).bfloat16()
+    leaves = [qkv[:, :, i].transpose(1, 2).detach().requires_grad_() for i in range(3)]  # (B, H, T, Dh) views
+    dout = torch.randn(BATCH, 12, tokens, 64, generator=g).bfloat16()
+    calls = []
+    real = native_attention.windows_attention_fp32
+    with mock.patch.object(native_attention, "windows_attention_fp32", lambda *a: calls.append(1) or real(*a)):
+        out = documents_attention(*leaves, None, causal=False, scale=None)
+    if out is None or not calls:
+        return None
+    ref = F.scaled_dot_product_attention(*leaves).float()
+    err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    fns = {"native": lambda: documents_attention(*leaves, None, causal=False, scale=None).backward(dout),
+           "pytorch": lambda: F.scaled_dot_product_attention(*leaves).backward(dout)}
+    return {"train": paired(fns, repeats, "pytorch", "native"), "max_rel_diff": err}
+
+
 def main() -> None:
     repeats = repeats_from_args(__doc__)
     if load("attention_fp32") is None:
@@ -79,8 +107,16 @@ def main() -> None:
                          "forward vs PyTorch": r["forward"]["ratio"], "fwd+bwd vs PyTorch": r["train"]["ratio"],
                          "native fwd GFLOP/s": r["native_gflops"], "max rel diff": r["max_rel_diff"]})
     print_table(rows, list(rows[0]))
+    whole = measure_whole_rows(197, repeats)
+    if whole is None:
+        print("ViT-B/16 bf16 training: this CPU trains bf16 attention on its AMX kernel, not the window kernel")
+    else:
+        row = {"ViT-B/16 attention, bf16": "197 tokens, 12 heads of 64", "fwd+bwd vs SDPA": whole["train"]["ratio"],
+               "max rel diff": whole["max_rel_diff"]}
+        print_table([row], list(row))
     path = write_json("window_attention", {"machine": machine_info(), "repeats": repeats, "batch": BATCH,
-                                           "window": WINDOW, "head_dim": HEAD_DIM, "results": results})
+                                           "window": WINDOW, "head_dim": HEAD_DIM, "results": results,
+                                           "vit_b16_bf16_whole_rows": whole})
     print(f"wrote {path}")
 
 

@@ -194,3 +194,44 @@ def test_double_backward_gives_the_pytorch_paths_second_derivatives(monkeypatch)
         results.append([out, *grads, *torch.autograd.grad(penalty, [q, k, kernel.rel_bias])])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-6 * b.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_bf16_training_over_whole_rows_without_amx_runs_on_the_window_kernel(monkeypatch, gqa):
+    """Where the trainable bf16 kernel cannot run (no AMX: simulated here, so every machine checks the same
+    route), bidirectional bf16 training over whole rows (a ViT's attention) goes to the window kernel as one
+    window of every token: values and gradients equal the fp32 kernel's on the same bf16 inputs, rounded once,
+    and causal or packed inputs are left to PyTorch."""
+    from attnlab.native import attention as native_attention
+
+    spy = Spy(monkeypatch)
+    monkeypatch.setattr(native_attention, "trainable_documents_attention_bf16", lambda *a, **k: None)
+    torch.manual_seed(0)
+    B, H, T, D = 2, 4, 37, 32
+    q = torch.randn(B, H, T, D).bfloat16()
+    k, v = (torch.randn(B, H // 2 if gqa else H, T, D).bfloat16() for _ in range(2))
+    dout = torch.randn(B, H, T, D).bfloat16()
+
+    def run(attend, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = attend(*leaves)
+        out.backward(dout.to(dtype))
+        return [out, *(t.grad for t in leaves)]
+
+    got = run(lambda *t: native_attention.documents_attention(*t, None, causal=False, scale=None), torch.bfloat16)
+    assert spy.calls == 1
+    fp32 = run(lambda *t: window_fp32.windows_attention_fp32(*t, torch.arange(T), T, None, D ** -0.5), torch.float32)
+    for i, (g, r) in enumerate(zip(got, fp32, strict=True)):
+        assert g.dtype == torch.bfloat16
+        if gqa and i >= 2:  # dk, dv: per query head in bf16, then summed over each group (a rounding more)
+            torch.testing.assert_close(g.float(), r, atol=2e-2, rtol=2e-2)
+        else:
+            assert torch.equal(g, r.bfloat16())
+    reference = reference_attention(*(t.float().repeat_interleave(H // t.shape[1], 1) for t in (q, k, v)),
+                                    scale=D ** -0.5)[0]
+    torch.testing.assert_close(got[0].float(), reference, atol=1e-2, rtol=1e-2)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    assert native_attention.documents_attention(*leaves, None, causal=True, scale=None) is None
+    packed = [[(0, 20), (20, T)]] * B
+    assert native_attention.documents_attention(*leaves, packed, causal=False, scale=None) is None
+    assert spy.calls == 2  # the one above and the fp32 comparison

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from .documents import documents_attention_bf16, trainable_documents_attention_bf16
 from .documents_fp32 import documents_attention_fp32
-from .marshal import Spans, grad_wanted, whole_rows
+from .marshal import Spans, grad_wanted, score_scale, whole_rows
+from .window_fp32 import windows_attention_fp32
 
 
 def documents_attention(q: Tensor, k: Tensor, v: Tensor, spans: Spans | None, *, causal: bool,
@@ -22,7 +23,8 @@ def documents_attention(q: Tensor, k: Tensor, v: Tensor, spans: Spans | None, *,
     ``Dh ** -0.5`` and may have any sign.
 
     float32 runs the fp32 kernel (differentiable); bfloat16 runs the trainable bf16 kernel (AMX) when a
-    gradient is wanted and the inference kernel otherwise. ``None`` for other dtypes and whenever the chosen
+    gradient is wanted and the inference kernel otherwise. Without AMX, bidirectional bf16 training over whole
+    rows runs on the window kernel (fp32 arithmetic, one window of all ``T`` tokens; ``T <= 1,024``). ``None`` for other dtypes and whenever the chosen
     kernel cannot run these inputs (shapes, layout, document length, CPU, switched off), and for no tokens.
 
     Raises:
@@ -36,5 +38,12 @@ def documents_attention(q: Tensor, k: Tensor, v: Tensor, spans: Spans | None, *,
     if q.dtype != torch.bfloat16:
         return None
     if grad_wanted(q, k, v):
-        return trainable_documents_attention_bf16(q, k, v, spans, causal=causal, scale=scale)
+        out = trainable_documents_attention_bf16(q, k, v, spans, causal=causal, scale=scale)
+        if out is None and not causal and all(row == [(0, q.shape[2])] for row in spans):
+            # no AMX: bidirectional attention over whole rows (a ViT's) trains on the window kernel's fp32
+            # arithmetic, one window of every token (1.7x PyTorch's bf16 flash kernel forward + backward at
+            # ViT-B/16's 197 tokens; benchmarks/window_attention.py)
+            out = windows_attention_fp32(q, k, v, torch.arange(q.shape[2], device=q.device), q.shape[2], None,
+                                         score_scale(q, scale))
+        return out
     return documents_attention_bf16(q, k, v, spans, causal=causal, scale=scale)
