@@ -3,9 +3,12 @@
 Forward (inference, no grad) and training step (forward + backward + fused AdamW on a cross-entropy loss) images/s
 at 224 px, batch 8, fp32 and bf16 autocast, 2 threads. The models are built by transformers with random weights,
 saved, and loaded by ``attnlab.load_pretrained`` (so both run the same numbers; logits are checked equal first). Each
-library runs in a process of its own, so neither's memory allocator state (glibc's adaptive ``mmap`` threshold,
-freed heap kept or returned) changes the other's time: in one process, attnlab's allocations once moved
-transformers' Swin-T training step by 10%. The two alternate within every repetition, one step at a time (the
+library runs in a process of its own, so neither's memory allocator state changes the other's time (in one
+process, attnlab's allocations once moved transformers' Swin-T training step by 10%). Both processes keep freed
+memory for the next step (glibc's mmap threshold at 32 MiB, trim threshold 2 GiB: what ``attnlab train`` sets):
+with glibc's adaptive thresholds a step's large activations come from fresh pages or from the heap depending on
+the process's history, and the training cells' ratios wandered from 1.0x to 1.4x between runs of the same code
+(``--allocator default`` measures that way). The two alternate within every repetition, one step at a time (the
 other process waits); ``paired`` is the median over repetitions of transformers' time over attnlab's (the shared
 machine's speed drifts, the pairing cancels it).
 
@@ -16,7 +19,8 @@ nothing (no implementation that runs the same GEMMs can beat it). Fused attentio
 attnlab's native ones) count as everything else. ``gemm GF/s`` is a large square matmul's rate on this machine, for
 scale.
 
-    python benchmarks/vision.py            # 6 repetitions per cell
+    python benchmarks/vision.py            # 10 repetitions per cell (a training step's time varies ~20% from one
+                                           # step to the next on this machine)
     python benchmarks/vision.py --quick    # 3, forward only for ViT-B/16
 """
 
@@ -125,12 +129,17 @@ def load_model(lib: str, folder: str):
     return attnlab.load_pretrained(folder).eval()
 
 
-def worker(lib: str, folder: str, precision: str, conn) -> None:
+def worker(lib: str, folder: str, precision: str, retain: bool, conn) -> None:
     """One library in a process of its own: loads its model and the shared inputs from ``folder``, then answers
     the parent's requests on ``conn`` until it closes: ``("logits",)`` -> fp32 logits, ``("time", mode)`` ->
-    seconds of one step, ``("profile", mode)`` -> :func:`gemm_share` of one step."""
+    seconds of one step, ``("profile", mode)`` -> :func:`gemm_share` of one step. ``retain``: glibc keeps freed
+    memory for the next step, as ``attnlab train`` sets it (``attnlab.train.memory``)."""
     from safetensors.torch import load_file
 
+    if retain:
+        from attnlab.train.memory import retain_freed_memory
+
+        retain_freed_memory()
     torch.set_num_threads(2)
     model = load_model(lib, folder)
     inputs = load_file(os.path.join(folder, "inputs.safetensors"))
@@ -153,7 +162,7 @@ def worker(lib: str, folder: str, precision: str, conn) -> None:
 
 
 @contextlib.contextmanager
-def workers(folder: str, precision: str):
+def workers(folder: str, precision: str, retain: bool):
     """``{"attnlab": conn, "hf": conn}``: one :func:`worker` process per library (``spawn``: fresh interpreters),
     stopped on exit."""
     import multiprocessing as mp
@@ -163,7 +172,7 @@ def workers(folder: str, precision: str):
     try:
         for lib in ("attnlab", "hf"):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(lib, folder, precision, child), daemon=True)
+            proc = ctx.Process(target=worker, args=(lib, folder, precision, retain, child), daemon=True)
             proc.start()
             child.close()
             conns[lib] = parent
@@ -183,7 +192,7 @@ def ask(conn, *request):
     return conn.recv()
 
 
-def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
+def run(arch: str, precision: str, repeats: int, modes: list[str], retain: bool) -> dict:
     """One (architecture, precision): both libraries in their own processes, one step at a time (the other
     process waits meanwhile), attnlab first in every repetition."""
     from safetensors.torch import save_file
@@ -194,7 +203,7 @@ def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
         del hf
         save_file({"x": torch.randn(BATCH, 3, 224, 224), "y": torch.randint(0, 1000, (BATCH,))},
                   os.path.join(folder, "inputs.safetensors"))
-        with workers(folder, precision) as conns:
+        with workers(folder, precision, retain) as conns:
             err = (ask(conns["hf"], "logits") - ask(conns["attnlab"], "logits")).abs().max().item()
             out = {"max_logit_diff_fp32": err}
             for mode in modes:
@@ -219,9 +228,12 @@ def run(arch: str, precision: str, repeats: int, modes: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3 repetitions; ViT-B/16 forward only")
     ap.add_argument("--arch", choices=["swin-t", "vit-b16"], nargs="*", default=["swin-t", "vit-b16"])
+    ap.add_argument("--allocator", choices=["retain", "default"], default="retain",
+                    help="retain (default): both processes keep freed memory between steps, as attnlab train "
+                         "does; default: glibc's own adaptive thresholds")
     args = ap.parse_args()
     repeats = 3 if args.quick else args.repeats
     rows, results = [], {}
@@ -229,7 +241,7 @@ def main() -> None:
     for arch in args.arch:
         modes = ["forward"] if args.quick and arch == "vit-b16" else ["forward", "train"]
         for precision in ("fp32", "bf16"):
-            res = results[f"{arch}/{precision}"] = run(arch, precision, repeats, modes)
+            res = results[f"{arch}/{precision}"] = run(arch, precision, repeats, modes, args.allocator == "retain")
             for mode in modes:
                 r = res[mode]
                 rows.append({"model": arch, "precision": precision, "step": mode,
@@ -239,7 +251,8 @@ def main() -> None:
                              "gemm GF/s": peak[precision], "max |logit diff|": res["max_logit_diff_fp32"]})
     table = print_table(rows, ["model", "precision", "step", "attnlab img/s", "hf img/s", "paired vs HF",
                                "GEMM share attnlab", "GEMM share HF", "bound", "gemm GF/s", "max |logit diff|"])
-    path = write_json("vision", {"batch": BATCH, "repeats": repeats, "machine": machine_info(), "results": results,
+    path = write_json("vision", {"batch": BATCH, "repeats": repeats, "allocator": args.allocator,
+                                 "machine": machine_info(), "results": results,
                                  "matmul_gflops": peak, "table": table})
     print(f"wrote {path}")
 

@@ -105,3 +105,24 @@ def test_where_it_is_not_taken():
     assert type(MLP(64, 256).double()(x.double()).grad_fn).__name__ != "FusedMLPBackward"
     frozen = MLP(64, 256).requires_grad_(False)
     assert frozen(x.detach()).grad_fn is None
+
+
+def test_under_activation_checkpointing(monkeypatch):
+    """torch.utils.checkpoint (non-reentrant) drops the saved activations and recomputes them in the backward:
+    the gradients are the plain backward's, and the recomputation takes the fused path again."""
+    from torch.utils.checkpoint import checkpoint
+
+    from attnlab.layers import mlp as mlp_module
+
+    torch.manual_seed(0)
+    mlp = MLP(64, 256)
+    x = torch.randn(400, 64, requires_grad=True)
+    dy = torch.randn(400, 64)
+    plain = torch.autograd.grad(mlp(x), [x, *mlp.parameters()], dy)
+    calls, fused = [], mlp_module.mlp_fp32
+    monkeypatch.setattr(mlp_module, "mlp_fp32", lambda *a: calls.append(1) or fused(*a))
+    out = checkpoint(mlp, x, use_reentrant=False)
+    for g, g_ref in zip(torch.autograd.grad(out, [x, *mlp.parameters()], dy), plain, strict=True):
+        assert torch.equal(g, g_ref)
+    assert len(calls) == 2  # the forward and its recomputation
+
