@@ -29,7 +29,6 @@ from attnlab.attention import AttentionContext, build_attention
 from attnlab.attention.kernels import window as window_kernel
 from attnlab.native import attention as native_attention
 from attnlab.native import load
-from attnlab.native.attention import documents_attention
 from common import machine_info, paired, print_table, repeats_from_args, write_json
 
 BATCH, WINDOW, HEAD_DIM = 8, 7, 32
@@ -81,12 +80,13 @@ def measure_whole_rows(tokens: int, repeats: int) -> dict | None:
     calls = []
     real = native_attention.windows_attention_fp32
     with mock.patch.object(native_attention, "windows_attention_fp32", lambda *a: calls.append(1) or real(*a)):
-        out = documents_attention(*leaves, None, causal=False, scale=None)
+        out = native_attention.documents_attention(*leaves, None, causal=False, scale=None)
     if out is None or not calls:
         return None
     ref = F.scaled_dot_product_attention(*leaves).float()
     err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-    fns = {"native": lambda: documents_attention(*leaves, None, causal=False, scale=None).backward(dout),
+    attend = native_attention.documents_attention
+    fns = {"native": lambda: attend(*leaves, None, causal=False, scale=None).backward(dout),
            "pytorch": lambda: F.scaled_dot_product_attention(*leaves).backward(dout)}
     return {"train": paired(fns, repeats, "pytorch", "native"), "max_rel_diff": err}
 

@@ -23,9 +23,10 @@ def documents_attention(q: Tensor, k: Tensor, v: Tensor, spans: Spans | None, *,
     ``Dh ** -0.5`` and may have any sign.
 
     float32 runs the fp32 kernel (differentiable); bfloat16 runs the trainable bf16 kernel (AMX) when a
-    gradient is wanted and the inference kernel otherwise. Without AMX, bidirectional bf16 training over whole
-    rows runs on the window kernel (fp32 arithmetic, one window of all ``T`` tokens; ``T <= 1,024``). ``None`` for other dtypes and whenever the chosen
-    kernel cannot run these inputs (shapes, layout, document length, CPU, switched off), and for no tokens.
+    gradient is wanted and the inference kernel otherwise. Where the trainable bf16 kernel cannot run (no AMX,
+    say), bidirectional bf16 training over whole rows runs on the window kernel (fp32 arithmetic, one window of
+    all ``T`` tokens; ``T <= 1,024``). ``None`` for other dtypes and whenever the chosen kernel cannot run these
+    inputs (shapes, layout, document length, CPU, switched off), and for no tokens.
 
     Raises:
         ValueError: ``spans`` does not tile each row.
@@ -40,7 +41,7 @@ def documents_attention(q: Tensor, k: Tensor, v: Tensor, spans: Spans | None, *,
     if grad_wanted(q, k, v):
         out = trainable_documents_attention_bf16(q, k, v, spans, causal=causal, scale=scale)
         if out is None and not causal and all(row == [(0, q.shape[2])] for row in spans):
-            # no AMX: bidirectional attention over whole rows (a ViT's) trains on the window kernel's fp32
+            # e.g. no AMX: bidirectional attention over whole rows (a ViT's) trains on the window kernel's fp32
             # arithmetic, one window of every token (1.7x PyTorch's bf16 flash kernel forward + backward at
             # ViT-B/16's 197 tokens; benchmarks/window_attention.py)
             out = windows_attention_fp32(q, k, v, torch.arange(q.shape[2], device=q.device), q.shape[2], None,
