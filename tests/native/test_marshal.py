@@ -31,13 +31,27 @@ def test_doc_table_and_whole_rows():
 
 def test_gradient_buffers_and_kv_group_sums():
     q = torch.randn(2, 6, 5, 16)
-    dq, dk, dv = marshal.gradient_buffers(q)
-    assert dq.shape == q.shape and dq.transpose(1, 2).is_contiguous()
+    dq, dk, dv, joined = marshal.gradient_buffers(q, 2)
+    assert joined is None and dq.shape == q.shape and dq.transpose(1, 2).is_contiguous()
     k = torch.randn(2, 2, 5, 16, requires_grad=True)
     k.repeat_interleave(3, 1).backward(dk.copy_(torch.randn(q.shape)))  # the adjoint of the head expansion
-    assert torch.allclose(marshal.sum_kv_groups(dq, dk, dv, 2)[1], k.grad)
+    assert torch.allclose(marshal.gradient_results(dq, dk, dv, None, 2)[1], k.grad)
     assert [t.shape for t in marshal.fake_gradients(q, k, k)] == [q.shape, k.shape, k.shape]
-    assert marshal.sum_kv_groups(dq, dk, dv, 6)[1] is dk
+    assert marshal.split_results(*marshal.gradient_results(dq, dk, dv, None, 6))[1] is dk
+
+
+def test_gradient_buffers_without_gqa_share_the_fused_projection_layout():
+    q = torch.randn(2, 3, 5, 16)
+    dq, dk, dv, joined = marshal.gradient_buffers(q, 3)
+    assert joined.shape == (2, 5, 3, 3, 16) and joined.is_contiguous()
+    for i, g in enumerate((dq, dk, dv)):  # slice i of each token's row, heads then Dh: the qkv projection's columns
+        assert g.shape == q.shape and g.data_ptr() == joined.data_ptr() + i * 3 * 16 * 4
+        g.copy_(torch.full(q.shape, float(i)))
+    assert torch.equal(joined.view(2, 5, 3, 48)[:, :, :, 0], torch.tensor([0.0, 1.0, 2.0]).expand(2, 5, 3))
+    packed = marshal.gradient_results(dq, dk, dv, joined, 3)
+    assert packed[0] is joined and packed[1].numel() == packed[2].numel() == 0  # outputs of an op may not alias
+    assert [t.shape for t in marshal.fake_gradients(q, q, q)] == [t.shape for t in packed]
+    assert all(torch.equal(a, b) and a.stride() == b.stride() for a, b in zip(marshal.split_results(*packed), (dq, dk, dv)))
 
 
 def test_small_helpers():

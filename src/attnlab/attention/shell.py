@@ -18,6 +18,7 @@ from .base import AttentionKernel
 from .cache import CrossKVCache
 from .context import AttentionContext
 from .registry import build_attention
+from .split import split_last
 
 
 class MultiHeadAttention(nn.Module):
@@ -99,7 +100,8 @@ class MultiHeadAttention(nn.Module):
             return self._heads_and_rope(q, k, self.v_proj(x), positions)
         # one fused GEMM for q, k and v (a third of the launches; autocast casts the weights once)
         qkv = linear(x, *self.fused_weights("qkv", x))  # (B, T, (H + 2 Hkv) Dh)
-        q, k, v = qkv.split([self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2, dim=-1)
+        # split_last: the native attention backwards write dq, dk, dv into one buffer that becomes qkv's gradient
+        q, k, v = split_last(qkv, [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2)
         return self._heads_and_rope(q, k, v, positions)
 
     def fused_weights(self, which: str, x: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from . import load
-from .marshal import (Spans, check_status, doc_table, fake_gradients, gradient_buffers, grad_wanted, score_scale,
-                      shapes_fit, strides, sum_kv_groups, threads, token_major_like)
+from .marshal import (Spans, check_status, doc_table, fake_gradients, grad_wanted, gradient_buffers,
+                      gradient_results, score_scale, shapes_fit, split_results, strides, threads, token_major_like)
 
 FAMILY = "attention_bf16"
 
@@ -124,16 +124,17 @@ def _(q, k, v, table, causal, scale, amx, with_lse):
 @torch.library.custom_op("attnlab::attend_documents_bf16_backward", mutates_args=())
 def attend_documents_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor,
                                  table: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """FlashAttention-2's backward from the saved log-sum-exp -> ``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)``."""
+    """FlashAttention-2's backward from the saved log-sum-exp -> the gradients of q, k and v as
+    :func:`~attnlab.native.marshal.gradient_results` packs them."""
     H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
     q, k, v, out, dout = _kernel_layout(q, k, v, out, dout)
-    dq, dk, dv = gradient_buffers(q)
+    dq, dk, dv, joined = gradient_buffers(q, Hkv)
     tensors = (q, k, v, out, dout, lse, dq, dk, dv)
     held = strides(*tensors)  # kept alive during the call
     ptrs = [t.data_ptr() for t in (*tensors, *held, table)]
     check_status(load(FAMILY).attnlab_attend_docs_bf16_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale, int(causal),
                                                           threads(table.shape[0] * H)))
-    return sum_kv_groups(dq, dk, dv, Hkv)
+    return gradient_results(dq, dk, dv, joined, Hkv)
 
 
 @attend_documents_backward_op.register_fake
@@ -151,7 +152,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout: Tensor, _dlse: Tensor):
     q, k, v, out, lse, table = ctx.saved_tensors
-    dq, dk, dv = attend_documents_backward_op(q, k, v, out, dout, lse, table, ctx.causal, ctx.scale)
+    dq, dk, dv = split_results(*attend_documents_backward_op(q, k, v, out, dout, lse, table, ctx.causal,
+                                                                ctx.scale))
     return dq, dk, dv, None, None, None, None, None
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from . import load
-from .marshal import (Spans, check_status, doc_table, fake_gradients, gradient_buffers, grad_wanted, score_scale,
-                      shapes_fit, strides, sum_kv_groups, threads, token_major_like)
+from .marshal import (Spans, check_status, doc_table, fake_gradients, grad_wanted, gradient_buffers,
+                      gradient_results, score_scale, shapes_fit, split_results, strides, threads, token_major_like)
 
 FAMILY = "attention_fp32"
 
@@ -87,17 +87,18 @@ def _(q, k, v, table, causal, scale, with_lse):
 @torch.library.custom_op("attnlab::attend_documents_fp32_backward", mutates_args=())
 def attend_documents_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, table: Tensor,
                                       causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)`` from the forward's log-sum-exp (the output itself is
-    not needed: the kernel forms FlashAttention's ``dO . O`` as ``sum_j P dP``)."""
+    """The gradients of q, k and v as :func:`~attnlab.native.marshal.gradient_results` packs them, from the
+    forward's log-sum-exp (the output itself is not needed: the kernel forms FlashAttention's ``dO . O`` as
+    ``sum_j P dP``)."""
     H, Dh, Hkv = q.shape[1], q.shape[3], k.shape[1]
     q, k, v, dout = _contiguous_rows(q, k, v, dout)
-    dq, dk, dv = gradient_buffers(q)
+    dq, dk, dv, joined = gradient_buffers(q, Hkv)
     tensors = (q, k, v, dout, lse, dq, dk, dv)
     held = strides(*tensors)  # kept alive during the call
     ptrs = [t.data_ptr() for t in (*tensors, *held, table)]
     check_status(load(FAMILY).attnlab_attend_docs_f32_backward(*ptrs, table.shape[0], H, Hkv, Dh, scale,
                                                                int(causal), threads(table.shape[0] * H)))
-    return sum_kv_groups(dq, dk, dv, Hkv)
+    return gradient_results(dq, dk, dv, joined, Hkv)
 
 
 @attend_documents_fp32_backward_op.register_fake
@@ -136,7 +137,8 @@ def _backward(ctx, dout: Tensor, _dlse: Tensor):
                                          create_graph=True))
         dq, dk, dv = (next(grads) if w else None for w in ctx.needs_input_grad[:3])
         return dq, dk, dv, None, None, None, None
-    dq, dk, dv = attend_documents_fp32_backward_op(q, k, v, dout, lse, table, ctx.causal, ctx.scale)
+    dq, dk, dv = split_results(*attend_documents_fp32_backward_op(q, k, v, dout, lse, table, ctx.causal,
+                                                                     ctx.scale))
     return dq, dk, dv, None, None, None, None
 
 

@@ -99,24 +99,47 @@ def token_major_like(q: Tensor) -> Tensor:
     return q.new_empty(B, T, H, Dh).transpose(1, 2)
 
 
-def gradient_buffers(q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv for the backward kernels, each :func:`token_major_like` q: dk and dv per query head
-    (:func:`sum_kv_groups` folds them onto the KV heads)."""
-    return token_major_like(q), token_major_like(q), token_major_like(q)
+def gradient_buffers(q: Tensor, kv_heads: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dq, dk, dv, joined)`` for the backward kernels to write: each gradient :func:`token_major_like` q, dk
+    and dv per query head (:func:`gradient_results` folds them onto the KV heads).
+
+    Without GQA (``kv_heads == H``) the three are slices of one ``(B, T, 3, H, Dh)`` buffer, ``joined``: the layout
+    of the attention shell's fused q/k/v projection output, so that the backward of its split takes ``joined`` as
+    the projection's gradient instead of concatenating three tensors (:func:`attnlab.attention.split.split_last`;
+    that concatenation was ~2% of a Swin-T fp32 training step). With GQA ``joined`` is None.
+    """
+    B, H, T, Dh = q.shape
+    if kv_heads != H:
+        return token_major_like(q), token_major_like(q), token_major_like(q), None
+    joined = q.new_empty(B, T, 3, H, Dh)
+    return joined[:, :, 0].transpose(1, 2), joined[:, :, 1].transpose(1, 2), joined[:, :, 2].transpose(1, 2), joined
 
 
-def sum_kv_groups(dq: Tensor, dk: Tensor, dv: Tensor, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-query-head dk, dv ``(B, H, T, Dh)`` summed over each group of query heads sharing a KV head
-    (repeat_interleave order) -> ``(B, kv_heads, T, Dh)``; dq unchanged."""
+def gradient_results(dq: Tensor, dk: Tensor, dv: Tensor, joined: Tensor | None,
+                     kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What a backward operator returns for the buffers of :func:`gradient_buffers`: ``(joined, empty, empty)``
+    when they share one (a torch.library operator's outputs may not alias each other; :func:`split_results` makes
+    the views again), else ``dq`` and dk, dv summed over each group of query heads sharing a KV head
+    (repeat_interleave order) -> ``(B, kv_heads, T, Dh)``."""
+    if joined is not None:
+        return joined, dq.new_empty(0), dq.new_empty(0)
     H = dq.shape[1]
     if kv_heads == H:
         return dq, dk, dv
     return dq, dk.unflatten(1, (kv_heads, H // kv_heads)).sum(2), dv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
 
 
+def split_results(first: Tensor, dk: Tensor, dv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dq ``(B, H, T, Dh)``, dk, dv ``(B, Hkv, T, Dh)`` from a backward operator's :func:`gradient_results`."""
+    if first.dim() == 5:  # the joined (B, T, 3, H, Dh) buffer
+        return first[:, :, 0].transpose(1, 2), first[:, :, 1].transpose(1, 2), first[:, :, 2].transpose(1, 2)
+    return first, dk, dv
+
+
 def fake_gradients(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Outputs of the attention backward operators for torch.compile's tracing (shapes and layouts only):
-    dq like q, dk and dv like k and v."""
+    """Outputs of the attention backward operators for torch.compile's tracing (shapes and layouts only), as
+    :func:`gradient_results` makes them."""
     if k.shape[1] != q.shape[1]:
         return token_major_like(q), k.new_empty(k.shape), v.new_empty(v.shape)
-    return gradient_buffers(q)
+    B, H, T, Dh = q.shape
+    return q.new_empty(B, T, 3, H, Dh), q.new_empty(0), q.new_empty(0)

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from . import load
 from .documents_fp32 import FAMILY
-from .marshal import (check_status, fake_gradients, gradient_buffers, shapes_fit, strides, sum_kv_groups, threads,
-                      token_major_like)
+from .marshal import (check_status, fake_gradients, gradient_buffers, gradient_results, shapes_fit, split_results,
+                      strides, threads, token_major_like)
 
 # Largest window the kernel takes (tokens): each thread holds a window's probabilities and score gradients whole.
 MAX_WINDOW_TOKENS = 1024
@@ -117,12 +117,13 @@ def _(q, k, v, order, window_tokens, bias, scale, with_lse):
 def attend_windows_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, order: Tensor,
                                     window_tokens: int, bias: Tensor | None, scale: float,
                                     bias_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``dq (B, H, T, Dh)``, ``dk, dv (B, Hkv, T, Dh)`` and ``dbias`` (the bias's shape; ``(0,)`` unless
-    ``bias_grad``) from the forward's log-sum-exp."""
+    """The gradients of q, k and v as :func:`~attnlab.native.marshal.gradient_results` packs them (``dq (B, H, T,
+    Dh)``, ``dk, dv (B, Hkv, T, Dh)``, or one buffer holding all three), and ``dbias`` (the bias's shape; ``(0,)``
+    unless ``bias_grad``), from the forward's log-sum-exp."""
     B, H, T, Dh = q.shape
     n, Hkv = window_tokens, k.shape[1]
     dout = (dout if dout.stride(3) == 1 else dout.contiguous()).to(q.dtype)
-    dq, dk, dv = gradient_buffers(q)
+    dq, dk, dv, joined = gradient_buffers(q, Hkv)
     tensors = (q, k, v, dout, lse, dq, dk, dv)
     held = strides(*tensors)  # alive during the call
     bias, bhs, bws = _bias_strides(bias, n)
@@ -133,7 +134,7 @@ def attend_windows_fp32_backward_op(q: Tensor, k: Tensor, v: Tensor, dout: Tenso
     check_status(load(FAMILY).attnlab_attend_windows_f32_backward(
         *ptrs, None if bias is None else bias.data_ptr(), bhs, bws, partial.data_ptr() if bias_grad else None,
         bias.numel() if bias_grad else 0, B, T // n, n, H, Hkv, Dh, int(q.dtype == torch.bfloat16), scale, nthreads))
-    return (*sum_kv_groups(dq, dk, dv, Hkv), partial.sum(0) if bias_grad else q.new_empty(0))
+    return (*gradient_results(dq, dk, dv, joined, Hkv), partial.sum(0) if bias_grad else q.new_empty(0))
 
 
 @attend_windows_fp32_backward_op.register_fake
@@ -174,8 +175,9 @@ def _backward(ctx, dout: Tensor, _dlse: Tensor):
         dq, dk, dv, dbias = (next(grads) if w else None
                              for w in (*ctx.needs_input_grad[:3], bias_grad))
         return dq, dk, dv, None, None, dbias, None, None
-    dq, dk, dv, dbias = attend_windows_fp32_backward_op(q, k, v, dout, lse, order, ctx.window_tokens, bias,
-                                                        ctx.scale, bias_grad)
+    first, dk, dv, dbias = attend_windows_fp32_backward_op(q, k, v, dout, lse, order, ctx.window_tokens, bias,
+                                                           ctx.scale, bias_grad)
+    dq, dk, dv = split_results(first, dk, dv)
     return dq, dk, dv, None, None, dbias if bias_grad else None, None, None
 
 
