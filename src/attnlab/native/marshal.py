@@ -112,7 +112,12 @@ def gradient_buffers(q: Tensor, kv_heads: int) -> tuple[Tensor, Tensor, Tensor, 
     if kv_heads != H:
         return token_major_like(q), token_major_like(q), token_major_like(q), None
     joined = q.new_empty(B, T, 3, H, Dh)
-    return joined[:, :, 0].transpose(1, 2), joined[:, :, 1].transpose(1, 2), joined[:, :, 2].transpose(1, 2), joined
+    return (*_joined_views(joined), joined)
+
+
+def _joined_views(joined: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv ``(B, H, T, Dh)``: the three slices of a ``(B, T, 3, H, Dh)`` buffer."""
+    return tuple(joined[:, :, i].transpose(1, 2) for i in range(3))
 
 
 def gradient_results(dq: Tensor, dk: Tensor, dv: Tensor, joined: Tensor | None,
@@ -132,7 +137,7 @@ def gradient_results(dq: Tensor, dk: Tensor, dv: Tensor, joined: Tensor | None,
 def split_results(first: Tensor, dk: Tensor, dv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """dq ``(B, H, T, Dh)``, dk, dv ``(B, Hkv, T, Dh)`` from a backward operator's :func:`gradient_results`."""
     if first.dim() == 5:  # the joined (B, T, 3, H, Dh) buffer
-        return first[:, :, 0].transpose(1, 2), first[:, :, 1].transpose(1, 2), first[:, :, 2].transpose(1, 2)
+        return _joined_views(first)
     return first, dk, dv
 
 
