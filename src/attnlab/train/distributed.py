@@ -12,6 +12,7 @@ that is not a number in range is a :class:`DistEnvError` naming the variables. J
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import socket
@@ -22,6 +23,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional  # noqa: F401  (see the comment in cleanup)
 from torch import Tensor, nn
 from torch.distributed.constants import default_pg_timeout
 
@@ -278,5 +280,19 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group this process created, and with it gloo's worker threads.
+
+    Call it after the DDP wrapper is dropped (``Trainer.close`` does): its reducer holds the group. Why the threads
+    must go now: a gloo worker drops its finished work (and the tensors in it) just after the caller's ``wait``
+    returns; when the process is already finalising Python by then (a loaded machine), releasing a tensor that had a
+    Python object needs the GIL, the thread is made to exit, and C++ aborts the process ("terminate called without
+    an active exception"). Destroying the group joins the workers while Python is alive: the garbage pass first
+    frees the wrapper's reference cycles, then the group's last reference goes from Python (whose binding releases
+    the GIL while the threads join). ``torch.distributed.nn.functional`` is imported before any group exists
+    because its functions take ``group.WORLD`` as a default argument when the module is first imported, which
+    would keep the group alive until exit.
+    """
     if info.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()

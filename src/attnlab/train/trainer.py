@@ -136,9 +136,11 @@ class Trainer:
         D.barrier(self.info)
 
     def close(self) -> None:
-        """Let go of the run directory's lock (idempotent; :meth:`fit` calls it when the run ends)."""
+        """Let go of the run directory's lock and of the DDP wrapper, whose reducer holds the process group
+        (idempotent; :meth:`fit` calls it when the run ends; ``raw_model`` stays)."""
         if self.lock is not None:
             self.lock.release()
+        self.model = self.raw_model
 
     # ------------------------------------------------------------ checkpoints
     def restore(self, ckpt) -> None:
