@@ -26,6 +26,28 @@ def test_patch_merging_concatenates_2x2_neighbourhoods_in_reference_order():
         assert torch.equal(out[i, j, part * C:(part + 1) * C], expected.float())
 
 
+
+@pytest.mark.parametrize("rows,cols", [(4, 6), (5, 6), (4, 7), (7, 7)])
+def test_patch_merging_equals_the_sliced_reference_with_its_gradient(rows, cols):
+    """The one-copy merge equals the reference's four strided slices and cat, values and input gradient, bit for
+    bit (odd sides zero-padded first)."""
+    torch.manual_seed(0)
+    C = 5
+    merge = PatchMerging(C, 1e-5)
+    x = torch.randn(2, rows * cols, C, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    g = x_ref.view(2, rows, cols, C)
+    g = nn.functional.pad(g, (0, 0, 0, cols % 2, 0, rows % 2))
+    cat = torch.cat([g[:, 0::2, 0::2], g[:, 1::2, 0::2], g[:, 0::2, 1::2], g[:, 1::2, 1::2]], dim=-1)
+    ref = merge.reduction(merge.norm(cat.reshape(2, -1, 4 * C)))
+    out = merge(x, (rows, cols))
+    assert out.shape == (2, ((rows + 1) // 2) * ((cols + 1) // 2), 2 * C)
+    assert torch.equal(out, ref)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref.backward(dy)
+    assert torch.equal(x.grad, x_ref.grad)
+
 def test_one_window_covering_the_grid_with_zero_bias_is_global_attention():
     torch.manual_seed(0)
     kw = dict(image_size=16, patch_size=2, window_size=8, depths=[2], stage_heads=[2], num_classes=3)

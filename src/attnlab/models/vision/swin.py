@@ -75,8 +75,12 @@ class PatchMerging(nn.Module):
         x = x.view(B, rows, cols, C)
         if rows % 2 or cols % 2:  # (a pad of zeros would still copy)
             x = F.pad(x, (0, 0, 0, cols % 2, 0, rows % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.reshape(B, -1, 4 * C)))
+        rows, cols = x.shape[1] // 2, x.shape[2] // 2
+        # cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1) as one permuted copy:
+        # (B, rows, dr, cols, dc, C) -> (B, rows, cols, dc, dr, C). The backward is one copy too, where four
+        # strided slices each zero-fill and copy a full-size gradient and autograd sums the four.
+        x = x.reshape(B, rows, 2, cols, 2, C).permute(0, 1, 3, 4, 2, 5)
+        return self.reduction(self.norm(x.reshape(B, rows * cols, 4 * C)))
 
 
 class SwinBlock(nn.Module):
