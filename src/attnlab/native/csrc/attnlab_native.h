@@ -102,6 +102,12 @@ ATTNLAB_API(pointwise) int attnlab_bias_gelu_fwd(const bf16 *h, const float *bia
 ATTNLAB_API(pointwise) int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int n, bf16 *dh,
                                                  float *dbias, int nthreads);
 
+ATTNLAB_API(pointwise) int attnlab_gelu_slope_fp32(const float *a, int64_t count, float *out, float *slope,
+                                                   int nthreads);
+
+ATTNLAB_API(pointwise) int attnlab_gelu_bwd_fp32(const float *slope, float *g, int64_t rows, int n, float *dbias,
+                                                 int nthreads);
+
 /* ---- transpose (transpose.c): bf16 matrix transpose, AVX-512F --------------------------------------- */
 
 ATTNLAB_API(transpose) int attnlab_transpose_bf16(const bf16 *src, int64_t rows, int64_t cols, int64_t ss, bf16 *dst,

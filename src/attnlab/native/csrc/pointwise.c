@@ -4,7 +4,9 @@
  *    matmul takes under autocast (PyTorch runs LayerNorm in fp32, writes fp32 and casts in a second pass),
  *    and its backward with a bf16 output gradient, fp32 input gradient and fp32 weight/bias gradients;
  *  - bias + exact (erf) GELU (Hendrycks & Gimpel 2016) on a bf16 matmul output, and its backward fused
- *    with the bias gradient (PyTorch: add, gelu, gelu_backward and a column sum, four passes).
+ *    with the bias gradient (PyTorch: add, gelu, gelu_backward and a column sum, four passes);
+ *  - for fp32 training, the exact GELU with its derivative written in the same pass, and the backward's
+ *    multiply by that derivative fused with the bias gradient.
  *
  * All arithmetic is fp32; bf16 results are rounded to nearest even. Rows are contiguous (unit stride);
  * rows are split statically over OpenMP threads, so results are deterministic for a given thread count.
@@ -181,11 +183,23 @@ int attnlab_bias_gelu_fwd(const bf16 *h, const float *bias, int64_t rows, int n,
     return 0;
 }
 
-/* dh = dout * slope (bf16, rows x n; slope from the forward), dbias = sum_rows(dh) (fp32, n; NULL: not
- * wanted), summed from the fp32 products before dh is rounded. -1 when the partial sums cannot be
- * allocated. */
-int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int n, bf16 *dh, float *dbias,
-                          int nthreads) {
+/* Element (or its 16-lane block) i of a bf16 (half != 0) or fp32 array, as fp32. */
+static inline __m512 load_any(const void *p, int64_t i, __mmask16 m, int half) {
+    return half ? load_bf16((const bf16 *)p + i, m) : _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+
+static inline void store_any(void *p, int64_t i, __m512 v, __mmask16 m, int half) {
+    if (half)
+        store_bf16((bf16 *)p + i, v, m);
+    else
+        _mm512_mask_storeu_ps((float *)p + i, m, v);
+}
+
+/* out = dout * slope over rows x n (all three bf16 when half, else fp32; out may be dout), dbias =
+ * sum_rows(out) (fp32, n; NULL: not wanted) from the fp32 products, before any rounding to bf16. -1 when the
+ * per-thread partial sums cannot be allocated. */
+static int times_slope(const void *slope, const void *dout, void *out, int half, int64_t rows, int n, float *dbias,
+                       int nthreads) {
     int npad = (n + 15) / 16 * 16;
     float *partial = calloc((size_t)nthreads * npad, sizeof(float));
     if (!partial) return -1;
@@ -198,9 +212,9 @@ int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int
         for (int64_t r = r0; r < r1; r++)
             for (int j = 0; j < n; j += 16) {
                 __mmask16 m = first_n(n - j);
-                __m512 g = _mm512_mul_ps(load_bf16(dout + r * n + j, m), load_bf16(slope + r * n + j, m));
+                __m512 g = _mm512_mul_ps(load_any(dout, r * n + j, m, half), load_any(slope, r * n + j, m, half));
                 if (dbias) _mm512_storeu_ps(pb + j, _mm512_add_ps(g, _mm512_loadu_ps(pb + j)));
-                store_bf16(dh + r * n + j, g, m);
+                store_any(out, r * n + j, g, m, half);
             }
     }
     if (dbias)
@@ -211,4 +225,38 @@ int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int
         }
     free(partial);
     return 0;
+}
+
+/* dh = dout * slope (bf16, rows x n; slope from the forward), dbias = sum_rows(dh) (fp32, n; NULL: not
+ * wanted), summed from the fp32 products before dh is rounded. -1 when the partial sums cannot be
+ * allocated. */
+int attnlab_bias_gelu_bwd(const bf16 *slope, const bf16 *dout, int64_t rows, int n, bf16 *dh, float *dbias,
+                          int nthreads) {
+    return times_slope(slope, dout, dh, 1, rows, n, dbias, nthreads);
+}
+
+/* fp32 training GELU: out = gelu(a) = a Phi(a) and slope = gelu'(a) = Phi(a) + a phi(a), both fp32 (count
+ * elements; slope may be a itself: each vector is read before it is written). The backward is then one
+ * multiply per element (attnlab_gelu_bwd_fp32) instead of PyTorch's gelu_backward, which evaluates erf and
+ * exp again. */
+int attnlab_gelu_slope_fp32(const float *a, int64_t count, float *out, float *slope, int nthreads) {
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t i0, i1;
+        split_rows((count + 15) / 16, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
+        for (int64_t i = i0 * 16; i < i1 * 16 && i < count; i += 16) {
+            __mmask16 m = first_n(count - i < 16 ? (int)(count - i) : 16);
+            __m512 u = _mm512_maskz_loadu_ps(m, a + i), pdf;
+            __m512 cdf = normal_cdf(u, &pdf);
+            _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(u, cdf));
+            _mm512_mask_storeu_ps(slope + i, m, _mm512_fmadd_ps(u, pdf, cdf));
+        }
+    }
+    return 0;
+}
+
+/* g *= slope in place (fp32, rows x n, unit stride) and dbias = sum_rows(g) (fp32, n; NULL: not wanted) from
+ * per-thread partial sums. -1 when the partial sums cannot be allocated. */
+int attnlab_gelu_bwd_fp32(const float *slope, float *g, int64_t rows, int n, float *dbias, int nthreads) {
+    return times_slope(slope, g, g, 0, rows, n, dbias, nthreads);
 }
