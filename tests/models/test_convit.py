@@ -44,5 +44,8 @@ def test_parts_that_cannot_serve_are_refused_at_build():
 
 
 def test_convit_learns_digits():
+    # lr 2e-3 is past ConViT-tiny's stable rate here: 150 steps gave loss ratios of 0.66-1.00 (three
+    # initialisations, with and without the native GELU, whose 1e-7 difference decided the test), and 300 steps still
+    # left one of six initialisations at 1.0. At 1e-3, 300 steps gave 0.21-0.35 over the same six.
     body = create_model("convit-tiny", image_size=8, patch_size=2, num_channels=1, max_seq_len=17)
-    assert digits_loss_ratio(body, steps=150, lr=2e-3) < 0.7
+    assert digits_loss_ratio(body, steps=300, lr=1e-3) < 0.6
