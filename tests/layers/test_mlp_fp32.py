@@ -130,7 +130,6 @@ def test_under_activation_checkpointing(monkeypatch):
     assert len(calls) == 2  # the forward and its recomputation
 
 
-
 # ---- the exact GELU's native kernel: gelu and its slope in one pass, the backward one multiply -----------------
 
 def _gelu64(a):

@@ -26,7 +26,6 @@ def test_patch_merging_concatenates_2x2_neighbourhoods_in_reference_order():
         assert torch.equal(out[i, j, part * C:(part + 1) * C], expected.float())
 
 
-
 @pytest.mark.parametrize("rows,cols", [(4, 6), (5, 6), (4, 7), (7, 7)])
 def test_patch_merging_equals_the_sliced_reference_with_its_gradient(rows, cols):
     """The one-copy merge equals the reference's four strided slices and cat, values and input gradient, bit for
@@ -47,6 +46,7 @@ def test_patch_merging_equals_the_sliced_reference_with_its_gradient(rows, cols)
     out.backward(dy)
     ref.backward(dy)
     assert torch.equal(x.grad, x_ref.grad)
+
 
 def test_one_window_covering_the_grid_with_zero_bias_is_global_attention():
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ import json, os, sys
 from attnlab.cli import main
 code = main()
 names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-with open(os.path.join(sys.argv[-1] + "-threads", os.environ["RANK"] + ".json"), "w") as f:
+with open(os.path.join(os.environ["THREADS_DIR"], os.environ["RANK"] + ".json"), "w") as f:
     json.dump(names, f)
 sys.exit(code)
 """
@@ -39,16 +39,16 @@ def test_two_processes_match_one_with_double_batch(text_file, tmp_path):
     cfg.data.batch_size = 4
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(cfg.to_yaml())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THREADS_DIR": str(tmp_path / "threads")}
     launcher = tmp_path / "cli_then_threads.py"
     launcher.write_text(CLI_THEN_THREADS)
-    (tmp_path / "ddp.yaml-threads").mkdir()
+    (tmp_path / "threads").mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(launcher), "train", "--no-progress", str(cfg_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):  # the process group was destroyed and its threads joined before the interpreter exits
-        threads = json.loads((tmp_path / "ddp.yaml-threads" / f"{rank}.json").read_text())
+        threads = json.loads((tmp_path / "threads" / f"{rank}.json").read_text())
         assert not [t for t in threads if "gloo" in t], threads
 
     single = tiny_config(text_file, single_dir, steps=steps, eval_every=3, checkpoint_every=100)

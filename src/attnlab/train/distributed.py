@@ -23,7 +23,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional  # noqa: F401  (see the comment in cleanup)
+import torch.distributed.nn.functional  # noqa: F401  (before any group: see cleanup's docstring)
 from torch import Tensor, nn
 from torch.distributed.constants import default_pg_timeout
 
