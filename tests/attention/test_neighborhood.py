@@ -150,7 +150,7 @@ def test_causal_decoding_with_rolling_cache():
 
 
 def test_errors_are_clear():
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ValueError, match=r"must be odd .* got 4; try 3 \(or 5 if the grid has room\)"):
         build_attention("neighborhood", kernel_size=4)
     with pytest.raises(ValueError, match="dilation"):
         build_attention("neighborhood", dilation=0)

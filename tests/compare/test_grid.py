@@ -153,6 +153,28 @@ def test_config_errors_name_the_problem(tmp_path, text_file):
         compare_config_from_dict(raw)
 
 
+def test_every_task_and_variant_is_checked_before_any_cell_runs(tmp_path, text_file):
+    """A typo in the last task's overrides, in a variant's options or in a key of the compare section is an error
+    when the file is read, naming where it is (and the closest key), not after the cells before it have trained."""
+    raw = grid_config(tmp_path, text_file)
+    raw["compare"]["tasks"][-1]["overrides"] = {"model": {"windw_size": 4}}
+    with pytest.raises(ValueError, match=f"the overrides of task '{raw['compare']['tasks'][-1]['name']}': unknown "
+                                         "config key 'model.windw_size'. Did you mean model.window_size"):
+        compare_config_from_dict(raw)
+    raw = grid_config(tmp_path, text_file)
+    raw["compare"]["variants"].append({"name": "sliding_window", "options": {"windo": 4}, "label": "sw"})
+    with pytest.raises(ValueError, match=r"variant 'sw': attention 'sliding_window' has no option\(s\) \['windo'\]"):
+        compare_config_from_dict(raw)
+    raw = grid_config(tmp_path, text_file)
+    raw["compare"]["seedz"] = [0]
+    with pytest.raises(ValueError, match=r"compare.seedz: Extra inputs are not permitted \(did you mean \['seeds'\]"):
+        compare_config_from_dict(raw)
+    raw = grid_config(tmp_path, text_file)
+    raw["compare"]["variants"][0]["name"] = "neighbourhood"
+    with pytest.raises(ValueError, match=r"variants.0.name: unknown attention 'neighbourhood'. Did you mean "):
+        compare_config_from_dict(raw)
+
+
 def test_task_sampler_resumes_the_same_stream():
     task = get_dataset("mqar", **MQAR)
     a = SplitSampler(task.train, batch_size=4, seed=3)

@@ -136,3 +136,6 @@ def test_image_tasks_run_their_architecture_under_each_kernel(tmp_path):
         assert r["task_kind"] == "classify" and 0.0 <= r["quality"] <= 1.0 and r["infer_tokens_per_s"] > 0
     saved = yaml.safe_load((tmp_path / "v" / "cells" / "digits-vit__axial__seed0" / "config.yaml").read_text())
     assert saved["model"]["max_seq_len"] == 16 and saved["model"]["name"] == "vit-digits"
+    assert {r["unit"] for r in recs.values()} == {"examples"}  # an image is one example, not a token
+    assert "| variant | accuracy | seeds | train examples/s | inference examples/s |" in \
+        (tmp_path / "v" / "results.md").read_text()

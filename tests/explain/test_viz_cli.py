@@ -173,3 +173,29 @@ def test_text_classifier_is_explained_from_a_text_or_a_test_example(sentiment_ru
         assert main(["viz", sentiment_run, "--method", "rollout", *argv]) != 0
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("name", ["tnt-tiny", "t2t-vit-tiny"])
+def test_both_rollouts_read_the_same_layers(tmp_path, name):
+    """TNT's inner (pixel) kernels and T2T-ViT's tokens-to-token kernels are not among the maps of either
+    rollout: both read every outer layer, with no 'last stage' note on a model that has one grid."""
+    config = {"model": {"name": name, "image_size": 8, "num_channels": 1},
+              "data": {"dataset": "digits", "batch_size": 16},
+              "train": {**TRAIN, "steps": 3, "eval_every": 3, "checkpoint_every": 3, "run_dir": str(tmp_path / "r")}}
+    train(build_config(config), progress=False)
+    records = {}
+    for method in ("rollout", "grad_rollout"):
+        assert main(["viz", str(tmp_path / "r"), "--method", method]) == 0
+        records[method] = _json(tmp_path / "r", method)
+    layers = build_config(config).model.num_layers
+    assert records["rollout"]["layers"] == records["grad_rollout"]["layers"] == list(range(layers))
+    assert not any("last stage" in r["note"] for r in records.values())
+
+
+def test_sret_slices_are_placed_on_the_grid_for_distances(tmp_path):
+    """SReT's sliced maps come as whole-stage maps (the slices on the diagonal), so distances are per stage grid."""
+    run = _train(tmp_path / "sret", {"name": "sret-tiny", "image_size": 8, "num_channels": 1,
+                                     "stage_embed": [[3, 1, 1]]}, {"dataset": "digits", "batch_size": 16})
+    assert main(["viz", run, "--method", "distance"]) == 0
+    dist = _json(run, "distance")["distance"]
+    assert [len(r) for r in dist] == [2, 2, 4, 4] and all(0 < d <= np.hypot(7, 7) for r in dist for d in r)

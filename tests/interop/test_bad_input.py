@@ -222,3 +222,25 @@ def test_saved_files_follow_the_umask(hf_checkpoint, tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
     assert modes == {"config.json": 0o640, "model.safetensors": 0o640, "tokenizer_config.json": 0o640}
+
+
+def test_a_model_keyword_the_checkpoint_fixes_names_the_ones_that_can_change(hf_checkpoint):
+    """image_size / num_classes are model settings, not kernel options: a ViT's weights fix them (its pooling may
+    change: pooling='mean' leaves out the [CLS] token), and a BERT takes none."""
+    folder, _ = hf_checkpoint("ViTForImageClassification")
+    for keyword in ({"image_size": 64}, {"num_classes": 3}):
+        with pytest.raises(ValueError, match=rf"\['{next(iter(keyword))}'\] cannot be set when loading a vit "
+                                             r"checkpoint \(its position embeddings fix the image size and its key "
+                                             r"map the head\); a vit checkpoint takes \['pooling'\]"):
+            load_pretrained(folder, attention="softmax", **keyword)
+    with pytest.raises(ValueError, match=r"\['pooling'\] cannot be set when loading a bert checkpoint; leave them out"):
+        load_pretrained(hf_checkpoint("BertModel")[0], pooling="mean")
+
+
+def test_per_layer_kernel_options_pass_whole_and_not_beside_keywords(hf_checkpoint):
+    folder, _ = hf_checkpoint("BertModel")
+    model = load_pretrained(folder, attention=["sliding_window", "softmax"],
+                            attention_options=[{"window": 4}, {}])
+    assert model.blocks[0].attn.kernel.window == 4 and model.blocks[1].attn.kernel.name == "softmax"
+    with pytest.raises(ValueError, match="either as keywords or as attention_options=, not both"):
+        load_pretrained(folder, attention="sliding_window", attention_options={"window": 4}, window=8)

@@ -108,8 +108,38 @@ def test_swapping_the_attention_on_load(tmp_path):
         assert torch.isfinite(load_cvt(folder, attention="pathways", image_size=32).classify(x)).all()
 
 
+def test_kv_stride_and_per_stage_kernels_through_load_pretrained_and_back(tmp_path):
+    """kv_stride=1 with a grid kernel in the first stage and softmax beside the class token: the convolutional
+    projections keep the checkpoint's weights; saved with allow_attention_change, transformers loads it and
+    load_pretrained restores the schedule with identical logits."""
+    hf, folder = _hf_cvt(tmp_path)
+    swapped = load_pretrained(folder, image_size=32, kv_stride=1, attention=["neighborhood", "softmax"],
+                              attention_options=[{"kernel_size": 3}, {}])
+    assert swapped.cfg.kv_stride == 1 and swapped.cfg.attention == ["neighborhood", "softmax", "softmax"]
+    conv = swapped.stages[1].blocks[0].attn.conv_k.conv.weight
+    torch.testing.assert_close(conv, dict(hf.named_parameters())[
+        "cvt.encoder.stages.1.layers.0.attention.attention.convolution_projection_key.convolution_projection."
+        "convolution.weight"], atol=0, rtol=0)
+    out = save_pretrained(swapped, tmp_path / "swapped", allow_attention_change=True)
+    back = load_pretrained(out, image_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back.classify(x), swapped.classify(x), atol=0, rtol=0)
+    again, info = transformers.CvtForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and again.config.stride_kv == [1, 1]
+
+
+def test_a_new_head_on_load(tmp_path):
+    hf, folder = _hf_cvt(tmp_path)
+    model = load_pretrained(folder, image_size=32, num_classes=2)
+    assert model.head.weight.shape == (2, 24) and model.hf_info["initialised"] == ["head.weight", "head.bias"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.pooled(x), hf.layernorm(hf.cvt(pixel_values=x).cls_token_value[:, 0]), **TOL)
+
+
 def test_save_refuses_what_transformers_cannot_run(tmp_path):
-    with pytest.raises(ValueError, match="softmax attention only"):
+    with pytest.raises(ValueError, match="softmax attention only; this model uses .*allow_attention_change=True"):
         save_cvt(create_model("cvt-tiny", kv_stride=1, attention="neighborhood"), tmp_path / "a")
     with pytest.raises(ValueError, match="no final LayerNorm"):
         save_cvt(create_model("cvt-tiny", num_classes=0, depths=[1, 2]), tmp_path / "b")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from attnlab.attention import CapabilityError
 from attnlab.interop import load_pretrained
 from attnlab.models import GPT, Encoder
 from attnlab.models.vision.vit import ViT
@@ -79,6 +80,29 @@ def test_vit_hidden_states_and_logits(hf_checkpoint, name):
             assert_close(model.pooler(hidden), ref.pooler_output, **TOL)
         else:
             assert_close(model.classify(pixels), ref.logits, **TOL)
+
+
+def test_vit_with_mean_pooling_drops_the_class_token_and_takes_grid_kernels(hf_checkpoint):
+    """pooling='mean' leaves out the [CLS] token and its position: with softmax, the result equals transformers'
+    own layers run on the patch tokens alone (their embeddings plus positions 1..N), layer-normed, mean-pooled,
+    through the checkpoint's classifier; a grid kernel then serves every block."""
+    folder, hf = hf_checkpoint("ViTForImageClassification")
+    model = load_pretrained(folder, pooling="mean")
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        emb = hf.vit.embeddings
+        x = emb.patch_embeddings(pixels) + emb.position_embeddings[:, 1:]
+        layers = hf.vit.layers if hasattr(hf.vit, "layers") else hf.vit.encoder.layer  # transformers 5 / 4
+        for layer in layers:
+            out = layer(x)
+            x = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple, 5 the tensor
+        ref = hf.classifier(hf.vit.layernorm(x).mean(dim=1))
+        assert_close(model.classify(pixels), ref, **TOL)
+    assert "embeddings.cls_token" in model.hf_info["skipped"] and model.embed.cls_token is None
+    grid = load_pretrained(folder, attention="neighborhood", kernel_size=3, pooling="mean")
+    assert grid.blocks[0].attn.kernel.name == "neighborhood" and torch.isfinite(grid.classify(pixels)).all()
+    with pytest.raises(CapabilityError, match="pass pooling='mean' to load_pretrained"):
+        load_pretrained(folder, attention="neighborhood")
 
 
 def test_legacy_pytorch_model_bin_loads(hf_checkpoint, tmp_path):

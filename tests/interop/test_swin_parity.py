@@ -98,8 +98,71 @@ def test_swapping_the_attention_on_load(tmp_path):
     assert {type(b.attn.kernel).__name__ for s in swapped.stages for b in s.blocks} == {"NeighborhoodAttention"}
     assert len(swapped.hf_info["skipped"]) == 4  # the four blocks' bias tables
     assert torch.isfinite(swapped.classify(torch.randn(1, 3, 32, 32))).all()
-    with pytest.raises(ValueError, match="transformers' Swin runs window attention only"):
+    with pytest.raises(ValueError, match="transformers' Swin runs window attention only; this model uses "
+                                         r"\['neighborhood'\]. Pass allow_attention_change=True"):
         save_swin(swapped, tmp_path / "no")
+
+
+def _hf_param(model, stem: str, leaves: tuple[str, ...]) -> torch.Tensor:
+    """A parameter of transformers' Swin under its v4 or v5 module name."""
+    params = dict(model.named_parameters())
+    return next(p for name, p in params.items() if any(name.endswith(stem + leaf) for leaf in leaves))
+
+
+@pytest.mark.parametrize("attention, own", [("linear", "dwc.weight"), ("gpsa", "pos_proj.weight")])
+def test_a_kernel_with_its_own_weights_loads_them_initialised(tmp_path, attention, own):
+    """The checkpoint's projections land as with any kernel; the kernel's own weights are new, and listed."""
+    import attnlab
+
+    hf, folder = _hf_swin(tmp_path)
+    swapped = attnlab.load_pretrained(folder, attention=attention)
+    assert f"stages.1.blocks.1.attn.kernel.{own}" in swapped.hf_info["initialised"]
+    assert not any("kernel" not in k for k in swapped.hf_info["initialised"])
+    query = _hf_param(hf, "layers.1.blocks.1.attention.", ("self.query.weight", "q_proj.weight"))
+    torch.testing.assert_close(swapped.stages[1].blocks[1].attn.q_proj.weight, query, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=f"attention \\['{attention}'\\] has its own parameters"):
+        attnlab.save_pretrained(swapped, tmp_path / "no", allow_attention_change=True)
+
+
+def test_a_swapped_swin_saves_with_allow_attention_change_and_comes_back(tmp_path):
+    """transformers loads the folder (window attention, zero bias tables where the kernel has none); attnlab's
+    load_pretrained restores the per-stage kernels recorded in config.json, with identical logits."""
+    import attnlab
+
+    _, folder = _hf_swin(tmp_path)
+    swapped = attnlab.load_pretrained(folder, attention=["neighborhood", "window"],
+                                      attention_options=[{"kernel_size": 3}, {}])
+    assert swapped.cfg.attention == ["neighborhood"] * 2 + ["window"] * 2
+    assert len(swapped.hf_info["skipped"]) == 2  # stage 0's tables; stage 1 keeps its own
+    out = attnlab.save_pretrained(swapped, tmp_path / "swapped", allow_attention_change=True)
+    back = attnlab.load_pretrained(out)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back.classify(x), swapped.classify(x), atol=0, rtol=0)
+    hf, info = transformers.SwinForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tables = ("self.relative_position_bias_table", "relative_position_bias.relative_position_bias_table")
+    zero = _hf_param(hf, "layers.0.blocks.1.attention.", tables)
+    kept = _hf_param(hf, "layers.1.blocks.1.attention.", tables)
+    assert zero.abs().max() == 0
+    torch.testing.assert_close(kept, swapped.stages[1].blocks[1].attn.kernel.rel_bias, atol=0, rtol=0)
+
+
+def test_a_new_head_and_image_size_on_load(tmp_path):
+    """num_classes builds an initialised head in place of the checkpoint's; image_size sets the input size, and
+    the body's features still match transformers' on that size (Swin has no position embedding)."""
+    import attnlab
+
+    hf, folder = _hf_swin(tmp_path)
+    model = attnlab.load_pretrained(folder, num_classes=3, image_size=40)
+    assert model.head.weight.shape == (3, 16 * 2) and model.hf_info["initialised"] == ["head.weight", "head.bias"]
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model.pooled(x), hf.swin(pixel_values=x).pooler_output, **TOL)
+    assert attnlab.load_pretrained(folder, num_classes=0).head is None
+    with pytest.raises(ValueError, match=r"\['kv_stride'\] cannot be set when loading a swin checkpoint; a swin "
+                                         r"checkpoint takes \['image_size', 'num_classes'\]"):
+        attnlab.load_pretrained(folder, kv_stride=1)
 
 
 def test_unsupported_configs_are_named(tmp_path):

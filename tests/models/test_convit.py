@@ -39,6 +39,9 @@ def test_parts_that_cannot_serve_are_refused_at_build():
     with pytest.raises(CapabilityError, match=r"block 2 attends over the class token .* 'gpsa' cannot .* kernels that "
                                               r"can: \[.*'softmax'"):
         create_model("convit-tiny", attention=["gpsa", "gpsa", "gpsa", "softmax"])
+    with pytest.raises(CapabilityError, match=r"block 0 runs before the class token joins, on the 8x8 patch grid, but "
+                                              r"attention 'window' cannot .* kernels that can: \[.*'neighborhood'"):
+        create_model("convit-tiny", attention="window")
     with pytest.raises(ValueError, match="local_layers=4 must be below num_layers=4"):
         create_model("convit-tiny", local_layers=4)
 

@@ -30,7 +30,12 @@ def error_of(fn) -> str:
 
 def test_unknown_attention_name_lists_valid_names():
     msg = error_of(lambda: tiny(attention="sofmax"))
-    assert "unknown attention 'sofmax'" in msg and "'softmax'" in msg and "valid names" in msg
+    assert "unknown attention 'sofmax'. Did you mean ['softmax']?" in msg and "Valid attention kernels" in msg
+
+
+def test_a_british_spelling_gets_a_did_you_mean():
+    msg = error_of(lambda: tiny(attention="neighbourhood"))
+    assert "Did you mean ['neighborhood']" in msg
 
 
 def test_heads_not_divisible_by_kv_heads():

@@ -87,3 +87,15 @@ def test_bad_arguments():
         mae(1.0)
     with pytest.raises(ValueError, match="rows must all be images"):
         save_image_grid({"x": torch.zeros(2, 5, 8, 8)}, "unused.png")
+
+
+def test_a_grid_kernel_in_the_encoder_is_refused_naming_the_kernels_that_can():
+    """The visible patches are a random subset with no grid: a grid kernel would run over them as a 1-D row."""
+    from attnlab.attention import CapabilityError
+    from attnlab.models import model_config
+    from attnlab.models.vision.mae import MaskedAutoencoder
+
+    with pytest.raises(CapabilityError, match=r"sees 16 randomly chosen patches, which lie on no grid, so attention "
+                                              r"\['neighborhood'\] cannot place them; kernels that can: \[.*'softmax'"):
+        MaskedAutoencoder(model_config("vit-tiny", attention="neighborhood"))
+    assert MaskedAutoencoder(model_config("vit-tiny", attention="sliding_window")).num_visible == 16

@@ -72,6 +72,23 @@ def test_shuffles_only_in_training_unless_asked():
     assert not torch.allclose(shuffled(x), model(x))
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_attention_maps_cover_the_stage_grid_with_the_slices_on_the_diagonal(shuffled):
+    """One (B, heads, N, N) map per application in grid order: each row a distribution over the N / G tokens of its
+    own slice (contiguous when unshuffled, the shuffle's slices otherwise), zero elsewhere."""
+    torch.manual_seed(0)
+    model = create_model("sret-tiny", permute_in_eval=shuffled).eval()  # groups [2, 1]: stage 0 slices in halves
+    maps = model.attention_maps(torch.randn(3, 3, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(3, 2, 64, 64)] * 2 + [(3, 4, 16, 16)] * 2
+    for m in maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    support = maps[1][0, 0] > 0  # the second application of stage 0: shuffled when asked
+    assert torch.equal(support, support.T) and (support.sum(-1) == 32).all()
+    assert torch.equal(support.float() @ support.float(), 32 * support.float())  # slices: an equivalence
+    halves = torch.arange(64)[:, None] // 32 == torch.arange(64)[None, :] // 32
+    assert torch.equal(maps[0][0, 0] > 0, halves) and torch.equal(support, halves) != shuffled
+
+
 def test_grid_kernels_serve_unshuffled_slices_only():
     out = create_model("sret-tiny", attention="axial", recursive_groups=[1, 1]).eval()(torch.randn(1, 3, 32, 32))
     assert torch.isfinite(out).all()  # axial attention on 4x8 slices of the 8x8 grid, then on the 4x4 grid

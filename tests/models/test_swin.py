@@ -100,3 +100,25 @@ def test_attention_maps_per_block():
     w = maps[0][0, 0]
     assert torch.allclose(w.sum(-1), torch.ones(256)) and (w > 0).sum(-1).max() == 16  # a 4x4 window per query
 
+
+
+def test_per_stage_schedules_expand_to_one_kernel_per_block():
+    """One name per stage, or per block inside a stage's own list; the stored schedule is one name per block."""
+    model = create_model("swin-tiny", attention=[["neighborhood", "window"], "axial"],
+                         attention_options=[[{"kernel_size": 3}, {}], {}])
+    kinds = [[b.attn.kernel.name for b in s.blocks] for s in model.stages]
+    assert kinds == [["neighborhood", "window"], ["axial", "axial"]]
+    assert model.cfg.attention == ["neighborhood", "window", "axial", "axial"]
+    assert model.stages[0].blocks[0].attn.kernel.kernel_size == (3, 3)
+    out = model.eval().classify(torch.randn(1, 3, 32, 32))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("attention, words", [
+    (["neighborhood", "softmax", "axial"], "attention has 3 entries; give one per block (4: depths=[2, 2]) or "
+                                           "one per stage (2)"),
+    ([["neighborhood"], "axial"], "attention: stage 0 has 2 blocks (depths=[2, 2]) but its list has 1 entries")])
+def test_a_schedule_of_another_length_names_both_accepted_lengths(attention, words):
+    with pytest.raises(ValueError) as err:
+        create_model("swin-tiny", attention=attention)
+    assert words in str(err.value)

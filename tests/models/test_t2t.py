@@ -64,7 +64,7 @@ def test_token_layers_take_any_bidirectional_kernel():
     model = create_model("t2t-vit-tiny", token_attention="linear").eval()
     assert model.embed.t2t.layers[0].kernel.name == "linear"
     assert torch.isfinite(model.classify(torch.randn(2, 3, 32, 32))).all()
-    with pytest.raises(ValueError, match="unknown token_attention 'nope'"):
+    with pytest.raises(ValueError, match="token_attention: unknown attention 'nope'"):
         create_model("t2t-vit-tiny", token_attention="nope")
 
 

@@ -22,16 +22,27 @@ def run(text_file, tmp_path):
 
 
 def test_writes_eval_json_and_refuses_a_folder_in_use(run):
-    result = evaluate_run(run, max_batches=2, progress=False)
+    result = evaluate_run(run, progress=False)
     assert json.loads((run / "eval.json").read_text()) == result and result["step"] == 2
     (run / "eval.json").unlink()
     with RunLock(run):
         with pytest.raises(RunLockedError, match="is in use by pid"):
-            evaluate_run(run, max_batches=2, progress=False)
-        assert evaluate_run(run, max_batches=2, progress=False, save=False) == result  # reads only: no lock needed
+            evaluate_run(run, progress=False)
+        assert evaluate_run(run, progress=False, save=False) == result  # reads only: no lock needed
     with pytest.raises(ValueError, match="trains a language model.*leave out --tta"):
         evaluate_run(run, max_batches=2, progress=False, save=False, tta="flip")
     assert not (run / "eval.json").exists()
+
+
+def test_a_partial_or_training_split_evaluation_goes_beside_the_full_one(run):
+    """--max-batches and --split train write files of their own: the whole validation score stays in eval.json."""
+    full = evaluate_run(run, progress=False)
+    partial = evaluate_run(run, max_batches=1, progress=False)
+    trained = evaluate_run(run, split="train", progress=False)
+    assert json.loads((run / "eval.json").read_text()) == full
+    assert json.loads((run / "eval-first1.json").read_text()) == partial and partial["max_batches"] == 1
+    assert json.loads((run / "eval-train.json").read_text()) == trained and trained["split"] == "train"
+    assert partial["tokens"] < full["tokens"] < trained["tokens"]
 
 
 @pytest.mark.parametrize("where", ["lock", "eval.json"])
@@ -45,7 +56,7 @@ def test_a_folder_that_cannot_be_written_still_gives_the_result(run, monkeypatch
         monkeypatch.setattr(R.RunLock, "acquire", lambda self: refuse(self.path))
     else:
         monkeypatch.setattr(R, "write_json", refuse)
-    result = evaluate_run(run, max_batches=2, progress=False)
+    result = evaluate_run(run, progress=False)
     assert result["loss"] > 0 and not (run / "eval.json").exists()
     assert capsys.readouterr().err == (f"attnlab: cannot write {run / 'eval.json'} (Permission denied: "
                                        f"'{run / 'eval.json'}'); the result is not saved\n")

@@ -61,6 +61,8 @@ def test_seq2seq_recipe_trains_and_eval_decodes_the_test_split(tmp_path):
     assert json.loads((run / "eval.json").read_text())["exact_match"] == result["exact_match"]
     with pytest.raises(ValueError, match="applies to image classification runs.*leave out --tta"):
         evaluate_run(run, progress=False, save=False, tta="flip")
+    with pytest.raises(ValueError, match="--split train scores language models and classifiers; this seq2seq run"):
+        evaluate_run(run, split="train", progress=False, save=False)
 
 
 def _direct_exact_match(run) -> float:

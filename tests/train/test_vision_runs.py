@@ -35,6 +35,8 @@ def test_vit_trains_on_digits_and_eval_draws_the_confusion_matrix(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val_accuracy" in r]
     assert evals[-1]["val_loss"] < 0.8 * evals[0]["val_loss"] and evals[-1]["val_accuracy"] > 0.4
+    assert all(r["val_accuracy"] <= r["val_top5_accuracy"] <= 1.0 for r in evals)  # 10 classes: top-5 logged
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn when training ends
     result = evaluate_run(run, progress=False)
     counts = np.asarray(result["confusion_matrix"])
     assert counts.shape == (10, 10) and counts.sum() == result["examples"] == 359
@@ -58,6 +60,12 @@ def test_vit_trains_on_digits_and_eval_draws_the_confusion_matrix(tmp_path):
     assert json.loads((run / "eval-flip.json").read_text())["accuracy"] == flipped["accuracy"]
     assert json.loads((run / "eval.json").read_text())["accuracy"] == result["accuracy"]
     assert (run / "confusion_matrix-flip.png").exists()
+    # the training split (not augmented), beside the test evaluation, with its own confusion matrix
+    trained = evaluate_run(run, progress=False, split="train")
+    assert trained["split"] == "train" and trained["examples"] == len(feed.dataset.train) == 1438
+    assert np.asarray(trained["confusion_matrix"]).sum() == 1438 and (run / "confusion_matrix-train.png").exists()
+    assert json.loads((run / "eval-train.json").read_text()) == trained
+    assert json.loads((run / "eval.json").read_text())["split"] == "test"
     with pytest.raises(ValueError, match="unknown test-time augmentation 'crop'; choose from flip"):
         evaluate_run(run, progress=False, save=False, tta="crop")
 
@@ -116,6 +124,8 @@ def test_attention_maps_from_pixels_are_the_softmax_of_the_first_layer():
     ({"model": {"num_channels": 3}}, r"images are 1x8x8 but the model reads 3x8x8: set model.image_size=8 "
                                      r"model.num_channels=1"),
     ({"model": {"name": "encoder-tiny"}}, "an image dataset needs an image model"),
+    ({"model": {"num_classes": 3}}, "model.num_classes=3 but dataset 'digits' has 10 classes, which set the head; "
+                                    "remove model.num_classes"),
 ])
 def test_models_that_do_not_fit_images_are_refused(tmp_path, change, message):
     cfg = digits_config(tmp_path / "r", steps=1, model=change["model"])
@@ -128,3 +138,41 @@ def test_an_image_model_on_tokens_is_refused(tmp_path):
                         "train": {"steps": 1, "run_dir": str(tmp_path / "r"), **TRAIN}})
     with pytest.raises(ValueError, match="holds tokens, not images, audio or files: a ViT"):
         train(cfg, progress=False)
+
+
+def test_the_end_of_training_confusion_counts_are_the_validation_predictions(tmp_path):
+    from attnlab.train import distributed as D
+    from attnlab.train.evaluation import confusion_counts
+
+    cfg = digits_config(tmp_path / "c", steps=5)
+    feed = feed_for_config(cfg)
+    _, model, _ = build_for_config(cfg, torch.device("cpu"), feed)
+    batches = feed.eval_batches(64, 3)
+    counts = confusion_counts(model, batches, "fp32", D.DistInfo(device=torch.device("cpu")))
+    with torch.no_grad():
+        z = torch.cat([model_outputs("classify", model.eval(), b) for b in batches])
+    y = torch.cat([b["targets"] for b in batches])
+    assert counts.tolist() == confusion_matrix(y.numpy(), z.argmax(-1).numpy(), 10).tolist()
+    assert counts.sum() == 192
+
+
+def test_a_relative_image_folder_is_stored_absolute_so_eval_runs_from_anywhere(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "work" / "imgs" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = (rng.random((8, 8, 3)) * 60 + 180 * c).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "work" / "imgs" / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = build_config({"model": {**MODEL, "image_size": 8, "num_channels": 3, "patch_size": 2},
+                        "data": {"dataset": "image_folder", "options": {"path": "imgs", "image_size": 8},
+                                 "batch_size": 4},
+                        "train": {"steps": 2, "eval_every": 2, "checkpoint_every": 2, "run_dir": "run", **TRAIN}})
+    train(cfg, progress=False)
+    stored = build_config(__import__("yaml").safe_load((tmp_path / "work" / "run" / "config.yaml").read_text()))
+    assert stored.data.options["path"] == str(tmp_path / "work" / "imgs")
+    train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 3})}), resume=True, progress=False)
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its images
+    assert evaluate_run(tmp_path / "work" / "run", progress=False, save=False)["examples"] == 2

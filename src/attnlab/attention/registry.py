@@ -49,6 +49,11 @@ def get_attention_class(name: str) -> type[AttentionKernel]:
     return _REGISTRY.get(name)
 
 
+def unknown_attention_message(name: object) -> str:
+    """The one-line error for an attention name the registry does not know (closest names, then every name)."""
+    return _REGISTRY.unknown_message(name)
+
+
 def attention_options(name: str) -> dict[str, object]:
     """User-settable options of kernel ``name`` with their defaults (structural args excluded)."""
     sig = inspect.signature(get_attention_class(name).__init__)
@@ -87,14 +92,21 @@ def build_attention(name: str, structural: dict | None = None, **options) -> Att
 
 
 def describe_attention() -> list[dict]:
-    """One row per kernel: name, first docstring line, capabilities, options (for docs and the CLI)."""
+    """One row per kernel: name, first docstring line, capabilities, options (for docs and the CLI). The
+    capabilities are those of a kernel built with its default options (a composite kernel such as ``pathways``
+    takes some of its inner kernel's), or the class's declaration when it cannot be built without options."""
     rows = []
     for name, cls in _REGISTRY.items():
         doc = (inspect.getdoc(cls) or "").splitlines()
+        try:
+            caps = build_attention(name, structural=dict(num_heads=2, num_kv_heads=2, head_dim=8,
+                                                         max_seq_len=64)).capabilities
+        except (TypeError, ValueError):
+            caps = cls.capabilities
         rows.append({
             "name": name,
             "summary": doc[0] if doc else "",
-            "capabilities": cls.capabilities.as_dict(),
+            "capabilities": caps.as_dict(),
             "options": attention_options(name),
         })
     return rows

@@ -117,11 +117,14 @@ def _generate(p: argparse.ArgumentParser) -> Handler:
 ])
 def _eval(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("run_dir", help="run directory written by `attnlab train`")
-    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="val: the validation split (a suite dataset's test split); train: the training split, "
+                        "without augmentation (language models and classifiers), written to eval-train.json")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="windows per batch, 1 or more (default: the run's data.batch_size)")
     p.add_argument("--max-batches", type=positive_int, default=None,
-                   help="stop after this many batches, 1 or more (default: the whole split)")
+                   help="stop after this many batches, 1 or more (default: the whole split); the result goes to "
+                        "eval-first<N>.json, beside the full eval.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=["flip"], default=None,
                    help="test-time augmentation of an image classifier: 'flip' averages the class probabilities of "

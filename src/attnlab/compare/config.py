@@ -55,9 +55,10 @@ class VariantSpec(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from ..attention import list_attention
+        from ..attention.registry import unknown_attention_message
 
         if v not in list_attention():
-            raise ValueError(f"unknown attention {v!r}; valid names: {list_attention()}")
+            raise ValueError(unknown_attention_message(v))
         return v
 
     @model_validator(mode="after")
@@ -207,7 +208,52 @@ def compare_config_from_dict(raw: dict[str, Any], source: str = "compare config"
     try:
         cfg = CompareConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}{_did_you_mean(err)}"
+                 for err in e.errors()]
         raise ValueError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
     build_config(deep_merge(cfg.base, {}))  # the base recipe alone must validate (names the bad key)
+    _check_cells(cfg)
     return cfg
+
+
+def _check_cells(cfg: CompareConfig) -> None:
+    """Every task's recipe and every variant's options, checked before the first cell trains (a typo in the last
+    task's overrides would otherwise show only after the cells before it have run).
+
+    Raises:
+        ValueError: naming the task or variant and the bad key.
+    """
+    from ..attention.registry import attention_options
+
+    for v in cfg.compare.variants:
+        unknown = sorted(set(v.options) - set(attention_options(v.name)))
+        if unknown:
+            raise ValueError(f"variant {v.label!r}: attention {v.name!r} has no option(s) {unknown}; valid: "
+                             f"{sorted(attention_options(v.name))}")
+    base = rename_old_sections(cfg.base, "base")
+    for t in cfg.compare.tasks:
+        where = f"the overrides of task {t.label!r}"
+        try:
+            build_config(deep_merge(base, rename_old_sections(t.overrides, where)))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+def _did_you_mean(err: dict) -> str:
+    """`` (did you mean [...]?)`` for a misspelt key of the compare file, from the fields where it sits."""
+    if err.get("type") != "extra_forbidden":
+        return ""
+    import difflib
+    import typing
+
+    model: type[BaseModel] = CompareConfig
+    for part in err["loc"][:-1]:
+        if isinstance(part, int):
+            continue
+        hint = model.model_fields[part].annotation
+        inner = [a for a in (hint, *typing.get_args(hint)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return ""
+        model = inner[0]
+    close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=2, cutoff=0.5)
+    return f" (did you mean {close}?)" if close else f" (valid: {sorted(model.model_fields)})"

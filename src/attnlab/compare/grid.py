@@ -54,6 +54,7 @@ from ..objectives.metrics import HIGHER_IS_BETTER, score
 from ..train import distributed as D
 from ..train.checkpoint import checkpoint_root
 from ..train.feeds import CorpusFeed
+from ..train.logs import rate_unit
 from ..train.task_feeds import feed_for_dataset
 from ..train.trainer import Trainer
 from .config import CHAR_LM, Cell, CompareConfig
@@ -267,7 +268,8 @@ def run_cell(cell: Cell, device: str | None = None) -> dict:
         "final_train_loss": result.losses[-1] if result.losses else None, "steps": result.step,
         "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "train_tokens": trainer.tokens,
         "train_seconds": trainer.elapsed, "train_tokens_per_s": trainer.tokens / max(trainer.elapsed, 1e-9),
-        "infer_tokens_per_s": infer, "parameters": result.num_parameters, "precision": trainer.precision,
+        "infer_tokens_per_s": infer, "unit": rate_unit(trainer.data), "parameters": result.num_parameters,
+        "precision": trainer.precision,
         "device": str(info.device), "threads": torch.get_num_threads(), **memory,
         "losses": [round(x, 5) for x in result.losses], "val_curve": val_curve,
         **(curves.record() if curves is not None else {}),
@@ -360,7 +362,7 @@ def run_grid(cfg: CompareConfig, progress: bool = True, max_cells: int | None = 
                 write_json(out / SKIPPED, list(skipped.values()), indent=1)
             if progress:
                 bar.write(f"{cell.key}: {record['metric']} {record['quality']:.4f}, "
-                          f"{record['train_tokens_per_s']:,.0f} train tok/s")
+                          f"{record['train_tokens_per_s']:,.0f} train {record['unit']}/s")
             if on_cell is not None:
                 on_cell(record)
     finally:

@@ -42,7 +42,7 @@ def summarize(records: list[dict]) -> list[dict]:
             "infer_tokens_per_s": _mean([r["infer_tokens_per_s"] for r in rs]),
             "peak_memory_mb": _mean([r.get("peak_memory_mb") for r in rs]),
             "parameters": rs[0]["parameters"], "steps": rs[0]["steps"], "train_tokens": rs[0]["train_tokens"],
-            "higher_is_better": rs[0]["higher_is_better"],
+            "higher_is_better": rs[0]["higher_is_better"], "unit": rs[0].get("unit", "tokens"),
             "baselines": _baselines(rs[0]),
             "forecast_baselines": rs[0].get("forecast_baselines") or {},
         })
@@ -79,10 +79,11 @@ def markdown_table(rows: list[dict]) -> str:
         rs.sort(key=lambda r: -r["quality_mean"] if r["higher_is_better"] else r["quality_mean"])
         head = next(r for r in rs if not r.get("is_baseline"))  # a trained cell: metric, steps, tokens
         metric, better = head["metric"], "higher" if head["higher_is_better"] else "lower"
+        unit = head.get("unit", "tokens")  # examples for images, clips and files
         out += [f"### {task}", "",
                 f"{metric} ({better} is better), mean ± std over seeds; {head['steps']} steps, "
-                f"{head['train_tokens']:,} training tokens per cell.", "",
-                f"| variant | {metric} | seeds | train tokens/s | inference tokens/s | peak memory (MiB) | parameters |",
+                f"{head['train_tokens']:,} training {unit} per cell.", "",
+                f"| variant | {metric} | seeds | train {unit}/s | inference {unit}/s | peak memory (MiB) | parameters |",
                 "|---|---|---|---|---|---|---|"]
         for r in rs:
             if r.get("is_baseline"):  # a closed-form forecasting baseline on the same test windows

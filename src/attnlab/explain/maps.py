@@ -62,27 +62,38 @@ def model_maps(model: nn.Module, run: Callable[[], object], body: nn.Module | No
     return collect_attention_maps(shells, run)
 
 
-def attention_kernels(model: nn.Module) -> list[nn.Module]:
+def map_shells(model: nn.Module, body: nn.Module | None = None) -> list[nn.Module]:
+    """The attention shells whose maps explain ``model``: the body's ``map_shells()`` when it names them (TNT: the
+    outer blocks, not the pixel-level inner ones), else every shell. Kernels run outside a shell (T2T-ViT's
+    tokens-to-token layers) are not among them, so both rollouts read the same layers."""
+    own = getattr(body, "map_shells", None)
+    return own() if callable(own) else attention_shells(model)
+
+
+def attention_kernels(model: nn.Module, shells: list[nn.Module] | None = None) -> list[nn.Module]:
     """The attention kernels ``model`` calls, in module order, without kernels nested inside another kernel (a
-    composite kernel's parts are its business)."""
+    composite kernel's parts are its business); with ``shells``, only the kernels inside them."""
+    inside = None if shells is None else {id(m) for s in shells for m in s.modules()}
     outer: list[tuple[str, nn.Module]] = []
     for name, m in model.named_modules():
         if isinstance(m, AttentionKernel) and not any(name.startswith(o + ".") for o, _ in outer):
             outer.append((name, m))
-    return [m for _, m in outer]
+    return [m for _, m in outer if inside is None or id(m) in inside]
 
 
-def maps_with_gradients(model: nn.Module, run: Callable[[], Tensor], name: str = "") -> tuple[Tensor, list[Tensor]]:
+def maps_with_gradients(model: nn.Module, run: Callable[[], Tensor], name: str = "",
+                        shells: list[nn.Module] | None = None) -> tuple[Tensor, list[Tensor]]:
     """``run()``'s output with every attention kernel's output recomputed as its map times ``V``, and those maps
     (which keep their gradients once the output is back-propagated), in call order. Hooks sit on the kernels, so
-    attention computed outside a shell's forward (CvT's convolutional projections) is reached too.
+    attention computed outside a shell's forward (CvT's convolutional projections) is reached too; ``shells``
+    (see :func:`map_shells`) limits them to the kernels inside those shells.
 
     Raises:
         CapabilityError: no attention layers; a kernel without weights; a kernel whose output is not its map times V
             (its gap is named).
     """
     name = name or type(model).__name__
-    kernels = attention_kernels(model)
+    kernels = attention_kernels(model, shells)
     if not kernels:
         raise CapabilityError(f"a {name} has no attention layers: gradient rollout needs attention maps")
     maps: list[Tensor] = []
@@ -177,6 +188,8 @@ def relevance(method: str, maps: list[Tensor], content: int, causal: bool, head_
         R = grad_rollout([m[:1] for m in run], [g[:1] for g in (grads or [])[layers[0]:]], discard_ratio, spread)
     note = f"{method} over layers {layers[0]}..{layers[-1]}" + ("" if layers[0] == 0 else
                                                               " (the last stage: earlier maps have another size)")
+    if len(layers) == 1 and len(maps) > 1:
+        note += "; one layer only, so this is that layer's own map"
     if spread is not None:
         note += "; strided keys spread over the pixels their convolution reads"
     return Relevance(read_relevance(R[0], min(content, R.shape[-1]), causal), note, layers)

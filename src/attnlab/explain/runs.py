@@ -27,7 +27,7 @@ from ..attention.capabilities import CapabilityError
 from ..core.io import write_json
 from ..viz.attention import FUSIONS, attention_shells, head_importance, key_placement, mean_attention_distance
 from ..viz.figures import layer_head_png, overlay_png, ragged_table, tokens_png
-from .maps import MAP_METHODS, maps_with_gradients, model_maps, relevance
+from .maps import MAP_METHODS, map_shells, maps_with_gradients, model_maps, relevance
 
 METHODS = MAP_METHODS + ("distance", "heads")
 HEADS_BATCH = 256
@@ -293,7 +293,8 @@ def _relevance_figure(subject: Subject, method: str, out: Path, layer, head, hea
                       record: dict) -> Path:
     grads = None
     if method == "grad_rollout":
-        scores, maps = maps_with_gradients(subject.model, subject.run, type(subject.body).__name__)
+        scores, maps = maps_with_gradients(subject.model, subject.run, type(subject.body).__name__,
+                                           map_shells(subject.model, subject.body))
         scores.reshape(-1)[subject.target].backward()
         grads = [m.grad for m in maps]
         maps = [m.detach() for m in maps]

@@ -22,6 +22,7 @@ from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.vision.cvt import CvT
 from .files import read_checkpoint, write_safetensors
+from .swap import attention_record, reconfigured, restored_attention
 
 ATTN = "layers.{j}.attention.attention."
 # attnlab name inside stage i (regex) -> Hugging Face name inside ``encoder.stages.{i}.``
@@ -97,22 +98,31 @@ def cvt_config(hf: dict, image_size: int = 224) -> ModelConfig:
                        max_seq_len=max(1, image_size ** 2))
 
 
-def load_cvt(path: str | os.PathLike, attention: str | None = None, image_size: int = 224,
-             **attention_options) -> CvT:
+def load_cvt(path: str | os.PathLike, attention: str | list[str] | None = None, image_size: int = 224,
+             num_classes: int | None = None, kv_stride: int | None = None, **attention_options) -> CvT:
     """Build attnlab's :class:`CvT` for a Hugging Face CvT folder and load its weights (eval mode).
 
-    ``attention`` swaps the kernel of every block (with the default key stride 2 it must support cross-attention).
+    ``attention`` swaps the kernel of every block (one name, one per stage or one per block; with the key stride
+    of the checkpoint, 2 by default, it must support cross-attention); without it, the kernel a :func:`save_cvt`
+    recorded is restored. ``num_classes`` builds a new classification head (initialised; 0: none) in place of
+    the checkpoint's; ``kv_stride=1`` keeps every key and value (the convolutional projections' weights serve
+    any stride), so that grid kernels serve the blocks.
 
     Raises:
         ValueError: missing folder/config/weights, another ``model_type``, unsupported config features, missing or
-            unexpected tensors, shape mismatches, non-finite weights.
+            unexpected tensors, shape mismatches, non-finite weights, an unknown kernel or option.
         CapabilityError: a swapped-in kernel that cannot serve CvT's blocks (names the kernels that can).
     """
     folder, hf, raw = read_checkpoint(path, "cvt")
     cfg = cvt_config(hf, image_size)
+    attention, attention_options = restored_attention(hf, attention, attention_options)
+    update = {k: v for k, v in (("num_classes", num_classes), ("kv_stride", kv_stride)) if v is not None}
     if attention is not None:
-        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+        update |= {"attention": attention, "attention_options": attention_options}
+    cfg = reconfigured(cfg, update, "CvT")
     weights = {k.removeprefix("cvt."): v for k, v in raw.items()}
+    if num_classes is not None:  # a new head: the checkpoint's is not read
+        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
     model = CvT(cfg)
     state, initialised, missing = {}, [], []
     has_norm = "layernorm.weight" in weights
@@ -120,7 +130,7 @@ def load_cvt(path: str | os.PathLike, attention: str | None = None, image_size: 
         source = hf_name(name)
         if name.startswith("norm.") and not has_norm:
             continue  # a CvtModel: no final norm (replaced below)
-        if source is None:
+        if source is None or (name.startswith("head.") and num_classes is not None):
             initialised.append(name)
         elif source in weights:
             state[name] = weights[source]
@@ -146,19 +156,22 @@ def _copy(model: CvT, state: dict, folder: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def save_cvt(model: CvT, path: str | os.PathLike) -> Path:
+def save_cvt(model: CvT, path: str | os.PathLike, allow_attention_change: bool = False) -> Path:
     """Write ``model`` as a Hugging Face CvT folder (``config.json`` + ``model.safetensors``) that
     ``CvtForImageClassification`` (with a head) or ``CvtModel`` (without) loads unchanged.
 
+    A kernel other than softmax is written only with ``allow_attention_change`` (transformers runs the weights
+    with softmax; ``config.json`` records the kernels, ``attnlab_attention``, for :func:`load_cvt`).
+
     Raises:
-        ValueError: a kernel other than softmax (transformers runs softmax only), a model without a head but with a
+        ValueError: a kernel other than softmax without ``allow_attention_change``, a kernel with its own
+            parameters, a model without a head but with a
             final LayerNorm (``CvtModel`` has none: it would be lost), or a stage ``i`` of at most ``i`` blocks
             (transformers' ``CvtStage`` indexes its drop-path rates by the stage number and cannot build it).
     """
     cfg = model.cfg
-    names = cfg.attention if isinstance(cfg.attention, list) else [cfg.attention]
-    if set(names) != {"softmax"}:
-        raise ValueError(f"transformers' CvT runs softmax attention only; this model uses {sorted(set(names))}")
+    kernels = (b.attn.attn.kernel for s in model.stages for b in s.blocks)
+    record = attention_record(cfg, kernels, "softmax", "CvT", allow_attention_change)
     classifier = model.head is not None
     if not classifier and isinstance(model.norm, nn.LayerNorm):
         raise ValueError("CvtModel has no final LayerNorm, so this model's would be lost; save a model with a "
@@ -177,7 +190,7 @@ def save_cvt(model: CvT, path: str | os.PathLike) -> Path:
             tensors[prefix + hf_name(name)] = value
     folder = writable_folder(path)
     write_safetensors(folder / "model.safetensors", tensors)
-    write_json(folder / "config.json", _hf_config(cfg, classifier))
+    write_json(folder / "config.json", _hf_config(cfg, classifier) | record)
     return folder
 
 

@@ -8,15 +8,19 @@ swapped-in attention kernel, which keep their initialisation (listed in ``model.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
+from ..attention.capabilities import CapabilityError
 from ..core.io import copy_file, writable_folder, write_json, write_text
 from ..models.config import ModelConfig
+from ..models.registry import short_error
 from ..models.text.encoder import Encoder, MLMHead
 from ..models.text.gpt import GPT
 from ..models.vision.vit import ViT
@@ -24,6 +28,7 @@ from .files import check_finite, check_folder, read_config, read_json, read_weig
 from .heads import AbsentHead, PooledClassifier, Pooler
 from .hf_config import check_representable, from_hf, to_hf
 from .keymaps import SPECS, TRANSFORMS, Architecture, ArchSpec, expand_rules
+from .swap import attention_record, kernel_options, restored_attention, split_options
 from .tokenizer import TextTokenizer
 
 FAMILIES: dict[str, type[nn.Module]] = {"bert": Encoder, "gpt2": GPT, "vit": ViT}
@@ -52,7 +57,9 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         strict: ``False`` skips unexpected checkpoint tensors and keeps missing ones initialised
             (both listed in ``model.hf_info``).
         dtype, device: where the parameters live.
-        **attention_options: options of the kernel (``window=64``).
+        **attention_options: options of the kernel (``window=64``); for Swin and CvT also ``image_size`` (the
+            input size the model expects) and ``num_classes`` (a new, initialised classification head; 0 drops
+            it), and CvT's ``kv_stride``.
 
     Returns:
         :class:`Encoder` (bert), :class:`GPT` (gpt2) or :class:`ViT` (vit), in eval mode, with
@@ -63,14 +70,17 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         ValueError: missing folder / config / weights, a truncated or corrupt weight file, a shard index naming a
             file outside the folder, weights holding NaN or infinity (names the tensors), unsupported
             ``model_type`` (lists the supported), unsupported config features, missing or unexpected tensors,
-            shape mismatches, a refused pickle, an unknown attention kernel or option.
+            shape mismatches, a refused pickle, an unknown attention kernel or option, a model keyword
+            (``image_size`` ...) this model type cannot change.
     """
-    if attention is None and attention_options:
-        raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     folder = check_folder(path)
     hf = read_config(folder)
+    model_options, attention_options = split_options(str(hf.get("model_type")), attention_options)
+    if attention is None and attention_options:
+        raise ValueError(f"attention options {sorted(attention_options)} need attention=<kernel name>")
     if hf.get("model_type") in OWN_MAPS:  # their own key maps (interop/swin.py, cvt.py, t5.py, bart.py, ast.py)
-        return _own_map_loader(hf["model_type"])(folder, attention, **attention_options).to(dtype=dtype, device=device)
+        load = _own_map_loader(hf["model_type"])
+        return load(folder, attention, **model_options, **attention_options).to(dtype=dtype, device=device)
     spec = _spec(hf.get("model_type"))
     num_layers = from_hf(spec.model_type, hf, ())[0]["num_layers"]  # validates config.json first
     raw = read_weights(folder)
@@ -81,9 +91,11 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
     if strict and (missing or unexpected):
         raise ValueError(f"checkpoint {str(folder)!r} does not match {arch.name}: missing {missing or 'none'}; "
                          f"unexpected {unexpected or 'none'}. Pass strict=False to load anyway")
-    cfg = _model_config(spec, hf, arch, folder, attention, attention_options)
+    cfg = _model_config(spec, hf, arch, folder, attention, attention_options, model_options)
     model = _build(spec.model_type, cfg, arch, hf)
     ours = _convert(rules, weights)
+    if cfg.pooling == "mean" and spec.model_type == "vit":
+        unexpected = [*unexpected, *_drop_class_token(ours)]
     _check_shapes(model, ours, rules)
     initialised = _load_state(model, ours, strict)
     model.to(device=device, dtype=dtype).eval()
@@ -166,22 +178,42 @@ def _match_architecture(spec: ArchSpec, hf: dict, weights: dict[str, Tensor], ti
     return best[1:]
 
 
-def _model_config(spec: ArchSpec, hf: dict, arch: Architecture, folder: Path, attention, options) -> ModelConfig:
+def _model_config(spec: ArchSpec, hf: dict, arch: Architecture, folder: Path, attention, options,
+                  model_options: dict | None = None) -> ModelConfig:
     kwargs, attn_dropout = from_hf(spec.model_type, hf, arch.heads)
+    kwargs.update(model_options or {})  # split_options let through only what this family's weights allow
     if spec.model_type == "gpt2" and "lm_head" not in arch.heads:
         kwargs["tie_weights"] = True  # GPT2Model has no output head: GPT's head is a view of the embedding
-    if attention is None and "attnlab_attention" in hf:
-        attention, options = hf["attnlab_attention"]["attention"], hf["attnlab_attention"]["attention_options"]
-    elif attention is None:
+    attention, options = restored_attention(hf, attention, options)
+    if attention is None:
         attention, options = "softmax", {"dropout": attn_dropout}
     pooling_cfg = folder / "1_Pooling" / "config.json"
     if pooling_cfg.is_file() and read_json(pooling_cfg).get("pooling_mode_mean_tokens"):
         kwargs["pooling"] = "mean"  # a sentence-transformers model with mean pooling
-    return ModelConfig(**kwargs, attention=attention, attention_options=options)
+    try:
+        return ModelConfig(**kwargs, attention=attention, attention_options=kernel_options(options))
+    except ValidationError as e:
+        raise ValueError(f"cannot build the model of {str(folder)!r}: {short_error(e)}") from None
+
+
+def _drop_class_token(ours: dict[str, Tensor]) -> list[str]:
+    """A ViT checkpoint loaded with ``pooling='mean'``: its [CLS] token and the [CLS] row of its position table are
+    left out (the patches keep theirs); returns what was left out, for ``hf_info["skipped"]``."""
+    ours.pop("embed.cls_token", None)
+    if "embed.pos_emb" in ours:
+        ours["embed.pos_emb"] = ours["embed.pos_emb"][:, 1:]
+    return ["embeddings.cls_token", "embeddings.position_embeddings[:, 0] (the [CLS] position)"]
 
 
 def _build(model_type: str, cfg: ModelConfig, arch: Architecture, hf: dict) -> nn.Module:
-    model = FAMILIES[model_type](cfg)
+    try:
+        model = FAMILIES[model_type](cfg)
+    except CapabilityError as e:
+        if model_type != "vit" or cfg.pooling != "cls":
+            raise
+        raise CapabilityError(f"{e}. Loading a Hugging Face ViT: pass pooling='mean' to load_pretrained, which "
+                              "leaves out the checkpoint's [CLS] token (fine-tune it then: the head reads the mean "
+                              "of the patches)") from None
     if model_type == "bert" and "mlm" not in arch.heads:
         model.mlm_head = AbsentHead(f"this {arch.name} checkpoint has no masked-LM head; load a BertForMaskedLM")
     if "pooler" in arch.heads:
@@ -242,9 +274,10 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
     atomically; ``transformers.AutoModel.from_pretrained(path)`` loads the result unchanged.
 
     Args:
-        allow_attention_change: save a model whose attention is not softmax; transformers will run the
-            weights with softmax attention, and the kernel is recorded in ``config.json``
-            (``attnlab_attention``) so :func:`load_pretrained` restores it.
+        allow_attention_change: save a model whose attention is not the checkpoint family's own (softmax;
+            Swin: window); transformers will run the weights with its own attention, and the kernel is recorded
+            in ``config.json`` (``attnlab_attention``) so :func:`load_pretrained` restores it. BERT, GPT-2, ViT,
+            Swin and CvT; AST, BART and T5 refuse other kernels.
 
     Raises:
         ValueError: unsupported model class, a config Hugging Face cannot express (the fields are named),
@@ -253,8 +286,9 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, allow_attentio
         OSError: the folder cannot be written (permission denied, disk full).
     """
     saver = _own_map_saver(model)
-    if saver is not None:  # Swin, CvT and T5 have their own key maps (interop/swin.py, cvt.py, t5.py)
-        return saver(model, path)
+    if saver is not None:  # Swin, CvT, AST, BART and T5 have their own key maps (interop/swin.py ...)
+        swaps = "allow_attention_change" in inspect.signature(saver).parameters  # Swin and CvT; the rest refuse
+        return saver(model, path, allow_attention_change=allow_attention_change) if swaps else saver(model, path)
     folder = writable_folder(path, "checkpoint folder")
     model_type = _family_of(model)
     spec, cfg = SPECS[model_type], model.cfg
@@ -315,16 +349,8 @@ def _architecture_of(model: nn.Module, model_type: str) -> Architecture:
 
 
 def _attention_record(model: nn.Module, allow: bool) -> dict:
-    kernels = [b.attn.kernel for b in model.blocks]
-    if all(k.name == "softmax" for k in kernels):
-        return {}
-    names = sorted({k.name for k in kernels})
-    if not allow:
-        raise ValueError(f"the model uses attention {names}; transformers runs softmax attention only. Pass "
-                         "allow_attention_change=True to save anyway (the kernel is recorded in config.json)")
-    if any(True for k in kernels for _ in k.parameters()):
-        raise ValueError(f"attention {names} has its own parameters, which a Hugging Face checkpoint cannot hold")
-    return {"attnlab_attention": {"attention": model.cfg.attention, "attention_options": model.cfg.attention_options}}
+    family = {"bert": "BERT", "gpt2": "GPT-2", "vit": "ViT"}[_family_of(model)]
+    return attention_record(model.cfg, (b.attn.kernel for b in model.blocks), "softmax", family, allow)
 
 
 def _copy_aux(model: nn.Module, info: dict, folder: Path) -> None:

@@ -20,6 +20,7 @@ from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.vision.swin import Swin
 from .files import read_checkpoint, write_safetensors
+from .swap import attention_record, reconfigured, restored_attention
 
 # attnlab suffix of a block -> Hugging Face suffixes (v4 on disk first, then v5 in memory)
 BLOCK_KEYS = {
@@ -68,13 +69,15 @@ def swin_config(hf: dict) -> ModelConfig:
 
 
 def hf_names(model: Swin) -> dict[str, list[str]]:
-    """attnlab parameter name -> the Hugging Face names it may come from (without the ``swin.`` prefix)."""
+    """attnlab parameter name -> the Hugging Face names it may come from (without the ``swin.`` prefix); ``[]`` for
+    a swapped-in kernel's own parameters (any but a window kernel's bias table), which Hugging Face has not."""
     out: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
         m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)\.(weight|bias|rel_bias)$", name)
-        if m and name.endswith("rel_bias"):
-            i, j = m.group(1), m.group(2)
-            out[name] = [f"encoder.layers.{i}.blocks.{j}.{s}" for s in BLOCK_KEYS["attn.kernel.rel_bias"]]
+        if ".attn.kernel." in name:
+            i, j = map(int, re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", name).groups())
+            window = name.endswith("rel_bias") and model.stages[i].blocks[j].attn.kernel.name == "window"
+            out[name] = [_table(i, j, s) for s in BLOCK_KEYS["attn.kernel.rel_bias"]] if window else []
         elif m:
             i, j, part, leaf = m.groups()
             out[name] = [f"encoder.layers.{i}.blocks.{j}.{s}.{leaf}" for s in BLOCK_KEYS[part]]
@@ -86,36 +89,54 @@ def hf_names(model: Swin) -> dict[str, list[str]]:
     return out
 
 
-def load_swin(path: str | os.PathLike, attention: str | None = None, **attention_options) -> Swin:
+def _table(i: int, j: int, suffix: str) -> str:
+    return f"encoder.layers.{i}.blocks.{j}.{suffix}"
+
+
+def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None, image_size: int | None = None,
+              num_classes: int | None = None, **attention_options) -> Swin:
     """Build attnlab's :class:`Swin` for a Hugging Face Swin folder and load its weights (eval mode).
 
-    ``attention`` swaps the kernel of every block (``neighborhood``, ``softmax`` ...); the relative bias tables
-    then stay unused and are not loaded (listed in ``model.hf_info["skipped"]``).
+    ``attention`` swaps the kernel of every block (``neighborhood``, ``softmax`` ...; one name, one per stage or
+    one per block); blocks that leave window attention do not load their relative bias tables (listed in
+    ``model.hf_info["skipped"]``), and a kernel's own parameters keep their initialisation (listed in
+    ``model.hf_info["initialised"]``). Without ``attention``, the kernel a :func:`save_swin` recorded is restored.
+    ``image_size`` sets the input size (Swin has no position embedding: any size runs the same weights);
+    ``num_classes`` builds a new classification head (initialised; 0: none) in place of the checkpoint's.
 
     Raises:
         ValueError: missing folder/config/weights, another ``model_type``, unsupported config features, missing or
-            unexpected tensors, shape mismatches, non-finite weights.
+            unexpected tensors, shape mismatches, non-finite weights, an unknown kernel or option.
+        CapabilityError: a kernel that cannot serve a Swin block (names the kernels that can).
     """
     folder, hf, raw = read_checkpoint(path, "swin")
     cfg = swin_config(hf)
+    attention, attention_options = restored_attention(hf, attention, attention_options)
+    update = {k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None}
     if attention is not None:
-        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+        update |= {"attention": attention, "attention_options": attention_options}
+    if "image_size" in update:
+        update["max_seq_len"] = max(1, update["image_size"] ** 2)
+    cfg = reconfigured(cfg, update, "Swin")
     weights = {k.removeprefix("swin."): v for k, v in raw.items() if not BUFFERS.search(k)}
+    if num_classes is not None:  # a new head: the checkpoint's is not read
+        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
     model = Swin(cfg)
-    state, used, missing = {}, set(), []
+    state, used, missing, initialised = {}, set(), [], []
     for name, sources in hf_names(model).items():
         found = next((s for s in sources if s in weights), None)
         if found is None:
-            missing.append(name)
+            (initialised if not sources or name.startswith("head.") else missing).append(name)
             continue
         state[name], _ = weights[found], used.add(found)
-    skipped = sorted(k for k in set(weights) - used if attention is not None and "relative_position_bias" in k)
+    skipped = sorted(k for k in set(weights) - used if "relative_position_bias" in k and attention is not None)
     unexpected = sorted(set(weights) - used - set(skipped))
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(folder)!r} does not match a Swin of its config: missing {missing[:8] or 'none'}"
                          f"; unexpected {unexpected[:8] or 'none'}")
     _copy(model, state, folder)
-    model.hf_info = {"model_type": "swin", "config": hf, "source": str(folder), "skipped": skipped}
+    model.hf_info = {"model_type": "swin", "config": hf, "source": str(folder), "skipped": skipped,
+                     "initialised": initialised}
     return model.eval()
 
 
@@ -129,27 +150,35 @@ def _copy(model: Swin, state: dict[str, Tensor], folder: Path) -> None:
             params[name].copy_(value)
 
 
-def save_swin(model: Swin, path: str | os.PathLike) -> Path:
+def save_swin(model: Swin, path: str | os.PathLike, allow_attention_change: bool = False) -> Path:
     """Write ``model`` as a Hugging Face Swin folder (``config.json`` + ``model.safetensors``, v4 names) that
     ``SwinForImageClassification`` (with a head) or ``SwinModel`` loads unchanged.
 
+    A model whose blocks are not all window attention is written only with ``allow_attention_change``:
+    transformers runs its weights with window attention, taking a zero relative bias table for each block whose
+    kernel has none; ``config.json`` records the kernels (``attnlab_attention``) so :func:`load_swin` restores them.
+
     Raises:
-        ValueError: a block whose kernel is not ``window`` (transformers runs only Swin's window attention), or grid
+        ValueError: another kernel without ``allow_attention_change``, a kernel with its own parameters, or grid
             attention modules after stages (``stage_modules``: transformers' Swin has none).
     """
     cfg = model.cfg
-    names = cfg.attention if isinstance(cfg.attention, list) else [cfg.attention]
-    if set(names) != {"window"}:
-        raise ValueError(f"transformers' Swin runs window attention only; this model uses {sorted(set(names))}")
+    blocks = [(i, j, b) for i, s in enumerate(model.stages) for j, b in enumerate(s.blocks)]
+    record = attention_record(cfg, (b.attn.kernel for _, _, b in blocks), "window", "Swin", allow_attention_change)
     if any(cfg.stage_modules):
         raise ValueError(f"transformers' Swin has no grid attention modules after its stages; this model has "
                          f"stage_modules={cfg.stage_modules}: save it with attnlab's own checkpoints instead")
     folder = writable_folder(path)
     prefix = "swin." if model.head is not None else ""
-    tensors = {(prefix if not n.startswith("head.") else "") + hf_names(model)[n][0]: p
-               for n, p in model.named_parameters()}
+    names = hf_names(model)
+    tensors = {(prefix if not n.startswith("head.") else "") + names[n][0]: p for n, p in model.named_parameters()}
+    for i, j, block in blocks:
+        if block.attn.kernel.name != "window":  # transformers needs a table: zero adds no bias
+            side = 2 * min(cfg.window_size, *model.grids[i]) - 1
+            tensors[prefix + _table(i, j, BLOCK_KEYS["attn.kernel.rel_bias"][0])] = torch.zeros(
+                side * side, cfg.stage_heads[i], dtype=next(model.parameters()).dtype)
     write_safetensors(folder / "model.safetensors", tensors)
-    write_json(folder / "config.json", _hf_config(cfg, model.head is not None))
+    write_json(folder / "config.json", _hf_config(cfg, model.head is not None) | record)
     return folder
 
 

@@ -6,14 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..attention.registry import attention_options, list_attention
+from ..attention.registry import attention_options, list_attention, unknown_attention_message
 
 
 class ModelConfig(BaseModel):
     """Everything that shapes a Transformer. Unknown keys and wrong types are errors.
 
     ``attention`` is a registry name, or a list with one name per layer (a per-layer schedule);
-    ``attention_options`` is a dict, or a list of dicts aligned with that schedule.
+    ``attention_options`` is a dict, or a list of dicts aligned with that schedule. A staged model (``depths``)
+    also takes one entry per stage, each a name (every block of the stage) or a list with one name per block of
+    that stage; the schedule is stored expanded to one entry per block.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -27,8 +29,10 @@ class ModelConfig(BaseModel):
     mlp_dim: int | None = Field(None, ge=1, description="MLP hidden width; None = 4 * dim")
     max_seq_len: int = Field(256, ge=1, description="longest input the model accepts")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="residual and embedding dropout")
-    attention: str | list[str] = Field("softmax", description="attention kernel name, or one per layer")
-    attention_options: dict | list[dict] = Field(default_factory=dict, description="kernel options")
+    attention: str | list[str] = Field("softmax", description="attention kernel name, or one per layer (staged "
+                                                            "models: or one per stage)")
+    attention_options: dict | list[dict] = Field(default_factory=dict, description="kernel options (a list: aligned "
+                                                                                   "with the attention schedule)")
     position: Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"] = "learned"
     rope_base: float = 10000.0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
@@ -150,6 +154,7 @@ class ModelConfig(BaseModel):
                                  f"the soft splits, SReT: the stem), got {embed}")
             if dims:
                 data["dim"] = dims[0]
+            data = _per_stage(_per_stage(data, "attention"), "attention_options")
         return data
 
     @model_validator(mode="after")
@@ -169,7 +174,7 @@ class ModelConfig(BaseModel):
         names = self.attention if isinstance(self.attention, list) else [self.attention]
         for n in names:
             if n not in valid:
-                raise ValueError(f"unknown attention {n!r}; valid names: {sorted(valid)}")
+                raise ValueError(unknown_attention_message(n))
         if isinstance(self.attention, list) and len(self.attention) != self.num_layers:
             raise ValueError(
                 f"attention schedule has {len(self.attention)} entries but num_layers={self.num_layers}"
@@ -180,7 +185,7 @@ class ModelConfig(BaseModel):
             )
         for field in ("cross_attention", "token_attention"):
             if getattr(self, field) not in valid:
-                raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid names: {sorted(valid)}")
+                raise ValueError(f"{field}: " + unknown_attention_message(getattr(self, field)))
         self._check_grid_attention()
         if self.patch_shape and (len(self.patch_shape) != 2 or min(self.patch_shape) < 1):
             raise ValueError(f"patch_shape is [frequency, time], both >= 1 (e.g. [128, 2]); got {self.patch_shape}")
@@ -241,3 +246,23 @@ class ModelConfig(BaseModel):
     @property
     def resolved_mlp_dim(self) -> int:
         return self.mlp_dim if self.mlp_dim is not None else 4 * self.dim
+
+
+def _per_stage(data: dict, key: str) -> dict:
+    """``data`` with a per-stage ``attention`` / ``attention_options`` list expanded to one entry per block.
+
+    A list of ``sum(depths)`` plain entries is already per block. Raises ValueError for any other length, naming
+    both accepted ones."""
+    value, depths = data.get(key), data["depths"]
+    if not isinstance(value, list) or (len(value) == sum(depths) and not any(isinstance(v, list) for v in value)):
+        return data
+    if len(value) != len(depths):
+        raise ValueError(f"{key} has {len(value)} entries; give one per block ({sum(depths)}: depths={depths}) or "
+                         f"one per stage ({len(depths)})")
+    flat = []
+    for i, (entry, depth) in enumerate(zip(value, depths)):
+        if isinstance(entry, list) and len(entry) != depth:
+            raise ValueError(f"{key}: stage {i} has {depth} blocks (depths={depths}) but its list has "
+                             f"{len(entry)} entries")
+        flat += list(entry) if isinstance(entry, list) else [entry] * depth
+    return {**data, key: flat}

@@ -65,7 +65,7 @@ def model_config(name: str, **overrides) -> ModelConfig:
     try:
         return ModelConfig(**{**preset.values, **overrides})
     except ValidationError as e:
-        raise ValueError(f"invalid config for model {name!r}: {_short(e)}") from None
+        raise ValueError(f"invalid config for model {name!r}: {short_error(e)}") from None
 
 
 def create_model(name: str, **overrides) -> nn.Module:
@@ -83,7 +83,8 @@ def build_model(preset: str, cfg: ModelConfig) -> nn.Module:
     return _MODELS.get(preset).family(cfg)
 
 
-def _short(e: ValidationError) -> str:
+def short_error(e: ValidationError) -> str:
+    """A pydantic validation error as one line: each field and its message."""
     # pydantic prefixes validator messages with "Value error, "; the message itself is what users need
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
                      for err in e.errors())

@@ -43,7 +43,7 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor],
 
     Returns:
         ``loss`` (scalar, nats per example, differentiable) and detached metrics
-        ``{"loss", "bits_per_example", "accuracy", "examples"}``.
+        ``{"loss", "bits_per_example", "accuracy", "examples"}``, and ``"top5_accuracy"`` with more than 5 classes.
 
     Raises:
         ValueError: ``targets`` are not ``(B,)`` labels, the logits are not ``(B, C)``, ``label_smoothing`` outside
@@ -62,5 +62,8 @@ def classify_step(model: nn.Module, batch: dict[str, Tensor],
                          "wrap the body in attnlab.models.heads.SequenceClassifier")
     loss, d = smoothed_cross_entropy(logits.float(), targets, label_smoothing)  # fp32 even under bf16 autocast
     acc = (logits.detach().argmax(-1) == targets).float().mean()
-    return loss, {"loss": d, "bits_per_example": d / math.log(2), "accuracy": acc,
-                  "examples": targets.new_tensor(targets.numel())}
+    metrics = {"loss": d, "bits_per_example": d / math.log(2), "accuracy": acc,
+               "examples": targets.new_tensor(targets.numel())}
+    if logits.shape[1] > 5:  # top-5 says something only with more than five classes
+        metrics["top5_accuracy"] = (logits.detach().topk(5, dim=-1).indices == targets[:, None]).any(-1).float().mean()
+    return loss, metrics

@@ -93,6 +93,22 @@ def _series_config(cfg: RunConfig, mcfg, shape: dict):
     return mcfg.model_copy(update=shape)
 
 
+def _check_classes(cfg: RunConfig, dataset) -> None:
+    """A dataset sets its classification head's size; a ``model.num_classes`` the recipe changed from the preset's
+    to another count would be silently replaced, so it is refused.
+
+    Raises:
+        ValueError: naming both counts.
+    """
+    from ..models.registry import model_config
+
+    classes = getattr(dataset, "num_classes", None)
+    given = cfg.model.num_classes
+    if classes and given not in (classes, model_config(cfg.model.name).num_classes):
+        raise ValueError(f"model.num_classes={given} but dataset {dataset.name!r} has {classes} classes, which set "
+                         "the head; remove model.num_classes")
+
+
 def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
     """The preset's model, under the dataset's head for classify/regression; checked against what ``kind`` trains."""
     model = build_model(cfg.model.name, mcfg)
@@ -101,6 +117,7 @@ def _model_for(cfg: RunConfig, mcfg, data, kind: str) -> nn.Module:
     if kind in ("classify", "regression"):
         from ..models.heads import wrap_for_dataset
 
+        _check_classes(cfg, data.dataset)
         return wrap_for_dataset(model, data.dataset)
     if cfg.objective.name == "patch_mask" and not getattr(model, "patch_pretrainer", False):
         raise ValueError(f"objective patch_mask pretrains a PatchTSTPretrain: set model.name to patchtst-pretrain-tiny "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
+from ..objectives import model_outputs
 from . import distributed as D
 from .precision import autocast
 
 # accuracy-like metrics of a step that evaluation averages and logs as val_<name>
-EVAL_METRICS = ("accuracy", "token_accuracy", "exact_match", "masked_accuracy")
+EVAL_METRICS = ("accuracy", "top5_accuracy", "token_accuracy", "exact_match", "masked_accuracy")
 
 
 @torch.no_grad()
@@ -35,3 +38,39 @@ def evaluate_batches(step_fn, model: nn.Module, batches: list[dict], precision: 
         model.train()
     mean = D.all_reduce_mean(total / len(batches), info).tolist()
     return float(mean[0]), {k: v for k, v in zip(EVAL_METRICS, mean[1:]) if k in seen}
+
+
+@torch.no_grad()
+def confusion_counts(model: nn.Module, batches: list[dict], precision: str, info: D.DistInfo) -> torch.Tensor:
+    """``(C, C)`` int64 counts of a classifier's predictions over ``batches`` (row: true class, column: predicted),
+    summed over ranks (every rank must call it), in eval mode."""
+    model.eval()
+    counts = None
+    try:
+        for batch in batches:
+            batch = {k: v.to(info.device) for k, v in batch.items()}
+            with autocast(precision, info.device):
+                logits = model_outputs("classify", model, batch)
+            classes = logits.shape[-1]
+            pairs = batch["targets"] * classes + logits.argmax(-1)
+            found = torch.bincount(pairs, minlength=classes * classes).float()
+            counts = found if counts is None else counts + found
+    finally:
+        model.train()
+    return (D.all_reduce_mean(counts, info) * info.world_size).round().long().view(classes, classes)
+
+
+def plot_final_confusion(counts: torch.Tensor, dataset, step: int, path) -> None:
+    """Draw the confusion matrix of the validation batches when training ends (``attnlab eval`` redraws it over
+    the whole test split); a folder that cannot take it gets a line on stderr, not an error."""
+    from ..viz.confusion import plot_confusion_matrix
+
+    counts = counts.cpu().numpy()
+    accuracy = counts.trace() / max(counts.sum(), 1)
+    labels = getattr(dataset, "label_names", ())
+    name = getattr(dataset, "name", "classifier")
+    try:
+        plot_confusion_matrix(counts, labels, path, title=f"{name}, step {step} ({counts.sum()} validation examples): "
+                                                          f"accuracy {accuracy:.3f}")
+    except OSError as e:
+        print(f"attnlab: cannot write {path} ({e}); the confusion matrix is not saved", file=sys.stderr)

@@ -111,10 +111,11 @@ class DatasetFeed:
                      world_size: int = 1, split: str = "val") -> list[dict[str, Tensor]]:
         """The first ``num_batches * batch_size * world_size`` rows of ``split`` (fewer if the split is smaller),
         in order, this rank's share of each batch. ``"val"`` is the dataset's validation split where it has one,
-        else its test split; ``"test"`` the test split."""
+        else its test split; ``"test"`` the test split; ``"train"`` the training split (not augmented)."""
         out = []
         val = getattr(self.dataset, "val", None)  # suite datasets may have one; seq2seq datasets do not
-        rows_of = val if split == "val" and val is not None else self.dataset.test
+        rows_of = {"val": val if val is not None else self.dataset.test, "test": self.dataset.test,
+                   "train": self.dataset.train}[split]
         n = len(rows_of)
         per = batch_size * world_size
         for b in range(num_batches):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def tokenizer_digest(tokenizer) -> str | None:
 def _digest(tokenizer_dict: dict) -> str:
     text = json.dumps(tokenizer_dict, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def absolute_data_paths(cfg: dict) -> dict:
+    """A config dict (``model_dump`` form) whose data paths are absolute: ``data.dataset`` when it names an existing
+    file (a text or CSV file) and ``data.options.path`` (``image_folder``, ``audio_folder``), so that ``attnlab eval``
+    and ``viz`` find the data from any folder. A name (``kjv``, ``digits``) or a path that does not exist stays."""
+    data = dict(cfg.get("data") or {})
+    if isinstance(data.get("dataset"), str) and Path(data["dataset"]).expanduser().is_file():
+        data["dataset"] = os.path.abspath(Path(data["dataset"]).expanduser())
+    options = dict(data.get("options") or {})
+    if isinstance(options.get("path"), str) and options["path"] and Path(options["path"]).expanduser().exists():
+        options["path"] = os.path.abspath(Path(options["path"]).expanduser())
+        data["options"] = options
+    return {**cfg, "data": data}
 
 
 def fingerprint(cfg: RunConfig, tokenizer) -> dict:
@@ -84,8 +99,9 @@ def check_resume(ckpt: Checkpoint, cfg: RunConfig, tokenizer, run_dir: str | Pat
         stored = {"config": load_config(run_dir / "config.yaml").model_dump(mode="json"),
                   "tokenizer_sha256": _file_digest(run_dir / "tokenizer.json")}
     allowed = ALWAYS | set(cfg.train.allow_changes)
-    changes = {k: v for k, v in config_changes(stored["config"], cfg.model_dump(mode="json")).items()
-               if k not in allowed}
+    # a run written before data paths were stored absolute: its relative paths, read from here, are the same data
+    old, new = absolute_data_paths(stored["config"]), absolute_data_paths(cfg.model_dump(mode="json"))
+    changes = {k: v for k, v in config_changes(old, new).items() if k not in allowed}
     if changes:
         raise ValueError(_changes_message(changes, ckpt, run_dir))
     digest = tokenizer_digest(tokenizer)

@@ -75,11 +75,18 @@ def format_seconds(s: float) -> str:
     return f"{m}m{sec:02d}s" if m else f"{s:.1f}s"
 
 
+def rate_unit(data) -> str:
+    """What a run's throughput counts: ``examples`` for a dataset of one position per example (images, clips,
+    files), else ``tokens`` (the trainer's ``tokens`` are ``batch_size x seq_len`` per step either way)."""
+    return "examples" if getattr(getattr(data, "tokenizer", None), "unit", "") == "example" else "tokens"
+
+
 def print_summary(result, trainer) -> None:
     """The closing lines of a run (rank 0): how it stopped, speed, final loss, how to resume an interrupted run."""
     rate = trainer.tokens / max(trainer.elapsed, 1e-9)
     msg = (f"{result.stopped} at step {result.step}: {format_seconds(result.train_seconds)} in training steps "
-           f"({rate:,.0f} tokens/s); this invocation took {format_seconds(result.wall_seconds)} with evaluation")
+           f"({rate:,.0f} {rate_unit(trainer.data)}/s); this invocation took {format_seconds(result.wall_seconds)} "
+           "with evaluation")
     if result.final_val_loss is not None:
         msg += f"; final val loss {loss_text(result.final_val_loss, trainer.data)}"
     tqdm.write(msg + f"; run directory {trainer.run_dir}")

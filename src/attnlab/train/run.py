@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, latest_checkpoint, load_weights
 from .distributed import resolve_device
 from .lock import RunLock, RunLockedError
 from .rundir import kept_tokenizer
-from .run_tasks import check_tta_mode, evaluate_task_run, tta_refused
+from .run_tasks import check_tta_mode, evaluate_task_run, result_suffix, tta_refused
 from .task_feeds import feed_for_config
 from .precision import autocast, resolve_precision
 
@@ -99,7 +99,10 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
     with exact match and character error rate for seq2seq, the objective's metrics otherwise).
 
     Returns ``{"split", "loss", "bits_per_<unit>", "tokens", ...}`` and, with ``save``, writes it to ``eval.json`` in
-    the run directory, holding the run's lock meanwhile. A run folder that cannot be written (read-only) still gives
+    the run directory, holding the run's lock meanwhile (``eval-train.json`` for the training split, and
+    ``-first<N>`` before ``.json`` for the first ``max_batches`` batches only: see
+    :func:`~attnlab.train.run_tasks.result_suffix`). ``split="train"`` of a suite dataset scores a classifier on its
+    training split (other task runs refuse it). A run folder that cannot be written (read-only) still gives
     the result; a line on stderr says ``eval.json`` was not written. ``tta="flip"`` scores an image classifier on
     the mean class probabilities of each test image and its mirror image (test-time augmentation), written to
     ``eval-flip.json`` (and ``confusion_matrix-flip.png``) beside the plain evaluation.
@@ -121,13 +124,15 @@ def evaluate_run(run_dir: str | Path, split: str = "val", batch_size: int | None
         cfg = load_config(run_dir / "config.yaml")
         if feed_for_config(cfg) is not None:  # seq2seq, masked LM or a suite dataset: scored on its own split
             result = evaluate_task_run(run_dir, cfg, batch_size, max_batches, device, progress, save=lock is not None,
-                                       tta=tta)
+                                       tta=tta, split=split)
         elif tta is not None:
             raise tta_refused(tta, f"trains a language model on {cfg.data.dataset!r}")
         else:
             result = _evaluate(run_dir, load_run(run_dir, device), split, batch_size, max_batches, progress)
-        if lock is not None:  # an augmented score goes next to the plain one, not over it
-            _write_eval(run_dir, result, "eval.json" if tta is None else f"eval-{tta}.json")
+        if max_batches is not None:
+            result["max_batches"] = max_batches
+        if lock is not None:  # another split, an augmented or a partial score goes next to the full one, not over it
+            _write_eval(run_dir, result, f"eval{result_suffix(split, tta, max_batches)}.json")
         return result
     finally:
         if lock is not None:

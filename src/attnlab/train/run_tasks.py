@@ -29,23 +29,37 @@ from .rundir import kept_tokenizer
 from .task_feeds import feed_for_config
 
 MLM_EVAL_BATCHES = 50  # masked validation windows scored by default
-CONFUSION_PNG = "confusion_matrix.png"
 TTA_MODES = ("flip",)  # test-time augmentations of image classifiers
+
+
+def result_suffix(split: str, tta: str | None, max_batches: int | None) -> str:
+    """What tells an evaluation's files apart: ``""`` for the whole default split (``eval.json``), else
+    ``-train``, ``-<tta>`` and ``-first<N>`` (the first ``N`` batches only) in that order, so that a partial or
+    another split's evaluation never overwrites the full one."""
+    return ("-train" if split == "train" else "") + (f"-{tta}" if tta else "") + (
+        f"-first{max_batches}" if max_batches is not None else "")
 
 
 @torch.no_grad()
 def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max_batches: int | None,
-                      device: str, progress: bool, save: bool = True, tta: str | None = None) -> dict:
+                      device: str, progress: bool, save: bool = True, tta: str | None = None,
+                      split: str = "val") -> dict:
     """The evaluation of a feed run (see the module docstring) as a JSON-ready dict; with ``save`` a classifier's
-    confusion matrix is drawn into ``RUN/confusion_matrix.png``.
+    confusion matrix is drawn into ``RUN/confusion_matrix<suffix>.png`` (:func:`result_suffix`). ``split="train"``
+    scores a classifier on its training split (without augmentation); ``"val"`` means the test split here.
 
     Raises:
         FileNotFoundError / CheckpointError: no (intact) checkpoint.
-        ValueError: ``tta`` given for a run that is not an image classifier.
+        ValueError: ``tta`` given for a run that is not an image classifier; ``split="train"`` for a run that is
+            not a classifier.
     """
     feed = feed_for_config(cfg, kept_tokenizer(run_dir, cfg.data.tokenizer))
     dev = resolve_device(device)
     _, model, resolved = build_for_config(cfg, dev, feed)
+    classifier = feed.kind == "classify" and resolved.objective.name == "classify"
+    if split == "train" and not classifier:
+        raise ValueError(f"--split train scores language models and classifiers; this {feed.kind} run "
+                         f"({resolved.objective.name}) is scored on its test split: leave out --split")
     if tta is not None:
         _check_tta(tta, feed, resolved.objective.name)
     ckpt = latest_checkpoint(run_dir)
@@ -70,11 +84,13 @@ def evaluate_task_run(run_dir: Path, cfg: RunConfig, batch_size: int | None, max
         losses = [float(objective_step("patch_mask")(model, {k: v.to(dev) for k, v in b.items()})[0]) * len(b["inputs"])
                   for b in feed.eval_batches(bs, 0)]
         return {**head, "split": "val", "masked_mse": sum(losses) / len(feed.data.val), "windows": len(feed.data.val)}
-    if feed.kind == "classify" and resolved.objective.name == "classify":  # (ssast pretrains on the same clips)
-        plot = (run_dir / (CONFUSION_PNG if tta is None else f"confusion_matrix-{tta}.png")) if save else None
+    if classifier:  # (ssast pretrains on the same clips)
+        plot = run_dir / f"confusion_matrix{result_suffix(split, tta, max_batches)}.png" if save else None
         if tta is not None:
             head["tta"] = tta
-        return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot, tta)}
+        head["split"] = "train" if split == "train" else "test"
+        return {**head, **_classify_split(model, feed, bs, max_batches, dev, precision, progress, plot, tta,
+                                          head["split"])}
     step_fn = objective_step(resolved.objective.name, **step_options(resolved.objective))
     n = max_batches or (MLM_EVAL_BATCHES if feed.kind == "mlm" else math.ceil(len(feed.dataset.test) / bs))
     sums: dict[str, float] = {}
@@ -124,14 +140,14 @@ def _log_probs(model, batch: dict, tta: str | None) -> torch.Tensor:
 
 
 def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precision: str, progress: bool,
-                    plot: Path | None, tta: str | None = None) -> dict:
-    """Loss, accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix over the test split."""
+                    plot: Path | None, tta: str | None = None, split: str = "test") -> dict:
+    """Loss, accuracy, top-5 accuracy (more than 5 classes) and the confusion matrix over ``split``."""
     from ..viz.confusion import confusion_matrix, plot_confusion_matrix
 
     dataset = feed.dataset
-    n = max_batches or math.ceil(len(dataset.test) / bs)
+    n = max_batches or math.ceil(len(getattr(dataset, split)) / bs)
     logits, targets = [], []
-    for batch in tqdm(feed.eval_batches(bs, n, split="test"), desc="eval test", disable=not progress,
+    for batch in tqdm(feed.eval_batches(bs, n, split=split), desc=f"eval {split}", disable=not progress,
                       dynamic_ncols=True):
         with autocast(precision, dev):
             logits.append(_log_probs(model, {k: v.to(dev) for k, v in batch.items()}, tta).cpu())
@@ -145,7 +161,7 @@ def _classify_split(model, feed, bs: int, max_batches: int | None, dev, precisio
     out["confusion_matrix"] = counts.tolist()
     if plot is not None:
         try:
-            plot_confusion_matrix(counts, dataset.label_names, plot, title=f"{dataset.name}: accuracy "
+            plot_confusion_matrix(counts, dataset.label_names, plot, title=f"{dataset.name} ({split}): accuracy "
                                                                              f"{out['accuracy']:.3f}")
             out["confusion_png"] = str(plot)
         except OSError:

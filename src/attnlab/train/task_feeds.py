@@ -208,6 +208,7 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
                          f"to one of {seq2seq}")
     if suite:
         return feed_for_dataset(get_dataset(d.dataset, **d.options))
+    _check_misspelt(d.dataset)
     if d.options:
         raise ValueError(f"data.options {sorted(d.options)} apply to suite datasets (`attnlab list datasets`), not to "
                          f"the text {d.dataset!r}; remove them")
@@ -216,6 +217,23 @@ def feed_for_config(cfg: RunConfig, tokenizer_file: str | None = None):
         data = build_lm_data(d.dataset, tok, d.seq_len, d.val_fraction, d.split, d.vocab_size)
         return MLMFeed(data, objective.mask_prob, objective.whole_word)
     return None
+
+
+def _check_misspelt(name: str) -> None:
+    """Raises ValueError for a ``data.dataset`` that is no dataset and no file but close to a dataset's name (before
+    the errors about text files, which would mislead: ``fashion_image`` is not meant as a text file)."""
+    import difflib
+    from pathlib import Path
+
+    from ..data.sources import list_sources
+
+    names = [*list_datasets(), *list_sources("text")]
+    if name in names or Path(name).expanduser().exists():
+        return
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+    if close:
+        raise ValueError(f"data.dataset={name!r} is not a dataset or a file. Did you mean {close}? "
+                         "(`attnlab list datasets` lists them)")
 
 
 def feed_for_dataset(dataset) -> DatasetFeed:

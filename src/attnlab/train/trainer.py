@@ -35,9 +35,10 @@ from .init_from import init_from_run
 from .task_feeds import feed_for_config
 from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_training_state,
                          load_weights, restore_rng, save_checkpoint, write_failure)
-from .fingerprint import check_resume, fingerprint
-from .evaluation import evaluate_batches
-from .logs import MetricsLog, TrainingDiverged, TrainResult, opening_line, print_summary, truncate_metrics
+from .fingerprint import absolute_data_paths, check_resume, fingerprint
+from .evaluation import confusion_counts, evaluate_batches, plot_final_confusion
+from .logs import (MetricsLog, TrainingDiverged, TrainResult, opening_line, print_summary, rate_unit,
+                   truncate_metrics)
 from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
@@ -294,7 +295,8 @@ class Trainer:
         result.losses.append(loss)
         log.write(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+        rate = {"ex_s" if rate_unit(self.data) == "examples" else "tok_s": f"{row['tokens_per_s']:.0f}"}
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **rate, refresh=False)
         if self.on_step is not None:
             self.on_step(self.step, row)
         if stop:
@@ -340,6 +342,10 @@ class Trainer:
             if rows:
                 plot_loss_curve(rows, self.run_dir / "loss_curve.png", title=str(self.run_dir),
                                 unit=self.data.tokenizer.unit)
+        if self.feed_kind == "classify" and self.cfg.objective.name == "classify" and self.val:
+            counts = confusion_counts(self.raw_model, self.val, self.precision, self.info)  # every rank takes part
+            if self.info.is_main:
+                plot_final_confusion(counts, self.data.dataset, self.step, self.run_dir / "confusion_matrix.png")
         return result
 
 
@@ -373,6 +379,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         TrainingDiverged: the loss became NaN/inf (message has the step and what to change).
     """
     check_flags(resume, overwrite, cfg.train.run_dir)
+    data = absolute_data_paths(cfg.model_dump())["data"]  # stored so, eval and viz work from any folder
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={k: data[k] for k in ("dataset", "options")})})
     info = D.init_distributed(cfg.train.device)
     trainer = None
     try:

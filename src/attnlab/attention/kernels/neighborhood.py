@@ -155,8 +155,9 @@ class NeighborhoodAttention(AttentionKernel):
         self.kernel_size = None if kernel_size is None else _pair(kernel_size, "kernel_size")
         for k in self.kernel_size or ():
             if k < 1 or k % 2 == 0:
+                hint = f"{k - 1} (or {k + 1} if the grid has room)" if k > 1 else "1"  # the smaller always fits
                 raise ValueError(f"kernel_size must be odd and >= 1 (NATTEN v1 rule), got {kernel_size!r}; "
-                                 f"try {k + 1 if k > 0 else 1}")
+                                 f"try {hint}")
         self.block_size = block_size
         self.block_1d = default_block((self.kernel_size or (DEFAULT_KERNEL,) * 2)[1], block_size)
         self.block_2d = block_size if block_size is not None else 8

@@ -87,7 +87,8 @@ class ConViT(Classifies, TransformerBody):
             why = probe_failure(block.attn.kernel, block.attn.num_heads, block.attn.head_dim, tokens, tokens, ctx)
             if why and local:
                 raise CapabilityError(f"block {i} runs before the class token joins, on the {rows}x{cols} patch grid, "
-                                      f"but attention {block.attn.kernel.name!r} cannot ({why})")
+                                      f"but attention {block.attn.kernel.name!r} cannot ({why}); kernels that can: "
+                                      f"{kernels_serving(tokens, tokens, ctx)}")
             if why:
                 raise CapabilityError(f"block {i} attends over the class token and the patches, which attention "
                                       f"{block.attn.kernel.name!r} cannot ({why}); kernels that can: "

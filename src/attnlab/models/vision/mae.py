@@ -68,6 +68,7 @@ class MaskedAutoencoder(nn.Module):
         if self.num_visible < 1:
             raise ValueError(f"mask_ratio={mask_ratio} masks all {self.num_patches} patches; lower it")
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self._check_encoder_kernels()
         dim = decoder_dim or max(cfg.dim // 2, 8)
         heads = decoder_heads or cfg.num_heads
         name, opts = cfg.layer_attention(0)
@@ -81,6 +82,26 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.num_channels)
         init_weights(self.decoder, dec_cfg)
         nn.init.normal_(self.mask_token, std=cfg.init_std)
+
+    def _check_encoder_kernels(self) -> None:
+        """The encoder sees a random subset of the patches, which has no grid: a kernel that places tokens on the
+        grid would run over them as a 1-D sequence (or not at all), so it is refused here.
+
+        Raises:
+            CapabilityError: naming the kernel and the kernels that serve the visible tokens.
+        """
+        from ...attention.capabilities import CapabilityError
+        from ...attention.context import AttentionContext
+        from ...attention.registry import get_attention_class
+        from ..probe import kernels_serving
+
+        grid = sorted({b.attn.kernel.name for b in self.encoder.blocks if b.attn.kernel.capabilities.grid_2d})
+        if grid:
+            tokens = self.num_visible + (1 if self.encoder.cfg.pooling == "cls" else 0)
+            fit = [n for n in kernels_serving(tokens, tokens, AttentionContext(causal=False))
+                   if not get_attention_class(n).capabilities.grid_2d]
+            raise CapabilityError(f"MAE's encoder sees {self.num_visible} randomly chosen patches, which lie on no "
+                                  f"grid, so attention {grid} cannot place them; kernels that can: {fit}")
 
     def random_masking(self, batch: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``(ids_keep (B, n_visible), mask (B, N))``: a uniform random subset of exactly ``n_visible`` patches."""

@@ -72,6 +72,20 @@ def slice_grid(grid: tuple[int, int], groups: int) -> tuple[int, int] | None:
     return (rows // groups, cols) if rows % groups == 0 else None
 
 
+def _block_diagonal(maps: Tensor, groups: int, perm: Tensor | None) -> Tensor:
+    """``(B * G, H, n, n)`` slice maps -> ``(B, H, G n, G n)`` over the tokens in grid order (``perm``: the
+    shuffle that made the slices, undone)."""
+    n = maps.shape[-1]
+    per_image = maps.view(-1, groups, *maps.shape[1:])  # (B, G, H, n, n)
+    full = maps.new_zeros(per_image.shape[0], maps.shape[1], groups * n, groups * n)
+    for g in range(groups):
+        full[:, :, g * n:(g + 1) * n, g * n:(g + 1) * n] = per_image[:, g]
+    if perm is None:
+        return full
+    where = torch.argsort(perm)  # the shuffled position of each token
+    return full[:, :, where][:, :, :, where]
+
+
 class RecursiveBlock(nn.Module):
     """``x <- a1 x + a2 attn(LN x)``, ``x <- a3 x + a4 mlp(LN x)`` (applied ``loops`` times per stage)."""
 
@@ -234,14 +248,22 @@ class SReT(Classifies, nn.Module):
         return self.norm(x)
 
     def attention_maps(self, pixels: Tensor) -> list[Tensor]:
-        """Per block application ``(B * G, heads, N / G, N / G)`` maps of its ``G`` slices (in the shuffled order when
-        shuffled), through each kernel's reference path.
+        """Per block application a ``(B, heads, N, N)`` map over the stage's ``N`` tokens in grid order: its ``G``
+        slices' maps on the diagonal (put back in grid order when the tokens were shuffled), zero between slices,
+        where no attention goes. Through each kernel's reference path.
 
         Raises:
             CapabilityError: a kernel that has no attention weights.
         """
-        shells = [b.attn.attn for stage in self.stages for b in stage.blocks]
-        return collect_attention_maps(shells, lambda: self(pixels))
+        sliced = [b.attn for stage in self.stages for b in stage.blocks]
+        calls: list[tuple[int, Tensor | None]] = []  # (groups, perm) of each application, in call order
+        hooks = [m.register_forward_pre_hook(lambda _, args: calls.append((args[2], args[3]))) for m in sliced]
+        try:
+            maps = collect_attention_maps([m.attn for m in sliced], lambda: self(pixels))
+        finally:
+            for h in hooks:
+                h.remove()
+        return [_block_diagonal(m, groups, perm) for m, (groups, perm) in zip(maps, calls)]
 
     def pooled(self, pixels: Tensor) -> Tensor:
         """``(B, C_last)``: the mean over the last stage's tokens."""

@@ -154,4 +154,9 @@ class TNT(Classifies, nn.Module):
         Raises:
             CapabilityError: a kernel that has no attention weights.
         """
-        return collect_attention_maps([b.outer.attn for b in self.blocks], lambda: self(pixels))
+        return collect_attention_maps(self.map_shells(), lambda: self(pixels))
+
+    def map_shells(self) -> list[nn.Module]:
+        """The outer blocks' attention shells: the ones whose maps relate image patches (the inner blocks attend
+        between the pixels of one patch)."""
+        return [b.outer.attn for b in self.blocks]
