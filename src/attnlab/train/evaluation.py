@@ -60,12 +60,16 @@ def confusion_counts(model: nn.Module, batches: list[dict], precision: str, info
     return (D.all_reduce_mean(counts, info) * info.world_size).round().long().view(classes, classes)
 
 
-def plot_final_confusion(counts: torch.Tensor, dataset, step: int, path) -> None:
+def final_confusion(model: nn.Module, batches: list[dict], precision: str, info: D.DistInfo, dataset, step: int,
+                    path) -> None:
     """Draw the confusion matrix of the validation batches when training ends (``attnlab eval`` redraws it over
-    the whole test split); a folder that cannot take it gets a line on stderr, not an error."""
+    the whole test split): every rank counts its share, rank 0 draws; a folder that cannot take it gets a line on
+    stderr, not an error."""
     from ..viz.confusion import plot_confusion_matrix
 
-    counts = counts.cpu().numpy()
+    counts = confusion_counts(model, batches, precision, info).cpu().numpy()
+    if not info.is_main:
+        return
     accuracy = counts.trace() / max(counts.sum(), 1)
     labels = getattr(dataset, "label_names", ())
     name = getattr(dataset, "name", "classifier")
