@@ -141,3 +141,12 @@ def test_entry_point_runs_as_a_program():
     proc = subprocess.run([sys.executable, "-m", "attnlab.cli", "list", "datasets"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "kjv" in proc.stdout
+
+
+def test_list_attention_shows_each_kernels_capabilities(capsys):
+    assert main(["list", "attention"]) == 0
+    axial = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("axial "))
+    assert "grid_2d" in axial and "kv_cache" not in axial and "O(N*(rows+cols))" in axial
+    assert main(["list", "attention", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["window"]["capabilities"]["requires_grid"] and not rows["softmax"]["capabilities"]["requires_grid"]

@@ -166,6 +166,11 @@ def test_every_task_and_variant_is_checked_before_any_cell_runs(tmp_path, text_f
     with pytest.raises(ValueError, match=r"variant 'sw': attention 'sliding_window' has no option\(s\) \['windo'\]"):
         compare_config_from_dict(raw)
     raw = grid_config(tmp_path, text_file)
+    raw["compare"]["tasks"][-1]["options"] = {**MQAR, "num_kv_pair": 4}
+    with pytest.raises(ValueError, match=r"task 'mqar': unknown option\(s\) \['num_kv_pair'\] for dataset 'mqar'. "
+                                         r"Did you mean \['num_kv_pairs'\]"):
+        compare_config_from_dict(raw)
+    raw = grid_config(tmp_path, text_file)
     raw["compare"]["seedz"] = [0]
     with pytest.raises(ValueError, match=r"compare.seedz: Extra inputs are not permitted \(did you mean \['seeds'\]"):
         compare_config_from_dict(raw)

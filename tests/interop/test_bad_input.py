@@ -244,3 +244,12 @@ def test_per_layer_kernel_options_pass_whole_and_not_beside_keywords(hf_checkpoi
     assert model.blocks[0].attn.kernel.window == 4 and model.blocks[1].attn.kernel.name == "softmax"
     with pytest.raises(ValueError, match="either as keywords or as attention_options=, not both"):
         load_pretrained(folder, attention="sliding_window", attention_options={"window": 4}, window=8)
+
+
+def test_a_misspelt_or_fixed_keyword_is_named_with_what_the_family_takes(hf_checkpoint):
+    folder, _ = hf_checkpoint("ViTForImageClassification")
+    with pytest.raises(ValueError, match=r"load_pretrained has no keyword 'poolng'. Did you mean \['pooling'\]\? A vit "
+                                         r"checkpoint takes \['pooling'\]"):
+        load_pretrained(folder, poolng="mean")
+    with pytest.raises(ValueError, match=r"'num_channels' cannot be set when loading a vit checkpoint"):
+        load_pretrained(folder, num_channels=1)

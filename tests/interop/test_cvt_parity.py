@@ -121,7 +121,8 @@ def test_kv_stride_and_per_stage_kernels_through_load_pretrained_and_back(tmp_pa
         "cvt.encoder.stages.1.layers.0.attention.attention.convolution_projection_key.convolution_projection."
         "convolution.weight"], atol=0, rtol=0)
     out = save_pretrained(swapped, tmp_path / "swapped", allow_attention_change=True)
-    back = load_pretrained(out, image_size=32)
+    back = load_pretrained(out)  # the image size it was built for is recorded too
+    assert back.cfg.image_size == 32 and back.hf_info["skipped"] == []
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(back.classify(x), swapped.classify(x), atol=0, rtol=0)

@@ -109,7 +109,8 @@ def _hf_param(model, stem: str, leaves: tuple[str, ...]) -> torch.Tensor:
     return next(p for name, p in params.items() if any(name.endswith(stem + leaf) for leaf in leaves))
 
 
-@pytest.mark.parametrize("attention, own", [("linear", "dwc.weight"), ("gpsa", "pos_proj.weight")])
+@pytest.mark.parametrize("attention, own", [("linear", "dwc.weight"), ("gpsa", "pos_proj.weight"),
+                                            ("routing", "centroids")])  # a buffer: state, not a weight
 def test_a_kernel_with_its_own_weights_loads_them_initialised(tmp_path, attention, own):
     """The checkpoint's projections land as with any kernel; the kernel's own weights are new, and listed."""
     import attnlab
@@ -120,7 +121,7 @@ def test_a_kernel_with_its_own_weights_loads_them_initialised(tmp_path, attentio
     assert not any("kernel" not in k for k in swapped.hf_info["initialised"])
     query = _hf_param(hf, "layers.1.blocks.1.attention.", ("self.query.weight", "q_proj.weight"))
     torch.testing.assert_close(swapped.stages[1].blocks[1].attn.q_proj.weight, query, atol=0, rtol=0)
-    with pytest.raises(ValueError, match=f"attention \\['{attention}'\\] has its own parameters"):
+    with pytest.raises(ValueError, match=f"attention \\['{attention}'\\] has its own parameters or state"):
         attnlab.save_pretrained(swapped, tmp_path / "no", allow_attention_change=True)
 
 
@@ -160,6 +161,12 @@ def test_a_new_head_and_image_size_on_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.pooled(x), hf.swin(pixel_values=x).pooler_output, **TOL)
     assert attnlab.load_pretrained(folder, num_classes=0).head is None
+    same = attnlab.load_pretrained(folder, num_classes=5)  # the checkpoint's own count: its trained head stays
+    assert same.hf_info["initialised"] == [] and torch.equal(same.head.weight, hf.classifier.weight)
+    with pytest.raises(ValueError, match=r"transformers' Swin cannot run stage\(s\) \[1\], whose grids \[\(4, 4\)\] "
+                                         r"are smaller than window_size=7"):
+        save_swin(create_model("swin-tiny", image_size=16, window_size=7),
+                  tmp_path / "small")
     with pytest.raises(ValueError, match=r"\['kv_stride'\] cannot be set when loading a swin checkpoint; a swin "
                                          r"checkpoint takes \['image_size', 'num_classes'\]"):
         attnlab.load_pretrained(folder, kv_stride=1)

@@ -99,3 +99,10 @@ def test_a_grid_kernel_in_the_encoder_is_refused_naming_the_kernels_that_can():
                                               r"\['neighborhood'\] cannot place them; kernels that can: \[.*'softmax'"):
         MaskedAutoencoder(model_config("vit-tiny", attention="neighborhood"))
     assert MaskedAutoencoder(model_config("vit-tiny", attention="sliding_window")).num_visible == 16
+
+
+@pytest.mark.parametrize("preset, field", [("swin-tiny", "depths"), ("t2t-vit-tiny", "stage_embed"),
+                                           ("convit-tiny", "local_layers")])
+def test_a_config_of_another_vision_family_is_refused(preset, field):
+    with pytest.raises(ValueError, match=rf"wraps a plain ViT config .* this one has {field}="):
+        MaskedAutoencoder(model_config(preset, attention="softmax"))

@@ -116,3 +116,15 @@ def test_sret_learns_digits_with_two_kernels(attention):
     body = create_model("sret-tiny", attention=attention, image_size=8, num_channels=1,
                         stage_embed=[[3, 1, 1]], groups=[2, 1], recursive_groups=[2, 1])
     assert digits_loss_ratio(body, steps=150, lr=3e-3) < 0.6
+
+
+def test_a_schedule_must_give_the_applications_of_a_shared_block_one_kernel():
+    """num_layers counts applications (depths [2, 2], loops 2: four, from two shared blocks); an entry per
+    application must repeat for the applications of one block, or the schedule would be silently cut."""
+    model = create_model("sret-tiny", attention=["neighborhood", "neighborhood", "linear", "linear"])
+    assert [b.attn.attn.kernel.name for s in model.stages for b in s.blocks] == ["neighborhood", "linear"]
+    assert [b.attn.attn.kernel.name for s in create_model("sret-tiny", attention=["neighborhood", "linear"]).stages
+            for b in s.blocks] == ["neighborhood", "linear"]  # one name per stage
+    with pytest.raises(ValueError, match=r"stage 0's shared block 0 runs 2 times with one kernel .* \(layers 0..1\) "
+                                         r"\['neighborhood', 'softmax'\]"):
+        create_model("sret-tiny", attention=["neighborhood", "softmax", "linear", "axial"])

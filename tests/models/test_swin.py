@@ -122,3 +122,9 @@ def test_a_schedule_of_another_length_names_both_accepted_lengths(attention, wor
     with pytest.raises(ValueError) as err:
         create_model("swin-tiny", attention=attention)
     assert words in str(err.value)
+
+
+def test_the_window_kernels_size_comes_from_the_model_not_an_option():
+    with pytest.raises(ValueError, match=r"Swin sets the window kernel's window_size \(from model.window_size=4, "
+                                         r"clamped to small grids\) and shift .* remove \['window_size'\]"):
+        create_model("swin-tiny", attention_options={"window_size": 2})

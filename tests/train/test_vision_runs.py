@@ -156,14 +156,14 @@ def test_the_end_of_training_confusion_counts_are_the_validation_predictions(tmp
     assert counts.sum() == 192
 
 
-def test_a_relative_image_folder_is_stored_absolute_so_eval_runs_from_anywhere(tmp_path, monkeypatch):
+def test_a_relative_image_folder_is_stored_absolute_so_eval_and_viz_run_from_anywhere(tmp_path, monkeypatch):
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for c, name in enumerate(("cat", "dog")):
         (tmp_path / "work" / "imgs" / name).mkdir(parents=True)
         for i in range(5):
-            pixels = (rng.random((8, 8, 3)) * 60 + 180 * c).astype(np.uint8)
+            pixels = (rng.random((10, 10, 3)) * 60 + 180 * c).astype(np.uint8)  # resized to 8x8 for training
             Image.fromarray(pixels).save(tmp_path / "work" / "imgs" / name / f"{i}.png")
     monkeypatch.chdir(tmp_path / "work")
     cfg = build_config({"model": {**MODEL, "image_size": 8, "num_channels": 3, "patch_size": 2},
@@ -176,3 +176,7 @@ def test_a_relative_image_folder_is_stored_absolute_so_eval_runs_from_anywhere(t
     train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 3})}), resume=True, progress=False)
     monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its images
     assert evaluate_run(tmp_path / "work" / "run", progress=False, save=False)["examples"] == 2
+    from attnlab.cli import main  # an image of the folder is explained at its size, resized as training resized it
+
+    assert main(["viz", str(tmp_path / "work" / "run"), "--method", "raw", "--image",
+                 str(tmp_path / "work" / "imgs" / "dog" / "0.png")]) == 0

@@ -315,8 +315,13 @@ def _list_rows(what: str) -> list[dict]:
     if what == "attention":
         from ..attention import describe_attention
 
-        return [{"name": r["name"], "info": f"{r['summary']}  [{r['capabilities'].get('complexity', '')}]",
-                 "options": r["options"]} for r in describe_attention()]
+        from ..catalogue import FLAGS
+
+        def caps(c: dict) -> str:  # the declared abilities, then the cost
+            return ", ".join(f for f in FLAGS if c.get(f)) + f"; {c.get('complexity', '')}"
+
+        return [{"name": r["name"], "info": f"{r['summary']}  [{caps(r['capabilities'])}]",
+                 "options": r["options"], "capabilities": r["capabilities"]} for r in describe_attention()]
     if what == "models":
         from ..models import describe_models
 

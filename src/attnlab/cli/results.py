@@ -13,7 +13,8 @@ def eval_lines(r: dict, split: str) -> list[str]:
     if "objective" in r:  # a seq2seq, masked-LM or suite dataset run: its test split and metrics
         scores = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
         how = f"{r['objective']}, test-time augmentation {r['tta']}" if "tta" in r else r["objective"]
-        how += f", first {r['max_batches']} batches" if "max_batches" in r else ""
+        n = r.get("max_batches")
+        how += "" if n is None else f", first {n} batch{'es' if n > 1 else ''}"
         return [f"{r['split']} ({how}): {scores}; checkpoint step {r['step']}",
                 *(f"  {s['source'][:60]!r} -> {s['prediction']!r} (reference {s['reference']!r})"
                   for s in r.get("samples", []))]

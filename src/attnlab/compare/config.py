@@ -230,6 +230,12 @@ def _check_cells(cfg: CompareConfig) -> None:
         if unknown:
             raise ValueError(f"variant {v.label!r}: attention {v.name!r} has no option(s) {unknown}; valid: "
                              f"{sorted(attention_options(v.name))}")
+    from ..data.registry import dataset_options, list_datasets, unknown_options_message
+
+    for t in cfg.compare.tasks:  # a suite dataset's generator options (a series task's are data keys)
+        unknown = sorted(set(t.options) - set(dataset_options(t.name))) if t.name in list_datasets() else []
+        if unknown:
+            raise ValueError(f"task {t.label!r}: " + unknown_options_message(t.name, unknown))
     base = rename_old_sections(cfg.base, "base")
     for t in cfg.compare.tasks:
         where = f"the overrides of task {t.label!r}"

@@ -79,6 +79,17 @@ def dataset_options(name: str) -> dict[str, object]:
     return {k: p.default for k, p in params.items()}
 
 
+def unknown_options_message(name: str, unknown: list[str]) -> str:
+    """The one-line error for options dataset ``name`` does not take (the closest valid ones, then all)."""
+    import difflib
+
+    valid = dataset_options(name)
+    close = list(dict.fromkeys(c for u in unknown  # the closest option to each unknown one
+                               for c in difflib.get_close_matches(u, list(valid), n=1, cutoff=0.6)))
+    hint = f" Did you mean {close}?" if close else ""
+    return f"unknown option(s) {unknown} for dataset {name!r}.{hint} Valid options: {valid}"
+
+
 def get_dataset(name: str, **options) -> SuiteDataset:
     """Build dataset ``name`` with ``options`` (see :func:`dataset_options`).
 
@@ -91,7 +102,7 @@ def get_dataset(name: str, **options) -> SuiteDataset:
     valid = dataset_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; valid options: {valid}")
+        raise ValueError(unknown_options_message(name, unknown))
     return spec.builder(**options)
 
 

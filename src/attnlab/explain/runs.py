@@ -84,7 +84,8 @@ def _image_subject(run_dir: Path, cfg, feed, image: str | None, index: int | Non
     model, data = _load_classifier(run_dir, cfg, feed, device), feed.dataset
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in data.image_norm)
     if image is not None:
-        pixels, label = (read_image(image, data.image_shape) - mean) / std, Path(image).name
+        resize = data.name == "image_folder"  # its training images were resized so: an image of the folder fits
+        pixels, label = (read_image(image, data.image_shape, resize) - mean) / std, Path(image).name
     else:
         i = 0 if index is None else index
         if not 0 <= i < len(data.test.inputs):
@@ -99,11 +100,12 @@ def _image_subject(run_dir: Path, cfg, feed, image: str | None, index: int | Non
                    False, f"{label}, predicted {data.label_names[target]}")
 
 
-def read_image(path: str, shape: tuple[int, int, int]) -> Tensor:
-    """An image file -> ``(C, H, W)`` floats in [0, 1] of exactly ``shape`` (no resizing: the model reads its size).
+def read_image(path: str, shape: tuple[int, int, int], resize: bool = False) -> Tensor:
+    """An image file -> ``(C, H, W)`` floats in [0, 1] of exactly ``shape``: resized (bilinear, as ``image_folder``
+    resizes its training images) with ``resize``, else it must have that size already.
 
     Raises:
-        ValueError: a missing or unreadable file, or an image of another size.
+        ValueError: a missing or unreadable file, or (without ``resize``) an image of another size.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -112,6 +114,8 @@ def read_image(path: str, shape: tuple[int, int, int]) -> Tensor:
         raise ValueError(f"image {path!r} does not exist")
     try:
         with Image.open(path) as img:
+            if resize and img.size != (W, H):
+                img = img.convert("L" if C == 1 else "RGB").resize((W, H), Image.BILINEAR)
             if img.size != (W, H):
                 raise ValueError(f"image {path!r} is {img.size[0]}x{img.size[1]} pixels but the run's model reads "
                                  f"{W}x{H}; resize it first")

@@ -6,8 +6,8 @@ in the model and every model tensor comes from the checkpoint, except the parame
 softmax does not have (kept initialised, listed in ``model.hf_info["initialised"]``). ``CvtModel`` has no final
 LayerNorm (it belongs to ``CvtForImageClassification``): loaded from one, attnlab's model has none either.
 
-Hugging Face's config has no image size (CvT has no position embedding): ``image_size`` (224 by default) sets the
-size attnlab's model checks its inputs against.
+Hugging Face's config has no image size (CvT has no position embedding): ``image_size`` sets the size attnlab's model
+checks its inputs against (224 by default; a folder :func:`save_cvt` wrote records its own in ``config.json``).
 """
 
 from __future__ import annotations
@@ -98,14 +98,15 @@ def cvt_config(hf: dict, image_size: int = 224) -> ModelConfig:
                        max_seq_len=max(1, image_size ** 2))
 
 
-def load_cvt(path: str | os.PathLike, attention: str | list[str] | None = None, image_size: int = 224,
+def load_cvt(path: str | os.PathLike, attention: str | list[str] | None = None, image_size: int | None = None,
              num_classes: int | None = None, kv_stride: int | None = None, **attention_options) -> CvT:
     """Build attnlab's :class:`CvT` for a Hugging Face CvT folder and load its weights (eval mode).
 
     ``attention`` swaps the kernel of every block (one name, one per stage or one per block; with the key stride
     of the checkpoint, 2 by default, it must support cross-attention); without it, the kernel a :func:`save_cvt`
     recorded is restored. ``num_classes`` builds a new classification head (initialised; 0: none) in place of
-    the checkpoint's; ``kv_stride=1`` keeps every key and value (the convolutional projections' weights serve
+    the checkpoint's; ``image_size`` is the input size (default: the one a :func:`save_cvt` recorded, else 224);
+    ``kv_stride=1`` keeps every key and value (the convolutional projections' weights serve
     any stride), so that grid kernels serve the blocks.
 
     Raises:
@@ -114,7 +115,9 @@ def load_cvt(path: str | os.PathLike, attention: str | list[str] | None = None, 
         CapabilityError: a swapped-in kernel that cannot serve CvT's blocks (names the kernels that can).
     """
     folder, hf, raw = read_checkpoint(path, "cvt")
-    cfg = cvt_config(hf, image_size)
+    cfg = cvt_config(hf, image_size or hf.get("image_size", 224))  # save_cvt records the size it was built for
+    if num_classes == cfg.num_classes:
+        num_classes = None  # the checkpoint's own head fits: keep it
     attention, attention_options = restored_attention(hf, attention, attention_options)
     update = {k: v for k, v in (("num_classes", num_classes), ("kv_stride", kv_stride)) if v is not None}
     if attention is not None:
@@ -143,7 +146,8 @@ def load_cvt(path: str | os.PathLike, attention: str | list[str] | None = None, 
     _copy(model, state, folder)
     if not has_norm:
         model.norm = nn.Identity()
-    model.hf_info = {"model_type": "cvt", "config": hf, "source": str(folder), "initialised": initialised}
+    model.hf_info = {"model_type": "cvt", "config": hf, "source": str(folder), "initialised": initialised,
+                     "skipped": []}
     return model.eval()
 
 
@@ -203,6 +207,7 @@ def _hf_config(cfg: ModelConfig, classifier: bool) -> dict:
           "mlp_ratio": [(cfg.mlp_dim / cfg.dim if cfg.mlp_dim else 4.0)] * n, "attention_drop_rate": [0.0] * n,
           "drop_rate": [0.0] * n, "drop_path_rate": [0.0] * (n - 1) + [cfg.drop_path],
           "cls_token": [False] * (n - 1) + [cfg.pooling == "cls"], "stride_kv": [cfg.kv_stride] * n,
+          "image_size": cfg.image_size,  # not a CvtConfig field (transformers keeps it as an attribute): for load_cvt
           **{key: [value] * n for key, value in FIXED.items()}}
     if classifier:
         hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}

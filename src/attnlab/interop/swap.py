@@ -35,13 +35,42 @@ def split_options(model_type: str, options: dict) -> tuple[dict, dict]:
             raise ValueError(f"give the kernel's options either as keywords or as attention_options=, not both "
                              f"(got attention_options and {rest})")
         options = {**{k: v for k, v in options.items() if k in MODEL_KEYS}, **_as_keywords(options)}
-    model = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    _check_known(model_type, options)
+    model = {k: v for k, v in options.items() if k in MODEL_KEYS and not _combiner_pooling(k, v)}
     bad = sorted(k for k in model if model_type not in MODEL_KEYS[k])
     if bad:
         can = sorted(k for k, types in MODEL_KEYS.items() if model_type in types)
         raise ValueError(f"{bad} cannot be set when loading a {model_type} checkpoint{WHY_FIXED.get(model_type, '')}; "
                          + (f"a {model_type} checkpoint takes {can}" if can else "leave them out"))
     return model, {k: v for k, v in options.items() if k not in model}
+
+
+def _combiner_pooling(key: str, value) -> bool:
+    """``pooling="identity-max"`` and the like are the ``combiner`` kernel's option, not the model's (``mean``,
+    ``cls``)."""
+    return key == "pooling" and value not in ("mean", "cls")
+
+
+def _check_known(model_type: str, options: dict) -> None:
+    """Raises ValueError for a keyword that is neither a model keyword (:data:`MODEL_KEYS`) nor an option of any
+    attention kernel (a misspelling such as ``image_sise``), or a model setting no checkpoint lets change
+    (``num_channels``), naming what the family takes."""
+    import difflib
+
+    from ..attention.registry import attention_options, list_attention
+
+    kernel = {o for name in list_attention() for o in attention_options(name)}
+    takes = sorted(k for k, types in MODEL_KEYS.items() if model_type in types)
+    for key in options:
+        if key in MODEL_KEYS or key in kernel or key == "attention_options":
+            continue
+        if key in ModelConfig.model_fields:
+            raise ValueError(f"{key!r} cannot be set when loading a {model_type} checkpoint (its weights and config "
+                             f"fix it); a {model_type} checkpoint takes {takes} and its kernel's options")
+        close = difflib.get_close_matches(key, sorted({*MODEL_KEYS, *kernel}), n=3, cutoff=0.7)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"load_pretrained has no keyword {key!r}.{hint} A {model_type} checkpoint takes {takes} "
+                         "and the options of the attention kernel (attention=...)")
 
 
 def _as_keywords(options: dict) -> dict:
@@ -84,8 +113,8 @@ def attention_record(cfg, kernels: Iterable[nn.Module], native: str, family: str
     """The ``config.json`` entry recording a model's kernels (``{}`` when every kernel is ``native``).
 
     Raises:
-        ValueError: kernels other than ``native`` without ``allow``; kernels with their own parameters, which a
-            Hugging Face checkpoint cannot hold.
+        ValueError: kernels other than ``native`` without ``allow``; kernels with their own parameters or
+            persistent state (buffers), which a Hugging Face checkpoint cannot hold.
     """
     kernels = list(kernels)
     names = sorted({k.name for k in kernels})
@@ -95,8 +124,10 @@ def attention_record(cfg, kernels: Iterable[nn.Module], native: str, family: str
         raise ValueError(f"transformers' {family} runs {native} attention only; this model uses {names}. Pass "
                          "allow_attention_change=True to save anyway (transformers runs the weights with "
                          f"{native} attention; the kernel is recorded in config.json for attnlab.load_pretrained)")
-    own = sorted({k.name for k in kernels if k.name != native and any(True for _ in k.parameters())})
+    own = sorted({k.name for k in kernels if k.name != native and (any(True for _ in k.parameters())
+                                                                   or k.state_dict())})  # weights, or state
     if own:
-        raise ValueError(f"attention {own} has its own parameters, which a Hugging Face {family} checkpoint "
-                         "cannot hold; keep this model in attnlab's own checkpoints (a training run's folder)")
+        raise ValueError(f"attention {own} has its own parameters or state (routing's centroids, ...), which a "
+                         f"Hugging Face {family} checkpoint cannot hold; keep this model in attnlab's own checkpoints "
+                         "(a training run's folder)")
     return {"attnlab_attention": {"attention": cfg.attention, "attention_options": cfg.attention_options}}

@@ -111,6 +111,8 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
     """
     folder, hf, raw = read_checkpoint(path, "swin")
     cfg = swin_config(hf)
+    if num_classes == cfg.num_classes:
+        num_classes = None  # the checkpoint's own head fits: keep it
     attention, attention_options = restored_attention(hf, attention, attention_options)
     update = {k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None}
     if attention is not None:
@@ -129,6 +131,7 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
             (initialised if not sources or name.startswith("head.") else missing).append(name)
             continue
         state[name], _ = weights[found], used.add(found)
+    initialised += [n for n in model.state_dict() if ".attn.kernel." in n and n not in hf_names(model)]  # state
     skipped = sorted(k for k in set(weights) - used if "relative_position_bias" in k and attention is not None)
     unexpected = sorted(set(weights) - used - set(skipped))
     if missing or unexpected:
@@ -159,12 +162,18 @@ def save_swin(model: Swin, path: str | os.PathLike, allow_attention_change: bool
     kernel has none; ``config.json`` records the kernels (``attnlab_attention``) so :func:`load_swin` restores them.
 
     Raises:
-        ValueError: another kernel without ``allow_attention_change``, a kernel with its own parameters, or grid
-            attention modules after stages (``stage_modules``: transformers' Swin has none).
+        ValueError: another kernel without ``allow_attention_change``, a kernel with its own parameters, a stage
+            grid smaller than the window (transformers cannot run it), or grid attention modules after stages
+            (``stage_modules``: transformers' Swin has none).
     """
     cfg = model.cfg
     blocks = [(i, j, b) for i, s in enumerate(model.stages) for j, b in enumerate(s.blocks)]
     record = attention_record(cfg, (b.attn.kernel for _, _, b in blocks), "window", "Swin", allow_attention_change)
+    small = [i for i, grid in enumerate(model.grids) if min(grid) < cfg.window_size]
+    if small:  # transformers sizes every table for window_size and cannot run a smaller grid (attnlab clamps)
+        raise ValueError(f"transformers' Swin cannot run stage(s) {small}, whose grids {[model.grids[i] for i in small]}"
+                         f" are smaller than window_size={cfg.window_size}; build the model with window_size <= "
+                         f"{min(min(g) for g in model.grids)} or a larger image_size to save it for transformers")
     if any(cfg.stage_modules):
         raise ValueError(f"transformers' Swin has no grid attention modules after its stages; this model has "
                          f"stage_modules={cfg.stage_modules}: save it with attnlab's own checkpoints instead")

@@ -126,7 +126,11 @@ def _data_summary(cfg, trainer) -> str:
 def opening_line(cfg, trainer, num_parameters: int, resume: bool) -> str:
     """What ``attnlab train`` prints before the first step: model, data, precision, processes, run folder."""
     what = _data_summary(cfg, trainer)
-    return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, attention {cfg.model.attention}) on "
+    from ..attention.base import AttentionKernel
+
+    kernels = any(isinstance(m, AttentionKernel) for m in trainer.raw_model.modules())
+    mixing = f"attention {cfg.model.attention}" if kernels else f"grid attention {cfg.model.grid_attention}"  # VAN
+    return (f"training {cfg.model.name} ({num_parameters / 1e6:.2f}M parameters, {mixing}) on "
             f"{cfg.data.dataset} ({what}), {trainer.precision}, "
             f"{trainer.info.world_size} process(es), device {trainer.info.device} -> {trainer.run_dir}"
             + (f", resuming at step {trainer.step}" if resume else ""))

@@ -53,7 +53,9 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: regress per-patch normalised pixels (mean 0, variance 1 per patch).
 
     Raises:
-        ValueError: ``mask_ratio`` outside (0, 1) or one that leaves no visible patch.
+        ValueError: ``mask_ratio`` outside (0, 1) or one that leaves no visible patch; a config of another vision
+            family (stages, a tokens-to-token stem, ConViT's local layers).
+        CapabilityError: a grid kernel in the encoder (the visible patches lie on no grid).
     """
 
     def __init__(self, cfg: ModelConfig, mask_ratio: float = 0.75, decoder_dim: int | None = None,
@@ -61,6 +63,11 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        other = [f"{k}={getattr(cfg, k)}" for k in ("depths", "stage_dims", "stage_embed", "local_layers")
+                 if getattr(cfg, k)]
+        if other:  # a Swin, CvT, T2T-ViT, ConViT ... config would silently become a plain ViT here
+            raise ValueError(f"MaskedAutoencoder wraps a plain ViT config (model_config('vit-tiny'), ...); this one "
+                             f"has {', '.join(other)} of another vision family")
         self.encoder = ViT(cfg)
         rows, cols = self.encoder.grid
         self.num_patches, self.patch_size, self.channels = rows * cols, cfg.patch_size, cfg.num_channels

@@ -72,6 +72,22 @@ def slice_grid(grid: tuple[int, int], groups: int) -> tuple[int, int] | None:
     return (rows // groups, cols) if rows % groups == 0 else None
 
 
+def _shared_attention(cfg: ModelConfig, stage: int, r: int, first: int) -> tuple[str, dict]:
+    """The kernel of shared block ``r`` of ``stage``: the schedule's entries of its ``loops`` applications
+    (``first`` ...), which must agree, as one block's weights serve them all.
+
+    Raises:
+        ValueError: the applications' entries differ, naming them.
+    """
+    entries = [cfg.layer_attention(first + j) for j in range(cfg.loops)]
+    if any(e != entries[0] for e in entries[1:]):
+        raise ValueError(f"SReT stage {stage}'s shared block {r} runs {cfg.loops} times with one kernel (its weights "
+                         f"are shared), but the schedule gives its applications (layers {first}..{first + cfg.loops - 1})"
+                         f" {[name for name, _ in entries]} (options {[opts for _, opts in entries]}); repeat one "
+                         "entry per application, or give one name per stage")
+    return entries[0]
+
+
 def _block_diagonal(maps: Tensor, groups: int, perm: Tensor | None) -> Tensor:
     """``(B * G, H, n, n)`` slice maps -> ``(B, H, G n, G n)`` over the tokens in grid order (``perm``: the
     shuffle that made the slices, undone)."""
@@ -204,7 +220,7 @@ class SReT(Classifies, nn.Module):
         ratio = cfg.mlp_dim / cfg.dim if cfg.mlp_dim else 4
         blocks = []
         for r in range(cfg.depths[s] // cfg.loops):
-            name, opts = cfg.layer_attention(first + r * cfg.loops)  # the entry of its first application
+            name, opts = _shared_attention(cfg, s, r, first + r * cfg.loops)
             shell = MultiHeadAttention(width, heads, heads, kernel=name, kernel_options=opts, bias=cfg.bias,
                                        dropout=cfg.dropout, max_seq_len=tokens)
             blocks.append(RecursiveBlock(SlicedAttention(shell), width, int(ratio * width), cfg.norm_eps, cfg.dropout))

@@ -179,6 +179,11 @@ class Swin(Classifies, nn.Module):
         name, opts = cfg.layer_attention(index)
         pad_to = 1
         if name == "window":
+            fixed = sorted({"window_size", "shift"} & set(opts))
+            if fixed:  # Swin sets both per block; a kernel option would be silently replaced
+                raise ValueError(f"Swin sets the window kernel's window_size (from model.window_size={cfg.window_size},"
+                                 f" clamped to small grids) and shift (every other block); remove {fixed} from "
+                                 "attention_options and set model.window_size instead")
             m = min(cfg.window_size, *self.grids[stage])  # a grid at most M on a side: one window, no shift
             shift = 0 if j % 2 == 0 or min(self.grids[stage]) <= cfg.window_size else m // 2
             opts, pad_to = {**opts, "window_size": m, "shift": shift}, m

@@ -81,7 +81,7 @@ class ViT(Classifies, TransformerBody):
     def __init__(self, cfg: ModelConfig):
         embed = self._embedding(cfg)
         if cfg.max_seq_len < embed.num_tokens:
-            raise ValueError(f"a {cfg.image_size}px image is {embed.num_tokens} tokens here but "
+            raise ValueError(f"an image of {cfg.image_size}px is {embed.num_tokens} tokens here but "
                              f"max_seq_len={cfg.max_seq_len}; set max_seq_len={embed.num_tokens}")
         super().__init__(cfg, embed=embed)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
