@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 from .attention import describe_attention
+from .attention.capabilities import LISTED_FLAGS as FLAGS
 from .core.io import write_text
-
-FLAGS = ("causal", "bidirectional", "key_padding_mask", "packed", "kv_cache", "attn_bias", "grid_2d", "cross_attention",
-         "exact")
 
 
 def catalogue_markdown() -> str:

@@ -11,6 +11,11 @@ class CapabilityError(ValueError):
     """A kernel was asked for something it does not support (raised at build time or call time)."""
 
 
+# the yes/no abilities docs/attention.md and `attnlab list attention` show, in this order
+LISTED_FLAGS = ("causal", "bidirectional", "key_padding_mask", "packed", "kv_cache", "attn_bias", "grid_2d",
+                "cross_attention", "exact")
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """Declared abilities of an attention kernel.

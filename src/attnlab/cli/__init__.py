@@ -315,7 +315,7 @@ def _list_rows(what: str) -> list[dict]:
     if what == "attention":
         from ..attention import describe_attention
 
-        from ..catalogue import FLAGS
+        from ..attention.capabilities import LISTED_FLAGS as FLAGS
 
         def caps(c: dict) -> str:  # the declared abilities, then the cost
             return ", ".join(f for f in FLAGS if c.get(f)) + f"; {c.get('complexity', '')}"

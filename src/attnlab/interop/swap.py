@@ -124,8 +124,7 @@ def attention_record(cfg, kernels: Iterable[nn.Module], native: str, family: str
         raise ValueError(f"transformers' {family} runs {native} attention only; this model uses {names}. Pass "
                          "allow_attention_change=True to save anyway (transformers runs the weights with "
                          f"{native} attention; the kernel is recorded in config.json for attnlab.load_pretrained)")
-    own = sorted({k.name for k in kernels if k.name != native and (any(True for _ in k.parameters())
-                                                                   or k.state_dict())})  # weights, or state
+    own = sorted({k.name for k in kernels if k.name != native and k.state_dict()})  # weights or persistent state
     if own:
         raise ValueError(f"attention {own} has its own parameters or state (routing's centroids, ...), which a "
                          f"Hugging Face {family} checkpoint cannot hold; keep this model in attnlab's own checkpoints "
