@@ -170,6 +170,11 @@ def test_every_task_and_variant_is_checked_before_any_cell_runs(tmp_path, text_f
     with pytest.raises(ValueError, match=r"task 'mqar': unknown option\(s\) \['num_kv_pair'\] for dataset 'mqar'. "
                                          r"Did you mean \['num_kv_pairs'\]"):
         compare_config_from_dict(raw)
+    # a task's recipe is checked as its cells build it, with a variant's kernel in place of the task's own: a
+    # schedule that does not fit the base model alone (2 entries, 1 layer) is no error, as each cell replaces it
+    raw = grid_config(tmp_path, text_file)
+    raw["compare"]["tasks"][0]["overrides"] = {"model": {"attention": ["softmax", "softmax"]}}
+    assert compare_config_from_dict(raw).compare.tasks[0].label == "char_lm"
     raw = grid_config(tmp_path, text_file)
     raw["compare"]["seedz"] = [0]
     with pytest.raises(ValueError, match=r"compare.seedz: Extra inputs are not permitted \(did you mean \['seeds'\]"):

@@ -46,6 +46,7 @@ def test_classify_regression_and_grokking_cells_end_to_end(tmp_path):
     expected = SequenceClassifier(create_model("gpt-tiny", dim=32, num_layers=1, max_seq_len=24, vocab_size=17), 10)
     assert lo["parameters"] == sum(p.numel() for p in expected.parameters())
     assert lo["train_tokens"] == 6 * 8 * 24 and lo["infer_tokens_per_s"] > 0
+    assert lo["unit"] == "tokens"  # a text classifier's examples are 24 tokens each: its speed counts tokens
     saved = yaml.safe_load((tmp_path / "g" / "cells" / "listops__softmax__seed0" / "config.yaml").read_text())
     assert saved["objective"]["name"] == "classify" and saved["model"]["max_seq_len"] == 24
 

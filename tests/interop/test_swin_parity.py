@@ -161,6 +161,9 @@ def test_a_new_head_and_image_size_on_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.pooled(x), hf.swin(pixel_values=x).pooler_output, **TOL)
     assert attnlab.load_pretrained(folder, num_classes=0).head is None
+    with pytest.raises(ValueError, match=r"image_size=12 makes stage 1's grid \(3, 3\) smaller than the 4x4 windows "
+                                         r"the checkpoint's bias tables were trained for; use image_size >= 16"):
+        attnlab.load_pretrained(folder, image_size=12)
     same = attnlab.load_pretrained(folder, num_classes=5)  # the checkpoint's own count: its trained head stays
     assert same.hf_info["initialised"] == [] and torch.equal(same.head.weight, hf.classifier.weight)
     with pytest.raises(ValueError, match=r"transformers' Swin cannot run stage\(s\) \[1\], whose grids \[\(4, 4\)\] "

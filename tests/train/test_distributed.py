@@ -65,3 +65,22 @@ def test_two_processes_match_one_with_double_batch(text_file, tmp_path):
     assert summary["world_size"] == 2 and summary["tokens"] == steps * 8 * 32
     saved = yaml.safe_load((ddp_dir / "config.yaml").read_text())
     assert saved["data"]["batch_size"] == 4
+
+
+def test_an_image_classifier_trains_under_ddp_and_draws_its_confusion_matrix(tmp_path):
+    """Every rank counts its share of the validation batches (the counts are summed), rank 0 draws the matrix;
+    no rank waits for another at the end of the run."""
+    from attnlab.config import build_config
+
+    cfg = build_config({"model": {"name": "vit-digits", "dim": 32, "num_layers": 1, "num_heads": 2},
+                        "data": {"dataset": "digits", "batch_size": 8},
+                        "train": {"steps": 2, "eval_every": 2, "checkpoint_every": 2, "eval_batches": 2,
+                                  "precision": "fp32", "run_dir": str(tmp_path / "run")}})
+    (tmp_path / "cls.yaml").write_text(cfg.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "attnlab.cli",
+           "train", "--no-progress", str(tmp_path / "cls.yaml")]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "run" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "val_top5_accuracy" in rows(tmp_path / "run")[-1]

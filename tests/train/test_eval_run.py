@@ -45,6 +45,24 @@ def test_a_partial_or_training_split_evaluation_goes_beside_the_full_one(run):
     assert partial["tokens"] < full["tokens"] < trained["tokens"]
 
 
+def test_overwrite_clears_every_evaluation_file(run, text_file):
+    evaluate_run(run, progress=False)
+    evaluate_run(run, max_batches=1, progress=False)
+    (run / "confusion_matrix-train.png").write_bytes(b"stale")
+    train(tiny_config(text_file, run, steps=2), overwrite=True, progress=False)
+    assert not list(run.glob("eval*.json")) and not list(run.glob("confusion_matrix*.png"))
+
+
+def test_a_registered_name_stays_a_name_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    from attnlab.train.fingerprint import absolute_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kjv").write_text("not the bible")
+    (tmp_path / "mine.txt").write_text("my text")
+    assert absolute_data_paths({"data": {"dataset": "kjv"}})["data"]["dataset"] == "kjv"
+    assert absolute_data_paths({"data": {"dataset": "mine.txt"}})["data"]["dataset"] == str(tmp_path / "mine.txt")
+
+
 @pytest.mark.parametrize("where", ["lock", "eval.json"])
 def test_a_folder_that_cannot_be_written_still_gives_the_result(run, monkeypatch, capsys, where):
     import attnlab.train.run as R

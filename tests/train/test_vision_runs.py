@@ -148,7 +148,7 @@ def test_the_end_of_training_confusion_counts_are_the_validation_predictions(tmp
     feed = feed_for_config(cfg)
     _, model, _ = build_for_config(cfg, torch.device("cpu"), feed)
     batches = feed.eval_batches(64, 3)
-    counts = confusion_counts(model, batches, "fp32", D.DistInfo(device=torch.device("cpu")))
+    counts = confusion_counts(model, batches, "fp32", D.DistInfo(device=torch.device("cpu")), 10)
     with torch.no_grad():
         z = torch.cat([model_outputs("classify", model.eval(), b) for b in batches])
     y = torch.cat([b["targets"] for b in batches])

@@ -239,10 +239,16 @@ def _check_cells(cfg: CompareConfig) -> None:
     base = rename_old_sections(cfg.base, "base")
     for t in cfg.compare.tasks:
         where = f"the overrides of task {t.label!r}"
-        try:
-            build_config(deep_merge(base, rename_old_sections(t.overrides, where)))
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+        recipe = deep_merge(base, rename_old_sections(t.overrides, where))
+        errors = []
+        for v in cfg.compare.variants:  # as a cell builds it; one variant that fits is enough (others are skipped)
+            try:
+                build_config(deep_merge(recipe, {"model": {"attention": v.name, "attention_options": v.options}}))
+                break
+            except ValueError as e:
+                errors.append(e)
+        else:
+            raise ValueError(f"{where}: {errors[0]}") from None
 
 
 def _did_you_mean(err: dict) -> str:

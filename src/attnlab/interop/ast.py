@@ -12,6 +12,7 @@ from ..core.io import writable_folder, write_json
 from ..models.audio.ast import AST, patch_kernel, patch_strides
 from ..models.config import ModelConfig
 from .files import copy_mapped, read_checkpoint, write_safetensors
+from .swap import reconfigured
 
 PREFIX = "audio_spectrogram_transformer."
 STATIC = {
@@ -75,7 +76,7 @@ def load_ast(path: str | os.PathLike, attention: str | None = None, **attention_
     head = weights.get("classifier.dense.weight")
     cfg = ast_config(hf, 0 if head is None else head.shape[0])
     if attention is not None:
-        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+        cfg = reconfigured(cfg, {"attention": attention, "attention_options": attention_options}, "AST")
     model = AST(cfg)
     copy_mapped(model, hf_names(model), weights, set(), folder, "AST")
     model.hf_info = {"model_type": "audio-spectrogram-transformer", "config": hf, "source": str(folder)}

@@ -22,6 +22,7 @@ from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.seq2seq.model import EncoderDecoder
 from .files import copy_mapped, read_checkpoint, write_safetensors
+from .swap import reconfigured
 
 OFFSET = 2  # BartLearnedPositionalEmbedding's unused leading rows
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu", "gelu_new": "gelu_tanh"}
@@ -118,7 +119,7 @@ def load_bart(path: str | os.PathLike, attention: str | None = None, **attention
     weights.setdefault("final_logits_bias", torch.zeros(1, hf["vocab_size"]))
     cfg = bart_config(hf)
     if attention is not None:
-        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+        cfg = reconfigured(cfg, {"attention": attention, "attention_options": attention_options}, "BART")
     model = EncoderDecoder(cfg)
     names = hf_names(model)
     copies = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}

@@ -59,7 +59,8 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
         dtype, device: where the parameters live.
         **attention_options: options of the kernel (``window=64``); for Swin and CvT also ``image_size`` (the
             input size the model expects) and ``num_classes`` (a new, initialised classification head; 0 drops
-            it), and CvT's ``kv_stride``.
+            it), CvT's ``kv_stride``, and ViT's ``pooling="mean"`` (leaves out the [CLS] token and its position, so
+            grid kernels serve every block).
 
     Returns:
         :class:`Encoder` (bert), :class:`GPT` (gpt2) or :class:`ViT` (vit), in eval mode, with
@@ -72,6 +73,8 @@ def load_pretrained(path: str | os.PathLike, attention: str | list[str] | None =
             ``model_type`` (lists the supported), unsupported config features, missing or unexpected tensors,
             shape mismatches, a refused pickle, an unknown attention kernel or option, a model keyword
             (``image_size`` ...) this model type cannot change.
+        CapabilityError: a kernel that cannot serve the model (names the kernels that can; for a ViT with its
+            [CLS] token, also ``pooling="mean"``).
     """
     folder = check_folder(path)
     hf = read_config(folder)

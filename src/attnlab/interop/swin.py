@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
-from ..models.vision.swin import Swin
+from ..models.vision.swin import Swin, stage_grids
 from .files import read_checkpoint, write_safetensors
 from .swap import attention_record, reconfigured, restored_attention
 
@@ -101,7 +101,8 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
     one per block); blocks that leave window attention do not load their relative bias tables (listed in
     ``model.hf_info["skipped"]``), and a kernel's own parameters keep their initialisation (listed in
     ``model.hf_info["initialised"]``). Without ``attention``, the kernel a :func:`save_swin` recorded is restored.
-    ``image_size`` sets the input size (Swin has no position embedding: any size runs the same weights);
+    ``image_size`` sets the input size (Swin has no position embedding: any size whose stage grids keep the
+    checkpoint's windows runs the same weights);
     ``num_classes`` builds a new classification head (initialised; 0: none) in place of the checkpoint's.
 
     Raises:
@@ -119,7 +120,7 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
         update |= {"attention": attention, "attention_options": attention_options}
     if "image_size" in update:
         update["max_seq_len"] = max(1, update["image_size"] ** 2)
-    cfg = reconfigured(cfg, update, "Swin")
+    cfg = _check_windows(swin_config(hf), reconfigured(cfg, update, "Swin"))
     weights = {k.removeprefix("swin."): v for k, v in raw.items() if not BUFFERS.search(k)}
     if num_classes is not None:  # a new head: the checkpoint's is not read
         weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
@@ -128,7 +129,8 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
     for name, sources in hf_names(model).items():
         found = next((s for s in sources if s in weights), None)
         if found is None:
-            (initialised if not sources or name.startswith("head.") else missing).append(name)
+            new_head = name.startswith("head.") and num_classes is not None
+            (initialised if not sources or new_head else missing).append(name)
             continue
         state[name], _ = weights[found], used.add(found)
     initialised += [n for n in model.state_dict() if ".attn.kernel." in n and n not in hf_names(model)]  # state
@@ -141,6 +143,26 @@ def load_swin(path: str | os.PathLike, attention: str | list[str] | None = None,
     model.hf_info = {"model_type": "swin", "config": hf, "source": str(folder), "skipped": skipped,
                      "initialised": initialised}
     return model.eval()
+
+
+def _check_windows(ckpt: ModelConfig, cfg: ModelConfig) -> ModelConfig:
+    """``cfg``, once its window blocks keep the checkpoint's windows: a smaller image can shrink a stage's grid
+    below the window, and the window (and its bias table) with it.
+
+    Raises:
+        ValueError: naming the stage and the smallest image size that keeps every window.
+    """
+    names = cfg.attention if isinstance(cfg.attention, list) else [cfg.attention] * cfg.num_layers
+    before = [min(ckpt.window_size, *g) for g in stage_grids(ckpt)]
+    after = [min(cfg.window_size, *g) for g in stage_grids(cfg)]
+    first = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
+    for i, (b, a) in enumerate(zip(before, after)):
+        if a != b and "window" in names[first[i]:first[i] + cfg.depths[i]]:
+            smallest = cfg.patch_size * 2 ** (len(cfg.depths) - 1) * min(b, cfg.window_size)
+            raise ValueError(f"image_size={cfg.image_size} makes stage {i}'s grid {stage_grids(cfg)[i]} smaller than "
+                             f"the {b}x{b} windows the checkpoint's bias tables were trained for; use image_size >= "
+                             f"{smallest}, or another kernel in that stage")
+    return cfg
 
 
 def _copy(model: Swin, state: dict[str, Tensor], folder: Path) -> None:

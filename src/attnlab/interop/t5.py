@@ -22,6 +22,7 @@ from ..core.io import writable_folder, write_json
 from ..models.config import ModelConfig
 from ..models.seq2seq.model import EncoderDecoder
 from .files import copy_mapped, read_checkpoint, write_safetensors
+from .swap import reconfigured
 
 ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
 MLP = {"relu": {"fc_in": "wi", "fc_out": "wo"}, "gated-gelu": {"gate": "wi_0", "up": "wi_1", "fc_out": "wo"}}
@@ -98,7 +99,7 @@ def load_t5(path: str | os.PathLike, attention: str | None = None, **attention_o
     separate = head is not None and (shared is None or head.shape != shared.shape or not torch.equal(head, shared))
     cfg = t5_config(hf, separate)
     if attention is not None:
-        cfg = cfg.model_copy(update={"attention": attention, "attention_options": attention_options})
+        cfg = reconfigured(cfg, {"attention": attention, "attention_options": attention_options}, "T5")
     model = EncoderDecoder(cfg)
     names = hf_names(model, hf.get("feed_forward_proj", "relu"))
     copies = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}  # the shared table again

@@ -41,35 +41,30 @@ def evaluate_batches(step_fn, model: nn.Module, batches: list[dict], precision: 
 
 
 @torch.no_grad()
-def confusion_counts(model: nn.Module, batches: list[dict], precision: str, info: D.DistInfo) -> torch.Tensor:
-    """``(C, C)`` int64 counts of a classifier's predictions over ``batches`` (row: true class, column: predicted),
-    summed over ranks (every rank must call it), in eval mode."""
+def confusion_counts(model: nn.Module, batches: list[dict], precision: str, info: D.DistInfo,
+                     classes: int) -> torch.Tensor:
+    """``(classes, classes)`` int64 counts of a classifier's predictions over ``batches`` (row: true class, column:
+    predicted), summed over ranks (every rank must call it, with or without batches of its own), in eval mode."""
     model.eval()
-    counts = None
+    counts = torch.zeros(classes * classes, device=info.device)
     try:
         for batch in batches:
             batch = {k: v.to(info.device) for k, v in batch.items()}
             with autocast(precision, info.device):
                 logits = model_outputs("classify", model, batch)
-            classes = logits.shape[-1]
             pairs = batch["targets"] * classes + logits.argmax(-1)
-            found = torch.bincount(pairs, minlength=classes * classes).float()
-            counts = found if counts is None else counts + found
+            counts += torch.bincount(pairs, minlength=classes * classes).float()
     finally:
         model.train()
     return (D.all_reduce_mean(counts, info) * info.world_size).round().long().view(classes, classes)
 
 
-def final_confusion(model: nn.Module, batches: list[dict], precision: str, info: D.DistInfo, dataset, step: int,
-                    path) -> None:
+def plot_final_confusion(counts: torch.Tensor, dataset, step: int, path) -> None:
     """Draw the confusion matrix of the validation batches when training ends (``attnlab eval`` redraws it over
-    the whole test split): every rank counts its share, rank 0 draws; a folder that cannot take it gets a line on
-    stderr, not an error."""
+    the whole test split); a folder that cannot take it gets a line on stderr, not an error."""
     from ..viz.confusion import plot_confusion_matrix
 
-    counts = confusion_counts(model, batches, precision, info).cpu().numpy()
-    if not info.is_main:
-        return
+    counts = counts.cpu().numpy()
     accuracy = counts.trace() / max(counts.sum(), 1)
     labels = getattr(dataset, "label_names", ())
     name = getattr(dataset, "name", "classifier")

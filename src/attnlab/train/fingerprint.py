@@ -49,13 +49,23 @@ def absolute_data_paths(cfg: dict) -> dict:
     file (a text or CSV file) and ``data.options.path`` (``image_folder``, ``audio_folder``), so that ``attnlab eval``
     and ``viz`` find the data from any folder. A name (``kjv``, ``digits``) or a path that does not exist stays."""
     data = dict(cfg.get("data") or {})
-    if isinstance(data.get("dataset"), str) and Path(data["dataset"]).expanduser().is_file():
+    if isinstance(data.get("dataset"), str) and Path(data["dataset"]).expanduser().is_file() \
+            and not _registered(data["dataset"]):
         data["dataset"] = os.path.abspath(Path(data["dataset"]).expanduser())
     options = dict(data.get("options") or {})
     if isinstance(options.get("path"), str) and options["path"] and Path(options["path"]).expanduser().exists():
         options["path"] = os.path.abspath(Path(options["path"]).expanduser())
         data["options"] = options
     return {**cfg, "data": data}
+
+
+def _registered(name: str) -> bool:
+    """A dataset name the loaders take before a file of that name (embedded text, suite datasets, series)."""
+    from ..data.registry import list_datasets
+    from ..data.series import EMBEDDED_SERIES
+    from ..data.sources import list_sources
+
+    return name in {*list_datasets(), *list_sources(), *EMBEDDED_SERIES}
 
 
 def fingerprint(cfg: RunConfig, tokenizer) -> dict:

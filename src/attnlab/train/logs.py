@@ -76,9 +76,10 @@ def format_seconds(s: float) -> str:
 
 
 def rate_unit(data) -> str:
-    """What a run's throughput counts: ``examples`` for a dataset of one position per example (images, clips,
-    files), else ``tokens`` (the trainer's ``tokens`` are ``batch_size x seq_len`` per step either way)."""
-    return "examples" if getattr(getattr(data, "tokenizer", None), "unit", "") == "example" else "tokens"
+    """What a run's throughput counts: ``examples`` for a dataset whose examples are one position each (images,
+    clips, files: ``whole_examples``), else ``tokens`` (the trainer's ``tokens`` are ``batch_size x seq_len`` per
+    step either way, so a text classifier's count is of tokens)."""
+    return "examples" if getattr(getattr(data, "dataset", None), "whole_examples", False) else "tokens"
 
 
 def print_summary(result, trainer) -> None:

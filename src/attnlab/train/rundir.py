@@ -65,6 +65,9 @@ def clear_run(run_dir: str | Path) -> None:
     for name in RUN_FILES:
         if name not in ("config.yaml", "tokenizer.json"):
             (Path(run_dir) / name).unlink(missing_ok=True)
+    for pattern in ("eval-*.json", "confusion_matrix*.png"):  # the other evaluations' files (run_tasks.result_suffix)
+        for path in Path(run_dir).glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def write_run_files(run_dir: str | Path, cfg: RunConfig, tokenizer) -> None:

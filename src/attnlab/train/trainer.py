@@ -36,7 +36,7 @@ from .task_feeds import feed_for_config
 from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_training_state,
                          load_weights, restore_rng, save_checkpoint, write_failure)
 from .fingerprint import absolute_data_paths, check_resume, fingerprint
-from .evaluation import evaluate_batches, final_confusion
+from .evaluation import confusion_counts, evaluate_batches, plot_final_confusion
 from .logs import (MetricsLog, TrainingDiverged, TrainResult, opening_line, print_summary, rate_unit,
                    truncate_metrics)
 from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
@@ -331,6 +331,9 @@ class Trainer:
         result.step, result.train_seconds = self.step, self.elapsed
         result.final_val_loss = self.last_val
         result.best_val_loss = None if math.isinf(self.best_val) else self.best_val
+        classifier = self.feed_kind == "classify" and self.cfg.objective.name == "classify"  # the same on every rank
+        counts = (confusion_counts(self.raw_model, self.val, self.precision, self.info,  # every rank, before rank 0
+                                   self.data.dataset.num_classes) if classifier else None)  # writes anything
         if self.info.is_main:
             summary = {"step": self.step, "stopped": result.stopped, "final_val_loss": result.final_val_loss,
                        "best_val_loss": result.best_val_loss, "train_seconds": round(self.elapsed, 2),
@@ -342,9 +345,8 @@ class Trainer:
             if rows:
                 plot_loss_curve(rows, self.run_dir / "loss_curve.png", title=str(self.run_dir),
                                 unit=self.data.tokenizer.unit)
-        if self.feed_kind == "classify" and self.cfg.objective.name == "classify" and self.val:
-            final_confusion(self.raw_model, self.val, self.precision, self.info, self.data.dataset, self.step,
-                            self.run_dir / "confusion_matrix.png")  # every rank takes part; rank 0 draws
+            if counts is not None:
+                plot_final_confusion(counts, self.data.dataset, self.step, self.run_dir / "confusion_matrix.png")
         return result
 
 

@@ -150,12 +150,13 @@ class SReT(Classifies, nn.Module):
 
     Config fields used: ``image_size``, ``num_channels``, ``dim`` (stem width), ``stage_dims`` (widths; empty = dim
     doubling), ``depths`` (applications per stage), ``stage_heads``, ``loops``, ``groups``, ``recursive_groups``,
-    ``np_mlp_ratio``, ``permute_in_eval``, ``stage_embed`` (the stem), ``attention`` (one name, or one per block
-    application: a shared block runs the entry of its first application), ``mlp_dim`` (ratio of ``dim``), ``norm_eps``, ``dropout``, ``num_classes``.
+    ``np_mlp_ratio``, ``permute_in_eval``, ``stage_embed`` (the stem), ``attention`` (one name, one per stage, or one
+    per block application, repeated over the applications of one shared block), ``mlp_dim`` (ratio of ``dim``), ``norm_eps``, ``dropout``, ``num_classes``.
 
     Raises:
         ValueError: inconsistent stage lists, ``depths`` not multiples of ``loops``, group counts that do not divide
-            a stage's tokens, widths not divisible by heads, images of the wrong shape.
+            a stage's tokens, widths not divisible by heads, a schedule whose entries differ within one shared
+            block's applications, images of the wrong shape.
         CapabilityError: a kernel that cannot serve a stage's slices, at build time, naming those that can.
     """
 
