@@ -45,18 +45,23 @@ def confusion_counts(model: nn.Module, batches: list[dict], precision: str, info
                      classes: int) -> torch.Tensor:
     """``(classes, classes)`` int64 counts of a classifier's predictions over ``batches`` (row: true class, column:
     predicted), summed over ranks (every rank must call it, with or without batches of its own), in eval mode."""
+    from ..viz.confusion import confusion_matrix
+
     model.eval()
-    counts = torch.zeros(classes * classes, device=info.device)
+    targets, predictions = [], []
     try:
         for batch in batches:
             batch = {k: v.to(info.device) for k, v in batch.items()}
             with autocast(precision, info.device):
-                logits = model_outputs("classify", model, batch)
-            pairs = batch["targets"] * classes + logits.argmax(-1)
-            counts += torch.bincount(pairs, minlength=classes * classes).float()
+                predictions.append(model_outputs("classify", model, batch).argmax(-1).cpu())
+            targets.append(batch["targets"].cpu())
     finally:
         model.train()
-    return (D.all_reduce_mean(counts, info) * info.world_size).round().long().view(classes, classes)
+    y = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)  # a rank may have no batches
+    p = torch.cat(predictions) if predictions else y
+    counts = torch.as_tensor(confusion_matrix(y.numpy(), p.numpy(), classes), dtype=torch.float32,
+                             device=info.device)  # this rank's share
+    return (D.all_reduce_mean(counts, info) * info.world_size).round().long()
 
 
 def plot_final_confusion(counts: torch.Tensor, dataset, step: int, path) -> None:

@@ -75,6 +75,25 @@ def format_seconds(s: float) -> str:
     return f"{m}m{sec:02d}s" if m else f"{s:.1f}s"
 
 
+def write_summary(trainer, result, checkpoint: Path | None) -> None:
+    """Rank 0 at the end of a run: ``summary.json`` (how it stopped, speed, losses, what it trained) and
+    ``loss_curve.png``."""
+    from ..core.io import write_json
+    from ..viz.curves import plot_loss_curve
+
+    summary = {"step": trainer.step, "stopped": result.stopped, "final_val_loss": result.final_val_loss,
+               "best_val_loss": result.best_val_loss, "train_seconds": round(trainer.elapsed, 2),
+               "wall_seconds_this_invocation": round(result.wall_seconds, 2),
+               "tokens": trainer.tokens, "num_parameters": result.num_parameters, "precision": trainer.precision,
+               "world_size": trainer.info.world_size, "unit": trainer.data.tokenizer.unit,
+               "checkpoint": str(checkpoint)}
+    write_json(trainer.run_dir / "summary.json", summary)
+    rows = read_metrics(trainer.run_dir / "metrics.jsonl")
+    if rows:
+        plot_loss_curve(rows, trainer.run_dir / "loss_curve.png", title=str(trainer.run_dir),
+                        unit=trainer.data.tokenizer.unit)
+
+
 def rate_unit(data) -> str:
     """What a run's throughput counts: ``examples`` for a dataset whose examples are one position each (images,
     clips, files: ``whole_examples``), else ``tokens`` (the trainer's ``tokens`` are ``batch_size x seq_len`` per

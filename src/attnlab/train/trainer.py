@@ -25,10 +25,8 @@ from tqdm.auto import tqdm
 
 from ..attention.base import pop_aux_loss
 from ..config import RESUMABLE_CHANGES, RunConfig  # noqa: F401  (RESUMABLE_CHANGES: re-exported)
-from ..core.io import write_json
 from ..data.text import WindowSampler, eval_batches
 from ..objectives import objective_step
-from ..viz.curves import plot_loss_curve, read_metrics
 from . import distributed as D
 from .build import build_for_config, step_options
 from .init_from import init_from_run
@@ -38,7 +36,7 @@ from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_
 from .fingerprint import absolute_data_paths, check_resume, fingerprint
 from .evaluation import confusion_counts, evaluate_batches, plot_final_confusion
 from .logs import (MetricsLog, TrainingDiverged, TrainResult, opening_line, print_summary, rate_unit,
-                   truncate_metrics)
+                   truncate_metrics, write_summary)
 from .logs import is_regression as _is_regression, loss_text as _loss_text  # the names tests import from here
 from .memory import retain_freed_memory
 from .optim import WarmupCosine, build_optimizer
@@ -89,6 +87,7 @@ class Trainer:
         self.best_val, self.bad_evals, self.last_val = math.inf, 0, None
         self.val_metrics: dict[str, float] = {}
         self.tokens_per_step = d.batch_size * d.seq_len * t.grad_accum * info.world_size
+        self.rate_key = "ex_s" if rate_unit(self.data) == "examples" else "tok_s"  # the progress bar's speed
         self.stop_requested = False
         self.mid_step = False  # True while a step is half done (a checkpoint now would not be consistent)
         self.lock = None  # the run directory's lock (rank 0, from prepare until fit ends)
@@ -295,8 +294,8 @@ class Trainer:
         result.losses.append(loss)
         log.write(row)
         bar.update(1)
-        rate = {"ex_s" if rate_unit(self.data) == "examples" else "tok_s": f"{row['tokens_per_s']:.0f}"}
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **rate, refresh=False)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{self.rate_key: f"{row['tokens_per_s']:.0f}"},
+                        refresh=False)
         if self.on_step is not None:
             self.on_step(self.step, row)
         if stop:
@@ -335,16 +334,7 @@ class Trainer:
         counts = (confusion_counts(self.raw_model, self.val, self.precision, self.info,  # every rank, before rank 0
                                    self.data.dataset.num_classes) if classifier else None)  # writes anything
         if self.info.is_main:
-            summary = {"step": self.step, "stopped": result.stopped, "final_val_loss": result.final_val_loss,
-                       "best_val_loss": result.best_val_loss, "train_seconds": round(self.elapsed, 2),
-                       "wall_seconds_this_invocation": round(result.wall_seconds, 2),
-                       "tokens": self.tokens, "num_parameters": result.num_parameters, "precision": self.precision,
-                       "world_size": self.info.world_size, "unit": self.data.tokenizer.unit, "checkpoint": str(path)}
-            write_json(self.run_dir / "summary.json", summary)
-            rows = read_metrics(self.run_dir / "metrics.jsonl")
-            if rows:
-                plot_loss_curve(rows, self.run_dir / "loss_curve.png", title=str(self.run_dir),
-                                unit=self.data.tokenizer.unit)
+            write_summary(self, result, path)
             if counts is not None:
                 plot_final_confusion(counts, self.data.dataset, self.step, self.run_dir / "confusion_matrix.png")
         return result
@@ -380,7 +370,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         TrainingDiverged: the loss became NaN/inf (message has the step and what to change).
     """
     check_flags(resume, overwrite, cfg.train.run_dir)
-    data = absolute_data_paths(cfg.model_dump())["data"]  # stored so, eval and viz work from any folder
+    data = absolute_data_paths({"data": cfg.data.model_dump()})["data"]  # stored so: eval, viz work from anywhere
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={k: data[k] for k in ("dataset", "options")})})
     info = D.init_distributed(cfg.train.device)
     trainer = None
